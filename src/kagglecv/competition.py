@@ -1,0 +1,136 @@
+"""Competitions are data: `competitions/<slug>.yaml` says where the files come from, how they map to
+labelled images, what the submission looks like and which metric scores it.
+
+    spec = load_competition("digits-demo")
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .config import read_yaml
+from .errors import UserError
+
+COMPETITIONS_DIR = Path("competitions")
+DATA_DIR = Path("data")
+LAST_FILE = ".last-competition"
+
+SOURCES = ("builtin", "kaggle", "scrape", "folder")
+SUBMISSION_KINDS = ("class_name", "class_index", "probability", "class_probabilities")
+METRICS = ("accuracy", "log_loss", "roc_auc", "f1_micro")
+
+
+@dataclass
+class Submission:
+    id_column: str
+    label_columns: list[str] = field(default_factory=list)  # empty for class_probabilities
+    kind: str = "class_name"  # class_name | class_index | probability | class_probabilities
+    classes: list[str] | None = None  # class order for class_index (default: sorted class folders)
+    positive_class: str | None = None  # for kind: probability
+    id_is: str = "stem"  # the test image file's stem ("12") or full name ("12.jpg") is the id
+    upload: bool = True  # false where Kaggle only takes submissions from notebooks
+
+
+@dataclass
+class Competition:
+    slug: str
+    title: str
+    source: dict[str, Any]
+    layout: dict[str, Any]
+    submission: Submission
+    metric: str
+    n_folds: int = 5
+    hflip: bool = True  # may images be mirrored left-right without changing their class?
+    vflip: bool = False
+    url: str | None = None
+    notes: str | None = None
+    path: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return DATA_DIR / self.slug
+
+    @property
+    def source_kind(self) -> str:
+        return self.source["kind"]
+
+
+def _strict(cls, values: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    names = [f.name for f in fields(cls) if f.name not in skip]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(names)}."
+            raise UserError(f"{where}: unknown key '{key}'.{hint}")
+    return values
+
+
+def known_competitions(root: Path | None = None) -> list[str]:
+    root = root or COMPETITIONS_DIR
+    return sorted(p.stem for p in root.glob("*.yaml"))
+
+
+def parse_competition(data: dict[str, Any], path: Path) -> Competition:
+    where = str(path)
+    _strict(Competition, data, where, skip=("path",))
+    for key in ("slug", "title", "source", "layout", "submission", "metric"):
+        if key not in data:
+            raise UserError(f"{where}: missing required key '{key}'")
+    if not isinstance(data["source"], dict) or data["source"].get("kind") not in SOURCES:
+        raise UserError(f"{where}: source.kind must be one of {', '.join(SOURCES)}")
+    if not isinstance(data["layout"], dict) or "kind" not in data["layout"]:
+        raise UserError(f"{where}: layout needs a 'kind' (see competitions/README.md)")
+    sub = data["submission"]
+    if not isinstance(sub, dict) or "id_column" not in sub:
+        raise UserError(f"{where}: submission needs at least 'id_column'")
+    _strict(Submission, sub, f"{where}: submission")
+    submission = Submission(**sub)
+    if submission.kind not in SUBMISSION_KINDS:
+        raise UserError(f"{where}: submission.kind must be one of {', '.join(SUBMISSION_KINDS)}")
+    if submission.kind != "class_probabilities" and len(submission.label_columns) != 1:
+        raise UserError(
+            f"{where}: submission.label_columns needs exactly one column for kind {submission.kind}"
+        )
+    if submission.kind == "probability" and not submission.positive_class:
+        raise UserError(f"{where}: submission.kind probability needs positive_class (the class it is P of)")
+    if submission.id_is not in ("stem", "name"):
+        raise UserError(f"{where}: submission.id_is must be 'stem' or 'name'")
+    if data["metric"] not in METRICS:
+        raise UserError(f"{where}: metric must be one of {', '.join(METRICS)}, got {data['metric']!r}")
+    comp = Competition(**{**data, "submission": submission, "path": path})
+    if comp.slug != path.stem:
+        raise UserError(f"{where}: slug '{comp.slug}' differs from the file name '{path.stem}'")
+    return comp
+
+
+def load_competition(slug: str, root: Path | None = None) -> Competition:
+    root = root or COMPETITIONS_DIR
+    path = root / f"{slug}.yaml"
+    if not path.exists():
+        known = known_competitions(root)
+        close = difflib.get_close_matches(slug, known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(
+            f"unknown competition '{slug}'.{hint} Known: {', '.join(known) or 'none'} (in {root}/)"
+        )
+    return parse_competition(read_yaml(path, "competition file"), path)
+
+
+def remember_last(slug: str) -> None:
+    DATA_DIR.mkdir(exist_ok=True)
+    (DATA_DIR / LAST_FILE).write_text(slug + "\n")
+
+
+def resolve_slug(slug: str | None, say=print) -> str:
+    """An explicit slug, else the competition `make data` prepared last (and say so)."""
+    if slug:
+        return slug
+    last = DATA_DIR / LAST_FILE
+    if not last.exists():
+        raise UserError("no competition given and none prepared yet: run `make data COMP=<slug>` first")
+    slug = last.read_text().strip()
+    say(f"using competition [bold]{slug}[/] (prepared last by `make data`; pass COMP=<slug> to choose)")
+    return slug

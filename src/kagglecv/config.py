@@ -1,0 +1,182 @@
+"""Training recipes: typed config from YAML, overridable with strict `key=value` pairs.
+
+    cfg = load_config("configs/demo.yaml", ["epochs=3", "lr=auto"])
+
+An unknown key is an error that names the closest valid key, so a typo fails when the config
+loads rather than silently training with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "resnet50"
+    pretrained: bool = True
+    pretrained_file: str | None = None  # local weights file instead of the hub
+    img_size: int | None = None  # None: the model's own pretrained input size
+    mean: list[float] | None = None  # None: the model's pretrained mean/std
+    std: list[float] | None = None
+    in_chans: int = 3
+    drop_rate: float = 0.0
+    # optimisation
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float | str = "auto"  # a number, or "auto" for the LR range test
+    weight_decay: float = 0.05
+    pct_start: float = 0.25  # one-cycle warm-up fraction
+    label_smoothing: float = 0.1
+    # LR range test
+    lr_find_iters: int = 100
+    lr_find_start: float = 1e-7
+    lr_find_end: float = 10.0
+    # cross-validation
+    folds: int = 5  # train the first N folds of folds.csv (all when N >= k)
+    # augmentation (flips only where the competition allows them)
+    rotate: float = 10.0  # degrees
+    shift: float = 0.1  # fraction of the image
+    scale: float = 0.1  # +- zoom fraction
+    tta: bool = True  # average over the flips the competition allows
+    # runtime
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    workers: int | None = None  # None: 0 for in-memory data, else min(cores, 8)
+    cache_mb: int = 2048  # decode+resize images once into RAM when they fit in this budget
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise UserError(f"config: lr must be a number or 'auto', got {self.lr!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("epochs", "batch_size", "folds", "lr_find_iters"):
+            if getattr(self, name) < 1:
+                raise UserError(f"config: {name} must be at least 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce) a YAML value against a type hint. Returns (ok, value)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML reads "1e-3" (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        (item_tp,) = typing.get_args(tp)
+        out = []
+        for item in value:
+            ok, v = _type_ok(item, item_tp)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    raise TypeError(f"unsupported config type {tp}")
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build_config(values: dict[str, Any], where: str) -> TrainConfig:
+    """Validate keys and types of a flat dict and build the config."""
+    hints = typing.get_type_hints(TrainConfig)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(hints)}."
+            raise UserError(f"{where}: unknown config key '{key}'.{hint}")
+        ok, coerced = _type_ok(value, hints[key])
+        if not ok:
+            raise UserError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
+        kwargs[key] = coerced
+    return TrainConfig(**kwargs)
+
+
+def read_yaml(path: Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping or fail with a message that names the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override '{item}' is not key=value (example: epochs=3)")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML recipe (optional) + `key=value` overrides -> TrainConfig. Unknown keys are errors."""
+    values: dict[str, Any] = {}
+    where = "config"
+    if path:
+        values.update(read_yaml(Path(path), "config file"))
+        where = str(path)
+        build_config(values, where)  # report file errors against the file
+    if overrides:
+        values.update(parse_overrides(overrides))
+        where = "override"
+    return build_config(values, where)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with a run (checkpoints carry their config)."""
+    return build_config(values, "saved config")
+
+
+__all__ = ["TrainConfig", "load_config", "config_from_dict", "read_yaml"]

@@ -1,0 +1,131 @@
+"""Datasets, albumentations transforms and loaders over the prepared shape.
+
+Images are decoded and resized once; when the whole set fits in `cache_mb` they are kept in RAM as
+one uint8 array, so an epoch costs augmentation only. Batches stay uint8 until they reach the device,
+where they are normalised (less to copy, and the GPU does the arithmetic).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .console import track
+from .errors import UserError
+
+cv2.setNumThreads(1)  # the DataLoader parallelises across images; nested threads only fight
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """Decode an image as RGB uint8, resized (squashed) to size x size."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(
+            f"cannot decode image {path} (corrupt or not an image): remove it and rerun `make data`"
+        )
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.shape[0] != size or img.shape[1] != size:
+        interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
+        img = cv2.resize(img, (size, size), interpolation=interp)
+    return img
+
+
+def preload(paths: list[Path], size: int, cache_mb: int, desc: str) -> np.ndarray | None:
+    """Decode every image once into one array, if it fits the memory budget."""
+    if len(paths) * size * size * 3 > cache_mb * 2**20:
+        return None
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, p in track(list(enumerate(paths)), desc):
+        out[i] = read_image(p, size)
+    return out
+
+
+def train_transform(cfg, hflip: bool, vflip: bool, seed: int) -> A.Compose:
+    """Geometric jitter that keeps the class; flips only where the competition allows them."""
+    ops: list = []
+    if cfg.rotate or cfg.shift or cfg.scale:
+        ops.append(
+            A.Affine(
+                scale=(1 - cfg.scale, 1 + cfg.scale),
+                translate_percent=(-cfg.shift, cfg.shift),
+                rotate=(-cfg.rotate, cfg.rotate),
+                border_mode=cv2.BORDER_REPLICATE,
+                p=1.0,
+            )
+        )
+    if hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    if vflip:
+        ops.append(A.VerticalFlip(p=0.5))
+    return A.Compose(ops, seed=seed)
+
+
+class ImageDataset(Dataset):
+    """(uint8 CHW tensor, label) pairs from image files or a preloaded array."""
+
+    def __init__(self, paths, labels, size: int, images: np.ndarray | None = None, transform=None):
+        self.paths = [Path(p) for p in paths]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.size = size
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        img = self.images[i] if self.images is not None else read_image(self.paths[i], self.size)
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[i])
+
+    def subset(self, idx, transform=None) -> ImageDataset:
+        images = self.images[idx] if self.images is not None else None
+        return ImageDataset([self.paths[i] for i in idx], self.labels[idx], self.size, images, transform)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # each worker gets its own augmentation stream, derived from torch's seed for that worker
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def default_workers(cfg, in_memory: bool) -> int:
+    if cfg.workers is not None:
+        return cfg.workers
+    return 0 if in_memory else min(os.cpu_count() or 1, 8)
+
+
+def make_loader(
+    ds: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin: bool
+) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle and len(ds) > batch_size,  # no 1-image batch for BatchNorm
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_seed_worker if workers > 0 else None,
+        generator=gen,
+    )
+
+
+def to_input(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device, channels_last: bool
+) -> torch.Tensor:
+    """uint8 NCHW batch -> normalised float on the device."""
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

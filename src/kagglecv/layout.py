@@ -1,0 +1,206 @@
+"""Raw files -> the prepared shape every later stage reads, plus a fixed stratified k-fold split.
+
+    data/<comp>/raw/                 files as obtained, never modified
+    data/<comp>/train/<class>/<img>  labelled images, one folder per class
+    data/<comp>/test/<img>           images to predict
+    data/<comp>/sample_submission.csv
+    data/<comp>/solution.csv         test labels (id column + `label`), only where known locally
+    data/<comp>/folds.csv            image, label, fold
+    data/<comp>/prepared.json        written last: its presence means the shape above is complete
+
+Each layout kind is a small function `(comp, raw_dir, out_dir)` that writes train/, test/ and the two
+CSVs into a staging folder; `prepare` swaps the staging folder in only when it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from . import sources
+from .competition import Competition, remember_last
+from .console import console, track
+from .errors import UserError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+PREPARED = "prepared.json"
+FOLDS = "folds.csv"
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), pixels):
+        raise OSError(f"could not write {path}")
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.exists():
+        raise UserError(f"{what}: expected {path}, which is missing (check the competition's layout)")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+
+
+def _pixel_rows_to_pngs(frame: pd.DataFrame, pixel_cols: list[str], paths: list[Path], desc: str) -> None:
+    side = int(round(len(pixel_cols) ** 0.5))
+    if side * side != len(pixel_cols):
+        raise UserError(f"{desc}: {len(pixel_cols)} pixel columns do not make a square image")
+    pixels = frame[pixel_cols].to_numpy()
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise UserError(f"{desc}: pixel values must lie in 0..255")
+    pixels = pixels.astype(np.uint8).reshape(len(frame), side, side)
+    for path, img in track(list(zip(paths, pixels, strict=True)), desc):
+        _write_png(path, img)
+
+
+def layout_csv_pixels(comp: Competition, raw: Path, out: Path) -> None:
+    """Pixels in CSV rows (digit-recognizer): one row per image, `label` then pixel0..pixelN."""
+    opts = comp.layout
+    label_col = opts.get("label_column", "label")
+    train = _read_csv(raw / opts.get("train_csv", "train.csv"), "train CSV")
+    test = _read_csv(raw / opts.get("test_csv", "test.csv"), "test CSV")
+    if label_col not in train.columns:
+        raise UserError(
+            f"{raw / opts.get('train_csv', 'train.csv')}: no '{label_col}' column (layout.label_column)"
+        )
+    pixel_cols = [c for c in train.columns if c != label_col]
+    labels = train[label_col].astype(str)
+    for cls in sorted(labels.unique()):
+        (out / "train" / cls).mkdir(parents=True)
+    (out / "test").mkdir(parents=True)
+    _pixel_rows_to_pngs(
+        train, pixel_cols, [out / "train" / lab / f"{i}.png" for i, lab in enumerate(labels)], "train images"
+    )
+    if list(test.columns) != pixel_cols:
+        raise UserError(
+            f"{raw / opts.get('test_csv', 'test.csv')}: columns differ from the train CSV's pixel columns"
+        )
+    start = int(opts.get("id_start", 1))
+    _pixel_rows_to_pngs(
+        test, pixel_cols, [out / "test" / f"{i + start}.png" for i in range(len(test))], "test images"
+    )
+    _copy_csvs(comp, raw, out)
+
+
+def _copy_csvs(comp: Competition, raw: Path, out: Path) -> None:
+    sample = raw / comp.layout.get("sample_submission", "sample_submission.csv")
+    if not sample.exists():
+        raise UserError(f"{sample} is missing: every competition needs a sample submission")
+    shutil.copyfile(sample, out / "sample_submission.csv")
+    if (raw / "solution.csv").exists():
+        shutil.copyfile(raw / "solution.csv", out / "solution.csv")
+
+
+LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {"csv_pixels": layout_csv_pixels}
+
+
+def list_train_images(train_dir: Path) -> pd.DataFrame:
+    """All images under train/<class>/ (nested folders allowed), sorted so folds are stable."""
+    rows = []
+    for cls_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
+        for img in sorted(cls_dir.rglob("*")):
+            if img.suffix.lower() in IMAGE_EXTS and img.is_file():
+                rows.append((img.relative_to(train_dir.parent).as_posix(), cls_dir.name))
+    return pd.DataFrame(rows, columns=["image", "label"])
+
+
+def make_folds(
+    images: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series | None = None
+) -> pd.DataFrame:
+    """A fixed stratified k-fold assignment: same images and seed -> same folds, run after run."""
+    counts = images["label"].value_counts()
+    if counts.min() < n_folds:
+        small = ", ".join(f"{c} ({n})" for c, n in counts[counts < n_folds].items())
+        raise UserError(
+            f"too few images for {n_folds} folds in class(es) {small}; add images or set n_folds lower"
+        )
+    images = images.sort_values("image").reset_index(drop=True)
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(images["image"], images["label"])
+    else:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(images["image"], images["label"], groups.loc[images.index])
+    fold = np.zeros(len(images), dtype=int)
+    for k, (_, val_idx) in enumerate(splits):
+        fold[val_idx] = k
+    return images.assign(fold=fold)
+
+
+def is_prepared(comp: Competition) -> bool:
+    return (comp.data_dir / PREPARED).exists()
+
+
+def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
+    """Fetch raw files (once) and lay them out in the prepared shape. Idempotent; `force` redoes it."""
+    root = comp.data_dir
+    if is_prepared(comp) and not force:
+        console.print(f"[green]✓[/] {comp.slug} already prepared in {root}/ (use --force to redo)")
+        remember_last(comp.slug)
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
+    raw = root / "raw"
+    if force or not raw.exists():
+        partial = root / "raw.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        console.print(f"fetching {comp.slug} ({comp.source_kind}) into {raw}/")
+        sources.fetch(comp, partial)
+        shutil.rmtree(raw, ignore_errors=True)
+        partial.rename(raw)  # raw/ exists only once everything arrived
+    if comp.layout["kind"] not in LAYOUTS:
+        raise UserError(
+            f"{comp.path}: layout.kind must be one of {', '.join(LAYOUTS)}, got {comp.layout['kind']!r}"
+        )
+    staging = root / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    LAYOUTS[comp.layout["kind"]](comp, raw, staging)
+    images = list_train_images(staging / "train")
+    if images.empty:
+        raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
+    folds = make_folds(images, comp.n_folds, seed)
+    folds.to_csv(staging / FOLDS, index=False)
+    for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS):
+        target = root / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+        if (staging / name).exists():
+            (staging / name).rename(target)
+    shutil.rmtree(staging)
+    counts = folds["label"].value_counts().sort_index()
+    info = {
+        "competition": comp.slug,
+        "classes": sorted(counts.index.tolist()),
+        "train_counts": {k: int(v) for k, v in counts.items()},
+        "n_train": int(len(folds)),
+        "n_test": sum(1 for p in (root / "test").iterdir() if p.suffix.lower() in IMAGE_EXTS),
+        "n_folds": comp.n_folds,
+        "fold_seed": seed,
+        "has_solution": (root / "solution.csv").exists(),
+        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    (root / PREPARED).write_text(json.dumps(info, indent=2))
+    remember_last(comp.slug)
+    console.print(
+        f"[green]✓[/] prepared {comp.slug}: {info['n_train']} train images in {len(info['classes'])} classes, "
+        f"{info['n_test']} test images, {comp.n_folds} folds -> {root}/"
+    )
+    return root
+
+
+def read_prepared(comp: Competition) -> dict:
+    path = comp.data_dir / PREPARED
+    if not path.exists():
+        raise UserError(f"{comp.slug} is not prepared yet: run `make data COMP={comp.slug}` first")
+    return json.loads(path.read_text())

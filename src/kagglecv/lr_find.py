@@ -1,0 +1,151 @@
+"""LR range test: ramp the learning rate exponentially over ~100 steps until the loss diverges, then
+put everything back. Run alone with
+
+    kagglecv lr-find [--comp digits-demo] [--config configs/demo.yaml]
+
+Afterwards the model, optimizer, grad scaler and every RNG are exactly as before, so training after
+`lr: auto` gives the same weights as training with that LR typed in.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .console import progress
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def smooth_centered(values: list[float], window: int = 9) -> list[float]:
+    """Centred moving average: unlike an EMA it does not lag, so the curve's features stay at their LR."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 3:
+        return v.tolist()
+    w = min(window, len(v) - (1 - len(v) % 2))
+    pad = w // 2
+    padded = np.pad(v, pad, mode="edge")
+    return np.convolve(padded, np.ones(w) / w, mode="valid").tolist()
+
+
+def valley(lrs: list[float], losses: list[float]) -> float:
+    """The middle (in log-LR) of the valley: from where the loss starts to fall to its lowest point.
+
+    The fall starts at the last point, before the minimum, still within 10% of the total drop of the
+    starting plateau; halfway to the minimum the loss falls fast yet is far from diverging.
+    """
+    s = np.asarray(losses)
+    end = int(np.argmin(s))
+    plateau = float(np.median(s[: max(3, len(s) // 10)]))
+    drop = plateau - s[end]
+    if end < 2 or drop <= 0:
+        return float(lrs[max(end, 0)] / 10)
+    above = np.flatnonzero(s[:end] >= plateau - 0.1 * drop)
+    start = int(above[-1]) if len(above) else 0
+    return float(lrs[(start + end) // 2])
+
+
+def lr_find(
+    stepper,
+    loader,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    iters: int = 100,
+    diverge: float = 4.0,
+    beta: float = 0.9,
+) -> dict:
+    """Exponential LR ramp until the (EMA-smoothed) loss exceeds `diverge` x its best.
+
+    Returns {lrs, losses (centred-smoothed), raw_losses, suggestion}, cut where it diverged.
+    """
+    model, opt = stepper.model, stepper.optimizer
+    saved = (
+        copy.deepcopy(model.state_dict()),
+        copy.deepcopy(opt.state_dict()),
+        copy.deepcopy(stepper.scaler.state_dict()),
+        _rng_state(),
+    )
+    lrs, smooth, raw = [], [], []
+    avg, best = 0.0, math.inf
+    model.train()
+    try:
+        with progress() as bar:
+            task = bar.add_task("lr range test", total=iters, info="")
+            batches = iter(loader)
+            for i in range(iters):
+                try:
+                    x, y = next(batches)
+                except StopIteration:
+                    batches = iter(loader)
+                    x, y = next(batches)
+                lr = start_lr * (end_lr / start_lr) ** (i / max(iters - 1, 1))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss = stepper.step(x, y)
+                avg = beta * avg + (1 - beta) * loss
+                s = avg / (1 - beta ** (i + 1))  # bias-corrected, so early points are not pulled to 0
+                lrs.append(lr)
+                raw.append(loss)
+                smooth.append(s)
+                bar.update(task, advance=1, info=f"lr {lr:.1e} loss {s:.3f}")
+                if not math.isfinite(s) or (i > 5 and s > diverge * best):
+                    break
+                best = min(best, s)
+    finally:
+        model.load_state_dict(saved[0])
+        opt.load_state_dict(saved[1])
+        stepper.scaler.load_state_dict(saved[2])
+        _set_rng_state(saved[3])
+    # judge only the part before divergence, on a curve smoothed without lag
+    stop = len(smooth)
+    while stop > 1 and (not math.isfinite(smooth[stop - 1]) or smooth[stop - 1] > diverge * best):
+        stop -= 1
+    centred = smooth_centered(raw[:stop])
+    suggestion = valley(lrs[:stop], centred) if stop > 2 else lrs[0]
+    return {"lrs": lrs[:stop], "losses": centred, "raw_losses": raw[:stop], "suggestion": suggestion}
+
+
+def save_lr_find(result: dict, out_dir: Path, chosen: float | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lr_find.json").write_text(
+        json.dumps({**result, "chosen": chosen or result["suggestion"]}, indent=1)
+    )
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(result["lrs"], result["raw_losses"], color="0.8", lw=1, label="loss")
+    ax.plot(result["lrs"], result["losses"], color="C0", lw=2, label="smoothed loss")
+    ax.axvline(result["suggestion"], color="C3", ls="--", label=f"suggestion {result['suggestion']:.2e}")
+    ax.set_xscale("log")
+    finite = [v for v in result["losses"] if math.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
+    ax.set_xlabel("learning rate (log)")
+    ax.set_ylabel("training loss")
+    ax.set_title("LR range test")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "lr_find.png")
+    plt.close(fig)

@@ -1,0 +1,61 @@
+"""Built-in competitions that need no account or network.
+
+`sklearn-digits`: scikit-learn's bundled 1,797 handwritten 8x8 digits, upscaled to 28x28 and written
+exactly as Kaggle's digit-recognizer ships its files (train.csv: label,pixel0..pixel783; test.csv;
+sample_submission.csv: ImageId,Label), with a stratified share held out as the test set and its
+labels kept in solution.csv so the submission can be scored locally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from ..competition import Competition
+from ..errors import UserError
+
+
+def _digits_frames(test_fraction: float, seed: int, side: int):
+    digits = load_digits()
+    images = np.stack(
+        [
+            cv2.resize((img * 255.0 / 16.0).astype(np.uint8), (side, side), interpolation=cv2.INTER_LINEAR)
+            for img in digits.images
+        ]
+    )
+    labels = digits.target
+    tr, te = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    pixel_cols = [f"pixel{i}" for i in range(side * side)]
+    train = pd.DataFrame(images[tr].reshape(len(tr), -1), columns=pixel_cols)
+    train.insert(0, "label", labels[tr])
+    test = pd.DataFrame(images[te].reshape(len(te), -1), columns=pixel_cols)
+    ids = np.arange(1, len(te) + 1)
+    sample = pd.DataFrame({"ImageId": ids, "Label": 0})
+    solution = pd.DataFrame({"ImageId": ids, "label": labels[te].astype(str)})
+    return train, test, sample, solution
+
+
+DATASETS = {"sklearn-digits": _digits_frames}
+
+
+def fetch(comp: Competition, raw_dir: Path) -> None:
+    name = comp.source.get("dataset")
+    if name not in DATASETS:
+        raise UserError(f"{comp.path}: source.dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    train, test, sample, solution = DATASETS[name](
+        float(comp.source.get("test_fraction", 0.2)),
+        int(comp.source.get("seed", 0)),
+        int(comp.source.get("side", 28)),
+    )
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    train.to_csv(raw_dir / "train.csv", index=False)
+    test.to_csv(raw_dir / "test.csv", index=False)
+    sample.to_csv(raw_dir / "sample_submission.csv", index=False)
+    solution.to_csv(raw_dir / "solution.csv", index=False)

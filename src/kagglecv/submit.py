@@ -1,0 +1,239 @@
+"""Predict the test set with a run's fold models (TTA + fold ensemble), write the competition's exact
+CSV, check it against sample_submission.csv, and score it where test labels are known.
+
+    kagglecv submit --comp digits-demo [--run <run-id>]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .competition import Competition
+from .console import console
+from .data import ImageDataset, make_loader
+from .engine import Stepper, pick_device, predict
+from .errors import UserError
+from .layout import IMAGE_EXTS, read_prepared
+from .metrics import score
+from .model import create_model
+from .train import RUNS_DIR, SUMMARY, atomic_write_bytes, load_checkpoint
+
+SUBMISSIONS_DIR = Path("submissions")
+
+
+def find_run(comp: Competition, run: str | None) -> Path:
+    """The named run, or the latest complete one (it has summary.json)."""
+    base = RUNS_DIR / comp.slug
+    if run:
+        run_dir = Path(run) if Path(run).is_dir() else base / run
+        if not run_dir.is_dir():
+            known = sorted(p.name for p in base.glob("*") if p.is_dir()) if base.exists() else []
+            raise UserError(f"no run '{run}' for {comp.slug}. Runs: {', '.join(known[-5:]) or 'none'}")
+        if not (run_dir / SUMMARY).exists():
+            raise UserError(f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN=")
+        return run_dir
+    done = sorted(p.parent for p in base.glob(f"*/{SUMMARY}")) if base.exists() else []
+    if not done:
+        raise UserError(f"no finished training run for {comp.slug} in {base}/: run `make train` first")
+    return done[-1]
+
+
+def load_fold_models(run_dir: Path, device: torch.device) -> list[tuple[torch.nn.Module, dict]]:
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    models = []
+    for fold in range(summary["folds"]):
+        path = run_dir / f"fold{fold}.pt"
+        if not path.exists():
+            raise UserError(
+                f"run {run_dir.name} is missing {path.name} (expected {summary['folds']} folds); retrain it"
+            )
+        state, meta = load_checkpoint(path)
+        model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError:
+            raise UserError(
+                f"{path}: weights do not fit {meta['model']}; the checkpoint is damaged, retrain"
+            ) from None
+        models.append((model.to(device).eval(), meta))
+    return models
+
+
+def test_images(comp: Competition, sample: pd.DataFrame) -> list[Path]:
+    """The test image for each id of sample_submission.csv, in its order."""
+    test_dir = comp.data_dir / "test"
+    key = (lambda p: p.stem) if comp.submission.id_is == "stem" else (lambda p: p.name)
+    by_id = {key(p): p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    ids = sample[comp.submission.id_column].astype(str)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(
+            f"{len(missing)} ids of sample_submission.csv have no image in {test_dir}/ (e.g. {missing[0]}); "
+            "rerun `make data --force`"
+        )
+    return [by_id[i] for i in ids]
+
+
+def class_order(comp: Competition, classes: list[str]) -> list[str]:
+    return [str(c) for c in comp.submission.classes] if comp.submission.classes else classes
+
+
+def format_submission(
+    comp: Competition, sample: pd.DataFrame, probs: np.ndarray, classes: list[str]
+) -> pd.DataFrame:
+    sub = comp.submission
+    df = pd.DataFrame({sub.id_column: sample[sub.id_column].to_numpy()})
+    if sub.kind == "class_name":
+        df[sub.label_columns[0]] = [classes[i] for i in probs.argmax(1)]
+    elif sub.kind == "class_index":
+        order = class_order(comp, classes)
+        df[sub.label_columns[0]] = [order.index(classes[i]) for i in probs.argmax(1)]
+    elif sub.kind == "probability":
+        df[sub.label_columns[0]] = probs[:, classes.index(sub.positive_class)]
+    else:  # class_probabilities: one column per class, in sample_submission's order
+        for col in sample.columns:
+            if col != sub.id_column:
+                df[col] = probs[:, classes.index(col)]
+    return df
+
+
+def validate_submission(
+    df: pd.DataFrame, sample: pd.DataFrame, comp: Competition, classes: list[str]
+) -> None:
+    """Same columns, same ids in the same order, values of the right kind -- or a clear error."""
+    sub = comp.submission
+    if list(df.columns) != list(sample.columns):
+        raise UserError(
+            f"submission columns {list(df.columns)} differ from sample_submission's {list(sample.columns)}"
+        )
+    if len(df) != len(sample):
+        raise UserError(f"submission has {len(df)} rows, sample_submission has {len(sample)}")
+    ids, want = df[sub.id_column].astype(str).to_numpy(), sample[sub.id_column].astype(str).to_numpy()
+    bad = np.flatnonzero(ids != want)
+    if len(bad):
+        i = bad[0]
+        raise UserError(
+            f"submission ids differ from sample_submission's at row {i + 2}: {ids[i]!r} vs {want[i]!r} "
+            f"({len(bad)} rows differ)"
+        )
+    values = df.drop(columns=[sub.id_column])
+    if values.isna().any().any():
+        raise UserError("submission has empty values")
+    if sub.kind == "class_name":
+        allowed = set(class_order(comp, classes))
+        wrong = sorted(set(values.iloc[:, 0].astype(str)) - allowed)
+        if wrong:
+            raise UserError(
+                f"{sub.label_columns[0]} holds unknown classes {wrong[:5]}; expected one of {sorted(allowed)[:10]}"
+            )
+    elif sub.kind == "class_index":
+        col = pd.to_numeric(values.iloc[:, 0], errors="coerce")
+        n = len(class_order(comp, classes))
+        if col.isna().any() or (col % 1 != 0).any() or col.min() < 0 or col.max() >= n:
+            raise UserError(f"{sub.label_columns[0]} must hold class indices 0..{n - 1}")
+    else:
+        num = values.apply(pd.to_numeric, errors="coerce")
+        if num.isna().any().any() or (num < 0).any().any() or (num > 1).any().any():
+            raise UserError(
+                f"{', '.join(values.columns[:3])}{'…' if values.shape[1] > 3 else ''} must hold probabilities in [0, 1]"
+            )
+        if sub.kind == "class_probabilities" and not np.allclose(num.sum(axis=1), 1.0, atol=1e-3):
+            raise UserError("class probabilities in a row must sum to 1")
+
+
+def submission_probs(df: pd.DataFrame, comp: Competition, classes: list[str]) -> np.ndarray:
+    """A submission turned back into N x C probabilities, so one metric function scores both."""
+    sub = comp.submission
+    n, c = len(df), len(classes)
+    probs = np.zeros((n, c))
+    if sub.kind == "class_name":
+        probs[np.arange(n), [classes.index(str(v)) for v in df[sub.label_columns[0]]]] = 1
+    elif sub.kind == "class_index":
+        order = class_order(comp, classes)
+        probs[np.arange(n), [classes.index(order[int(v)]) for v in df[sub.label_columns[0]]]] = 1
+    elif sub.kind == "probability":
+        pos = classes.index(sub.positive_class)
+        p = df[sub.label_columns[0]].to_numpy(dtype=float)
+        probs[:, pos] = p
+        probs[:, 1 - pos] = 1 - p
+    else:
+        for j, cls in enumerate(classes):
+            probs[:, j] = df[cls].to_numpy(dtype=float)
+    return probs
+
+
+def score_submission(
+    df: pd.DataFrame, solution: pd.DataFrame, comp: Competition, classes: list[str]
+) -> float:
+    sub = comp.submission
+    truth = solution.set_index(solution[sub.id_column].astype(str))["label"].astype(str)
+    ids = df[sub.id_column].astype(str)
+    y = np.array([classes.index(truth[i]) for i in ids])
+    pos = classes.index(sub.positive_class) if sub.positive_class in classes else 1
+    return score(comp.metric, y, submission_probs(df, comp, classes), positive=pos)
+
+
+def read_sample(comp: Competition) -> pd.DataFrame:
+    path = comp.data_dir / "sample_submission.csv"
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `make data COMP={comp.slug}`")
+    return pd.read_csv(path)
+
+
+def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> dict:
+    info = read_prepared(comp)
+    run_dir = find_run(comp, run)
+    device = pick_device("auto")
+    models = load_fold_models(run_dir, device)
+    meta = models[0][1]
+    classes = meta["classes"]
+    if classes != [str(c) for c in info["classes"]]:
+        raise UserError(
+            f"run {run_dir.name} was trained on classes {classes[:5]}…, the prepared data has others; retrain"
+        )
+    sample = read_sample(comp)
+    paths = test_images(comp, sample)
+    console.print(
+        f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
+    )
+    cfg = meta["config"]
+    flips = (
+        ([("hflip")] if comp.hflip else []) + (["vflip"] if comp.vflip else [])
+        if cfg.get("tta", True)
+        else []
+    )
+    ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"])
+    workers = min(4, torch.get_num_threads()) if len(paths) > 2000 else 0
+    loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
+    probs = 0
+    for model, m in models:
+        stepper = Stepper(model, None, device, m["mean"], m["std"], cfg.get("amp", True), 0.0)
+        probs = probs + predict(stepper, loader, flips)
+    probs = probs / len(models)
+
+    df = format_submission(comp, sample, probs, classes)
+    validate_submission(df, sample, comp, classes)
+    SUBMISSIONS_DIR.mkdir(exist_ok=True)
+    out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
+    atomic_write_bytes(out, lambda p: df.to_csv(p, index=False))
+    np.save(run_dir / "test_probs.npy", probs)
+    summary_path = run_dir / SUMMARY
+    summary = json.loads(summary_path.read_text())
+    result = {"file": str(out), "run": run_dir.name, "cv_mean": summary["cv_mean"], "tta": flips}
+    console.print(f"[green]✓[/] wrote {out} ({len(df)} rows, checked against sample_submission.csv)")
+    solution_path = comp.data_dir / "solution.csv"
+    if solution_path.exists():
+        test_score = score_submission(df, pd.read_csv(solution_path), comp, classes)
+        summary["test_score"] = test_score
+        summary["submission"] = str(out)
+        atomic_write_bytes(summary_path, lambda p: p.write_text(json.dumps(summary, indent=2)))
+        result["test_score"] = test_score
+        console.print(
+            f"[bold]test {comp.metric}: {test_score:.4f}[/]  (CV {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f})"
+        )
+    return result

@@ -1,0 +1,52 @@
+"""Shared fixtures: every test runs in its own working folder with the repo's competitions/ and
+configs/, so data/, runs/ and submissions/ never touch the checkout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# Tests often share this 2-core machine with other work; one intra-op thread avoids OpenMP
+# threads spinning against each other (which slows everything down many times over).
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    for name in ("competitions", "configs"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLECV_NO_PROGRESS", "1")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def digits_prepared(tmp_path_factory):
+    """digits-demo prepared once per session; tests copy it instead of preparing again."""
+    import os
+
+    root = tmp_path_factory.mktemp("digits")
+    shutil.copytree(REPO / "competitions", root / "competitions")
+    old = os.getcwd()
+    os.chdir(root)
+    os.environ["KAGGLECV_NO_PROGRESS"] = "1"
+    try:
+        from kagglecv.competition import load_competition
+        from kagglecv.layout import prepare
+
+        prepare(load_competition("digits-demo"))
+    finally:
+        os.chdir(old)
+    return root / "data"
+
+
+@pytest.fixture
+def digits(workdir, digits_prepared):
+    shutil.copytree(digits_prepared, workdir / "data")
+    return workdir

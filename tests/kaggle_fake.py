@@ -1,0 +1,332 @@
+"""A tiny fake Kaggle API server, for testing against the *real* ``kaggle`` client.
+
+Why: mocking the official client (kaggle 2.x / kagglesdk) would only test our guesses
+about it. Here the real client talks HTTP to this stdlib server on 127.0.0.1, so its
+redirects, auth headers, streaming, size checks and error mapping all run for real.
+Only what kaggle 2.2.5 calls for ``authenticate``, ``competition_download_files``,
+``competition_download_file`` and ``competition_submit`` is served:
+
+* ``POST /api/v1/competitions.CompetitionApiService/<Rpc>``, JSON in and out, auth by
+  HTTP Basic (username:key) or ``Bearer <token>``. ``DownloadDataFiles`` and
+  ``DownloadDataFile`` answer 302 to a "signed" blob URL (the client names the local
+  file ``<slug>.<extension of the URL>``, so the whole-competition blob ends in .zip).
+* ``GET /blob/...``: the bytes, with Content-Length, Last-Modified, Range/If-Range
+  (no auth, like a GCS signed URL).
+* ``StartSubmissionUpload`` -> ``{token, createUrl}``; ``PUT createUrl`` -> 200;
+  ``CreateSubmission`` -> ``{message, ref}``.
+* ``POST /api/v1/security.OAuthService/IntrospectToken`` (authenticate() calls it
+  when an access token is configured).
+Errors are JSON ``{"code": N, "message": ...}`` with HTTP status N, as Kaggle does.
+Absolute request targets (``POST http://localhost/...``) are accepted too, so the fake
+can act as the HTTP proxy of a subprocess configured by env vars only (client_env).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import email.utils
+import io
+import json
+import os
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+RPC = "/api/v1/competitions.CompetitionApiService/"
+INTROSPECT = "/api/v1/security.OAuthService/IntrospectToken"
+
+
+def _err(code: int, message: str):
+    return code, {"code": code, "message": message}, {}
+
+
+class FakeKaggle:
+    """Fake server; ``competitions`` maps slug -> zip bytes (a mutable dict).
+
+    Per-slug failure knobs are plain dicts, so tests may change them at any time:
+      status   {slug: 401|403|404|500...}: every competition RPC for slug fails so.
+      flaky    {slug: n}: the first n competition RPCs for slug fail with flaky_status.
+      truncate {slug: True | n}: blob GETs (all, or the first n) announce the full
+               Content-Length, send half the body, then hang up.
+    Unknown slugs get 404, missing/wrong credentials 401. Accepted credentials: Basic
+    ``username:key`` and Bearer ``token`` (None refuses that scheme). Received traffic
+    is kept in ``.requests`` (dicts: method, path, auth, headers) and ``.submissions``
+    (dicts: slug, file_name, data, description, ref).
+    """
+
+    def __init__(
+        self,
+        competitions=None,
+        *,
+        username="kaggle-user",
+        key="kaggle-key",
+        token="kaggle-token",
+        status=None,
+        flaky=None,
+        truncate=None,
+        flaky_status=503,
+        last_modified=1704067200.0,
+    ):
+        self.competitions = dict(competitions or {})
+        self.username, self.key, self.token = username, key, token
+        self.status, self.flaky, self.truncate = dict(status or {}), dict(flaky or {}), dict(truncate or {})
+        self.flaky_status = flaky_status
+        self.last_modified = email.utils.formatdate(last_modified, usegmt=True)
+        self.requests: list[dict] = []
+        self.submissions: list[dict] = []
+        self._uploads: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._server = None
+
+    def start(self) -> FakeKaggle:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)  # free random port
+        self._server.daemon_threads = True
+        self._server.fake = self
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _auth(self, header: str):
+        """'basic:<user>' or 'bearer' when the header carries accepted creds, else None."""
+        scheme, _, value = header.partition(" ")
+        if scheme == "Bearer" and self.token is not None and value == self.token:
+            return "bearer"
+        if scheme == "Basic" and self.username is not None:
+            try:
+                user, _, key = base64.b64decode(value).decode().partition(":")
+            except ValueError:
+                return None
+            return f"basic:{user}" if (user, key) == (self.username, self.key) else None
+        return None
+
+    def _rpc(self, name: str, body: dict, auth):
+        """One competition RPC -> (status, json payload or None, extra headers)."""
+        slug = body.get("competitionName", "")
+        if auth is None:
+            return _err(401, "Unauthenticated")
+        with self._lock:
+            if self.flaky.get(slug, 0) > 0:
+                self.flaky[slug] -= 1
+                return _err(self.flaky_status, "Transient failure")
+        if slug in self.status:
+            return _err(self.status[slug], f"Simulated HTTP {self.status[slug]} for {slug}")
+        if slug not in self.competitions:
+            return _err(404, f"Competition '{slug}' not found")
+        sig = "?X-Goog-Signature=fake"
+        if name == "DownloadDataFiles":
+            return 302, None, {"Location": f"{self.url}/blob/{quote(slug)}.zip{sig}"}
+        if name == "DownloadDataFile":
+            member = body.get("fileName", "")
+            if self._member(slug, member) is None:
+                return _err(404, f"File '{member}' not found")
+            return 302, None, {"Location": f"{self.url}/blob/{quote(slug)}/files/{quote(member)}{sig}"}
+        if name == "StartSubmissionUpload":
+            with self._lock:
+                token = f"upload-{len(self._uploads) + 1}"
+                self._uploads[token] = {"slug": slug, "file_name": body.get("fileName", ""), "data": None}
+            return 200, {"token": token, "createUrl": f"{self.url}/upload/{token}"}, {}
+        if name == "CreateSubmission":
+            upload = self._uploads.get(body.get("blobFileTokens", ""))
+            if not upload or upload["data"] is None or upload["slug"] != slug:
+                return _err(400, "Unknown or incomplete upload token")
+            with self._lock:
+                ref = len(self.submissions) + 1
+                self.submissions.append(
+                    {
+                        "slug": slug,
+                        "file_name": upload["file_name"],
+                        "data": upload["data"],
+                        "description": body.get("submissionDescription"),
+                        "ref": ref,
+                    }
+                )
+            return 200, {"message": f"Successfully submitted to {slug}", "ref": ref}, {}
+        return _err(404, f"Unknown RPC {name}")
+
+    def _member(self, slug: str, member: str):
+        with zipfile.ZipFile(io.BytesIO(self.competitions[slug])) as z:
+            return z.read(member) if member in z.namelist() else None
+
+    def _blob(self, path: str):
+        """(slug, bytes or None) for /blob/<slug>.zip or /blob/<slug>/files/<member>."""
+        rest = unquote(path[len("/blob/") :])
+        slug, _, member = rest.partition("/files/")
+        if not member:
+            slug = slug[: -len(".zip")]
+        data = self.competitions.get(slug)
+        return slug, (self._member(slug, member) if member and data else data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.0: one request per connection, which keeps truncation simple."""
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, code, payload=None, headers=None, body=b"", truncate=False):
+        if payload is not None:
+            body, headers = (
+                json.dumps(payload).encode(),
+                {**(headers or {}), "Content-Type": "application/json"},
+            )
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if truncate else body)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while (n := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                data += self.rfile.read(n)
+                self.rfile.readline()
+            self.rfile.readline()
+            return data
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _record(self):
+        fake, path = self.server.fake, urlsplit(self.path).path  # absolute-form via proxy
+        auth = fake._auth(self.headers.get("Authorization", ""))
+        with fake._lock:
+            fake.requests.append(
+                {"method": self.command, "path": path, "auth": auth, "headers": dict(self.headers)}
+            )
+        return fake, path, auth
+
+    def do_POST(self):
+        fake, path, auth = self._record()
+        body = json.loads(self._read_body() or b"{}")
+        if path == INTROSPECT:
+            ok = fake.token is not None and body.get("token") == fake.token
+            return self._send(200, {"active": True, "username": fake.username or "kaggle-user"} if ok else {})
+        if not path.startswith(RPC):
+            return self._send(404, {"code": 404, "message": "Not found"})
+        self._send(*fake._rpc(path[len(RPC) :], body, auth))
+
+    def do_PUT(self):
+        fake, path, _ = self._record()
+        data = self._read_body()
+        upload = fake._uploads.get(path.rsplit("/", 1)[-1]) if path.startswith("/upload/") else None
+        if upload is None:
+            return self._send(404, {"code": 404, "message": "Unknown upload"})
+        upload["data"] = data
+        self._send(200, {})
+
+    def do_GET(self):
+        fake, path, _ = self._record()
+        slug, data = fake._blob(path) if path.startswith("/blob/") else (None, None)
+        if data is None:
+            return self._send(404, {"code": 404, "message": "No such blob"})
+        code, start, total = 200, 0, len(data)
+        headers = {
+            "Last-Modified": fake.last_modified,
+            "Accept-Ranges": "bytes",
+            "Content-Type": "application/zip",
+        }
+        rng = self.headers.get("Range", "")
+        if (
+            rng.startswith("bytes=")
+            and self.headers.get("If-Range", fake.last_modified) == fake.last_modified
+        ):
+            start = int(rng[6:].split("-")[0] or 0)
+            if start >= total:
+                return self._send(416, headers={"Content-Range": f"bytes */{total}"})
+            code, headers["Content-Range"] = 206, f"bytes {start}-{total - 1}/{total}"
+        with fake._lock:
+            cut = fake.truncate.get(slug)
+            if type(cut) is int and cut > 0:
+                fake.truncate[slug] = cut - 1 or None
+        self.close_connection = True
+        self._send(code, headers=headers, body=data[start:], truncate=bool(cut))
+
+
+def client_env(fake: FakeKaggle, home, *, creds=True, token=False, proxy=True) -> dict:
+    """Env vars for a *subprocess* running the real client against ``fake``.
+
+    home: becomes HOME and holds .kaggle/ (isolates kaggle.json, access_token and the
+      OAuth cache credentials.json from the developer's real ones).
+    creds: True -> KAGGLE_USERNAME/KAGGLE_KEY of the fake; (user, key) -> those;
+      "file" -> write <home>/.kaggle/kaggle.json instead; False -> none.
+    token: True -> KAGGLE_API_TOKEN of the fake; a str -> that token.
+    KAGGLE_API_ENVIRONMENT=LOCALHOST makes kaggle use http://localhost (read once, when
+    kaggle is imported), and with ``proxy`` the fake is also the HTTP proxy, so that
+    http://localhost:80 reaches it. Drop inherited KAGGLE_* variables yourself.
+    """
+    kdir = Path(home) / ".kaggle"
+    kdir.mkdir(parents=True, exist_ok=True)
+    env = {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(kdir), "KAGGLE_API_ENVIRONMENT": "LOCALHOST"}
+    if creds == "file":
+        (kdir / "kaggle.json").write_text(json.dumps({"username": fake.username, "key": fake.key}))
+        os.chmod(kdir / "kaggle.json", 0o600)
+    elif creds:
+        env["KAGGLE_USERNAME"], env["KAGGLE_KEY"] = (
+            creds if isinstance(creds, tuple) else (fake.username, fake.key)
+        )
+    if token:
+        env["KAGGLE_API_TOKEN"] = token if isinstance(token, str) else fake.token
+    if proxy:
+        env.update(HTTP_PROXY=fake.url, http_proxy=fake.url, NO_PROXY="", no_proxy="")
+    return env
+
+
+def _kaggle_api_class():
+    """Import KaggleApi; `import kaggle` runs authenticate() and may print a banner."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    return KaggleApi
+
+
+def point_kaggle_client_at(url: str, monkeypatch) -> None:
+    """Send every API call of the in-process kaggle client to ``url``.
+
+    Changes exactly two attributes (restored by ``monkeypatch``):
+    * ``kagglesdk.kaggle_env._env_to_endpoint[KaggleEnv.LOCAL]`` = url (was
+      "http://localhost"). KaggleHttpClient.__init__ reads it on every API call; the
+      request URL becomes ``{url}/api/v1/<Service>/<Rpc>``.
+    * ``KaggleApi.args`` gains "--local": kaggle 2.2.5 picks LOCAL vs PROD from this
+      class-level list, filled from KAGGLE_API_ENVIRONMENT once at import time.
+    """
+    import kagglesdk.kaggle_env as kenv  # does not import the kaggle package
+
+    monkeypatch.setitem(kenv._env_to_endpoint, kenv.KaggleEnv.LOCAL, url.rstrip("/"))
+    KaggleApi = _kaggle_api_class()
+    monkeypatch.setattr(KaggleApi, "args", [*KaggleApi.args, "--local"])
+
+
+def use_fake_kaggle(monkeypatch, fake: FakeKaggle, home, **client_env_kwargs) -> None:
+    """In-process isolation in one call: drop KAGGLE_* env vars, set client_env(...,
+    proxy=False), patch the endpoint table via point_kaggle_client_at, and point
+    KaggleApi.config_dir/config (also fixed at import time) into ``home``."""
+    for name in [n for n in os.environ if n.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    env = client_env(fake, home, proxy=False, **client_env_kwargs)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    point_kaggle_client_at(fake.url, monkeypatch)
+    KaggleApi = _kaggle_api_class()
+    monkeypatch.setattr(KaggleApi, "config_dir", env["KAGGLE_CONFIG_DIR"])
+    monkeypatch.setattr(KaggleApi, "config", os.path.join(env["KAGGLE_CONFIG_DIR"], "kaggle.json"))

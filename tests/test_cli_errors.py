@@ -1,0 +1,73 @@
+"""User errors end in one or two clear lines and exit code 2 -- never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from kagglecv.cli import main
+
+
+def _err(capsys):
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "Traceback" not in text
+    return " ".join(text.split())
+
+
+def test_unknown_competition_lists_known(workdir, capsys):
+    assert main(["data", "dogs-vs-kats"]) == 2
+    assert "unknown competition 'dogs-vs-kats'" in _err(capsys)
+
+
+def test_data_without_comp(workdir, capsys):
+    assert main(["data"]) == 2
+    assert "make data COMP=<slug>" in _err(capsys)
+
+
+def test_malformed_competition_yaml(workdir, capsys):
+    (workdir / "competitions" / "broken.yaml").write_text("slug: broken\ntitle: [\n")
+    assert main(["data", "broken"]) == 2
+    assert "broken.yaml: not valid YAML" in _err(capsys)
+
+
+def test_config_typo(digits, capsys):
+    assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "epoch=2"]) == 2
+    assert "unknown config key 'epoch'. Did you mean 'epochs'?" in _err(capsys)
+
+
+def test_train_before_data(workdir, capsys):
+    assert main(["train", "--config", "configs/smoke.yaml"]) == 2
+    assert "none prepared yet" in _err(capsys)
+    assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml"]) == 2
+    assert "not prepared yet: run `make data COMP=digits-demo`" in _err(capsys)
+
+
+def test_submit_before_train(digits, capsys):
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "no finished training run for digits-demo" in _err(capsys)
+
+
+def test_run_with_missing_checkpoint(digits, capsys):
+    assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    (run_dir,) = (digits / "runs" / "digits-demo").iterdir()
+    (run_dir / "fold1.pt").unlink()
+    capsys.readouterr()
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "missing fold1.pt" in _err(capsys)
+    (run_dir / "fold0.pt").write_bytes(b"not a checkpoint")
+    assert main(["submit", "--comp", "digits-demo", "--run", run_dir.name]) == 2
+    assert "fold0.pt: unreadable checkpoint" in _err(capsys)
+    assert main(["submit", "--comp", "digits-demo", "--run", "nope"]) == 2
+    assert "no run 'nope'" in _err(capsys)
+
+
+@pytest.mark.slow
+def test_console_script_exit_code(workdir):
+    """The installed entry point, as `make` calls it: exit 2 and a one-line message."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kagglecv.cli", "data", "nope"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert "unknown competition 'nope'" in proc.stdout

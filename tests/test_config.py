@@ -1,0 +1,52 @@
+import pytest
+
+from kagglecv.config import load_config
+from kagglecv.errors import UserError
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: resnet18\nepochs: 3\nlr: auto\n")
+    cfg = load_config(path, ["epochs=7", "lr=3e-3", "pretrained=false", "img_size=64", "mean=[0.5,0.5,0.5]"])
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.pretrained, cfg.img_size) == ("resnet18", 7, 0.003, False, 64)
+    assert cfg.mean == [0.5, 0.5, 0.5]
+    assert load_config(path).lr == "auto"
+
+
+def test_unknown_key_names_the_closest(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("epocs: 3\n")
+    with pytest.raises(UserError, match=r"r.yaml: unknown config key 'epocs'. Did you mean 'epochs'\?"):
+        load_config(path)
+    with pytest.raises(UserError, match="Did you mean 'batch_size'"):
+        load_config(None, ["batchsize=8"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("epochs=three", "'epochs' must be int"),
+        ("lr=fast", "lr must be a number or 'auto'"),
+        ("pretrained=maybe", "'pretrained' must be bool"),
+        ("epochs", "is not key=value"),
+        ("epochs=0", "epochs must be at least 1"),
+        ("device=tpu", "device must be auto, cpu or cuda"),
+    ],
+)
+def test_bad_values(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [override])
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [resnet\nepochs: 3\n")
+    with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
+        load_config(path)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_load(workdir):
+    for name in ("default", "demo", "smoke"):
+        load_config(f"configs/{name}.yaml")
