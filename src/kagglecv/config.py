@@ -32,13 +32,22 @@ class TrainConfig:
     std: list[float] | None = None
     in_chans: int = 3
     drop_rate: float = 0.0
-    # optimisation
+    # optimisation (fastai-style fine_tune: freeze_epochs on the head, then `epochs` on everything)
+    freeze_epochs: int = 0
     epochs: int = 5
     batch_size: int = 64
     lr: float | str = "auto"  # a number, or "auto" for the LR range test
     weight_decay: float = 0.05
     pct_start: float = 0.25  # one-cycle warm-up fraction
+    layer_decay: float | None = (
+        None  # discriminative LRs: each earlier layer group gets lr x this (timm groups)
+    )
     label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    accum_steps: int = 1  # gradient accumulation
+    ema: bool = False  # validate and submit with an exponential moving average of the weights
+    ema_decay: float = 0.998
     # LR range test
     lr_find_iters: int = 100
     lr_find_start: float = 1e-7
@@ -53,6 +62,10 @@ class TrainConfig:
     # runtime
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    compile: bool = False  # torch.compile the model (worth it for long GPU runs)
+    cache: str = (
+        "auto"  # images resized once: auto (RAM if it fits cache_mb, else disk) | memory | disk | none
+    )
     workers: int | None = None  # None: 0 for in-memory data, else min(cores, 8)
     cache_mb: int = 2048  # decode+resize images once into RAM when they fit in this budget
     seed: int = 42
@@ -62,7 +75,11 @@ class TrainConfig:
             raise UserError(f"config: lr must be a number or 'auto', got {self.lr!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("epochs", "batch_size", "folds", "lr_find_iters"):
+        if self.cache not in ("auto", "memory", "disk", "none"):
+            raise UserError(f"config: cache must be auto, memory, disk or none, got {self.cache!r}")
+        if self.freeze_epochs < 0:
+            raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
+        for name in ("epochs", "batch_size", "folds", "lr_find_iters", "accum_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1, got {getattr(self, name)}")
 

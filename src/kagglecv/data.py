@@ -1,13 +1,15 @@
 """Datasets, albumentations transforms and loaders over the prepared shape.
 
-Images are decoded and resized once; when the whole set fits in `cache_mb` they are kept in RAM as
-one uint8 array, so an epoch costs augmentation only. Batches stay uint8 until they reach the device,
-where they are normalised (less to copy, and the GPU does the arithmetic).
+Images are decoded and resized once: when the whole set fits in `cache_mb` they are kept in RAM as
+one uint8 array, otherwise resized copies go to data/<comp>/cache/<size>/ so full-size JPEGs are not
+decoded every epoch. Batches stay uint8 until they reach the device, where they are normalised
+(less to copy, and the GPU does the arithmetic).
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import albumentations as A
@@ -44,6 +46,44 @@ def preload(paths: list[Path], size: int, cache_mb: int, desc: str) -> np.ndarra
     for i, p in track(list(enumerate(paths)), desc):
         out[i] = read_image(p, size)
     return out
+
+
+def _cache_one(src: Path, dst: Path, size: int) -> None:
+    img = read_image(src, size)
+    tmp = dst.with_name(dst.stem + ".tmp" + dst.suffix)
+    ok = cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise OSError(f"could not write {tmp}")
+    tmp.replace(dst)  # a cached file exists only complete
+
+
+def disk_cache(paths: list[Path], data_root: Path, size: int) -> list[Path]:
+    """Resized JPEG copies under data/<comp>/cache/<size>/, built once (in parallel) and reused."""
+    root = data_root / "cache" / str(size)
+    out, todo = [], []
+    for p in paths:
+        dst = root / Path(p).relative_to(data_root).with_suffix(".jpg")
+        out.append(dst)
+        if not dst.exists():
+            todo.append((Path(p), dst))
+    if todo:
+        for d in {dst.parent for _, dst in todo}:
+            d.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # cv2 releases the GIL
+            jobs = [pool.submit(_cache_one, src, dst, size) for src, dst in todo]
+            for job in track(jobs, f"caching {len(todo)} images at {size}px"):
+                job.result()
+    return out
+
+
+def cached_images(paths: list[Path], data_root: Path, size: int, mode: str, cache_mb: int, desc: str):
+    """(paths to read, preloaded array or None) according to the cache mode."""
+    fits = len(paths) * size * size * 3 <= cache_mb * 2**20
+    if mode == "memory" or (mode == "auto" and fits):
+        return paths, preload(paths, size, 1 << 40, desc)
+    if mode in ("disk", "auto"):
+        return disk_cache(paths, data_root, size), None
+    return paths, None
 
 
 def train_transform(cfg, hflip: bool, vflip: bool, seed: int) -> A.Compose:
@@ -105,17 +145,25 @@ def default_workers(cfg, in_memory: bool) -> int:
 
 
 def make_loader(
-    ds: ImageDataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin: bool
+    ds: ImageDataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    pin: bool,
+    persistent: bool = True,
+    sampler=None,
 ) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=shuffle and len(ds) > batch_size,  # no 1-image batch for BatchNorm
         num_workers=workers,
         pin_memory=pin,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_seed_worker if workers > 0 else None,
         generator=gen,

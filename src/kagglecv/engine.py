@@ -30,49 +30,118 @@ def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=need)
 
 
-class Stepper:
-    """The state a training step needs, bundled so lr-find and the epoch loop share one step."""
+def set_frozen(model: torch.nn.Module, frozen: bool) -> None:
+    """Train only the classifier head (fastai's freeze), or everything."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for p in model.parameters():
+        p.requires_grad = not frozen or id(p) in head
 
-    def __init__(self, model, optimizer, device, mean, std, amp: bool, label_smoothing: float):
+
+def freeze_bn_stats(model: torch.nn.Module) -> None:
+    """While the body is frozen its BatchNorm layers keep their pretrained statistics."""
+    head = set(model.get_classifier().modules())
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m not in head:
+            m.eval()
+
+
+class Stepper:
+    """What a training step needs, bundled so lr-find and the epoch loop share one step.
+
+    `model` is the plain module (its state_dict is what we save); `net` is what runs the forward
+    pass (the same module, or its torch.compile'd wrapper). Gradients are accumulated over
+    `accum` batches; `mixup` (timm's Mixup) turns labels into soft targets; `ema` (ModelEmaV3)
+    follows the weights after every optimizer step.
+    """
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        device,
+        mean,
+        std,
+        amp: bool,
+        label_smoothing: float,
+        accum: int = 1,
+        mixup=None,
+        net=None,
+    ):
         self.model, self.optimizer, self.device = model, optimizer, device
+        self.net = net or model
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         self.amp = amp
         self.label_smoothing = label_smoothing
         self.channels_last = device.type == "cuda"
         self.scaler = make_scaler(device, amp)
+        self.accum = accum
+        self.mixup = mixup
+        self.ema = None
+        self.frozen = False
+        self._micro = 0
 
     def inputs(self, x):
         return to_input(x, self.mean, self.std, self.device, self.channels_last)
 
-    def step(self, x, y) -> float:
+    def step(self, x, y) -> tuple[float, bool]:
+        """Forward + backward on one batch; an optimizer step every `accum` batches. Returns (loss, stepped)."""
         x, y = self.inputs(x), y.to(self.device, non_blocking=True)
         with autocast(self.device, self.amp):
-            loss = F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+            if self.mixup is not None and len(y) % 2 == 0:
+                x, soft = self.mixup(x, y)
+                logits = self.net(x)
+                loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+            else:
+                loss = F.cross_entropy(self.net(x).float(), y, label_smoothing=self.label_smoothing)
+        self.scaler.scale(loss / self.accum).backward()
+        self._micro += 1
+        if self._micro % self.accum == 0:
+            self.optimizer_step()
+            return loss.item(), True
+        return loss.item(), False
+
+    def optimizer_step(self) -> None:
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.item()
+        # flush the gradients as soon as we can
+        self.optimizer.zero_grad(set_to_none=True)
+        self._micro = 0
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def train_mode(self) -> None:
+        self.model.train()
+        if self.frozen:
+            freeze_bn_stats(self.model)
 
 
 def train_one_epoch(stepper: Stepper, loader, scheduler, on_batch=None) -> dict:
-    stepper.model.train()
+    stepper.train_mode()
     total, n = 0.0, 0
     for x, y in loader:
-        loss = stepper.step(x, y)
-        scheduler.step()
+        loss, stepped = stepper.step(x, y)
+        if stepped:
+            scheduler.step()
         total += loss * len(y)
         n += len(y)
         if on_batch:
             on_batch(loss)
+    if stepper._micro:  # a last, partial accumulation still counts as a step
+        stepper.optimizer_step()
+        scheduler.step()
     return {"train_loss": total / max(n, 1)}
 
 
+def steps_per_epoch(n_batches: int, accum: int) -> int:
+    return -(-n_batches // accum)
+
+
 @torch.no_grad()
-def predict(stepper: Stepper, loader, flips: list[str] | None = None) -> np.ndarray:
+def predict(stepper: Stepper, loader, flips: list[str] | None = None, model=None) -> np.ndarray:
     """Softmax probabilities, averaged over test-time flips (e.g. ["hflip"])."""
-    stepper.model.eval()
+    model = model or stepper.model
+    model.eval()
     views = [None] + list(flips or [])
     out = []
     for x, _ in loader:
@@ -81,12 +150,12 @@ def predict(stepper: Stepper, loader, flips: list[str] | None = None) -> np.ndar
         for view in views:
             xv = x if view is None else torch.flip(x, dims=[3] if view == "hflip" else [2])
             with autocast(stepper.device, stepper.amp):
-                p = p + stepper.model(xv).float().softmax(1)
+                p = p + model(xv).float().softmax(1)
         out.append((p / len(views)).cpu())
     return torch.cat(out).numpy()
 
 
-def validate(stepper: Stepper, loader, labels: np.ndarray) -> dict:
-    probs = predict(stepper, loader)
+def validate(stepper: Stepper, loader, labels: np.ndarray, model=None) -> dict:
+    probs = predict(stepper, loader, model=model)
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
     return {"val_loss": float(-np.log(p).mean()), "probs": probs}

@@ -84,9 +84,10 @@ def lr_find(
         copy.deepcopy(stepper.scaler.state_dict()),
         _rng_state(),
     )
+    accum, stepper.accum = stepper.accum, 1  # the range test steps on every batch
     lrs, smooth, raw = [], [], []
     avg, best = 0.0, math.inf
-    model.train()
+    stepper.train_mode()
     try:
         with progress() as bar:
             task = bar.add_task("lr range test", total=iters, info="")
@@ -100,7 +101,7 @@ def lr_find(
                 lr = start_lr * (end_lr / start_lr) ** (i / max(iters - 1, 1))
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss = stepper.step(x, y)
+                loss, _ = stepper.step(x, y)
                 avg = beta * avg + (1 - beta) * loss
                 s = avg / (1 - beta ** (i + 1))  # bias-corrected, so early points are not pulled to 0
                 lrs.append(lr)
@@ -111,6 +112,7 @@ def lr_find(
                     break
                 best = min(best, s)
     finally:
+        stepper.accum = accum
         model.load_state_dict(saved[0])
         opt.load_state_dict(saved[1])
         stepper.scaler.load_state_dict(saved[2])

@@ -6,6 +6,8 @@ overrides them; checkpoints store the resolved values so prediction never guesse
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from timm.data import resolve_data_config
@@ -25,6 +27,10 @@ def create_model(
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
         raise UserError(f"unknown timm model '{name}'" + (f"; similar: {', '.join(close)}" if close else ""))
     kwargs = {}
+    if pretrained_file and not Path(pretrained_file).is_file():
+        raise UserError(
+            f"pretrained_file {pretrained_file} not found: give the path of a .safetensors/.pth file"
+        )
     if pretrained_file:
         kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
     try:
@@ -40,8 +46,9 @@ def create_model(
         if not (pretrained or pretrained_file):
             raise
         raise UserError(
-            f"could not load pretrained weights for '{name}' ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
-            "Offline? Put the weights in the Hugging Face cache, set pretrained_file=<path>, or pretrained=false."
+            f"could not load pretrained weights for '{name}' ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}). "
+            "Offline? Put the weights in the Hugging Face cache (HF_HUB_OFFLINE=1 then reads only the cache), "
+            "or set pretrained_file=<path to .safetensors/.pth>, or pretrained=false."
         ) from None
 
 

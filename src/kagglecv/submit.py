@@ -7,6 +7,7 @@ CSV, check it against sample_submission.csv, and score it where test labels are 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,13 @@ import torch
 
 from .competition import Competition
 from .console import console
-from .data import ImageDataset, make_loader
+from .data import ImageDataset, cached_images, make_loader
 from .engine import Stepper, pick_device, predict
 from .errors import UserError
 from .layout import IMAGE_EXTS, read_prepared
 from .metrics import score
 from .model import create_model
-from .train import RUNS_DIR, SUMMARY, atomic_write_bytes, load_checkpoint
+from .train import RUNS_DIR, SUMMARY, atomic_write_bytes, finished_folds, gather, load_checkpoint
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -46,11 +47,12 @@ def find_run(comp: Competition, run: str | None) -> Path:
 def load_fold_models(run_dir: Path, device: torch.device) -> list[tuple[torch.nn.Module, dict]]:
     summary = json.loads((run_dir / SUMMARY).read_text())
     models = []
-    for fold in range(summary["folds"]):
+    for fold in summary.get("fold_ids", range(summary["folds"])):
         path = run_dir / f"fold{fold}.pt"
         if not path.exists():
             raise UserError(
-                f"run {run_dir.name} is missing {path.name} (expected {summary['folds']} folds); retrain it"
+                f"run {run_dir.name} is missing {path.name} (its summary lists folds {summary.get('fold_ids')}); "
+                "retrain it or copy the fold back"
             )
         state, meta = load_checkpoint(path)
         model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
@@ -188,6 +190,10 @@ def read_sample(comp: Competition) -> pd.DataFrame:
 def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> dict:
     info = read_prepared(comp)
     run_dir = find_run(comp, run)
+    listed = set(json.loads((run_dir / SUMMARY).read_text()).get("fold_ids", []))
+    if set(finished_folds(run_dir)) - listed:
+        gather(run_dir, comp)  # folds trained elsewhere were copied in: fold them into the summary
+        console.print(f"gathered the finished folds of {run_dir.name} into its summary")
     device = pick_device("auto")
     models = load_fold_models(run_dir, device)
     meta = models[0][1]
@@ -202,13 +208,19 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
         f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
     )
     cfg = meta["config"]
-    flips = (
-        ([("hflip")] if comp.hflip else []) + (["vflip"] if comp.vflip else [])
-        if cfg.get("tta", True)
-        else []
+    tta = cfg.get("tta", True)
+    flips = [f for f, ok in (("hflip", comp.hflip), ("vflip", comp.vflip)) if ok and tta]
+    # decode + resize every test image once, not once per fold model
+    paths, images = cached_images(
+        paths,
+        comp.data_dir,
+        meta["img_size"],
+        cfg.get("cache", "auto"),
+        cfg.get("cache_mb", 2048),
+        "decoding test images",
     )
-    ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"])
-    workers = min(4, torch.get_num_threads()) if len(paths) > 2000 else 0
+    ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"], images)
+    workers = 0 if images is not None else min(os.cpu_count() or 1, 8)
     loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
     probs = 0
     for model, m in models:

@@ -1,10 +1,14 @@
 """k-fold fine-tuning of a timm model on a prepared competition.
 
     kagglecv train --comp digits-demo --config configs/demo.yaml epochs=10 lr=auto
+    kagglecv train --resume                 # continue the latest unfinished run where it stopped
+    kagglecv train --run exp1 --folds 0,1   # part of a run; another machine trains --folds 2,3,4
 
 Reads data/<comp>/folds.csv and the class folders; writes runs/<comp>/<run-id>/ with the resolved
 config, lr_find.png/json, metrics.csv (one row per epoch), fold<k>.pt (best epoch's weights plus the
-JSON needed to rebuild the model), oof.csv and, last of all, summary.json.
+JSON needed to rebuild the model) and oof_fold<k>.csv per finished fold, fold<k>.last.pt while a
+fold is under way (everything needed to resume it), and, gathered from the finished folds, oof.csv
+and summary.json.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pickle
 import random
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +27,12 @@ import torch
 import yaml
 from rich.table import Table
 
+from . import dist
 from .competition import Competition
 from .config import TrainConfig
 from .console import console, progress
-from .data import ImageDataset, default_workers, make_loader, preload, train_transform
-from .engine import Stepper, pick_device, train_one_epoch, validate
+from .data import ImageDataset, cached_images, default_workers, make_loader, train_transform
+from .engine import Stepper, pick_device, set_frozen, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
 from .layout import FOLDS, read_prepared
 from .lr_find import lr_find, save_lr_find
@@ -97,25 +103,60 @@ class TrainData:
             raise UserError(
                 f"{len(missing)} images in {folds_path} are missing (e.g. {missing[0]}); rerun `make data --force`"
             )
-        images = preload(paths, size, cfg.cache_mb, "decoding train images")
+        paths, images = cached_images(paths, root, size, cfg.cache, cfg.cache_mb, "decoding train images")
         self.dataset = ImageDataset(paths, self.labels, size, images)
         self.workers = default_workers(cfg, images is not None)
         self.n_folds = int(self.folds["fold"].nunique())
 
 
-def setup_fold(comp, cfg, data: TrainData, inp: dict, device, tr_idx, va_idx, fold: int):
-    """A fresh model, optimizer and loaders for one fold."""
+def setup_fold(comp, cfg, data: TrainData, inp: dict, device, tr_idx, va_idx, fold: int, ddp: bool = True):
+    """A fresh model, optimizer (layer-decayed param groups) and loaders for one fold."""
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+
     model = create_model(
         cfg.model, len(data.classes), cfg.pretrained, cfg.pretrained_file, cfg.in_chans, cfg.drop_rate
     )
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=cfg.weight_decay)
-    stepper = Stepper(model, opt, device, inp["mean"], inp["std"], cfg.amp, cfg.label_smoothing)
+    opt = create_optimizer_v2(
+        model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+    )
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=len(data.classes),
+        )
+    net = torch.compile(model) if cfg.compile else model
+    sampler = None
+    if ddp and dist.world_size() > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data.distributed import DistributedSampler
+
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    stepper = Stepper(
+        model,
+        opt,
+        device,
+        inp["mean"],
+        inp["std"],
+        cfg.amp,
+        cfg.label_smoothing,
+        accum=cfg.accum_steps,
+        mixup=mixup,
+        net=net,
+    )
     pin = device.type == "cuda"
     train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
-    train_dl = make_loader(train_ds, cfg.batch_size, True, data.workers, cfg.seed + fold, pin)
+    if ddp and dist.world_size() > 1:  # each rank trains on its own shard of the fold
+        sampler = DistributedSampler(train_ds, seed=cfg.seed + fold, drop_last=True)
+    train_dl = make_loader(
+        train_ds, cfg.batch_size, True, data.workers, cfg.seed + fold, pin, persistent=False, sampler=sampler
+    )
     val_dl = make_loader(data.dataset.subset(va_idx), cfg.batch_size * 2, False, data.workers, 0, pin)
     return stepper, train_dl, val_dl
 
@@ -135,7 +176,7 @@ def run_lr_find(comp, cfg, data: TrainData, stepper: Stepper, tr_idx, out_dir: P
 
 
 def prepare_training(comp: Competition, cfg: TrainConfig):
-    device = pick_device(cfg.device)
+    device = dist.init_from_env() or pick_device(cfg.device)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
     read_prepared(comp)
@@ -145,54 +186,130 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     return device, inp, TrainData(comp, cfg, inp["img_size"])
 
 
+def find_lr(comp, cfg, data: TrainData, inp: dict, device, out_dir: Path) -> float:
+    """The range test on fold 0's training split with a throwaway model: the same LR for every fold
+    and every machine that trains part of the run, and no effect on any fold's own training."""
+    seed_everything(cfg.seed)
+    tr_idx = np.flatnonzero(data.folds["fold"].to_numpy() != 0)
+    stepper, _, _ = setup_fold(comp, cfg, data, inp, device, tr_idx, tr_idx[:1], 0, ddp=False)
+    return dist.broadcast(run_lr_find(comp, cfg, data, stepper, tr_idx, out_dir) if dist.is_main() else None)
+
+
 def lr_find_only(comp: Competition, cfg: TrainConfig) -> float:
-    """`kagglecv lr-find`: the range test alone, on fold 0's training split."""
+    """`kagglecv lr-find`: the range test alone."""
     device, inp, data = prepare_training(comp, cfg)
     out_dir = RUNS_DIR / comp.slug / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    tr_idx = np.flatnonzero(data.folds["fold"].to_numpy() != 0)
-    stepper, _, _ = setup_fold(comp, cfg, data, inp, device, tr_idx, tr_idx[:1], 0)
-    return run_lr_find(comp, cfg, data, stepper, tr_idx, out_dir)
+    return find_lr(comp, cfg, data, inp, device, out_dir)
 
 
-def train(comp: Competition, cfg: TrainConfig, run_dir: Path | None = None) -> Path:
-    t0 = time.time()
-    device, inp, data = prepare_training(comp, cfg)
-    n_classes = len(data.classes)
-    n_train_folds = min(cfg.folds, data.n_folds)
+# ---- resumable state -------------------------------------------------------------------------
 
-    run_dir = run_dir or new_run_dir(comp, cfg)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    console.print(
-        f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
-        f"· {n_classes} classes · {len(data.labels)} images · {n_train_folds}/{data.n_folds} folds · "
-        f"{cfg.epochs} epochs · {inp['img_size']}px · {device.type}"
-    )
 
-    lr = cfg.lr
-    metrics_path = run_dir / "metrics.csv"
-    oof_parts, fold_scores, best_epochs = [], [], []
-    higher = HIGHER_IS_BETTER[comp.metric]
-    for fold in range(n_train_folds):
-        seed_everything(cfg.seed + fold)
-        tr_idx = np.flatnonzero(data.folds["fold"].to_numpy() != fold)
-        va_idx = np.flatnonzero(data.folds["fold"].to_numpy() == fold)
-        stepper, train_dl, val_dl = setup_fold(comp, cfg, data, inp, device, tr_idx, va_idx, fold)
-        opt = stepper.optimizer
-        if lr == "auto":  # once per run, on fold 0's training split, with its own augmentation stream
-            lr = run_lr_find(comp, cfg, data, stepper, tr_idx, run_dir)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, total_steps=cfg.epochs * len(train_dl), pct_start=cfg.pct_start
-        )
+def _rng_pack() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_rest": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]),
+        "random": json.dumps(random.getstate()),
+    }
 
-        best, best_state, best_probs, best_epoch = None, None, None, -1
-        with progress() as bar:
-            fold_task = bar.add_task(f"fold {fold}", total=cfg.epochs, info="")
-            batch_task = bar.add_task("  batches", total=len(train_dl), info="")
-            for epoch in range(cfg.epochs):
+
+def _rng_unpack(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, pos, has_gauss, gauss = json.loads(state["numpy_rest"])
+    np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = json.loads(state["random"])
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _cpu(state_dict: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+
+
+def fold_done(run_dir: Path, fold: int) -> bool:
+    return (run_dir / f"fold{fold}.pt").exists() and (run_dir / f"oof_fold{fold}.csv").exists()
+
+
+def finished_folds(run_dir: Path) -> list[int]:
+    ids = (p.stem[4:] for p in run_dir.glob("fold*.pt"))
+    return sorted(int(k) for k in ids if k.isdigit() and fold_done(run_dir, int(k)))
+
+
+def _read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.csv"
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
+
+
+def _write_rows(run_dir: Path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows, columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"])
+    df = df.sort_values(["fold", "epoch"], kind="stable")
+    atomic_write_bytes(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))
+
+
+# ---- one fold ---------------------------------------------------------------------------------
+
+
+def train_fold(
+    comp, cfg, data: TrainData, inp: dict, device, fold: int, lr: float, run_dir: Path, rows: list[dict]
+) -> float:
+    """Train one fold (resuming from fold<k>.last.pt if present); returns its best score."""
+    seed_everything(cfg.seed + fold)
+    folds = data.folds["fold"].to_numpy()
+    tr_idx, va_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    stepper, train_dl, val_dl = setup_fold(comp, cfg, data, inp, device, tr_idx, va_idx, fold)
+    model, opt = stepper.model, stepper.optimizer
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        stepper.ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    phases = [("head", cfg.freeze_epochs)] * (cfg.freeze_epochs > 0) + [("all", cfg.epochs)]
+    total_epochs = cfg.freeze_epochs + cfg.epochs
+    n_steps = steps_per_epoch(len(train_dl), cfg.accum_steps)
+    base_lrs = [lr * g.get("lr_scale", 1.0) for g in opt.param_groups]
+
+    best, best_state, best_probs, best_epoch, start = None, None, None, -1, 0
+    last_path = run_dir / f"fold{fold}.last.pt"
+    if last_path.exists():
+        st = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        stepper.scaler.load_state_dict(st["scaler"])
+        if stepper.ema is not None:
+            stepper.ema.module.load_state_dict(st["ema"])
+        best, best_epoch, best_state = st["best"], st["best_epoch"], st["best_state"]
+        best_probs = st["best_probs"].numpy()
+        start = st["epoch"] + 1
+        _rng_unpack(st["rng"])
+        console.print(f"[yellow]resuming fold {fold}[/] after epoch {st['epoch']} of {total_epochs}")
+    rows[:] = [r for r in rows if r["fold"] != fold or r["epoch"] < start]
+
+    with progress() as bar:
+        fold_task = bar.add_task(f"fold {fold}", total=total_epochs, completed=start, info="")
+        batch_task = bar.add_task("  batches", total=len(train_dl), info="")
+        epoch0 = 0
+        for phase, n_epochs in phases:
+            # one one-cycle schedule per phase; on resume, replay the steps already taken
+            for g, base in zip(opt.param_groups, base_lrs, strict=True):
+                g["lr"] = base
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=base_lrs, total_steps=n_epochs * n_steps, pct_start=cfg.pct_start
+            )
+            set_frozen(model, phase == "head")
+            stepper.frozen = phase == "head"
+            with warnings.catch_warnings():  # the schedule alone moves here, not the weights
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(max(0, min(start, epoch0 + n_epochs) - epoch0) * n_steps):
+                    sched.step()
+            for epoch in range(max(start, epoch0), epoch0 + n_epochs):
+                # every epoch's shuffling and augmentation follow from (seed, fold, epoch) alone,
+                # so a resumed run draws exactly what an uninterrupted one would have
+                epoch_seed = cfg.seed * 1_000_003 + fold * 1009 + epoch
+                train_dl.generator.manual_seed(epoch_seed)
+                train_dl.dataset.transform.set_random_seed((epoch_seed + 7919 * dist.rank()) % 2**32)
+                if train_dl.sampler is not None and hasattr(train_dl.sampler, "set_epoch"):
+                    train_dl.sampler.set_epoch(epoch)
                 bar.reset(batch_task, total=len(train_dl))
                 tr = train_one_epoch(
                     stepper,
@@ -200,78 +317,195 @@ def train(comp: Competition, cfg: TrainConfig, run_dir: Path | None = None) -> P
                     sched,
                     on_batch=lambda loss, t=batch_task: bar.update(t, advance=1, info=f"loss {loss:.3f}"),
                 )
-                va = validate(stepper, val_dl, data.labels[va_idx])
+                tr["train_loss"] = dist.mean_across_ranks(tr["train_loss"])
+                eval_model = stepper.ema.module if stepper.ema is not None else model
+                va = validate(stepper, val_dl, data.labels[va_idx], model=eval_model)
                 m = score(comp.metric, data.labels[va_idx], va["probs"])
-                row = {
-                    "fold": fold,
-                    "epoch": epoch,
-                    "lr": sched.get_last_lr()[0],
-                    "train_loss": tr["train_loss"],
-                    "val_loss": va["val_loss"],
-                    "metric": m,
-                }
-                pd.DataFrame([row]).to_csv(
-                    metrics_path, mode="a", header=not metrics_path.exists(), index=False
+                rows.append(
+                    {
+                        "fold": fold,
+                        "epoch": epoch,
+                        "lr": sched.get_last_lr()[-1],
+                        "train_loss": tr["train_loss"],
+                        "val_loss": va["val_loss"],
+                        "metric": m,
+                    }
                 )
                 mark = ""
                 if is_better(comp.metric, m, best):
                     best, best_epoch, best_probs = m, epoch, va["probs"]
-                    best_state = {
-                        k: v.detach().to("cpu", copy=True) for k, v in stepper.model.state_dict().items()
-                    }
+                    best_state = _cpu(eval_model.state_dict())
                     mark = " *"
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scaler": stepper.scaler.state_dict(),
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "best_probs": torch.from_numpy(best_probs),
+                    "epoch": epoch,
+                    "rng": _rng_pack(),
+                }
+                if stepper.ema is not None:
+                    state["ema"] = stepper.ema.module.state_dict()
+                if dist.is_main():
+                    atomic_write_bytes(last_path, lambda p, st=state: torch.save(st, p))
+                    _write_rows(run_dir, rows)
                 bar.update(fold_task, advance=1, info=f"best {comp.metric} {best:.4f}")
                 console.print(
-                    f"[dim]fold {fold} epoch {epoch:>2}  train_loss {tr['train_loss']:.4f}  val_loss {va['val_loss']:.4f}  "
-                    f"{comp.metric} {m:.4f}{mark}[/]"
+                    f"[dim]fold {fold} epoch {epoch:>2}{' (head)' if phase == 'head' else ''}  "
+                    f"train_loss {tr['train_loss']:.4f}  val_loss {va['val_loss']:.4f}  {comp.metric} {m:.4f}{mark}[/]"
                 )
-        meta = {
-            "competition": comp.slug,
-            "model": cfg.model,
-            "num_classes": n_classes,
-            "classes": data.classes,
-            "in_chans": cfg.in_chans,
-            **inp,
-            "fold": fold,
-            "best_epoch": best_epoch,
-            "metric": comp.metric,
-            "score": best,
-            "lr": lr,
-            "config": cfg.to_dict(),
-        }
-        save_checkpoint(run_dir / f"fold{fold}.pt", best_state, meta)
-        part = data.folds.iloc[va_idx][["image", "label", "fold"]].copy()
-        probs = pd.DataFrame(best_probs, columns=[f"p_{c}" for c in data.classes], index=part.index)
-        part = pd.concat([part, probs], axis=1)
-        part["pred"] = [data.classes[i] for i in best_probs.argmax(1)]
-        oof_parts.append(part)
-        fold_scores.append(best)
-        best_epochs.append(best_epoch)
-        console.print(f"[green]fold {fold}[/]: best {comp.metric} {best:.4f} at epoch {best_epoch}")
+            epoch0 += n_epochs
 
-    oof = pd.concat(oof_parts).sort_index()
-    atomic_write_bytes(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
-    oof_score = score(
-        comp.metric, data.labels[oof.index.to_numpy()], oof[[f"p_{c}" for c in data.classes]].to_numpy()
+    meta = {
+        "competition": comp.slug,
+        "model": cfg.model,
+        "num_classes": len(data.classes),
+        "classes": data.classes,
+        "in_chans": cfg.in_chans,
+        **inp,
+        "fold": fold,
+        "best_epoch": best_epoch,
+        "metric": comp.metric,
+        "score": best,
+        "lr": lr,
+        "ema": cfg.ema,
+        "config": cfg.to_dict(),
+    }
+    dist.barrier()
+    if not dist.is_main():
+        return best
+    save_checkpoint(run_dir / f"fold{fold}.pt", best_state, meta)
+    part = data.folds.iloc[va_idx][["image", "label", "fold"]].copy()
+    probs = pd.DataFrame(best_probs, columns=[f"p_{c}" for c in data.classes], index=part.index)
+    part = pd.concat([part, probs], axis=1)
+    part["pred"] = [data.classes[i] for i in best_probs.argmax(1)]
+    atomic_write_bytes(
+        run_dir / f"oof_fold{fold}.csv", lambda p: part.to_csv(p, index=True, index_label="row")
     )
+    last_path.unlink(missing_ok=True)
+    console.print(f"[green]fold {fold}[/]: best {comp.metric} {best:.4f} at epoch {best_epoch}")
+    return best
+
+
+# ---- a run: folds, then the summary gathered from whatever folds are finished -----------------
+
+
+def gather(run_dir: Path, comp: Competition, seconds: float | None = None) -> dict:
+    """oof.csv + summary.json from the finished folds in a run folder (also folds trained elsewhere
+    and copied in: train FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then gather)."""
+    done = finished_folds(run_dir)
+    if not done:
+        raise UserError(f"run {run_dir} has no finished fold yet; train it (RESUME=1 continues it)")
+    metas = [load_checkpoint(run_dir / f"fold{k}.pt")[1] for k in done]
+    classes = metas[0]["classes"]
+    oof = pd.concat([pd.read_csv(run_dir / f"oof_fold{k}.csv", index_col="row") for k in done]).sort_index()
+    atomic_write_bytes(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
+    y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    fold_scores = [float(m["score"]) for m in metas]
+    old = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
     summary = {
+        **old,
         "competition": comp.slug,
         "run": run_dir.name,
-        "model": cfg.model,
-        "folds": n_train_folds,
+        "model": metas[0]["model"],
+        "folds": len(done),
+        "fold_ids": done,
         "metric": comp.metric,
-        "higher_is_better": higher,
+        "higher_is_better": HIGHER_IS_BETTER[comp.metric],
         "cv_mean": float(np.mean(fold_scores)),
         "cv_std": float(np.std(fold_scores)),
-        "fold_scores": [float(s) for s in fold_scores],
-        "oof_score": oof_score,
-        "best_epochs": best_epochs,
-        "lr": lr,
-        "img_size": inp["img_size"],
-        "device": device.type,
-        "seconds": round(time.time() - t0, 1),
+        "fold_scores": fold_scores,
+        "oof_score": score(comp.metric, y, oof[[f"p_{c}" for c in classes]].to_numpy()),
+        "best_epochs": [m["best_epoch"] for m in metas],
+        "lr": metas[0]["lr"],
+        "img_size": metas[0]["img_size"],
     }
+    if seconds is not None:  # training time, summed over interrupted and resumed sessions
+        summary["seconds"] = round(old.get("seconds", 0.0) + seconds, 1)
+        summary["device"] = pick_device("auto").type
+    summary.setdefault("seconds", 0.0)
+    summary.setdefault("device", "?")
     atomic_write_bytes(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
+def latest_unfinished(comp: Competition) -> Path:
+    base = RUNS_DIR / comp.slug
+    runs = (
+        sorted(p for p in base.glob("*") if p.is_dir() and (p / "config.yaml").exists())
+        if base.exists()
+        else []
+    )
+    open_runs = [p for p in runs if list(p.glob("fold*.last.pt")) or not (p / SUMMARY).exists()]
+    if not open_runs:
+        raise UserError(
+            f"nothing to resume for {comp.slug}: every run in {base}/ finished (start one with `make train`)"
+        )
+    return open_runs[-1]
+
+
+def train(
+    comp: Competition,
+    cfg: TrainConfig,
+    run_dir: Path | None = None,
+    fold_ids: list[int] | None = None,
+    resume: bool = False,
+) -> Path:
+    t0 = time.time()
+    if resume:
+        run_dir = run_dir or latest_unfinished(comp)
+        from .config import config_from_dict
+
+        cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+        console.print(f"[yellow]resuming[/] {run_dir} with its saved config")
+    device, inp, data = prepare_training(comp, cfg)
+    n_classes = len(data.classes)
+    plan = run_dir / "plan.json" if run_dir else None
+    if fold_ids is None and plan is not None and plan.exists():
+        fold_ids = json.loads(plan.read_text())["fold_ids"]
+    if fold_ids is None:
+        fold_ids = list(range(min(cfg.folds, data.n_folds)))
+    bad = [k for k in fold_ids if not 0 <= k < data.n_folds]
+    if bad:
+        raise UserError(f"folds {bad} do not exist: folds.csv has folds 0..{data.n_folds - 1}")
+
+    if run_dir is None:
+        run_dir = new_run_dir(comp, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists() and yaml.safe_load(cfg_path.read_text()) != cfg.to_dict():
+        raise UserError(f"{run_dir} was started with another config; use a new RUN name or the same recipe")
+    if dist.is_main():
+        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (run_dir / "plan.json").write_text(json.dumps({"fold_ids": fold_ids}))
+    dist.barrier()
+    console.print(
+        f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
+        f"· {n_classes} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} of {data.n_folds} · "
+        f"{cfg.freeze_epochs}+{cfg.epochs} epochs · {inp['img_size']}px · {device.type}"
+    )
+
+    if cfg.lr != "auto":
+        lr = float(cfg.lr)
+    elif (run_dir / "lr_find.json").exists():  # resumed, or another part of this run found it
+        lr = float(json.loads((run_dir / "lr_find.json").read_text())["chosen"])
+    else:
+        lr = find_lr(comp, cfg, data, inp, device, run_dir)
+
+    rows = _read_rows(run_dir)
+    for fold in fold_ids:
+        if fold_done(run_dir, fold):
+            console.print(f"fold {fold} already finished in {run_dir.name}")
+            continue
+        train_fold(comp, cfg, data, inp, device, fold, lr, run_dir, rows)
+
+    dist.barrier()
+    if not dist.is_main():
+        return run_dir
+    summary = gather(run_dir, comp, seconds=time.time() - t0)
     print_cv_table(summary)
     return run_dir
 
@@ -281,7 +515,8 @@ def print_cv_table(summary: dict) -> None:
     table.add_column("fold", justify="right")
     table.add_column(summary["metric"], justify="right")
     table.add_column("best epoch", justify="right")
-    for k, (s, e) in enumerate(zip(summary["fold_scores"], summary["best_epochs"], strict=True)):
+    ids = summary.get("fold_ids", range(len(summary["fold_scores"])))
+    for k, s, e in zip(ids, summary["fold_scores"], summary["best_epochs"], strict=True):
         table.add_row(str(k), f"{s:.4f}", str(e))
     table.add_section()
     table.add_row("CV", f"[bold]{summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}[/]", "")

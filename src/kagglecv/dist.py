@@ -1,0 +1,92 @@
+"""Data-parallel training across processes (torchrun): one process per GPU, or CPU processes with gloo.
+
+    make train GPUS=4                      # torchrun on this machine
+    make train GPUS=8 TORCHRUN="--nnodes 2 --node_rank 0 --master_addr 10.0.0.1 --master_port 29500"
+
+Rank 0 alone logs and writes files; every rank validates the whole validation split itself, so all
+ranks agree on the best epoch without exchanging predictions; the training loss is all-reduced.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+from .console import console
+from .errors import UserError
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> torch.device | None:
+    """Join the process group torchrun describes in the environment; returns this rank's CUDA device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return None
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if not is_main():
+        console.quiet = True  # rank 0 speaks for everyone
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return None
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def mean_across_ranks(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
+def broadcast(value):
+    """Rank 0's value, on every rank."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def launch(n: int, argv: list[str]) -> int:
+    """Re-run this `kagglecv train` command under torchrun with n processes per node."""
+    if n > 1 and torch.cuda.is_available() and torch.cuda.device_count() < n:
+        raise UserError(f"GPUS={n} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    extra = shlex.split(os.environ.get("TORCHRUN", ""))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        *extra,
+        "-m",
+        "kagglecv.cli",
+        *argv,
+    ]
+    console.print(
+        f"launching {n} processes: torchrun --nproc_per_node {n} {' '.join(extra)} kagglecv {' '.join(argv)}"
+    )
+    return subprocess.call(cmd)

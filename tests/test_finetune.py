@@ -1,0 +1,141 @@
+"""Issue 5 on the CPU: local pretrained weights, fine_tune phases with EMA / accumulation / mixup,
+exact resume after an interruption, folds trained apart and gathered, the disk image cache."""
+
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+
+import kagglecv.train as train_mod
+from kagglecv.cli import main
+from kagglecv.competition import load_competition
+from kagglecv.config import load_config
+from kagglecv.errors import UserError
+from kagglecv.model import create_model
+from kagglecv.train import load_checkpoint, train
+
+RECIPE = [
+    "folds=1",
+    "lr=0.003",
+    "freeze_epochs=1",
+    "epochs=2",
+    "ema=true",
+    "ema_decay=0.9",
+    "accum_steps=2",
+    "mixup=0.2",
+    "layer_decay=0.8",
+]
+
+
+def test_pretrained_file_loads_local_weights(tmp_path):
+    src = timm.create_model("test_resnet", num_classes=1000)
+    path = tmp_path / "weights.pth"
+    torch.save(src.state_dict(), path)
+    model = create_model("test_resnet", num_classes=7, pretrained_file=str(path))
+    assert torch.equal(model.state_dict()["conv1.0.weight"], src.state_dict()["conv1.0.weight"])
+    assert model.get_classifier().out_features == 7  # a fresh head for our classes
+
+
+def test_pretrained_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read at import, so patch it
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(UserError, match=r"pretrained_file=.*pretrained=false") as e:
+        create_model("test_resnet", num_classes=2, pretrained=True)
+    assert "HF_HUB_OFFLINE=1" in str(e.value)
+    with pytest.raises(UserError, match="pretrained_file .*missing.pth not found"):
+        create_model("test_resnet", num_classes=2, pretrained_file=str(tmp_path / "missing.pth"))
+
+
+def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
+    comp = load_competition("digits-demo")
+    cfg = load_config("configs/smoke.yaml", RECIPE)
+    straight = train(comp, cfg)
+
+    real_validate, calls = train_mod.validate, {"n": 0}
+
+    def killed_during_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validate", killed_during_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(comp, cfg)
+    monkeypatch.setattr(train_mod, "validate", real_validate)
+    (interrupted,) = [p for p in straight.parent.iterdir() if p != straight]
+    assert (interrupted / "fold0.last.pt").exists()
+    assert not (interrupted / "fold0.pt").exists() and not (interrupted / "summary.json").exists()
+
+    assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
+    a, meta_a = load_checkpoint(straight / "fold0.pt")
+    b, meta_b = load_checkpoint(interrupted / "fold0.pt")
+    assert meta_a["best_epoch"] == meta_b["best_epoch"] and meta_a["score"] == meta_b["score"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not (interrupted / "fold0.last.pt").exists()
+    rows = (interrupted / "metrics.csv").read_text().splitlines()
+    assert rows == (straight / "metrics.csv").read_text().splitlines() and len(rows) == 1 + 3
+
+
+def test_folds_split_across_machines_are_gathered_by_submit(digits, tmp_path):
+    common = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "exp", "lr=0.003"]
+    assert main(["train", *common, "--folds", "0"]) == 0
+    run = digits / "runs" / "digits-demo" / "exp"
+    # "another machine": a copy of the project trains fold 1 of the same run, and its files are copied back
+    other = tmp_path / "machine2"
+    shutil.copytree(digits, other, ignore=shutil.ignore_patterns("runs"))
+    import os
+
+    os.chdir(other)
+    assert main(["train", *common, "--folds", "1"]) == 0
+    for name in ("fold1.pt", "oof_fold1.csv"):
+        shutil.copy(other / "runs" / "digits-demo" / "exp" / name, run / name)
+    os.chdir(digits)
+    assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
+    assert main(["submit", "--comp", "digits-demo", "--run", "exp"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fold_ids"] == [0, 1] and len(summary["fold_scores"]) == 2 and "test_score" in summary
+
+
+def test_disk_cache_is_built_once(digits):
+    comp = load_competition("digits-demo")
+    cfg = load_config("configs/smoke.yaml", ["cache=disk"])
+    data = train_mod.TrainData(comp, cfg, 32)
+    cached = sorted((digits / "data" / "digits-demo" / "cache" / "32").rglob("*.jpg"))
+    assert len(cached) == 1437 and data.dataset.images is None
+    stamp = cached[0].stat().st_mtime_ns
+    img, _ = data.dataset[0]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
+    train_mod.TrainData(comp, cfg, 32)
+    assert cached[0].stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_ddp_with_gloo_on_two_cpu_processes(digits):
+    """make train GPUS=2 on a machine without CUDA: torchrun, 2 CPU processes, gloo."""
+    rc = main(
+        [
+            "train",
+            "--comp",
+            "digits-demo",
+            "--config",
+            "configs/smoke.yaml",
+            "--gpus",
+            "2",
+            "--run",
+            "ddp",
+            "folds=1",
+            "lr=0.003",
+            "epochs=2",
+        ]
+    )
+    assert rc == 0
+    run = digits / "runs" / "digits-demo" / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fold_ids"] == [0] and summary["cv_mean"] > 0.2  # it learned, with half the data per rank
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # rank 0 alone wrote metrics: one row per epoch, not per rank
+    assert not list(run.glob("*.last.pt"))
