@@ -330,3 +330,145 @@ def use_fake_kaggle(monkeypatch, fake: FakeKaggle, home, **client_env_kwargs) ->
     KaggleApi = _kaggle_api_class()
     monkeypatch.setattr(KaggleApi, "config_dir", env["KAGGLE_CONFIG_DIR"])
     monkeypatch.setattr(KaggleApi, "config", os.path.join(env["KAGGLE_CONFIG_DIR"], "kaggle.json"))
+
+
+# --- small archives with each shipped competition's exact file names and CSV columns ---------------
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def _image(ext: str, seed: int, size: int = 32) -> bytes:
+    """A small random colour image, encoded as ext (.jpg/.png/.tif)."""
+    import cv2
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(ext, pixels)
+    assert ok
+    return data.tobytes()
+
+
+def _csv(header: list[str], rows: list[list]) -> bytes:
+    return ("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n").encode()
+
+
+def _hex(i: int) -> str:
+    return f"{i * 2654435761 % 16**12:012x}"
+
+
+PER_CLASS, N_TEST = 6, 5
+
+
+def _dogs_vs_cats(test_dir: str, sample: str, sample_value) -> dict[str, bytes]:
+    train = {
+        f"train/{c}.{i}.jpg": _image(".jpg", k * 100 + i)
+        for k, c in enumerate(("cat", "dog"))
+        for i in range(PER_CLASS)
+    }
+    test = {f"{test_dir}/{i}.jpg": _image(".jpg", 900 + i) for i in range(1, N_TEST + 1)}
+    return {
+        "train.zip": _zip(train),
+        f"{test_dir}.zip": _zip(test),
+        sample: _csv(["id", "label"], [[i, sample_value] for i in range(1, N_TEST + 1)]),
+    }
+
+
+def _digit_recognizer() -> dict[str, bytes]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    pixels = [f"pixel{i}" for i in range(784)]
+    train = [[d, *rng.integers(0, 256, 784)] for d in range(10) for _ in range(PER_CLASS)]
+    test = [list(rng.integers(0, 256, 784)) for _ in range(N_TEST)]
+    return {
+        "train.csv": _csv(["label", *pixels], train),
+        "test.csv": _csv(pixels, test),
+        "sample_submission.csv": _csv(["ImageId", "Label"], [[i, 0] for i in range(1, N_TEST + 1)]),
+    }
+
+
+BREEDS = ["affenpinscher", "afghan_hound", "yorkshire_terrier"]
+
+
+def _dog_breed() -> dict[str, bytes]:
+    ids = [(_hex(i), BREEDS[i % 3]) for i in range(3 * PER_CLASS)]
+    test = [_hex(1000 + i) for i in range(N_TEST)]
+    return {
+        "labels.csv": _csv(["id", "breed"], ids),
+        **{f"train/{i}.jpg": _image(".jpg", n) for n, (i, _) in enumerate(ids)},
+        **{f"test/{i}.jpg": _image(".jpg", 500 + n) for n, i in enumerate(test)},
+        "sample_submission.csv": _csv(["id", *BREEDS], [[i] + [1 / 3] * 3 for i in test]),
+    }
+
+
+SPECIES = ["Black-grass", "Common Chickweed", "Shepherds Purse"]
+
+
+def _plant_seedlings() -> dict[str, bytes]:
+    test = [f"{_hex(2000 + i)[:9]}.png" for i in range(N_TEST)]
+    return {
+        **{
+            f"train/{s}/{_hex(k * 50 + i)[:9]}.png": _image(".png", k * 50 + i)
+            for k, s in enumerate(SPECIES)
+            for i in range(PER_CLASS)
+        },
+        **{f"test/{name}": _image(".png", 700 + n) for n, name in enumerate(test)},
+        "sample_submission.csv": _csv(["file", "species"], [[name, "Sugar beet"] for name in test]),
+    }
+
+
+def _histopathologic() -> dict[str, bytes]:
+    ids = [(_hex(3000 + i) * 3 + "abcd", i % 2) for i in range(2 * PER_CLASS)]
+    test = [_hex(4000 + i) * 3 + "0123" for i in range(N_TEST)]
+    return {
+        "train_labels.csv": _csv(["id", "label"], ids),
+        **{f"train/{i}.tif": _image(".tif", n) for n, (i, _) in enumerate(ids)},
+        **{f"test/{i}.tif": _image(".tif", 600 + n) for n, i in enumerate(test)},
+        "sample_submission.csv": _csv(["id", "label"], [[i, 0] for i in test]),
+    }
+
+
+def _aerial_cactus() -> dict[str, bytes]:
+    ids = [(f"{_hex(5000 + i)}{_hex(i)}.jpg", i % 2) for i in range(2 * PER_CLASS)]
+    test = [f"{_hex(6000 + i)}{_hex(i)}.jpg" for i in range(N_TEST)]
+    return {
+        "train.csv": _csv(["id", "has_cactus"], ids),
+        "train.zip": _zip({f"train/{i}": _image(".jpg", n) for n, (i, _) in enumerate(ids)}),
+        "test.zip": _zip({f"test/{i}": _image(".jpg", 800 + n) for n, i in enumerate(test)}),
+        "sample_submission.csv": _csv(["id", "has_cactus"], [[i, 0.5] for i in test]),
+    }
+
+
+ARCHIVES = {
+    "dogs-vs-cats": lambda: _dogs_vs_cats("test1", "sampleSubmission.csv", 0),
+    "dogs-vs-cats-redux-kernels-edition": lambda: _dogs_vs_cats("test", "sample_submission.csv", 0.5),
+    "digit-recognizer": _digit_recognizer,
+    "dog-breed-identification": _dog_breed,
+    "plant-seedlings-classification": _plant_seedlings,
+    "histopathologic-cancer-detection": _histopathologic,
+    "aerial-cactus-identification": _aerial_cactus,
+}
+# slug -> (classes, train images per class, test images) that `make data` should produce
+EXPECTED = {
+    "dogs-vs-cats": (["cat", "dog"], PER_CLASS, N_TEST),
+    "dogs-vs-cats-redux-kernels-edition": (["cat", "dog"], PER_CLASS, N_TEST),
+    "digit-recognizer": ([str(d) for d in range(10)], PER_CLASS, N_TEST),
+    "dog-breed-identification": (BREEDS, PER_CLASS, N_TEST),
+    "plant-seedlings-classification": (SPECIES, PER_CLASS, N_TEST),
+    "histopathologic-cancer-detection": (["0", "1"], PER_CLASS, N_TEST),
+    "aerial-cactus-identification": (["0", "1"], PER_CLASS, N_TEST),
+}
+_built: dict[str, bytes] = {}
+
+
+def competition_zip(slug: str) -> bytes:
+    """What Kaggle's 'download all' gives for slug, in miniature (built once per session)."""
+    if slug not in _built:
+        _built[slug] = _zip(ARCHIVES[slug]())
+    return _built[slug]

@@ -1,0 +1,236 @@
+"""A first competitions/<slug>.yaml for a Kaggle competition kagglecv has no file for yet.
+
+    kagglecv data some-new-competition    # no competitions/some-new-competition.yaml -> a draft
+
+The files are downloaded into data/<slug>/raw/ as usual; then what came is read the way a person
+would: the sample submission's columns (id, one label column or one column per class) and values
+(class names, indices or probabilities), a CSV of pixel rows, image folders per class, a CSV whose
+ids match the training images plus a label-like column, or a class word at the start of each file
+name. Every guess that could be wrong is listed at the top of the file, marked CHECK.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .competition import COMPETITIONS_DIR, Competition, Submission, known_competitions, load_competition
+from .console import console
+from .errors import UserError
+from .layout import IMAGE_EXTS, fetch_raw
+
+LABEL_WORDS = ("label", "class", "target", "category", "breed", "species", "has_", "is_", "y")
+NAME_PATTERN = r"^([A-Za-z]+)[._-]"  # "cat.0.jpg" -> cat
+
+
+def _images(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+
+
+def _image_dirs(raw: Path) -> list[Path]:
+    """Folders that hold images directly, shallowest first."""
+    dirs = [d for d in [raw, *raw.rglob("*")] if d.is_dir() and _images(d)]
+    return sorted(dirs, key=lambda d: (len(d.relative_to(raw).parts), str(d)))
+
+
+def _rel(path: Path, raw: Path) -> str:
+    return path.relative_to(raw).as_posix() or "."
+
+
+def _sample_submission(raw: Path) -> Path:
+    found = sorted(
+        (p for p in raw.rglob("*.csv") if re.search(r"sample.?submission", p.name, re.I)),
+        key=lambda p: len(p.parts),
+    )
+    if not found:
+        raise UserError(
+            f"{raw}/ has no sample submission CSV, so kagglecv cannot tell the submission format; "
+            "write competitions/<slug>.yaml by hand (see the shipped ones)"
+        )
+    return found[0]
+
+
+def _label_column(frame: pd.DataFrame, exclude: str) -> str | None:
+    """The label-like column: a telling name, else the one with the fewest distinct values."""
+    candidates = [c for c in frame.columns if c != exclude and frame[c].nunique() <= max(2, len(frame) // 2)]
+    for c in candidates:
+        if any(w in c.lower() for w in LABEL_WORDS):
+            return c
+    return min(candidates, key=lambda c: frame[c].nunique()) if candidates else None
+
+
+def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict, list[str] | None]:
+    """(layout dict, class names or None) from what the download holds."""
+    csvs = [p for p in raw.rglob("*.csv") if p != sample_path]
+    for path in csvs:
+        head = pd.read_csv(path, nrows=5)
+        pixels = [c for c in head.columns if re.fullmatch(r"pixel\d+", str(c))]
+        if len(pixels) >= 64 and len(head.columns) == len(pixels) + 1:
+            label = next(c for c in head.columns if c not in pixels)
+            test = next((p for p in csvs if p != path and "test" in p.name.lower()), None)
+            classes = sorted(pd.read_csv(path, usecols=[label])[label].astype(str).unique())
+            checks.append(f"layout: pixel rows in {path.name}, label column '{label}'")
+            return {
+                "kind": "csv_pixels",
+                "train_csv": _rel(path, raw),
+                "test_csv": _rel(test, raw) if test else "test.csv",
+                "label_column": label,
+                "id_start": 1,
+            }, classes
+
+    dirs = _image_dirs(raw)
+    train = next((d for d in dirs if "train" in _rel(d, raw).lower()), None)
+    test = next((d for d in dirs if "test" in _rel(d, raw).lower()), None)
+    if train is not None and train.parent.name.lower().startswith("train") and train.parent != raw:
+        # train/<class>/*.png: every image folder under the train folder is a class
+        root = train.parent
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images(d))
+        if len(classes) >= 2:
+            checks.append(f"layout: one folder per class under {_rel(root, raw)}/ ({len(classes)} classes)")
+            return {
+                "kind": "class_folders",
+                "train_dir": _rel(root, raw),
+                "test_dir": _rel(test, raw),
+            }, classes
+    if train is None:
+        return {"kind": "TODO"}, None
+    images = _images(train)
+    names, stems = {p.name for p in images}, {p.stem for p in images}
+    for path in csvs:
+        frame = pd.read_csv(path)
+        for col in frame.columns:
+            ids = frame[col].astype(str)
+            if ids.isin(names).mean() > 0.9 or ids.isin(stems).mean() > 0.9:
+                label = _label_column(frame, col)
+                if label is None:
+                    continue
+                layout = {
+                    "kind": "csv_labels",
+                    "labels_csv": _rel(path, raw),
+                    "id_column": col,
+                    "label_column": label,
+                    "train_dir": _rel(train, raw),
+                    "test_dir": _rel(test, raw) if test else "test",
+                }
+                if not ids.isin(names).mean() > 0.9:
+                    layout["image_ext"] = images[0].suffix
+                checks.append(f"layout: labels from {path.name}, id '{col}', label '{label}'")
+                return layout, sorted(frame[label].astype(str).unique())
+    words = [re.match(NAME_PATTERN, p.name) for p in images]
+    if all(words):
+        classes = sorted({m.group(1) for m in words})
+        if 2 <= len(classes) <= max(2, len(images) // 5):
+            checks.append(f"layout: class = first word of the file name ({', '.join(classes[:5])})")
+            return {
+                "kind": "label_in_name",
+                "train_dir": _rel(train, raw),
+                "pattern": NAME_PATTERN,
+                "test_dir": _rel(test, raw) if test else "test",
+            }, classes
+    return {"kind": "TODO", "train_dir": _rel(train, raw)}, None
+
+
+def _guess_submission(sample: pd.DataFrame, classes: list[str] | None, checks: list[str]) -> tuple[dict, str]:
+    """(submission dict, metric)."""
+    id_col, *values = [str(c) for c in sample.columns]
+    sub: dict = {"id_column": id_col}
+    ids = sample[id_col].astype(str)
+    sub["id_is"] = "name" if ids.str.lower().str.endswith(tuple(IMAGE_EXTS)).all() else "stem"
+    if len(values) > 1:
+        sub["kind"] = "class_probabilities"
+        checks.append(
+            f"submission: one probability column per class ({len(values)} columns); metric log_loss"
+        )
+        return sub, "log_loss"
+    column = sample[values[0]]
+    sub["label_columns"] = values
+    numeric = pd.to_numeric(column, errors="coerce")
+    if numeric.notna().all() and (numeric % 1 != 0).any():
+        sub["kind"] = "probability"
+        sub["positive_class"] = (classes or ["1"])[-1]
+        checks.append(
+            f"submission: '{values[0]}' holds P({sub['positive_class']}) (sample values like {column.iloc[0]}); "
+            "metric roc_auc or log_loss? see the competition's Evaluation page"
+        )
+        return sub, "roc_auc"
+    if numeric.notna().all() and classes and not all(c.isdigit() for c in classes):
+        sub["kind"] = "class_index"
+        sub["classes"] = classes
+        checks.append(
+            f"submission: '{values[0]}' holds a class index in the order {classes[:5]}; metric accuracy"
+        )
+        return sub, "accuracy"
+    sub["kind"] = "class_name"
+    checks.append(f"submission: '{values[0]}' holds the class name; metric accuracy")
+    return sub, "accuracy"
+
+
+def draft_competition(slug: str, allow_similar: bool = False, root: Path | None = None) -> Path:
+    """Download `slug` from Kaggle and write competitions/<slug>.yaml from what came."""
+    root = root or COMPETITIONS_DIR
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", slug):
+        raise UserError(f"unknown competition '{slug}': a Kaggle slug has only letters, digits and '-'")
+    close = difflib.get_close_matches(slug, known_competitions(root), n=1, cutoff=0.8)
+    if close and not allow_similar:  # a typo should not start a multi-GB download
+        raise UserError(
+            f"unknown competition '{slug}'. Did you mean '{close[0]}'? (If '{slug}' is a new Kaggle "
+            f"competition, `kagglecv data {slug} --draft` downloads it and drafts its YAML)"
+        )
+    path = root / f"{slug}.yaml"
+    stub = Competition(
+        slug=slug,
+        title=slug,
+        source={"kind": "kaggle"},
+        layout={"kind": "TODO"},
+        submission=Submission(id_column="id"),
+        metric="accuracy",
+        path=path,
+    )
+    console.print(f"no {path} yet: downloading {slug} from Kaggle to draft one")
+    try:
+        raw = fetch_raw(stub)
+    except UserError as e:
+        raise UserError(f"unknown competition '{slug}' (no {path}), and Kaggle could not help: {e}") from None
+    checks: list[str] = []
+    sample_path = _sample_submission(raw)
+    layout, classes = _guess_layout(raw, sample_path, checks)
+    if sample_path.name != "sample_submission.csv" or sample_path.parent != raw:
+        layout["sample_submission"] = _rel(sample_path, raw)
+    submission, metric = _guess_submission(pd.read_csv(sample_path, nrows=50), classes, checks)
+    checks.append("hflip: true (may a mirrored image keep its class?), vflip: false")
+    spec = {
+        "slug": slug,
+        "title": slug.replace("-", " ").title(),
+        "url": f"https://www.kaggle.com/competitions/{slug}",
+        "source": {"kind": "kaggle"},
+        "layout": layout,
+        "submission": submission,
+        "metric": metric,
+        "n_folds": 5,
+        "hflip": True,
+        "vflip": False,
+        "notes": "DRAFT written by kagglecv from the downloaded files: check the CHECK lines above",
+    }
+    header = [f"# DRAFT for {slug}, written by `kagglecv data` from the files in data/{slug}/raw/.", "#"]
+    header += [f"# CHECK {c}" for c in checks]
+    if layout["kind"] == "TODO":
+        header.append("# TODO layout.kind: one of csv_pixels, label_in_name, csv_labels, class_folders")
+    header.append("# Compare with the competition's Data and Evaluation pages. After changing layout:")
+    header.append(f"# rm data/{slug}/prepared.json && make data COMP={slug}   (lays out again, no download)")
+    text = "\n".join(header) + "\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    root.mkdir(exist_ok=True)
+    path.write_text(text)
+    console.print(f"[yellow]wrote a DRAFT {path}[/]: please check it against {spec['url']}")
+    for c in checks:
+        console.print(f"  CHECK {c}", soft_wrap=True)
+    if layout["kind"] == "TODO":
+        raise UserError(
+            f"{path}: could not tell how the images in data/{slug}/raw/ map to classes; fill in "
+            f"layout (see the other files in {root}/) and rerun `make data COMP={slug}`"
+        )
+    load_competition(slug, root)  # the draft must at least be a valid competition file
+    return path

@@ -1,0 +1,280 @@
+"""`kagglecv data <slug>` through the real kaggle client, against a fake Kaggle API on loopback:
+the prepared shape of every shipped competition, and every way the download can go wrong."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import pandas as pd
+import pytest
+
+from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+from kagglecv.cli import main
+from kagglecv.sources import kaggle as ksrc
+
+
+@pytest.fixture
+def fake(workdir, monkeypatch):
+    """A fake Kaggle holding every shipped competition; the client points at it with good creds."""
+    monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))
+    with FakeKaggle({slug: competition_zip(slug) for slug in EXPECTED}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home")
+        yield server
+
+
+def _out(capsys) -> str:
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "Traceback" not in text
+    return " ".join(text.split())
+
+
+def _not_done(workdir, slug: str) -> None:
+    """Nothing that looks complete: no raw/, no prepared.json."""
+    root = workdir / "data" / slug
+    assert not (root / "raw").exists() and not (root / "prepared.json").exists()
+
+
+@pytest.mark.parametrize("slug", sorted(EXPECTED))
+def test_data_prepares_shipped_competition(fake, workdir, slug, capsys):
+    assert main(["data", slug]) == 0, _out(capsys)
+    root = workdir / "data" / slug
+    info = json.loads((root / "prepared.json").read_text())
+    classes, per_class, n_test = EXPECTED[slug]
+    assert info["classes"] == sorted(classes)
+    assert info["train_counts"] == {c: per_class for c in classes}
+    assert info["n_test"] == n_test
+    sample = pd.read_csv(root / "sample_submission.csv")
+    assert len(sample) == n_test
+    folds = pd.read_csv(root / "folds.csv")
+    assert sorted(folds["fold"].unique()) == list(range(5))
+    assert not (root / "download").exists()  # the zip is gone once unpacked
+    assert not list((root / "raw").rglob("*.zip"))  # nested zips are unpacked (and removed)
+    auth = {r["auth"] for r in fake.requests if r["method"] == "POST"}
+    assert auth == {"basic:kaggle-user"}
+
+
+def test_missing_credentials(workdir, monkeypatch, capsys):
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", creds=False)
+        assert main(["data", "dogs-vs-cats"]) == 2
+    text = _out(capsys)
+    assert "no Kaggle credentials found" in text and "https://www.kaggle.com/settings" in text
+    assert "kaggle.json" in text and "KAGGLE_USERNAME" in text
+    assert "Authentication required" not in text  # the client's own banner stays hidden
+    _not_done(workdir, "dogs-vs-cats")
+
+
+def test_wrong_key_401_never_printed(workdir, monkeypatch, capsys):
+    secret = "s3cret-key-value-0123"
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", creds=("kaggle-user", secret))
+        assert main(["data", "dogs-vs-cats"]) == 2
+    text = _out(capsys)
+    assert "Kaggle rejected your credentials (from KAGGLE_USERNAME/KAGGLE_KEY)" in text
+    assert "401" in text and secret not in text
+    _not_done(workdir, "dogs-vs-cats")
+
+
+def test_readable_kaggle_json_warns(workdir, monkeypatch, capsys):
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", creds="file")
+        kjson = workdir / "home" / ".kaggle" / "kaggle.json"
+        os.chmod(kjson, 0o644)
+        assert main(["data", "dogs-vs-cats"]) == 0
+    text = _out(capsys)
+    assert f"{kjson} can be read by other users" in text and "chmod 600" in text
+    assert server.key not in text
+
+
+def test_rules_not_accepted_403(fake, workdir, capsys):
+    fake.status["dog-breed-identification"] = 403
+    assert main(["data", "dog-breed-identification"]) == 2
+    text = _out(capsys)
+    assert "https://www.kaggle.com/competitions/dog-breed-identification/rules" in text
+    assert "Late Submission" in text
+    _not_done(workdir, "dog-breed-identification")
+
+
+def test_no_such_competition_404(fake, workdir, capsys):
+    fake.competitions.pop("digit-recognizer")
+    assert main(["data", "digit-recognizer"]) == 2
+    assert "Kaggle has no competition 'digit-recognizer' (404" in _out(capsys)
+    _not_done(workdir, "digit-recognizer")
+
+
+def test_server_errors_are_retried(fake, workdir, capsys):
+    fake.flaky["dogs-vs-cats"] = 2  # two 503s, then it works
+    assert main(["data", "dogs-vs-cats"]) == 0
+    text = _out(capsys)
+    assert "retrying" in text and "prepared dogs-vs-cats" in text
+
+
+def test_server_errors_give_up_clearly(fake, workdir, capsys):
+    fake.status["dogs-vs-cats"] = 500
+    assert main(["data", "dogs-vs-cats"]) == 2
+    assert "Kaggle's servers failed 3 times while downloading dogs-vs-cats (HTTP 500)" in _out(capsys)
+    _not_done(workdir, "dogs-vs-cats")
+
+
+def test_server_down(workdir, monkeypatch, capsys):
+    monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0,))
+    server = FakeKaggle({}).start()
+    use_fake_kaggle(monkeypatch, server, workdir / "home")
+    server.stop()  # nothing listens on that port any more
+    assert main(["data", "dogs-vs-cats"]) == 2
+    assert "could not reach Kaggle while downloading dogs-vs-cats" in _out(capsys)
+
+
+def test_download_cut_off_is_never_complete_then_resumes(fake, workdir, monkeypatch, capsys):
+    from kaggle.api import kaggle_api_extended as kae
+
+    monkeypatch.setattr(kae.time, "sleep", lambda s: None)  # the client's own retry backoff
+    big = competition_zip("plant-seedlings-classification")
+    fake.competitions["plant-seedlings-classification"] = big
+    fake.truncate["plant-seedlings-classification"] = True  # every GET hangs up halfway
+    assert main(["data", "plant-seedlings-classification"]) == 2
+    text = _out(capsys)
+    assert "the download was cut off" in text and "rerun" in text
+    _not_done(workdir, "plant-seedlings-classification")
+    partial = workdir / "data" / "plant-seedlings-classification" / "download"
+    assert (partial / "plant-seedlings-classification.zip").stat().st_size < len(big)
+
+    fake.truncate.clear()
+    assert main(["data", "plant-seedlings-classification"]) == 0, _out(capsys)
+    assert (workdir / "data" / "plant-seedlings-classification" / "prepared.json").exists()
+
+
+def test_damaged_download_is_fetched_again(fake, workdir, capsys):
+    """A zip of the right size that fails its checksums is downloaded once more, not unpacked."""
+    slug = "digit-recognizer"
+    target = workdir / "data" / slug / "download" / f"{slug}.zip"
+    target.parent.mkdir(parents=True)
+    good = competition_zip(slug)
+    target.write_bytes(good[:100] + bytes(len(good) - 200) + good[-100:])  # same size, newer mtime
+    assert main(["data", slug]) == 0, _out(capsys)
+    assert json.loads((workdir / "data" / slug / "prepared.json").read_text())["n_train"] == 60
+
+
+@pytest.mark.parametrize("bad", ["../evil.txt", "/etc/evil.txt", "train/../../evil.txt"])
+def test_archive_with_unsafe_paths_is_refused(fake, workdir, capsys, bad):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("sample_submission.csv", "id,label\n1,0\n")
+        z.writestr(bad, "gotcha")
+    fake.competitions["dogs-vs-cats"] = buf.getvalue()
+    assert main(["data", "dogs-vs-cats"]) == 2
+    text = _out(capsys)
+    assert "unsafe path" in text and "refusing to unpack" in text
+    assert not list(workdir.parent.rglob("evil.txt")) and not (workdir / "data" / "evil.txt").exists()
+    _not_done(workdir, "dogs-vs-cats")
+    assert not (workdir / "data" / "dogs-vs-cats" / "raw.partial").exists()
+
+
+def test_nested_unsafe_paths_refused(fake, workdir, capsys):
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("../../../evil.txt", "gotcha")
+    outer = io.BytesIO()
+    with zipfile.ZipFile(outer, "w") as z:
+        z.writestr("train.zip", inner.getvalue())
+    fake.competitions["dogs-vs-cats"] = outer.getvalue()
+    assert main(["data", "dogs-vs-cats"]) == 2
+    assert "train.zip holds an unsafe path" in _out(capsys)
+    assert not list(workdir.parent.rglob("evil.txt"))
+    _not_done(workdir, "dogs-vs-cats")
+
+
+def test_not_enough_space(fake, workdir, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ksrc.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    assert main(["data", "dogs-vs-cats"]) == 2
+    assert "unpacking dogs-vs-cats.zip needs" in _out(capsys)
+    _not_done(workdir, "dogs-vs-cats")
+    assert shutil.disk_usage is not None
+
+
+def test_access_token_works(workdir, monkeypatch, capsys):
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", creds=False, token=True)
+        assert main(["data", "dogs-vs-cats"]) == 0, _out(capsys)
+    assert {r["auth"] for r in server.requests if "Competition" in r["path"]} == {"bearer"}
+
+
+def test_stale_token_beats_good_key_and_says_so(workdir, monkeypatch, capsys):
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", token="expired-token")
+        assert main(["data", "dogs-vs-cats"]) == 2
+    text = _out(capsys)
+    assert "(401)" in text and "KAGGLE_API_TOKEN" in text and "remove it if stale" in text
+    assert "expired-token" not in text and server.key not in text
+
+
+@pytest.mark.slow
+def test_make_data_command_line(workdir, tmp_path):
+    """The installed command as `make data` runs it, configured by env vars only (no patching)."""
+    import subprocess
+    import sys
+
+    from kaggle_fake import client_env
+
+    with FakeKaggle(
+        {"histopathologic-cancer-detection": competition_zip("histopathologic-cancer-detection")}
+    ) as server:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+        cmd = [sys.executable, "-m", "kagglecv.cli", "data", "histopathologic-cancer-detection"]
+        env = {**base, **client_env(server, tmp_path / "nohome", creds=False)}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
+        assert "no Kaggle credentials found" in proc.stdout
+        env = {**base, **client_env(server, tmp_path / "home")}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    info = json.loads((workdir / "data" / "histopathologic-cancer-detection" / "prepared.json").read_text())
+    assert info["train_counts"] == {"0": 6, "1": 6}
+
+
+def test_verbose_client_never_prints_the_key(fake, workdir, monkeypatch, capsys):
+    """VERBOSE=1 (read by kaggle at import) would print each request's Authorization header."""
+    import base64
+
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    monkeypatch.setattr(KaggleApi, "args", [*KaggleApi.args, "--verbose"])
+    assert main(["data", "dogs-vs-cats"]) == 0
+    text = _out(capsys)
+    assert base64.b64encode(b"kaggle-user:kaggle-key").decode() not in text and "Authorization" not in text
+
+
+def test_nested_zips_land_where_a_person_expects(tmp_path):
+    """train.zip with a top folder unpacks beside itself; test.zip with loose files into test/;
+    labels.csv.zip gives labels.csv; macOS litter is skipped."""
+
+    def zbytes(files: dict[str, str | bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+
+    outer = tmp_path / "comp.zip"
+    outer.write_bytes(
+        zbytes(
+            {
+                "train.zip": zbytes({"train/a.jpg": b"1", "__MACOSX/train/._a.jpg": b"x"}),
+                "test.zip": zbytes({"1.jpg": b"2", "2.jpg": b"3"}),
+                "labels.csv.zip": zbytes({"labels.csv": "id,label\n"}),
+            }
+        )
+    )
+    ksrc.extract_nested(outer, tmp_path / "raw")
+    found = sorted(
+        p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()
+    )
+    assert found == ["labels.csv", "test/1.jpg", "test/2.jpg", "train/a.jpg"]
