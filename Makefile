@@ -1,7 +1,7 @@
 # kagglecv: `make` lists the targets. Every target that runs Python depends on `install`,
 # so `make demo` and `make test` work straight from a fresh clone.
 .DEFAULT_GOAL := help
-.PHONY: help install data train lr-find submit demo list test lint format
+.PHONY: help install data inspect train lr-find submit report bench demo list test lint format
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +9,13 @@ KCV := $(VENV)/bin/kagglecv
 COMP ?=
 CONFIG ?= configs/default.yaml
 RUN ?=
+SRC ?=
+FOLDS ?=
+GPUS ?= 1
+RESUME ?=
 ARGS ?=
+UPLOAD ?=
+MSG ?=
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,17 +30,26 @@ $(VENV)/.installed: pyproject.toml
 list: install ## list known competitions (competitions/*.yaml)
 	$(KCV) list
 
-data: install ## fetch + lay out a competition: make data COMP=<slug> [FORCE=1]
-	$(KCV) data $(COMP) $(if $(FORCE),--force)
+data: install ## fetch + lay out a competition: make data COMP=<slug> [FORCE=1] [SRC=dir/of/class/folders]
+	$(KCV) data $(COMP) $(if $(FORCE),--force) $(if $(SRC),--src "$(SRC)")
 
-train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=configs/x.yaml] [ARGS="epochs=3 lr=auto"]
-	$(KCV) train --comp "$(COMP)" --config $(CONFIG) $(ARGS)
+inspect: install ## what the prepared data holds (counts, sizes, duplicates, contact sheet): make inspect [COMP=..]
+	$(KCV) inspect --comp "$(COMP)"
+
+train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=..] [ARGS="epochs=3"] [RESUME=1] [GPUS=N] [RUN=name FOLDS=0,1]
+	$(KCV) train --comp "$(COMP)" --config $(CONFIG) --run "$(RUN)" --folds "$(FOLDS)" --gpus $(GPUS) $(if $(RESUME),--resume) $(ARGS)
 
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
 	$(KCV) lr-find --comp "$(COMP)" --config $(CONFIG) $(ARGS)
 
-submit: install ## predict test set (folds + TTA), write + check the CSV: make submit [COMP=..] [RUN=<run-id>]
-	$(KCV) submit --comp "$(COMP)" --run "$(RUN)"
+submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]]
+	$(KCV) submit --comp "$(COMP)" --run "$(RUN)" $(if $(UPLOAD),--upload) --message "$(MSG)"
+
+report: install ## HTML run report (curves, confusion, top losses, suspect labels): make report [COMP=..] [RUN=..]
+	$(KCV) report $(RUN) --comp "$(COMP)"
+
+bench: install ## throughput: model alone vs data alone vs full training: make bench [ARGS="--models resnet50 --img-size 224"]
+	$(KCV) bench $(ARGS)
 
 demo: install ## the whole workflow offline on built-in digits: data -> train -> submit, with scores
 	$(KCV) demo $(ARGS)

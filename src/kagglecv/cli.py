@@ -3,6 +3,7 @@
 kagglecv data digits-demo          # source -> raw/ -> class folders + folds.csv
 kagglecv train --config configs/demo.yaml epochs=10
 kagglecv submit                    # latest run of the competition prepared last
+kagglecv report                    # runs/<comp>/<run>/report.html for the latest run
 kagglecv demo                      # all three on the built-in digits, offline
 """
 
@@ -45,7 +46,26 @@ def cmd_data(args) -> None:
 
     if not args.comp:
         raise UserError("which competition? `make data COMP=<slug>` (see `kagglecv list`)")
+    if args.src:  # your own folder of class folders: write competitions/<comp>.yaml for it first
+        from pathlib import Path
+
+        from .sources.folder import write_competition
+
+        write_competition(args.comp, Path(args.src))
+    else:
+        from .competition import COMPETITIONS_DIR
+
+        if args.draft or not (COMPETITIONS_DIR / f"{args.comp}.yaml").exists():
+            from .draft import draft_competition  # a Kaggle slug with no YAML yet: download, draft one
+
+            draft_competition(args.comp, allow_similar=args.draft)
     prepare(load_competition(args.comp), force=args.force)
+
+
+def cmd_inspect(args) -> None:
+    from .inspection import inspect_data
+
+    inspect_data(_comp(args.comp), samples=args.samples)
 
 
 def _config(args):
@@ -58,7 +78,50 @@ def cmd_train(args) -> None:
     from .train import train
 
     cfg = _config(args)  # config errors first: they are cheaper to fix than a missing dataset
-    train(_comp(args.comp), cfg)
+    comp = _comp(args.comp)
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        import time
+
+        from .dist import launch
+
+        run = (
+            args.run or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}"
+        )  # one name for all ranks
+        # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
+        argv = [
+            "train",
+            f"--comp={comp.slug}",
+            f"--config={args.config}",
+            f"--run-name={run}",
+            f"--folds={args.folds}",
+        ]
+        argv += ["--resume"] * args.resume + list(args.overrides)
+        rc = launch(args.gpus, argv)
+        if rc:
+            raise UserError(f"distributed training failed (exit code {rc}); see the messages above")
+        return
+    run_dir = None
+    if args.run:
+        from .train import RUNS_DIR
+
+        run_dir = RUNS_DIR / comp.slug / args.run
+        if args.resume and not run_dir.is_dir():
+            raise UserError(f"no run '{args.run}' to resume in {RUNS_DIR / comp.slug}/")
+    run_dir = train(comp, cfg, run_dir=run_dir, fold_ids=_fold_list(args.folds), resume=args.resume)
+    from .dist import is_main
+    from .report import write_report
+
+    if is_main() and (run_dir / "summary.json").exists():
+        write_report(run_dir, comp.data_dir, show_cv=False)  # train just printed the CV table
+
+
+def _fold_list(text: str) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(k) for k in text.replace(" ", "").split(",") if k != ""]
+    except ValueError:
+        raise UserError(f"FOLDS must be fold numbers separated by commas, e.g. 0,1 — got {text!r}") from None
 
 
 def cmd_lr_find(args) -> None:
@@ -71,7 +134,33 @@ def cmd_lr_find(args) -> None:
 def cmd_submit(args) -> None:
     from .submit import submit
 
-    submit(_comp(args.comp), args.run or None)
+    comp = _comp(args.comp)
+    result = submit(comp, args.run or None)
+    if args.upload:
+        from pathlib import Path
+
+        from .upload import upload
+
+        upload(comp, Path(result["file"]), result["run"], result["cv_mean"], args.message or None)
+    elif comp.source_kind == "kaggle" and comp.submission.upload:
+        console.print(
+            f"not uploaded; to send it to Kaggle: make submit UPLOAD=1 RUN={result['run']} [MSG=...]"
+        )
+
+
+def cmd_report(args) -> None:
+    from pathlib import Path
+
+    from .report import write_report
+
+    run = args.run or ""
+    if run and (Path(run) / "summary.json").exists():  # a run folder's path: no competition needed
+        write_report(Path(run))
+        return
+    from .submit import find_run
+
+    comp = _comp(args.comp)
+    write_report(find_run(comp, run or None), comp.data_dir)
 
 
 def cmd_demo(args) -> None:
@@ -90,9 +179,36 @@ def cmd_demo(args) -> None:
     prepare(comp)
     run_dir = train(comp, cfg)
     result = submit(comp, run_dir.name)
+    from .report import write_report
+
+    write_report(run_dir, comp.data_dir, show_cv=False)  # after submit, so it shows the test score
     console.print(
         f"[bold green]demo done[/] in {time.time() - t0:.0f} s: CV {result['cv_mean']:.4f}, "
         f"test {result.get('test_score', float('nan')):.4f} -> {result['file']}"
+    )
+
+
+def cmd_bench(args) -> None:
+    from .bench import run_bench
+
+    if args.fastai:
+        import json
+
+        from .bench import BENCH_DIR
+        from .competition import load_competition
+        from .config import load_config
+        from .fastai_compare import compare
+        from .layout import prepare
+
+        comp = load_competition("digits-demo")
+        prepare(comp)
+        result = compare(comp, load_config("configs/demo.yaml", args.overrides))
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        (BENCH_DIR / "fastai.json").write_text(json.dumps(result, indent=2))
+        return
+    models = [m for m in args.models.split(",") if m]
+    run_bench(
+        models, args.img_size, args.batch_size, args.images, args.batches, args.workers, compile_=args.compile
     )
 
 
@@ -116,7 +232,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("comp", nargs="?", help="competition slug (a file competitions/<slug>.yaml)")
     s.add_argument("--force", action="store_true", help="fetch and lay out again even if already prepared")
+    s.add_argument(
+        "--draft",
+        action="store_true",
+        help="(re)draft competitions/<comp>.yaml from the Kaggle download, even if the name is close to a known one",
+    )
+    s.add_argument(
+        "--src",
+        default="",
+        metavar="DIR",
+        help="your own images: DIR/<class>/** (writes competitions/<comp>.yaml if there is none)",
+    )
     s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser(
+        "inspect",
+        help="what the prepared data holds: class counts, sizes, dropped files, near duplicates, contact sheet",
+    )
+    s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
+    s.add_argument("--samples", type=int, default=8, help="images per class on the contact sheet")
+    s.set_defaults(func=cmd_inspect)
 
     for name, func, helptext in (
         (
@@ -133,13 +268,78 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--config", default="configs/default.yaml", help="training recipe YAML")
         s.add_argument("overrides", nargs="*", metavar="key=value", help=CONFIG_HELP)
         s.set_defaults(func=func)
+        if name == "train":
+            s.add_argument(
+                "--resume",
+                action="store_true",
+                help="continue the latest unfinished run (or --run NAME) from its last completed epoch",
+            )
+            s.add_argument(
+                "--run",
+                "--run-name",
+                dest="run",
+                default="",
+                help="name the run folder (to split folds across machines or resume it)",
+            )
+            s.add_argument(
+                "--gpus",
+                type=int,
+                default=1,
+                help="data-parallel processes via torchrun (GPUs; CPU processes with gloo when no CUDA)",
+            )
+            s.add_argument(
+                "--folds",
+                default="",
+                help="train only these folds, e.g. 0,1 (others elsewhere; submit gathers)",
+            )
 
     s = sub.add_parser(
         "submit", help="predict the test set with a run's folds (+TTA), write and check the CSV, score it"
     )
     s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
     s.add_argument("--run", default="", help="run id under runs/<comp>/ (default: the latest finished run)")
+    s.add_argument(
+        "--upload", action="store_true", help="also upload the file to Kaggle (logged in submissions/log.csv)"
+    )
+    s.add_argument(
+        "--message", default="", help="words for the submission's description (run id and CV are added)"
+    )
     s.set_defaults(func=cmd_submit)
+
+    s = sub.add_parser(
+        "report",
+        help="write runs/<comp>/<run>/report.html: LR plot, curves, confusion matrix, top losses, suspect labels",
+    )
+    s.add_argument(
+        "run", nargs="?", help="run id under runs/<comp>/ or a run folder (default: the latest finished)"
+    )
+    s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser(
+        "bench",
+        help="images/s of (a) the model alone, (b) the data pipeline alone, (c) full training; (c)/(a), (c)/(b)",
+        description="Throughput on a synthetic dogs-vs-cats-sized JPEG set. CPU default: resnet18 at 128 px; "
+        "on a GPU try --models resnet50,convnext_tiny --img-size 224. Writes runs/bench/latest.json.",
+    )
+    s.add_argument("--models", default="resnet18", help="comma-separated timm model names")
+    s.add_argument("--img-size", type=int, default=128, help="training resolution")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--images", type=int, default=512, help="synthetic JPEGs to generate (once)")
+    s.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
+    s.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers (default: as training picks)"
+    )
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument(
+        "--fastai",
+        action="store_true",
+        help="instead: digits-demo k-fold training through kagglecv and through fastai (bench extra), timed",
+    )
+    s.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="recipe overrides for --fastai (configs/demo.yaml)"
+    )
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser(
         "demo", help="data -> train -> submit on the built-in digits-demo, offline, on the CPU"

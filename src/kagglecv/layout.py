@@ -15,6 +15,8 @@ CSVs into a staging folder; `prepare` swaps the staging folder in only when it i
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from . import sources
 from .competition import Competition, remember_last
 from .console import console, track
 from .errors import UserError
+from .holdout import GROUPS, layout_holdout
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 PREPARED = "prepared.json"
@@ -99,7 +102,94 @@ def _copy_csvs(comp: Competition, raw: Path, out: Path) -> None:
         shutil.copyfile(raw / "solution.csv", out / "solution.csv")
 
 
-LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {"csv_pixels": layout_csv_pixels}
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link (no second copy on disk; raw/ is never modified), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _image_dir(raw: Path, opts: dict, key: str, default: str) -> tuple[Path, list[Path]]:
+    folder = raw / opts.get(key, default)
+    if not folder.is_dir():
+        found = ", ".join(sorted(p.name for p in raw.iterdir())[:10]) if raw.is_dir() else "nothing"
+        raise UserError(f"{folder} is missing (layout.{key}); {raw}/ holds: {found}")
+    return folder, sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def _write_split(comp: Competition, raw: Path, out: Path, pairs: list[tuple[Path, str]]) -> None:
+    """train/<class>/ from (image, class) pairs, test/ from layout.test_dir, then the CSVs."""
+    for cls in sorted({c for _, c in pairs}):
+        (out / "train" / cls).mkdir(parents=True)
+    for src, cls in track(pairs, "train images"):
+        _place(src, out / "train" / cls / src.name)
+    _, tests = _image_dir(raw, comp.layout, "test_dir", "test")
+    (out / "test").mkdir()
+    for src in track(tests, "test images"):
+        _place(src, out / "test" / src.name)
+    _copy_csvs(comp, raw, out)
+
+
+def layout_label_in_name(comp: Competition, raw: Path, out: Path) -> None:
+    """Class in the file name (dogs-vs-cats: train/cat.0.jpg): layout.pattern's first group."""
+    folder, images = _image_dir(raw, comp.layout, "train_dir", "train")
+    pattern = re.compile(comp.layout.get("pattern", r"^([^.]+)\."))
+    matches = [(p, pattern.match(p.name)) for p in images]
+    bad = [p.name for p, m in matches if not m]
+    if bad:
+        raise UserError(
+            f"{len(bad)} of {len(images)} files in {folder} do not match layout.pattern "
+            f"{pattern.pattern!r} (e.g. {bad[0]})"
+        )
+    _write_split(comp, raw, out, [(p, m.group(1)) for p, m in matches])
+
+
+def layout_csv_labels(comp: Competition, raw: Path, out: Path) -> None:
+    """Class in a CSV beside the images (dog-breed labels.csv id,breed): the id is the image's
+    name or stem (layout.image_ext completes ids without one)."""
+    opts = comp.layout
+    csv_path = raw / opts.get("labels_csv", "train.csv")
+    labels = _read_csv(csv_path, "labels CSV")
+    id_col, label_col = opts.get("id_column", "id"), opts.get("label_column", "label")
+    for col in (id_col, label_col):
+        if col not in labels.columns:
+            raise UserError(f"{csv_path}: no '{col}' column (columns: {', '.join(labels.columns[:10])})")
+    folder, images = _image_dir(raw, opts, "train_dir", "train")
+    by_name = {p.name: p for p in images} | {p.stem: p for p in images}
+    ext = opts.get("image_ext", "")
+    pairs, missing = [], []
+    for image_id, label in zip(labels[id_col].astype(str), labels[label_col].astype(str), strict=True):
+        src = by_name.get(image_id) or by_name.get(image_id + ext)
+        if src is None:
+            missing.append(image_id)
+        else:
+            pairs.append((src, label))
+    if missing:
+        raise UserError(
+            f"{len(missing)} ids of {csv_path.name} have no image in {folder} (e.g. {missing[0]})"
+        )
+    _write_split(comp, raw, out, pairs)
+
+
+def layout_class_folders(comp: Competition, raw: Path, out: Path) -> None:
+    """One folder per class already (plant-seedlings: train/<Species>/*.png)."""
+    folder, images = _image_dir(raw, comp.layout, "train_dir", "train")
+    pairs = [(p, p.relative_to(folder).parts[0]) for p in images if len(p.relative_to(folder).parts) > 1]
+    if len(pairs) != len(images):
+        raise UserError(
+            f"{folder} has images outside class folders (layout class_folders wants {folder}/<class>/)"
+        )
+    _write_split(comp, raw, out, pairs)
+
+
+LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {
+    "csv_pixels": layout_csv_pixels,
+    "label_in_name": layout_label_in_name,
+    "csv_labels": layout_csv_labels,
+    "class_folders": layout_class_folders,
+    "holdout": layout_holdout,  # own classes (scrape/folder sources): train/ + a labelled holdout
+}
 
 
 def list_train_images(train_dir: Path) -> pd.DataFrame:
@@ -139,6 +229,20 @@ def is_prepared(comp: Competition) -> bool:
     return (comp.data_dir / PREPARED).exists()
 
 
+def fetch_raw(comp: Competition, force: bool = False) -> Path:
+    """data/<comp>/raw/ as the source delivers it, fetched once (`force` fetches again)."""
+    raw = comp.data_dir / "raw"
+    if force or not raw.exists():
+        partial = comp.data_dir / "raw.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        comp.data_dir.mkdir(parents=True, exist_ok=True)
+        console.print(f"fetching {comp.slug} ({comp.source_kind}) into {raw}/")
+        sources.fetch(comp, partial)
+        shutil.rmtree(raw, ignore_errors=True)
+        partial.rename(raw)  # raw/ exists only once everything arrived
+    return raw
+
+
 def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
     """Fetch raw files (once) and lay them out in the prepared shape. Idempotent; `force` redoes it."""
     root = comp.data_dir
@@ -148,14 +252,7 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
         return root
     root.mkdir(parents=True, exist_ok=True)
     (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
-    raw = root / "raw"
-    if force or not raw.exists():
-        partial = root / "raw.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        console.print(f"fetching {comp.slug} ({comp.source_kind}) into {raw}/")
-        sources.fetch(comp, partial)
-        shutil.rmtree(raw, ignore_errors=True)
-        partial.rename(raw)  # raw/ exists only once everything arrived
+    raw = fetch_raw(comp, force)
     if comp.layout["kind"] not in LAYOUTS:
         raise UserError(
             f"{comp.path}: layout.kind must be one of {', '.join(LAYOUTS)}, got {comp.layout['kind']!r}"
@@ -167,7 +264,12 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
     images = list_train_images(staging / "train")
     if images.empty:
         raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
-    folds = make_folds(images, comp.n_folds, seed)
+    groups = None
+    if (staging / GROUPS).exists():  # near duplicates that must share a fold (layout holdout)
+        images = images.sort_values("image").reset_index(drop=True)
+        known = pd.read_csv(staging / GROUPS, dtype=str).set_index("image")["group"]
+        groups = images["image"].map(known).fillna(images["image"])
+    folds = make_folds(images, comp.n_folds, seed, groups)
     folds.to_csv(staging / FOLDS, index=False)
     for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS):
         target = root / name

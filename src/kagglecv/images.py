@@ -1,0 +1,227 @@
+"""Reading images people actually have: any mode (CMYK, RGBA, palette, 16-bit, ...), EXIF-rotated,
+truncated or not an image at all. One place decides what counts as a real image, so the scrape and
+folder sources keep and drop the same things, and `inspect` hashes images the same way.
+
+    check = check_image(path.read_bytes(), min_size=64)   # .status == "kept" or why not
+    export_rgb(path, out_dir / "cat_01")                  # -> out_dir/cat_01.jpg|.png, plain RGB
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import imagehash
+import numpy as np
+from PIL import Image, ImageOps
+
+# Extensions the folder source and the layouts treat as images; anything else is reported, not read.
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+# A 20000 x 20000 picture is no photo worth training on, and decoding it costs gigabytes.
+MAX_PIXELS = 100_000_000
+ORIENTATION = 0x0112  # EXIF tag
+
+
+@dataclass
+class ImageCheck:
+    """What `check_image` learned: `status` is "kept" or the reason to drop the image."""
+
+    status: str
+    detail: str = ""
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    mode: str = ""
+    sha256: str = ""
+    phash: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "kept"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparency goes onto white (what a viewer shows)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F":
+            lo, hi = float(arr.min()), float(arr.max())
+            arr, top = arr - lo, max(hi - lo, 1e-12)
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _cv2_fallback(data: bytes) -> Image.Image:
+    """Some files PIL cannot decode (e.g. 16-bit RGB TIFF) OpenCV can; EXIF orientation included."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise OSError("neither PIL nor OpenCV can decode it")
+    return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB), "RGB")
+
+
+def decode(data: bytes) -> tuple[Image.Image, str, str, bool]:
+    """Fully decode image bytes -> (upright RGB image, format, original mode, needs_rewrite).
+
+    `needs_rewrite` is False only where the file as it is already reads as this very RGB picture
+    (an upright 8-bit RGB JPEG or PNG), so it may be copied instead of re-encoded.
+    Raises OSError / ValueError / Image.DecompressionBombError for anything that is not a whole image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+        try:
+            img = Image.open(io.BytesIO(data))
+            fmt, mode = img.format or "", img.mode
+            if img.width * img.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels")
+            img.load()  # a truncated file fails here, not later in training
+        except Image.DecompressionBombError:
+            raise
+        except (OSError, ValueError, SyntaxError) as e:
+            if data[:4] not in (b"II*\x00", b"MM\x00*"):  # only TIFF gets a second opinion
+                raise OSError(str(e) or type(e).__name__) from None
+            return _cv2_fallback(data), "TIFF", "?", True
+    orientation = img.getexif().get(ORIENTATION, 1)
+    upright = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
+    rgb = _to_rgb(upright)
+    plain = fmt in ("JPEG", "PNG") and mode == "RGB" and orientation in (None, 1)
+    if plain and fmt == "PNG" and img.info.get("transparency") is not None:
+        plain = False
+    return rgb, fmt, mode, not plain
+
+
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def phash_hex(rgb: Image.Image) -> str:
+    return str(imagehash.phash(rgb))
+
+
+def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
+    """Decide whether bytes are a real image worth keeping; hash it either way if it decodes."""
+    if not data:
+        return ImageCheck("empty", "0 bytes")
+    sha = sha256_bytes(data)
+    head = data[:512].lstrip().lower()
+    try:
+        rgb, fmt, mode, _ = decode(data)
+    except Image.DecompressionBombError as e:
+        return ImageCheck("too_many_pixels", str(e), sha256=sha)
+    except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
+        if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<svg", b"{")):
+            return ImageCheck("not_an_image", "HTML/XML/JSON, not image data", sha256=sha)
+        if _looks_like_image(data):  # an image format's signature, but the pixels will not decode
+            return ImageCheck("corrupt", str(e)[:120], sha256=sha)
+        return ImageCheck("not_an_image", "unrecognised data", sha256=sha)
+    check = ImageCheck(
+        "kept", width=rgb.width, height=rgb.height, format=fmt, mode=mode, sha256=sha, phash=phash_hex(rgb)
+    )
+    if min(rgb.width, rgb.height) < min_size:
+        check.status, check.detail = "too_small", f"{rgb.width}x{rgb.height} < {min_size}px"
+    return check
+
+
+def export_rgb(src: Path, dst_stem: Path) -> Path:
+    """Write `src` as a plain RGB image at `dst_stem` + .jpg/.png that OpenCV reads exactly as PIL
+    shows it: upright RGB JPEG/PNG files are linked (or copied) untouched, the rest re-encoded
+    (JPEG sources as JPEG q95, lossless ones as PNG). Returns the path written."""
+    data = src.read_bytes()
+    rgb, fmt, _, rewrite = decode(data)
+    ext = ".jpg" if fmt == "JPEG" else ".png"
+    dst = dst_stem.with_name(dst_stem.name + ext)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not rewrite:
+        try:
+            dst.hardlink_to(src)  # raw/ is never modified, so sharing its bytes is safe
+        except OSError:
+            shutil.copyfile(src, dst)
+    elif ext == ".jpg":
+        rgb.save(dst, "JPEG", quality=95)
+    else:
+        rgb.save(dst, "PNG")
+    return dst
+
+
+def hash_ints(hexes: list[str]) -> np.ndarray:
+    """64-bit perceptual hashes (hex strings) as uint64, for vectorised Hamming distances."""
+    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+
+
+def hamming(hashes: np.ndarray, one: int | np.uint64) -> np.ndarray:
+    return np.bitwise_count(hashes ^ np.uint64(one)).astype(np.int64)
+
+
+def near_groups(hashes: np.ndarray, max_distance: int, block: int = 2048) -> np.ndarray:
+    """Group ids so that images within `max_distance` bits of each other (transitively) share one:
+    union-find over all close pairs, compared block by block to keep memory flat."""
+    n = len(hashes)
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, n, block):
+        rows = hashes[start : start + block]
+        dist = np.bitwise_count(rows[:, None] ^ hashes[None, :])
+        for a, b in zip(*np.nonzero(dist <= max_distance), strict=True):
+            i, j = start + int(a), int(b)
+            if i < j:
+                ri, rj = root(i), root(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    return np.array([root(i) for i in range(n)])
+
+
+class Deduper:
+    """Keeps the first of every exact (sha256) or near (phash within `near_distance` bits) duplicate,
+    across all classes seen so far. `near_distance < 0` turns near-duplicate dropping off."""
+
+    def __init__(self, near_distance: int = 4) -> None:
+        self.near_distance = near_distance
+        self.by_sha: dict[str, str] = {}
+        self.hashes: list[int] = []
+        self.names: list[str] = []
+        self._arr = np.zeros(0, dtype=np.uint64)
+
+    def check(self, sha: str, phash: str) -> tuple[str, str]:
+        """("kept", "") or ("exact_duplicate" | "near_duplicate", name of the image it repeats)."""
+        if sha in self.by_sha:
+            return "exact_duplicate", self.by_sha[sha]
+        if self.near_distance >= 0 and len(self.hashes):
+            if len(self._arr) != len(self.hashes):
+                self._arr = np.array(self.hashes, dtype=np.uint64)
+            dist = hamming(self._arr, int(phash, 16))
+            best = int(dist.argmin())
+            if dist[best] <= self.near_distance:
+                return "near_duplicate", self.names[best]
+        return "kept", ""
+
+    def add(self, sha: str, phash: str, name: str) -> None:
+        self.by_sha[sha] = name
+        self.hashes.append(int(phash, 16))
+        self.names.append(name)

@@ -1,0 +1,233 @@
+"""What the prepared data holds, before you train on it.
+
+    make inspect [COMP=bjj-vs-aikido]        # kagglecv inspect --comp bjj-vs-aikido
+
+Per-class counts (train, holdout) with a warning when classes are unbalanced; image sizes; what the
+source dropped and why (raw/manifest.csv, where the source wrote one); near-duplicate groups --
+flagging any that span two classes (a label conflict) or train and test (leakage: the test score
+would be flattered); and a contact sheet, data/<comp>/inspect/contact_sheet.png, with sample
+images of every class, to eyeball wrong or odd images at a glance.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageOps
+from rich.table import Table
+
+from .competition import Competition
+from .console import console, progress
+from .errors import UserError
+from .holdout import GROUP_DISTANCE
+from .images import decode, hash_ints, near_groups, phash_hex
+from .layout import FOLDS, IMAGE_EXTS, read_prepared
+
+IMBALANCE_RATIO = 3.0  # largest class / smallest class above this earns a warning
+THUMB = 96
+SHOW_GROUPS = 5
+SHOW_MEMBERS = 6
+
+
+def _image_table(comp: Competition) -> pd.DataFrame:
+    """image (relative to data/<comp>/), label ('' where unknown), split (train | test)."""
+    root = comp.data_dir
+    folds = pd.read_csv(root / FOLDS, dtype=str)
+    rows = [(img, lab, "train") for img, lab in zip(folds["image"], folds["label"], strict=True)]
+    truth: dict[str, str] = {}
+    solution = root / "solution.csv"
+    if solution.exists():
+        sol = pd.read_csv(solution, dtype=str)
+        truth = dict(zip(sol[comp.submission.id_column], sol["label"], strict=True))
+    key = (lambda p: p.stem) if comp.submission.id_is == "stem" else (lambda p: p.name)
+    test_dir = root / "test"
+    if test_dir.exists():
+        for p in sorted(test_dir.iterdir()):
+            if p.suffix.lower() in IMAGE_EXTS:
+                rows.append((p.relative_to(root).as_posix(), truth.get(key(p), ""), "test"))
+    return pd.DataFrame(rows, columns=["image", "label", "split"])
+
+
+def _measure(path: Path) -> tuple[int, int, str]:
+    """(width, height, phash) of an image as training will see it; (0, 0, "") if it will not decode."""
+    try:
+        rgb = decode(path.read_bytes())[0]
+    except Exception:  # noqa: BLE001 -- any file that will not decode is reported, not fatal
+        return 0, 0, ""
+    return rgb.width, rgb.height, phash_hex(rgb)
+
+
+def measure_all(comp: Competition, table: pd.DataFrame) -> pd.DataFrame:
+    """Sizes and perceptual hashes, cached in data/<comp>/inspect/hashes.csv by (size, mtime)."""
+    root = comp.data_dir
+    cache_path = root / "inspect" / "hashes.csv"
+    cache: dict[str, tuple] = {}
+    if cache_path.exists():
+        old = pd.read_csv(cache_path, dtype={"phash": str}, keep_default_na=False)
+        cache = {r.image: (r.bytes, r.mtime, r.width, r.height, r.phash) for r in old.itertuples()}
+    stats = [(root / p).stat() for p in table["image"]]
+    results: list[tuple[int, int, str] | None] = []
+    todo = []
+    for i, (img, st) in enumerate(zip(table["image"], stats, strict=True)):
+        hit = cache.get(img)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            results.append(hit[2:])
+        else:
+            results.append(None)
+            todo.append(i)
+    with progress() as bar, ThreadPoolExecutor(max_workers=4) as pool:
+        task = bar.add_task("measuring images", total=len(todo), info="")
+        for i, got in zip(
+            todo, pool.map(lambda i: _measure(root / table["image"].iloc[i]), todo), strict=True
+        ):
+            results[i] = got
+            bar.advance(task)
+    out = table.assign(
+        width=[r[0] for r in results], height=[r[1] for r in results], phash=[r[2] for r in results]
+    )
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    out.assign(bytes=[s.st_size for s in stats], mtime=[s.st_mtime_ns for s in stats])[
+        ["image", "bytes", "mtime", "width", "height", "phash"]
+    ].to_csv(cache_path, index=False)
+    return out
+
+
+def contact_sheet(comp: Competition, table: pd.DataFrame, samples: int, seed: int = 0) -> Path:
+    """One row per class: the class name, then `samples` random training images as thumbnails."""
+    root = comp.data_dir
+    train = table[(table["split"] == "train") & (table["width"] > 0)]
+    classes = sorted(train["label"].unique())
+    label_w = 140
+    sheet = Image.new("RGB", (label_w + samples * (THUMB + 4) + 4, len(classes) * (THUMB + 4) + 4), "white")
+    draw = ImageDraw.Draw(sheet)
+    rng = np.random.default_rng(seed)
+    for r, cls in enumerate(classes):
+        paths = train[train["label"] == cls]["image"].to_numpy()
+        pick = rng.choice(paths, size=min(samples, len(paths)), replace=False)
+        y = 4 + r * (THUMB + 4)
+        n = int((train["label"] == cls).sum())
+        draw.text((6, y + THUMB // 2 - 12), f"{cls[:18]}\n({n})", fill="black")
+        for c, rel in enumerate(pick):
+            img = decode((root / rel).read_bytes())[0]
+            thumb = ImageOps.pad(img, (THUMB, THUMB), color=(235, 235, 235))
+            sheet.paste(thumb, (label_w + c * (THUMB + 4), y))
+    out = root / "inspect" / "contact_sheet.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".tmp.png")
+    sheet.save(tmp)
+    tmp.replace(out)
+    return out
+
+
+def inspect_data(comp: Competition, samples: int = 8, distance: int | None = None) -> dict:
+    """Print what data/<comp>/ holds and write the contact sheet; returns the figures printed."""
+    read_prepared(comp)
+    if samples < 1:
+        raise UserError("--samples must be 1 or more")
+    distance = int(comp.layout.get("group_distance", GROUP_DISTANCE)) if distance is None else distance
+    table = measure_all(comp, _image_table(comp))
+    figures: dict = {}
+
+    # classes and sizes
+    counts = Table(title=f"{comp.slug}: images per class")
+    for col in ("class", "train", "holdout", "median size", "smallest side", "largest side"):
+        counts.add_column(col, justify="left" if col == "class" else "right", no_wrap=col == "class")
+    ok = table[table["width"] > 0]
+    per_class = {}
+    for cls in sorted(set(table.loc[table["split"] == "train", "label"])):
+        part = ok[ok["label"] == cls]
+        n_train = int(((table["label"] == cls) & (table["split"] == "train")).sum())
+        n_test = int(((table["label"] == cls) & (table["split"] == "test")).sum())
+        per_class[cls] = n_train
+        short = np.minimum(part["width"], part["height"])
+        counts.add_row(
+            cls,
+            str(n_train),
+            str(n_test),
+            f"{int(part['width'].median())}x{int(part['height'].median())}" if len(part) else "-",
+            str(int(short.min())) if len(part) else "-",
+            str(int(np.maximum(part["width"], part["height"]).max())) if len(part) else "-",
+        )
+    unlabelled = int(((table["split"] == "test") & (table["label"] == "")).sum())
+    if unlabelled:
+        counts.add_row("(test, unlabelled)", "", str(unlabelled), "", "", "")
+    console.print(counts)
+    figures["train_counts"] = per_class
+    ratio = max(per_class.values()) / max(1, min(per_class.values()))
+    figures["imbalance_ratio"] = ratio
+    if ratio > IMBALANCE_RATIO:
+        big, small = max(per_class, key=per_class.get), min(per_class, key=per_class.get)
+        console.print(
+            f"[yellow]warning:[/] classes are unbalanced: {big} has {per_class[big]} images, {small} "
+            f"{per_class[small]} ({ratio:.1f}x); accuracy will flatter the model: add images or watch per-class errors"
+        )
+    broken = table[table["width"] == 0]["image"].tolist()
+    figures["undecodable"] = len(broken)
+    if broken:
+        console.print(
+            f"[red]{len(broken)} prepared image(s) do not decode[/], e.g. {broken[0]}: rerun `make data FORCE=1`"
+        )
+    if len(ok):
+        short = np.minimum(ok["width"], ok["height"])
+        quart = np.percentile(short, [0, 25, 50, 75, 100]).astype(int)
+        console.print(
+            "image size (shorter side, px): min {} · 25% {} · median {} · 75% {} · max {}".format(*quart)
+        )
+        figures["short_side_quartiles"] = quart.tolist()
+
+    # what the source dropped
+    manifest = comp.data_dir / "raw" / "manifest.csv"
+    if manifest.exists():
+        m = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        dropped = m[m["status"] != "kept"]
+        reasons = Counter(dropped["status"])
+        figures["dropped"] = dict(reasons)
+        if reasons:
+            console.print(
+                f"dropped by the source ({len(dropped)} of {len(m)}): "
+                + ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+                + " (raw/manifest.csv)"
+            )
+        else:
+            console.print(f"dropped by the source: none of {len(m)}")
+
+    # near duplicates
+    hashed = ok[ok["phash"] != ""].reset_index(drop=True)
+    groups = near_groups(hash_ints(hashed["phash"].tolist()), distance) if len(hashed) else np.zeros(0)
+    hashed = hashed.assign(group=groups)
+    multi = [g for g, part in hashed.groupby("group") if len(part) > 1]
+    leaks, conflicts = [], []
+    for g in multi:
+        part = hashed[hashed["group"] == g]
+        if part["split"].nunique() > 1:
+            leaks.append(part)
+        labels = set(part["label"]) - {""}
+        if len(labels) > 1:
+            conflicts.append(part)
+    figures.update(
+        near_duplicate_groups=len(multi), leaking_groups=len(leaks), conflicting_groups=len(conflicts)
+    )
+    console.print(
+        f"near-duplicate groups (perceptual hash within {distance} bits): {len(multi)}"
+        f"{', ' + str(sum(len(hashed[hashed['group'] == g]) for g in multi)) + ' images' if multi else ''}"
+    )
+    for title, found, color in (
+        ("cross train/test (leakage: the test score is flattered)", leaks, "red"),
+        ("span two classes (same picture, different labels)", conflicts, "yellow"),
+    ):
+        if found:
+            console.print(f"[{color}]{len(found)} group(s) {title}[/]")
+            for part in found[:SHOW_GROUPS]:
+                names = [f"{r.image} ({r.label or '?'})" for r in part.itertuples()]
+                more = f" · … {len(names) - SHOW_MEMBERS} more" if len(names) > SHOW_MEMBERS else ""
+                console.print("  " + " · ".join(names[:SHOW_MEMBERS]) + more, soft_wrap=True)
+            if len(found) > SHOW_GROUPS:
+                console.print(f"  … and {len(found) - SHOW_GROUPS} more group(s)")
+    sheet = contact_sheet(comp, table, samples)
+    figures["contact_sheet"] = str(sheet)
+    console.print(f"[green]✓[/] contact sheet: {sheet}")
+    return figures

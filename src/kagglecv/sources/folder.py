@@ -1,0 +1,194 @@
+"""Source `folder`: a folder you already have, one subfolder per class (nested folders inside a class
+are fine), e.g.
+
+    make data COMP=my-pets SRC=~/Pictures/pets      # pets/cat/**, pets/dog/** -> data/my-pets/
+
+writes competitions/my-pets.yaml the first time (see `write_competition`). Every file is checked
+the same way scraped images are: jpg/png/webp/bmp/tif in any mode (CMYK, RGBA, palette, 16-bit,
+EXIF-rotated) are kept; corrupt, truncated, too small and non-image files are skipped and listed;
+exact and near duplicates (within and across classes) are dropped, first one wins. raw/ receives
+copies of the kept files (your folder is never touched) and manifest.csv, one row per file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shutil
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from rich.table import Table
+
+from ..competition import COMPETITIONS_DIR, Competition
+from ..console import console, progress
+from ..errors import UserError
+from ..images import IMAGE_EXTS, Deduper, ImageCheck, check_image
+
+OPTIONS = {"kind", "path", "min_size", "near_distance", "workers"}
+MANIFEST_COLUMNS = ["url", "file", "class", "sha256", "phash", "status", "detail"]
+SHOW_SKIPPED = 15  # skipped files listed by name; the rest are in raw/manifest.csv
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def scan(src: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """class -> its files (sorted, nested folders included), plus the stray files outside classes."""
+    if not src.is_dir():
+        raise UserError(f"image folder {src} does not exist or is not a folder (SRC=path/to/folder)")
+    classes = {
+        d.name: sorted(p for p in d.rglob("*") if p.is_file() and _visible(p, src))
+        for d in sorted(src.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    }
+    strays = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
+    with_images = [c for c, files in classes.items() if any(p.suffix.lower() in IMAGE_EXTS for p in files)]
+    if len(with_images) < 2:
+        raise UserError(
+            f"{src} needs one subfolder per class with images in each (found {len(with_images)} such "
+            f"subfolder(s){': ' + ', '.join(with_images) if with_images else ''}), e.g. {src}/cat/*.jpg, {src}/dog/*.jpg"
+        )
+    return classes, strays
+
+
+def _check(path: Path, min_size: int) -> ImageCheck:
+    if path.suffix.lower() not in IMAGE_EXTS:
+        return ImageCheck(
+            "not_an_image", f"extension {path.suffix or '(none)'} is not {'/'.join(sorted(IMAGE_EXTS))}"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return ImageCheck("unreadable", str(e)[:100])
+    return check_image(data, min_size)
+
+
+def fetch(comp: Competition, raw_dir: Path) -> None:
+    unknown = set(comp.source) - OPTIONS
+    if unknown:
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, sorted(OPTIONS), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(sorted(OPTIONS))}."
+        raise UserError(f"{comp.path}: source: unknown key '{key}'.{hint}")
+    if not comp.source.get("path"):
+        raise UserError(f"{comp.path}: source.path must name the image folder (one subfolder per class)")
+    src = Path(str(comp.source["path"])).expanduser()
+    min_size = int(comp.source.get("min_size", 32))
+    classes, strays = scan(src)
+
+    files = [(cls, p) for cls, paths in classes.items() for p in paths]
+    with progress() as bar, ThreadPoolExecutor(max_workers=int(comp.source.get("workers", 4))) as pool:
+        task = bar.add_task(f"checking {len(files)} files", total=len(files), info="")
+        checks = []
+        for chk in pool.map(lambda item: _check(item[1], min_size), files):
+            checks.append(chk)
+            bar.advance(task)
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    deduper = Deduper(int(comp.source.get("near_distance", 4)))
+    rows = [
+        {"url": str(p), "class": "", "status": "outside_classes", "detail": "not inside a class folder"}
+        for p in strays
+    ]
+    for (cls, path), chk in zip(files, checks, strict=True):
+        row = {"url": str(path), "file": "", "class": cls, "sha256": chk.sha256, "phash": chk.phash}
+        row.update(status=chk.status, detail=chk.detail)
+        if chk.ok:
+            status, of = deduper.check(chk.sha256, chk.phash)
+            if status == "kept":
+                rel = f"{cls}/{path.relative_to(src / cls).as_posix()}"
+                (raw_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, raw_dir / rel)
+                deduper.add(chk.sha256, chk.phash, rel)
+                row["file"] = rel
+            else:
+                row.update(status=status, detail=f"of {of}")
+        rows.append(row)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).fillna("")
+    manifest.to_csv(raw_dir / "manifest.csv", index=False)
+    report(manifest, src)
+
+
+def report(manifest: pd.DataFrame, src: Path) -> None:
+    """A per-class table (files, kept, skipped by reason), then the skipped files by name."""
+    table = Table(title=f"folder {src}: images per class (every file in raw/manifest.csv)")
+    in_class = manifest[manifest["class"] != ""]
+    classes = sorted(set(in_class["class"]))
+    table.add_column("")
+    for cls in [*classes, "total"]:
+        table.add_column(cls, justify="right")
+    counts = {cls: Counter(in_class[in_class["class"] == cls]["status"]) for cls in classes}
+
+    def row(name: str, values: list[int], style: str = "") -> None:
+        cells = [str(v) if v else "" for v in [*values, sum(values)]]
+        table.add_row(name, *(f"[{style}]{c}[/]" if style and c else c for c in cells))
+
+    row("files", [sum(counts[c].values()) for c in classes])
+    row("kept", [counts[c].get("kept", 0) for c in classes], "bold green")
+    for reason in sorted(set(in_class["status"]) - {"kept"}):
+        row(f"skipped: {reason}", [counts[c].get(reason, 0) for c in classes], "yellow")
+    console.print(table)
+    skipped = manifest[manifest["status"] != "kept"]
+    for _, row in skipped.head(SHOW_SKIPPED).iterrows():
+        name = Path(row["url"]).relative_to(src).as_posix() if row["url"].startswith(str(src)) else row["url"]
+        console.print(
+            f"  [yellow]skipped[/] {name}: {row['status']} {row['detail']}".rstrip(), soft_wrap=True
+        )
+    if len(skipped) > SHOW_SKIPPED:
+        console.print(f"  ... and {len(skipped) - SHOW_SKIPPED} more skipped (raw/manifest.csv)")
+
+
+def write_competition(slug: str, src: Path, root: Path | None = None) -> Path:
+    """competitions/<slug>.yaml for a folder of class folders, so `make data COMP=<slug> SRC=...`
+    needs no YAML written by hand; an existing file is kept when it points at the same folder."""
+    root = root or COMPETITIONS_DIR
+    path = root / f"{slug}.yaml"
+    src = src.expanduser().resolve()
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+        source = data.get("source") or {}
+        if source.get("kind") != "folder":
+            raise UserError(f"{path} exists and is not a folder competition; pick another COMP= for {src}")
+        if Path(str(source.get("path", ""))).expanduser().resolve() != src:
+            raise UserError(
+                f"{path} already reads images from {source.get('path')}; edit its source.path or pick another COMP="
+            )
+        return path
+    scan(src)  # fail before writing anything if the folder is not class folders
+    if not slug or "/" in slug or slug.startswith("."):
+        raise UserError(f"competition name {slug!r} must be a plain name like my-pets")
+    text = f"""# Written by `kagglecv data {slug} --src {src}`: your own image folder, one subfolder per class.
+# Edit freely; `make data COMP={slug} FORCE=1` re-reads the folder.
+slug: {slug}
+title: {json.dumps(f"{slug}: own images from {src.name}/")}
+source:
+  kind: folder
+  path: {json.dumps(str(src))}
+  min_size: 32          # shorter side in pixels; smaller images are skipped
+  near_distance: 4      # perceptual-hash bits: closer images are near duplicates (dropped); -1 keeps them
+layout:
+  kind: holdout
+  holdout: 0.05         # stratified share held out as a labelled test set (scored by `make submit`)
+  group_distance: 6     # near-duplicate groups stay on one side of the holdout and within one fold
+  seed: 0
+submission:
+  id_column: id
+  label_columns: [label]
+  kind: class_name
+  upload: false         # a local holdout: scored here, never sent to Kaggle
+metric: accuracy
+n_folds: 5
+hflip: true             # set false if a mirrored image could change its class
+vflip: false
+"""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    console.print(f"[green]✓[/] wrote {path} (source: folder {src}); edit it to change the holdout or folds")
+    return path

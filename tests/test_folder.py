@@ -1,0 +1,225 @@
+"""Source `folder` + layout `holdout`: a folder of class folders in every awkward format -> the
+prepared shape with a stratified labelled holdout; broken files are reported, never fatal."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kagglecv.cli import main
+from kagglecv.holdout import holdout_mask
+from kagglecv.images import check_image, decode, export_rgb
+from kagglecv.sources.folder import write_competition
+
+TINTS = {"cat": (255, 60, 0), "dog": (0, 60, 255)}
+
+
+def photo(seed: int, tint=(0, 0, 0), size=(80, 64)) -> Image.Image:
+    """A small RGB picture with its own perceptual hash (random colour blocks, smoothed) and a
+    class tint a tiny CNN can learn."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3)).astype(np.float64)
+    small = np.clip(small * 0.6 + np.array(tint) * 0.4, 0, 255).astype(np.uint8)
+    return Image.fromarray(small, "RGB").resize(size, Image.BICUBIC)
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def awkward(name: str, img: Image.Image) -> bytes:
+    """`img` saved the way files people really have are saved."""
+    if name == "rgba.png":
+        rgba = img.convert("RGBA")
+        rgba.putalpha(200)
+        return encode(rgba, "PNG")
+    if name == "palette.png":
+        return encode(img.convert("P", palette=Image.ADAPTIVE), "PNG")
+    if name == "gray16.png":
+        return encode(Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257), "PNG")
+    if name == "cmyk.jpg":
+        return encode(img.convert("CMYK"), "JPEG")
+    if name == "rotated.jpg":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored sideways: viewers turn it 90 degrees clockwise
+        return encode(img, "JPEG", exif=exif)
+    fmt = {"photo.webp": "WEBP", "photo.bmp": "BMP", "photo.tif": "TIFF"}[name]
+    return encode(img, fmt)
+
+
+AWKWARD = [
+    "rgba.png",
+    "palette.png",
+    "gray16.png",
+    "cmyk.jpg",
+    "photo.webp",
+    "photo.bmp",
+    "photo.tif",
+    "rotated.jpg",
+]
+
+
+def make_folder(root, n_per_class: int = 12, seed0: int = 0) -> list[str]:
+    """root/<class>/ with plain JPEGs in nested subfolders, every awkward mode, and broken files.
+    Returns the files (relative to root) that must be skipped."""
+    skipped = []
+    seed = seed0
+    for cls, tint in TINTS.items():
+        d = root / cls
+        (d / "nested" / "deeper").mkdir(parents=True)
+        for i in range(n_per_class):
+            seed += 1
+            sub = d if i % 3 else d / "nested" / ("deeper" if i % 2 else "")
+            (sub / f"{cls}_{i}.jpg").write_bytes(encode(photo(seed, tint)))
+        for name in AWKWARD:
+            seed += 1
+            (d / f"{seed}_{name}").write_bytes(awkward(name, photo(seed, tint)))
+        good = encode(photo(seed0 + 2000, tint))
+        (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
+        (d / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+        (d / "notes.txt").write_text("not an image")
+        (d / "empty.png").write_bytes(b"")
+        (d / ".DS_Store").write_bytes(b"\x00\x01")
+        (d / "tiny.png").write_bytes(encode(photo(seed0 + 3000, tint, size=(10, 10)), "PNG"))
+        skipped += [
+            f"{cls}/truncated.jpg",
+            f"{cls}/page.jpg",
+            f"{cls}/notes.txt",
+            f"{cls}/empty.png",
+            f"{cls}/tiny.png",
+        ]
+    (root / "README.txt").write_text("stray file outside the class folders")
+    return skipped
+
+
+def test_awkward_modes_decode_upright_rgb(tmp_path):
+    img = photo(7, size=(80, 64))
+    for name in AWKWARD:
+        check = check_image(awkward(name, img), min_size=32)
+        assert check.ok, (name, check)
+        rgb, *_ = decode(awkward(name, img))
+        assert rgb.mode == "RGB"
+        assert rgb.size == ((64, 80) if name == "rotated.jpg" else (80, 64)), name
+        src = tmp_path / name
+        src.write_bytes(awkward(name, img))
+        out = export_rgb(src, tmp_path / "out" / name.replace(".", "_"))
+        arr = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)  # what training reads, exactly as stored
+        assert arr.dtype == np.uint8 and arr.shape[2] == 3
+        assert arr.shape[:2] == ((80, 64) if name == "rotated.jpg" else (64, 80)), name
+    # a plain upright RGB JPEG is linked untouched, not re-encoded
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(encode(img))
+    assert export_rgb(plain, tmp_path / "out" / "plain").read_bytes() == plain.read_bytes()
+    # the rgba one: transparency lands on white, as a viewer shows it
+    rgba = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    assert decode(encode(rgba, "PNG"))[0].getpixel((5, 5)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"", "empty"),
+        (b"<!DOCTYPE html><html>nope</html>", "not_an_image"),
+        (b"\x00\x01\x02garbage" * 20, "not_an_image"),
+        (encode(photo(1))[:300], "corrupt"),
+        (encode(photo(1, size=(20, 90))), "too_small"),
+    ],
+)
+def test_bad_bytes_are_named(data, status):
+    assert check_image(data, min_size=32).status == status
+
+
+def test_folder_to_prepared_shape(workdir, tmp_path, capsys):
+    src = tmp_path / "pets"
+    skipped = make_folder(src)
+    assert main(["data", "my-pets", "--src", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert (workdir / "competitions" / "my-pets.yaml").exists()
+    root = workdir / "data" / "my-pets"
+    for name in skipped:
+        assert f"skipped {name}:" in out, name  # every skipped file is reported by name
+    assert "README.txt" in out and "outside_classes" in out
+    manifest = pd.read_csv(root / "raw" / "manifest.csv", keep_default_na=False)
+    status = dict(
+        zip(manifest["url"].map(lambda u: u.replace(str(src) + "/", "")), manifest["status"], strict=True)
+    )
+    assert status["cat/truncated.jpg"] == "corrupt" and status["dog/page.jpg"] == "not_an_image"
+    assert status["cat/notes.txt"] == "not_an_image" and status["cat/tiny.png"] == "too_small"
+    assert status["cat/empty.png"] == "empty"
+    assert not any(".DS_Store" in u for u in manifest["url"])
+    kept = manifest[manifest["status"] == "kept"]
+    assert len(kept) == 2 * (12 + len(AWKWARD))
+
+    folds = pd.read_csv(root / "folds.csv")
+    solution = pd.read_csv(root / "solution.csv")
+    sample = pd.read_csv(root / "sample_submission.csv")
+    assert len(folds) + len(solution) == len(kept)
+    assert sorted(solution["label"]) == ["cat", "dog"]  # 5% of 20 per class, at least one each
+    assert list(sample.columns) == ["id", "label"] and sample["id"].tolist() == solution["id"].tolist()
+    assert sorted(p.stem for p in (root / "test").iterdir()) == sorted(solution["id"].astype(str))
+    assert any("nested__deeper__" in p for p in folds["image"])  # nested folders, flattened
+    for path in [*(root / "train").rglob("*.*"), *(root / "test").iterdir()]:
+        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert arr is not None and arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3, path
+    rotated = [p for p in (root / "train").rglob("*rotated*")]
+    for p in rotated:
+        assert cv2.imread(str(p)).shape[:2] == (80, 64)  # upright: taller than wide
+
+    # the YAML written for the folder is a normal competition: rerunning needs no SRC
+    assert main(["data", "my-pets"]) == 0
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_folder_errors_are_one_line(workdir, tmp_path, capsys):
+    assert main(["data", "x", "--src", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().out
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    (one / "cat" / "a.jpg").write_bytes(encode(photo(1)))
+    assert main(["data", "x", "--src", str(one)]) == 2
+    assert "one subfolder per class" in capsys.readouterr().out
+    assert not (workdir / "competitions" / "x.yaml").exists()
+    assert main(["data", "digits-demo", "--src", str(one)]) == 2
+    assert "not a folder competition" in capsys.readouterr().out
+
+
+def test_near_duplicates_stay_on_one_side_and_in_one_fold(workdir, tmp_path):
+    src = tmp_path / "pets"
+    for cls, tint in TINTS.items():
+        (src / cls).mkdir(parents=True)
+        for i in range(20):
+            img = photo(hash((cls, i)) % 10_000, tint)
+            (src / cls / f"{i}.jpg").write_bytes(encode(img))
+            if i < 6:  # a resized copy: a near duplicate kept (near_distance -1) but grouped
+                (src / cls / f"{i}_big.png").write_bytes(encode(img.resize((120, 96)), "PNG"))
+    yaml_path = write_competition("dups", src)
+    yaml_path.write_text(yaml_path.read_text().replace("near_distance: 4", "near_distance: -1"))
+    assert main(["data", "dups"]) == 0
+    root = workdir / "data" / "dups"
+    folds = pd.read_csv(root / "folds.csv")
+    assert len(folds) + len(pd.read_csv(root / "solution.csv")) == 2 * 26  # near duplicates kept
+    fold_of = {
+        p.split("/")[-1].rsplit(".", 1)[0]: f for p, f in zip(folds["image"], folds["fold"], strict=True)
+    }
+    for cls in TINTS:
+        for i in range(6):
+            a, b = fold_of.get(f"{i}"), fold_of.get(f"{i}_big")
+            # both in train and in the same fold, or both in the holdout (neither in folds.csv)
+            assert (a is None) == (b is None) and a == b, (cls, i, a, b)
+
+
+def test_holdout_mask_is_stratified_and_keeps_groups():
+    labels = np.array(["a"] * 60 + ["b"] * 40)
+    groups = np.arange(100)
+    groups[10:14] = 10  # a group of four near duplicates
+    mask = holdout_mask(labels, groups, 0.1, seed=0)
+    assert mask[labels == "a"].sum() == 6 and mask[labels == "b"].sum() == 4
+    assert len(set(mask[10:14])) == 1
+    assert (holdout_mask(labels, groups, 0.1, seed=0) == mask).all()  # seeded: stable

@@ -1,0 +1,58 @@
+"""`kagglecv inspect`: counts with an imbalance warning, sizes, dropped files, near-duplicate groups
+(leakage across train/test, label conflicts across classes) and a contact sheet."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+from PIL import Image
+
+from kagglecv.cli import main
+from kagglecv.competition import load_competition
+from kagglecv.inspection import inspect_data
+from kagglecv.sources.folder import write_competition
+from test_folder import TINTS, encode, make_folder, photo
+
+
+def test_inspect_reports_what_matters(workdir, tmp_path, capsys):
+    src = tmp_path / "pets"
+    make_folder(src, n_per_class=4)
+    for i in range(30):  # far more cats than dogs
+        (src / "cat" / f"extra_{i}.jpg").write_bytes(encode(photo(500 + i, TINTS["cat"], size=(120, 90))))
+    path = write_competition("pets", src)
+    path.write_text(path.read_text().replace("n_folds: 5", "n_folds: 2"))
+    assert main(["data", "pets"]) == 0
+    root = workdir / "data" / "pets"
+    # leakage, as a careless dataset has it: a training image also sits in the test set
+    leaked = sorted((root / "train" / "dog").iterdir())[0]
+    shutil.copyfile(leaked, root / "test" / ("leak" + leaked.suffix))
+    # a label conflict: the same picture filed under both classes
+    conflict = sorted((root / "train" / "cat").iterdir())[0]
+    shutil.copyfile(conflict, root / "train" / "dog" / ("conflict" + conflict.suffix))
+    folds = pd.read_csv(root / "folds.csv")
+    rel = f"train/dog/conflict{conflict.suffix}"
+    pd.concat([folds, pd.DataFrame([{"image": rel, "label": "dog", "fold": 0}])]).to_csv(
+        root / "folds.csv", index=False
+    )
+    capsys.readouterr()
+
+    figures = inspect_data(load_competition("pets"), samples=3)
+    out = capsys.readouterr().out
+    assert "classes are unbalanced" in out and figures["imbalance_ratio"] > 3
+    assert figures["train_counts"]["cat"] > figures["train_counts"]["dog"]
+    assert "dropped by the source" in out and figures["dropped"]["corrupt"] == 2
+    assert figures["leaking_groups"] == 1 and "cross train/test" in out and "leak" in out
+    assert figures["conflicting_groups"] == 1 and "span two classes" in out
+    assert "image size (shorter side, px)" in out and "(test, unlabelled)" in out
+    sheet = Image.open(figures["contact_sheet"])
+    assert sheet.size == (140 + 3 * 100 + 4, 2 * 100 + 4)  # one row per class, three samples each
+    # the hashes are cached: a second look reads only what changed
+    cache = root / "inspect" / "hashes.csv"
+    assert len(pd.read_csv(cache)) == len(folds) + 1 + len(list((root / "test").iterdir()))
+    assert main(["inspect", "--comp", "pets", "--samples", "2"]) == 0
+
+
+def test_inspect_needs_prepared_data(workdir, capsys):
+    assert main(["inspect", "--comp", "digits-demo"]) == 2
+    assert "not prepared yet" in capsys.readouterr().out
