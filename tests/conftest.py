@@ -50,3 +50,23 @@ def digits_prepared(tmp_path_factory):
 def digits(workdir, digits_prepared):
     shutil.copytree(digits_prepared, workdir / "data")
     return workdir
+
+
+def cli_text(capsys) -> str:
+    """What a CLI call printed, on one line; a user never sees a traceback."""
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "Traceback" not in text
+    return " ".join(text.split())
+
+
+@pytest.fixture
+def fake(workdir, monkeypatch):
+    """A fake Kaggle on loopback holding every shipped competition; the real client points at it."""
+    from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+    from kagglecv.sources import kaggle as ksrc
+
+    monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))
+    with FakeKaggle({slug: competition_zip(slug) for slug in EXPECTED}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home")
+        yield server

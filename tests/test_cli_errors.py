@@ -5,47 +5,41 @@ import sys
 
 import pytest
 
+from conftest import cli_text
 from kagglecv.cli import main
-
-
-def _err(capsys):
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return " ".join(text.split())
 
 
 def test_unknown_competition_lists_known(workdir, capsys):
     assert main(["data", "dogs-vs-kats"]) == 2
-    assert "unknown competition 'dogs-vs-kats'" in _err(capsys)
+    assert "unknown competition 'dogs-vs-kats'" in cli_text(capsys)
 
 
 def test_data_without_comp(workdir, capsys):
     assert main(["data"]) == 2
-    assert "make data COMP=<slug>" in _err(capsys)
+    assert "make data COMP=<slug>" in cli_text(capsys)
 
 
 def test_malformed_competition_yaml(workdir, capsys):
     (workdir / "competitions" / "broken.yaml").write_text("slug: broken\ntitle: [\n")
     assert main(["data", "broken"]) == 2
-    assert "broken.yaml: not valid YAML" in _err(capsys)
+    assert "broken.yaml: not valid YAML" in cli_text(capsys)
 
 
 def test_config_typo(digits, capsys):
     assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "epoch=2"]) == 2
-    assert "unknown config key 'epoch'. Did you mean 'epochs'?" in _err(capsys)
+    assert "unknown config key 'epoch'. Did you mean 'epochs'?" in cli_text(capsys)
 
 
 def test_train_before_data(workdir, capsys):
     assert main(["train", "--config", "configs/smoke.yaml"]) == 2
-    assert "none prepared yet" in _err(capsys)
+    assert "none prepared yet" in cli_text(capsys)
     assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml"]) == 2
-    assert "not prepared yet: run `make data COMP=digits-demo`" in _err(capsys)
+    assert "not prepared yet: run `make data COMP=digits-demo`" in cli_text(capsys)
 
 
 def test_submit_before_train(digits, capsys):
     assert main(["submit", "--comp", "digits-demo"]) == 2
-    assert "no finished training run for digits-demo" in _err(capsys)
+    assert "no finished training run for digits-demo" in cli_text(capsys)
 
 
 def test_run_with_missing_checkpoint(digits, capsys):
@@ -54,12 +48,12 @@ def test_run_with_missing_checkpoint(digits, capsys):
     (run_dir / "fold1.pt").unlink()
     capsys.readouterr()
     assert main(["submit", "--comp", "digits-demo"]) == 2
-    assert "missing fold1.pt" in _err(capsys)
+    assert "missing fold1.pt" in cli_text(capsys)
     (run_dir / "fold0.pt").write_bytes(b"not a checkpoint")
     assert main(["submit", "--comp", "digits-demo", "--run", run_dir.name]) == 2
-    assert "fold0.pt: unreadable checkpoint" in _err(capsys)
+    assert "fold0.pt: unreadable checkpoint" in cli_text(capsys)
     assert main(["submit", "--comp", "digits-demo", "--run", "nope"]) == 2
-    assert "no run 'nope'" in _err(capsys)
+    assert "no run 'nope'" in cli_text(capsys)
 
 
 @pytest.mark.slow

@@ -11,25 +11,10 @@ import zipfile
 import pandas as pd
 import pytest
 
+from conftest import cli_text
 from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.sources import kaggle as ksrc
-
-
-@pytest.fixture
-def fake(workdir, monkeypatch):
-    """A fake Kaggle holding every shipped competition; the client points at it with good creds."""
-    monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))
-    with FakeKaggle({slug: competition_zip(slug) for slug in EXPECTED}) as server:
-        use_fake_kaggle(monkeypatch, server, workdir / "home")
-        yield server
-
-
-def _out(capsys) -> str:
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return " ".join(text.split())
 
 
 def _not_done(workdir, slug: str) -> None:
@@ -40,7 +25,7 @@ def _not_done(workdir, slug: str) -> None:
 
 @pytest.mark.parametrize("slug", sorted(EXPECTED))
 def test_data_prepares_shipped_competition(fake, workdir, slug, capsys):
-    assert main(["data", slug]) == 0, _out(capsys)
+    assert main(["data", slug]) == 0, cli_text(capsys)
     root = workdir / "data" / slug
     info = json.loads((root / "prepared.json").read_text())
     classes, per_class, n_test = EXPECTED[slug]
@@ -61,7 +46,7 @@ def test_missing_credentials(workdir, monkeypatch, capsys):
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
         use_fake_kaggle(monkeypatch, server, workdir / "home", creds=False)
         assert main(["data", "dogs-vs-cats"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "no Kaggle credentials found" in text and "https://www.kaggle.com/settings" in text
     assert "kaggle.json" in text and "KAGGLE_USERNAME" in text
     assert "Authentication required" not in text  # the client's own banner stays hidden
@@ -73,7 +58,7 @@ def test_wrong_key_401_never_printed(workdir, monkeypatch, capsys):
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
         use_fake_kaggle(monkeypatch, server, workdir / "home", creds=("kaggle-user", secret))
         assert main(["data", "dogs-vs-cats"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "Kaggle rejected your credentials (from KAGGLE_USERNAME/KAGGLE_KEY)" in text
     assert "401" in text and secret not in text
     _not_done(workdir, "dogs-vs-cats")
@@ -85,7 +70,7 @@ def test_readable_kaggle_json_warns(workdir, monkeypatch, capsys):
         kjson = workdir / "home" / ".kaggle" / "kaggle.json"
         os.chmod(kjson, 0o644)
         assert main(["data", "dogs-vs-cats"]) == 0
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert f"{kjson} can be read by other users" in text and "chmod 600" in text
     assert server.key not in text
 
@@ -93,7 +78,7 @@ def test_readable_kaggle_json_warns(workdir, monkeypatch, capsys):
 def test_rules_not_accepted_403(fake, workdir, capsys):
     fake.status["dog-breed-identification"] = 403
     assert main(["data", "dog-breed-identification"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "https://www.kaggle.com/competitions/dog-breed-identification/rules" in text
     assert "Late Submission" in text
     _not_done(workdir, "dog-breed-identification")
@@ -102,21 +87,21 @@ def test_rules_not_accepted_403(fake, workdir, capsys):
 def test_no_such_competition_404(fake, workdir, capsys):
     fake.competitions.pop("digit-recognizer")
     assert main(["data", "digit-recognizer"]) == 2
-    assert "Kaggle has no competition 'digit-recognizer' (404" in _out(capsys)
+    assert "Kaggle has no competition 'digit-recognizer' (404" in cli_text(capsys)
     _not_done(workdir, "digit-recognizer")
 
 
 def test_server_errors_are_retried(fake, workdir, capsys):
     fake.flaky["dogs-vs-cats"] = 2  # two 503s, then it works
     assert main(["data", "dogs-vs-cats"]) == 0
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "retrying" in text and "prepared dogs-vs-cats" in text
 
 
 def test_server_errors_give_up_clearly(fake, workdir, capsys):
     fake.status["dogs-vs-cats"] = 500
     assert main(["data", "dogs-vs-cats"]) == 2
-    assert "Kaggle's servers failed 3 times while downloading dogs-vs-cats (HTTP 500)" in _out(capsys)
+    assert "Kaggle's servers failed 3 times while downloading dogs-vs-cats (HTTP 500)" in cli_text(capsys)
     _not_done(workdir, "dogs-vs-cats")
 
 
@@ -126,7 +111,7 @@ def test_server_down(workdir, monkeypatch, capsys):
     use_fake_kaggle(monkeypatch, server, workdir / "home")
     server.stop()  # nothing listens on that port any more
     assert main(["data", "dogs-vs-cats"]) == 2
-    assert "could not reach Kaggle while downloading dogs-vs-cats" in _out(capsys)
+    assert "could not reach Kaggle while downloading dogs-vs-cats" in cli_text(capsys)
 
 
 def test_download_cut_off_is_never_complete_then_resumes(fake, workdir, monkeypatch, capsys):
@@ -137,14 +122,14 @@ def test_download_cut_off_is_never_complete_then_resumes(fake, workdir, monkeypa
     fake.competitions["plant-seedlings-classification"] = big
     fake.truncate["plant-seedlings-classification"] = True  # every GET hangs up halfway
     assert main(["data", "plant-seedlings-classification"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "the download was cut off" in text and "rerun" in text
     _not_done(workdir, "plant-seedlings-classification")
     partial = workdir / "data" / "plant-seedlings-classification" / "download"
     assert (partial / "plant-seedlings-classification.zip").stat().st_size < len(big)
 
     fake.truncate.clear()
-    assert main(["data", "plant-seedlings-classification"]) == 0, _out(capsys)
+    assert main(["data", "plant-seedlings-classification"]) == 0, cli_text(capsys)
     assert (workdir / "data" / "plant-seedlings-classification" / "prepared.json").exists()
 
 
@@ -155,7 +140,7 @@ def test_damaged_download_is_fetched_again(fake, workdir, capsys):
     target.parent.mkdir(parents=True)
     good = competition_zip(slug)
     target.write_bytes(good[:100] + bytes(len(good) - 200) + good[-100:])  # same size, newer mtime
-    assert main(["data", slug]) == 0, _out(capsys)
+    assert main(["data", slug]) == 0, cli_text(capsys)
     assert json.loads((workdir / "data" / slug / "prepared.json").read_text())["n_train"] == 60
 
 
@@ -167,7 +152,7 @@ def test_archive_with_unsafe_paths_is_refused(fake, workdir, capsys, bad):
         z.writestr(bad, "gotcha")
     fake.competitions["dogs-vs-cats"] = buf.getvalue()
     assert main(["data", "dogs-vs-cats"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "unsafe path" in text and "refusing to unpack" in text
     assert not list(workdir.parent.rglob("evil.txt")) and not (workdir / "data" / "evil.txt").exists()
     _not_done(workdir, "dogs-vs-cats")
@@ -183,7 +168,7 @@ def test_nested_unsafe_paths_refused(fake, workdir, capsys):
         z.writestr("train.zip", inner.getvalue())
     fake.competitions["dogs-vs-cats"] = outer.getvalue()
     assert main(["data", "dogs-vs-cats"]) == 2
-    assert "train.zip holds an unsafe path" in _out(capsys)
+    assert "train.zip holds an unsafe path" in cli_text(capsys)
     assert not list(workdir.parent.rglob("evil.txt"))
     _not_done(workdir, "dogs-vs-cats")
 
@@ -195,7 +180,7 @@ def test_not_enough_space(fake, workdir, monkeypatch, capsys):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(ksrc.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
     assert main(["data", "dogs-vs-cats"]) == 2
-    assert "unpacking dogs-vs-cats.zip needs" in _out(capsys)
+    assert "unpacking dogs-vs-cats.zip needs" in cli_text(capsys)
     _not_done(workdir, "dogs-vs-cats")
     assert shutil.disk_usage is not None
 
@@ -203,7 +188,7 @@ def test_not_enough_space(fake, workdir, monkeypatch, capsys):
 def test_access_token_works(workdir, monkeypatch, capsys):
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
         use_fake_kaggle(monkeypatch, server, workdir / "home", creds=False, token=True)
-        assert main(["data", "dogs-vs-cats"]) == 0, _out(capsys)
+        assert main(["data", "dogs-vs-cats"]) == 0, cli_text(capsys)
     assert {r["auth"] for r in server.requests if "Competition" in r["path"]} == {"bearer"}
 
 
@@ -211,7 +196,7 @@ def test_stale_token_beats_good_key_and_says_so(workdir, monkeypatch, capsys):
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
         use_fake_kaggle(monkeypatch, server, workdir / "home", token="expired-token")
         assert main(["data", "dogs-vs-cats"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "(401)" in text and "KAGGLE_API_TOKEN" in text and "remove it if stale" in text
     assert "expired-token" not in text and server.key not in text
 
@@ -248,7 +233,7 @@ def test_verbose_client_never_prints_the_key(fake, workdir, monkeypatch, capsys)
 
     monkeypatch.setattr(KaggleApi, "args", [*KaggleApi.args, "--verbose"])
     assert main(["data", "dogs-vs-cats"]) == 0
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert base64.b64encode(b"kaggle-user:kaggle-key").decode() not in text and "Authorization" not in text
 
 

@@ -9,6 +9,7 @@ import json
 import pytest
 import yaml
 
+from conftest import cli_text
 from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.sources import kaggle as ksrc
@@ -26,18 +27,11 @@ def fake(workdir, monkeypatch):
         yield server
 
 
-def _out(capsys) -> str:
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return " ".join(text.split())
-
-
 @pytest.mark.parametrize("shipped", sorted(EXPECTED))
 def test_draft_reads_back_the_shipped_yaml(fake, workdir, shipped, capsys):
     fake.competitions[SLUG] = competition_zip(shipped)
-    assert main(["data", SLUG]) == 0, _out(capsys)
-    text = _out(capsys)
+    assert main(["data", SLUG]) == 0, cli_text(capsys)
+    text = cli_text(capsys)
     assert f"wrote a DRAFT competitions/{SLUG}.yaml" in text and "CHECK" in text
     draft = yaml.safe_load((workdir / "competitions" / f"{SLUG}.yaml").read_text())
     want = yaml.safe_load((workdir / "competitions" / f"{shipped}.yaml").read_text())
@@ -59,7 +53,7 @@ def test_draft_reads_back_the_shipped_yaml(fake, workdir, shipped, capsys):
 
 def test_unknown_everywhere(fake, workdir, capsys):
     assert main(["data", SLUG]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert f"unknown competition '{SLUG}'" in text and f"Kaggle has no competition '{SLUG}' (404" in text
     assert not (workdir / "competitions" / f"{SLUG}.yaml").exists()
     assert not (workdir / "data" / SLUG / "raw").exists()
@@ -67,6 +61,6 @@ def test_unknown_everywhere(fake, workdir, capsys):
 
 def test_typo_of_known_slug_does_not_download(fake, workdir, capsys):
     assert main(["data", "dogs-vs-kats"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "Did you mean 'dogs-vs-cats'?" in text and "--draft" in text
     assert fake.requests == []

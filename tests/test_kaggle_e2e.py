@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+from conftest import cli_text
 from kagglecv.cli import main
-from kagglecv.sources import kaggle as ksrc
 
 # slug -> (columns of the file Kaggle receives, check on the value columns)
 FORMATS = {
@@ -32,28 +31,13 @@ FORMATS = {
 }
 
 
-@pytest.fixture
-def fake(workdir, monkeypatch):
-    monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))
-    with FakeKaggle({slug: competition_zip(slug) for slug in EXPECTED}) as server:
-        use_fake_kaggle(monkeypatch, server, workdir / "home")
-        yield server
-
-
-def _out(capsys) -> str:
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return " ".join(text.split())
-
-
 @pytest.mark.parametrize("slug", sorted(FORMATS))
 def test_data_train_submit_upload(fake, workdir, slug, capsys):
-    assert main(["data", slug]) == 0, _out(capsys)
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0, _out(capsys)
+    assert main(["data", slug]) == 0, cli_text(capsys)
+    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0, cli_text(capsys)
     capsys.readouterr()
-    assert main(["submit", "--upload", "--message", "first try"]) == 0, _out(capsys)
-    text = _out(capsys)
+    assert main(["submit", "--upload", "--message", "first try"]) == 0, cli_text(capsys)
+    text = cli_text(capsys)
     (run_dir,) = (workdir / "runs" / slug).iterdir()
     written = workdir / "submissions" / f"{slug}-{run_dir.name}.csv"
     sample = pd.read_csv(workdir / "data" / slug / "sample_submission.csv")
@@ -87,7 +71,7 @@ def test_submit_rejected_403_points_at_late_submission(fake, workdir, capsys):
     fake.status[slug] = 403
     capsys.readouterr()
     assert main(["submit", "--upload"]) == 2
-    text = _out(capsys)
+    text = cli_text(capsys)
     assert "https://www.kaggle.com/competitions/dogs-vs-cats/rules" in text and "Late Submission" in text
     assert list((workdir / "submissions").glob("dogs-vs-cats-*.csv"))  # the file itself is written
     assert not (workdir / "submissions" / "log.csv").exists()
@@ -101,7 +85,7 @@ def test_failed_upload_is_not_success(fake, workdir, monkeypatch, capsys):
     monkeypatch.setattr(fake, "_uploads", _NoUploads())
     capsys.readouterr()
     assert main(["submit", "--upload"]) == 2
-    assert "Kaggle did not accept the upload" in _out(capsys)
+    assert "Kaggle did not accept the upload" in cli_text(capsys)
     log = pd.read_csv(workdir / "submissions" / "log.csv")
     assert log.loc[0, "ref"] == 0 and fake.submissions == []
 
@@ -117,4 +101,4 @@ def test_upload_of_builtin_competition_is_refused(digits, capsys):
     assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
     capsys.readouterr()
     assert main(["submit", "--comp", "digits-demo", "--upload"]) == 2
-    assert "not a Kaggle competition (source: builtin)" in _out(capsys)
+    assert "not a Kaggle competition (source: builtin)" in cli_text(capsys)
