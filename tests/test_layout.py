@@ -84,6 +84,16 @@ def test_folds_are_stratified_and_stable():
     assert not folds["fold"].equals(other["fold"])
 
 
+def test_groups_share_a_fold_whatever_the_input_order():
+    images = _images({"b": 30, "a": 30})  # not sorted by path: b's rows come first
+    groups = images["image"].str.extract(r"/(\d+)\.png$")[0].astype(int) // 3  # triples of near copies
+    groups = groups.astype(str) + images["label"]
+    folds = make_folds(images, 5, seed=0, groups=groups)
+    by_image = dict(zip(images["image"], groups, strict=True))
+    per_group = folds.groupby(folds["image"].map(by_image))["fold"].nunique()
+    assert (per_group == 1).all() and len(per_group) == 20
+
+
 def test_too_few_images_for_folds():
     with pytest.raises(UserError, match=r"too few images for 5 folds in class\(es\) c \(3\)"):
         make_folds(_images({"a": 10, "c": 3}), 5, seed=0)

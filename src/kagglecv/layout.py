@@ -212,13 +212,16 @@ def make_folds(
         raise UserError(
             f"too few images for {n_folds} folds in class(es) {small}; add images or set n_folds lower"
         )
+    # sort with the groups attached, so a group stays with its image whatever order came in
+    images = images.assign(_group=groups if groups is not None else images["image"])
     images = images.sort_values("image").reset_index(drop=True)
-    if groups is None:
+    groups = images.pop("_group")
+    if (groups == images["image"]).all():
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(images["image"], images["label"])
     else:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(images["image"], images["label"], groups.loc[images.index])
+        splits = splitter.split(images["image"], images["label"], groups)
     fold = np.zeros(len(images), dtype=int)
     for k, (_, val_idx) in enumerate(splits):
         fold[val_idx] = k
@@ -266,7 +269,6 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
         raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
     groups = None
     if (staging / GROUPS).exists():  # near duplicates that must share a fold (layout holdout)
-        images = images.sort_values("image").reset_index(drop=True)
         known = pd.read_csv(staging / GROUPS, dtype=str).set_index("image")["group"]
         groups = images["image"].map(known).fillna(images["image"])
     folds = make_folds(images, comp.n_folds, seed, groups)
