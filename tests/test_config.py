@@ -31,6 +31,11 @@ def test_unknown_key_names_the_closest(tmp_path):
         ("epochs", "is not key=value"),
         ("epochs=0", "epochs must be at least 1"),
         ("device=tpu", "device must be auto, cpu or cuda"),
+        ("img_size=0", "img_size must be at least 8"),
+        ("mean=[0.5]", "mean needs 3 values"),
+        ("lr=-1", "lr must lie between 0 and 10"),
+        ("layer_decay=1.5", "layer_decay must lie in"),
+        ("label_smoothing=1.0", "label_smoothing in"),
     ],
 )
 def test_bad_values(override, message):

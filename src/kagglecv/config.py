@@ -79,9 +79,37 @@ class TrainConfig:
             raise UserError(f"config: cache must be auto, memory, disk or none, got {self.cache!r}")
         if self.freeze_epochs < 0:
             raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
-        for name in ("epochs", "batch_size", "folds", "lr_find_iters", "accum_steps"):
+        for name in ("epochs", "batch_size", "folds", "lr_find_iters", "accum_steps", "in_chans"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1, got {getattr(self, name)}")
+        if self.img_size is not None and self.img_size < 8:
+            raise UserError(
+                f"config: img_size must be at least 8 pixels (or null for the model's own), got {self.img_size}"
+            )
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.in_chans:
+                raise UserError(f"config: {name} needs {self.in_chans} values (one per channel), got {value}")
+        if self.std is not None and min(self.std) <= 0:
+            raise UserError(f"config: std values must be positive, got {self.std}")
+        if isinstance(self.lr, float) and not 0 < self.lr < 10:
+            raise UserError(f"config: lr must lie between 0 and 10 (or be 'auto'), got {self.lr}")
+        for name in (
+            "weight_decay",
+            "label_smoothing",
+            "mixup",
+            "cutmix",
+            "drop_rate",
+            "rotate",
+            "shift",
+            "scale",
+        ):
+            if getattr(self, name) < 0:
+                raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
+        if not 0 < self.pct_start < 1 or not 0 <= self.label_smoothing < 1 or not 0 < self.ema_decay < 1:
+            raise UserError("config: pct_start and ema_decay must lie in (0, 1), label_smoothing in [0, 1)")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"config: layer_decay must lie in (0, 1], got {self.layer_decay}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
