@@ -65,3 +65,60 @@ def test_console_script_exit_code(workdir):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "unknown competition 'nope'" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("n_folds: five", "'n_folds' must be int"),
+        ("n_folds: 1", "n_folds must be at least 2"),
+        ("hflip: maybe", "'hflip' must be bool"),
+        ("source: {kind: builtin, dataset: sklearn-digits, test_fraction: 2}", "test_fraction must lie in"),
+    ],
+)
+def test_competition_yaml_values_are_checked(workdir, capsys, change, message):
+    text = (workdir / "competitions" / "digits-demo.yaml").read_text().replace("slug: digits-demo", "slug: x")
+    (workdir / "competitions" / "x.yaml").write_text(
+        _replace_key(text.splitlines(), change.split(":")[0], change)
+    )
+    assert main(["data", "x"]) == 2
+    assert message in cli_text(capsys)
+
+
+def _replace_key(lines: list[str], key: str, change: str) -> str:
+    """The YAML with top-level `key` (and its indented block) replaced by `change`."""
+    out, skipping = [], False
+    for line in lines:
+        if line.startswith(key + ":"):
+            skipping = True
+            out.append(change)
+            continue
+        if skipping and line.startswith(" "):
+            continue
+        skipping = False
+        out.append(line)
+    if change not in out:
+        out.append(change)
+    return "\n".join(out) + "\n"
+
+
+def test_sample_submission_that_is_not_a_csv(digits, capsys):
+    assert (
+        main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002", "folds=1"]) == 0
+    )
+    sample = digits / "data" / "digits-demo" / "sample_submission.csv"
+    sample.write_text("a;b\n1;2\n")
+    capsys.readouterr()
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "has no 'ImageId' column" in cli_text(capsys)
+    sample.write_bytes(b"")
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "not a readable CSV" in cli_text(capsys)
+
+
+def test_run_names_stay_inside_runs(digits, capsys):
+    assert (
+        main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "../../evil"]) == 2
+    )
+    assert "RUN must be a plain name" in cli_text(capsys)
+    assert not (digits.parent / "evil").exists()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from .console import console
 from .errors import UserError
 
-CONFIG_HELP = "training recipe YAML (configs/default.yaml); then key=value overrides, e.g. epochs=3 lr=auto model=resnet18"
+CONFIG_HELP = "recipe overrides, any key of the --config YAML, e.g. epochs=3 lr=auto model=resnet18"
 
 
 def _comp(slug: str | None):
@@ -32,12 +33,21 @@ def cmd_list(args) -> None:
     from .layout import is_prepared
 
     table = Table(title=f"competitions in {COMPETITIONS_DIR}/")
-    for col in ("slug", "source", "metric", "submission", "prepared"):
+    table.add_column("slug", no_wrap=True)  # slugs get copied: never cut them
+    for col in ("source", "metric", "submission", "prepared"):
         table.add_column(col)
+    broken = []
     for slug in known_competitions():
-        c = load_competition(slug)
+        try:
+            c = load_competition(slug)
+        except UserError as e:  # one broken file should not hide the others
+            broken.append(str(e))
+            table.add_row(slug, "[red]broken[/]", "", "", "")
+            continue
         table.add_row(slug, c.source_kind, c.metric, f"{c.submission.kind}", "✓" if is_prepared(c) else "")
     console.print(table)
+    for message in broken:
+        console.print(f"[red]broken:[/] {message}", soft_wrap=True)
 
 
 def cmd_data(args) -> None:
@@ -79,6 +89,10 @@ def cmd_train(args) -> None:
 
     cfg = _config(args)  # config errors first: they are cheaper to fix than a missing dataset
     comp = _comp(args.comp)
+    if args.run and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.run):
+        raise UserError(f"RUN must be a plain name (letters, digits, - _ .), got {args.run!r}")
+    if args.gpus < 1:
+        raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         import time
 
@@ -217,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kagglecv",
         description="Kaggle image competitions: prepare data, k-fold fine-tune a timm model, write a checked submission.",
         epilog="Typical flow: kagglecv data dogs-vs-cats && kagglecv train && kagglecv submit. "
-        "Without --comp, train/submit use the competition prepared last.",
+        "Without --comp, train, lr-find, submit, report and inspect use the competition prepared last. "
+        "`kagglecv <command> --help` explains each one.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -265,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(
             "--comp", default="", help="competition slug (default: the one `make data` prepared last)"
         )
-        s.add_argument("--config", default="configs/default.yaml", help="training recipe YAML")
+        s.add_argument(
+            "--config",
+            default="configs/default.yaml",
+            help="training recipe YAML (default: %(default)s, a pretrained resnet50)",
+        )
         s.add_argument("overrides", nargs="*", metavar="key=value", help=CONFIG_HELP)
         s.set_defaults(func=func)
         if name == "train":

@@ -7,11 +7,11 @@ labelled images, what the submission looks like and which metric scores it.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import read_yaml
+from .config import check_fields, read_yaml
 from .errors import UserError
 
 COMPETITIONS_DIR = Path("competitions")
@@ -58,16 +58,6 @@ class Competition:
         return self.source["kind"]
 
 
-def _strict(cls, values: dict[str, Any], where: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    names = [f.name for f in fields(cls) if f.name not in skip]
-    for key in values:
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(names)}."
-            raise UserError(f"{where}: unknown key '{key}'.{hint}")
-    return values
-
-
 def known_competitions(root: Path | None = None) -> list[str]:
     root = root or COMPETITIONS_DIR
     return sorted(p.stem for p in root.glob("*.yaml"))
@@ -75,19 +65,24 @@ def known_competitions(root: Path | None = None) -> list[str]:
 
 def parse_competition(data: dict[str, Any], path: Path) -> Competition:
     where = str(path)
-    _strict(Competition, data, where, skip=("path",))
     for key in ("slug", "title", "source", "layout", "submission", "metric"):
         if key not in data:
             raise UserError(f"{where}: missing required key '{key}'")
+    if not isinstance(data["submission"], dict) or "id_column" not in data["submission"]:
+        raise UserError(f"{where}: submission needs at least 'id_column'")
+    sub = data["submission"]
+    data = check_fields(
+        Competition, {k: v for k, v in data.items() if k != "submission"}, where, skip=("path",)
+    )
+    if data.get("n_folds", 5) < 2:
+        raise UserError(f"{where}: n_folds must be at least 2 (k-fold needs a validation fold)")
     if not isinstance(data["source"], dict) or data["source"].get("kind") not in SOURCES:
         raise UserError(f"{where}: source.kind must be one of {', '.join(SOURCES)}")
-    if not isinstance(data["layout"], dict) or "kind" not in data["layout"]:
-        raise UserError(f"{where}: layout needs a 'kind' (see competitions/README.md)")
-    sub = data["submission"]
-    if not isinstance(sub, dict) or "id_column" not in sub:
-        raise UserError(f"{where}: submission needs at least 'id_column'")
-    _strict(Submission, sub, f"{where}: submission")
-    submission = Submission(**sub)
+    if "kind" not in data["layout"]:
+        raise UserError(
+            f"{where}: layout needs a 'kind' (see the README's layout kinds, or competitions/digits-demo.yaml)"
+        )
+    submission = Submission(**check_fields(Submission, sub, f"{where}: submission"))
     if submission.kind not in SUBMISSION_KINDS:
         raise UserError(f"{where}: submission.kind must be one of {', '.join(SUBMISSION_KINDS)}")
     if submission.kind != "class_probabilities" and len(submission.label_columns) != 1:

@@ -79,6 +79,8 @@ class TrainConfig:
             raise UserError(f"config: cache must be auto, memory, disk or none, got {self.cache!r}")
         if self.freeze_epochs < 0:
             raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"config: workers must be 0 or more (or null for automatic), got {self.workers}")
         for name in ("epochs", "batch_size", "folds", "lr_find_iters", "accum_steps", "in_chans"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1, got {getattr(self, name)}")
@@ -139,8 +141,14 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
             except ValueError:
                 return False, value
         return False, value
-    if tp is str:
+    if tp is str:  # a class called 3 is the class "3"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, str(value)
         return isinstance(value, str), value
+    if tp is Any:
+        return True, value
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
     if origin is list:
         if not isinstance(value, list):
             return False, value
@@ -159,20 +167,32 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
-def build_config(values: dict[str, Any], where: str) -> TrainConfig:
-    """Validate keys and types of a flat dict and build the config."""
-    hints = typing.get_type_hints(TrainConfig)
-    kwargs = {}
+def check_fields(
+    cls, values: dict[str, Any], where: str, what: str = "key", skip: tuple[str, ...] = ()
+) -> dict:
+    """Keys and types of a YAML mapping against a dataclass: an unknown key names the closest valid
+    one, a wrong type names the expected one. Returns the (gently coerced) values."""
+    hints = {k: v for k, v in typing.get_type_hints(cls).items() if k not in skip}
+    out = {}
     for key, value in values.items():
         if key not in hints:
-            close = difflib.get_close_matches(key, hints, n=1, cutoff=0.5)
+            close = difflib.get_close_matches(str(key), hints, n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(hints)}."
-            raise UserError(f"{where}: unknown config key '{key}'.{hint}")
+            raise UserError(f"{where}: unknown {what} '{key}'.{hint}")
         ok, coerced = _type_ok(value, hints[key])
         if not ok:
             raise UserError(f"{where}: '{key}' must be {_type_name(hints[key])}, got {value!r}")
-        kwargs[key] = coerced
-    return TrainConfig(**kwargs)
+        out[key] = coerced
+    return out
+
+
+def build_config(values: dict[str, Any], where: str) -> TrainConfig:
+    """Validate keys and types of a flat dict and build the config."""
+    if isinstance(values.get("folds"), (str, list)):
+        raise UserError(
+            f"{where}: 'folds' is how many folds to train (a number); to pick fold ids use --folds 0,1 (make: FOLDS=0,1)"
+        )
+    return TrainConfig(**check_fields(TrainConfig, values, where, what="config key"))
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -181,6 +201,8 @@ def read_yaml(path: Path, what: str) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
+    except (IsADirectoryError, UnicodeDecodeError, OSError) as e:
+        raise UserError(f"{what} {path} cannot be read as a YAML file ({type(e).__name__})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

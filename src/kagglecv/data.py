@@ -29,7 +29,8 @@ def read_image(path: Path, size: int) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise UserError(
-            f"cannot decode image {path} (corrupt or not an image): remove it and rerun `make data`"
+            f"cannot decode image {path} (corrupt or not an image): delete it (and its copy under raw/), "
+            "then rerun `make data COMP=<slug> FORCE=1`"
         )
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img.shape[0] != size or img.shape[1] != size:

@@ -43,7 +43,7 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
+def read_csv(path: Path, what: str) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"{what}: expected {path}, which is missing (check the competition's layout)")
     try:
@@ -68,8 +68,8 @@ def layout_csv_pixels(comp: Competition, raw: Path, out: Path) -> None:
     """Pixels in CSV rows (digit-recognizer): one row per image, `label` then pixel0..pixelN."""
     opts = comp.layout
     label_col = opts.get("label_column", "label")
-    train = _read_csv(raw / opts.get("train_csv", "train.csv"), "train CSV")
-    test = _read_csv(raw / opts.get("test_csv", "test.csv"), "test CSV")
+    train = read_csv(raw / opts.get("train_csv", "train.csv"), "train CSV")
+    test = read_csv(raw / opts.get("test_csv", "test.csv"), "test CSV")
     if label_col not in train.columns:
         raise UserError(
             f"{raw / opts.get('train_csv', 'train.csv')}: no '{label_col}' column (layout.label_column)"
@@ -150,7 +150,7 @@ def layout_csv_labels(comp: Competition, raw: Path, out: Path) -> None:
     name or stem (layout.image_ext completes ids without one)."""
     opts = comp.layout
     csv_path = raw / opts.get("labels_csv", "train.csv")
-    labels = _read_csv(csv_path, "labels CSV")
+    labels = read_csv(csv_path, "labels CSV")
     id_col, label_col = opts.get("id_column", "id"), opts.get("label_column", "label")
     for col in (id_col, label_col):
         if col not in labels.columns:
@@ -253,6 +253,10 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
         console.print(f"[green]✓[/] {comp.slug} already prepared in {root}/ (use --force to redo)")
         remember_last(comp.slug)
         return root
+    if comp.layout["kind"] not in LAYOUTS:  # before any download, not after
+        raise UserError(
+            f"{comp.path}: layout.kind must be one of {', '.join(LAYOUTS)}, got {comp.layout['kind']!r}"
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
     raw = fetch_raw(comp, force)

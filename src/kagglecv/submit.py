@@ -19,7 +19,7 @@ from .console import console
 from .data import ImageDataset, cached_images, make_loader
 from .engine import Stepper, pick_device, predict
 from .errors import UserError
-from .layout import IMAGE_EXTS, read_prepared
+from .layout import IMAGE_EXTS, read_csv, read_prepared
 from .metrics import score
 from .model import create_model
 from .train import RUNS_DIR, SUMMARY, atomic_write_bytes, finished_folds, gather, load_checkpoint
@@ -33,8 +33,10 @@ def find_run(comp: Competition, run: str | None) -> Path:
     if run:
         run_dir = Path(run) if Path(run).is_dir() else base / run
         if not run_dir.is_dir():
-            known = sorted(p.name for p in base.glob("*") if p.is_dir()) if base.exists() else []
+            known = sorted(p.parent.name for p in base.glob("*/config.yaml")) if base.exists() else []
             raise UserError(f"no run '{run}' for {comp.slug}. Runs: {', '.join(known[-5:]) or 'none'}")
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(f"{run_dir} is not a run folder (no config.yaml); runs live in {base}/<run-id>/")
         if not (run_dir / SUMMARY).exists():
             raise UserError(f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN=")
         return run_dir
@@ -76,7 +78,7 @@ def test_images(comp: Competition, sample: pd.DataFrame) -> list[Path]:
     if missing:
         raise UserError(
             f"{len(missing)} ids of sample_submission.csv have no image in {test_dir}/ (e.g. {missing[0]}); "
-            "rerun `make data --force`"
+            f"rerun `make data COMP={comp.slug} FORCE=1`"
         )
     return [by_id[i] for i in ids]
 
@@ -183,8 +185,14 @@ def score_submission(
 def read_sample(comp: Competition) -> pd.DataFrame:
     path = comp.data_dir / "sample_submission.csv"
     if not path.exists():
-        raise UserError(f"{path} is missing: run `make data COMP={comp.slug}`")
-    return pd.read_csv(path)
+        raise UserError(f"{path} is missing: run `make data COMP={comp.slug} FORCE=1`")
+    sample = read_csv(path, "sample submission")
+    if comp.submission.id_column not in sample.columns:
+        raise UserError(
+            f"{path} has no '{comp.submission.id_column}' column (it has {list(sample.columns)[:5]}); "
+            f"fix submission.id_column in {comp.path} or the file"
+        )
+    return sample
 
 
 def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> dict:
@@ -204,6 +212,12 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
         )
     sample = read_sample(comp)
     paths = test_images(comp, sample)
+    n_test = sum(1 for p in (comp.data_dir / "test").iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if n_test != len(paths):
+        console.print(
+            f"[yellow]warning:[/] sample_submission.csv lists {len(paths)} ids but test/ holds {n_test} images; "
+            "only the listed ids are predicted (Kaggle scores exactly those)"
+        )
     console.print(
         f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
     )

@@ -94,14 +94,14 @@ class TrainData:
         unknown = set(labels) - set(self.classes)
         if unknown:
             raise UserError(
-                f"{folds_path}: labels {sorted(unknown)[:5]} are not class folders; rerun `make data --force`"
+                f"{folds_path}: labels {sorted(unknown)[:5]} are not class folders; rerun `make data COMP={comp.slug} FORCE=1`"
             )
         self.labels = labels.map({c: i for i, c in enumerate(self.classes)}).to_numpy()
         paths = [root / p for p in self.folds["image"]]
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise UserError(
-                f"{len(missing)} images in {folds_path} are missing (e.g. {missing[0]}); rerun `make data --force`"
+                f"{len(missing)} images in {folds_path} are missing (e.g. {missing[0]}); rerun `make data COMP={comp.slug} FORCE=1`"
             )
         paths, images = cached_images(paths, root, size, cfg.cache, cfg.cache_mb, "decoding train images")
         self.dataset = ImageDataset(paths, self.labels, size, images)
@@ -198,7 +198,7 @@ def find_lr(comp, cfg, data: TrainData, inp: dict, device, out_dir: Path) -> flo
 def lr_find_only(comp: Competition, cfg: TrainConfig) -> float:
     """`kagglecv lr-find`: the range test alone."""
     device, inp, data = prepare_training(comp, cfg)
-    out_dir = RUNS_DIR / comp.slug / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = RUNS_DIR / comp.slug / "lr-find" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     return find_lr(comp, cfg, data, inp, device, out_dir)
 
@@ -441,9 +441,8 @@ def latest_unfinished(comp: Competition) -> Path:
     )
     open_runs = [p for p in runs if list(p.glob("fold*.last.pt")) or not (p / SUMMARY).exists()]
     if not open_runs:
-        raise UserError(
-            f"nothing to resume for {comp.slug}: every run in {base}/ finished (start one with `make train`)"
-        )
+        what = f"every run in {base}/ finished" if runs else "there is no run yet"
+        raise UserError(f"nothing to resume for {comp.slug}: {what} (start one with `make train`)")
     return open_runs[-1]
 
 
@@ -468,6 +467,10 @@ def train(
         fold_ids = json.loads(plan.read_text())["fold_ids"]
     if fold_ids is None:
         fold_ids = list(range(min(cfg.folds, data.n_folds)))
+        if cfg.folds > data.n_folds:
+            console.print(
+                f"[yellow]note:[/] folds={cfg.folds} but folds.csv has {data.n_folds}: training all {data.n_folds}"
+            )
     bad = [k for k in fold_ids if not 0 <= k < data.n_folds]
     if bad:
         raise UserError(f"folds {bad} do not exist: folds.csv has folds 0..{data.n_folds - 1}")

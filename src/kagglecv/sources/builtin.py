@@ -49,11 +49,19 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
     name = comp.source.get("dataset")
     if name not in DATASETS:
         raise UserError(f"{comp.path}: source.dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    train, test, sample, solution = DATASETS[name](
-        float(comp.source.get("test_fraction", 0.2)),
-        int(comp.source.get("seed", 0)),
-        int(comp.source.get("side", 28)),
-    )
+    try:
+        fraction, seed, side = (
+            float(comp.source.get("test_fraction", 0.2)),
+            int(comp.source.get("seed", 0)),
+            int(comp.source.get("side", 28)),
+        )
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{comp.path}: source.test_fraction must be a number, seed and side whole numbers"
+        ) from None
+    if not 0.05 <= fraction <= 0.5 or not 8 <= side <= 512:
+        raise UserError(f"{comp.path}: source.test_fraction must lie in [0.05, 0.5] and side in [8, 512]")
+    train, test, sample, solution = DATASETS[name](fraction, seed, side)
     raw_dir.mkdir(parents=True, exist_ok=True)
     train.to_csv(raw_dir / "train.csv", index=False)
     test.to_csv(raw_dir / "test.csv", index=False)
