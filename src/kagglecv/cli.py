@@ -133,7 +133,7 @@ def _fold_list(text: str) -> list[int] | None:
     if not text:
         return None
     try:
-        return [int(k) for k in text.replace(" ", "").split(",") if k != ""]
+        return sorted({int(k) for k in text.replace(" ", "").split(",") if k != ""})
     except ValueError:
         raise UserError(f"FOLDS must be fold numbers separated by commas, e.g. 0,1 — got {text!r}") from None
 

@@ -6,6 +6,7 @@ overrides them; checkpoints store the resolved values so prediction never guesse
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -24,7 +25,7 @@ def create_model(
     drop_rate: float = 0.0,
 ) -> torch.nn.Module:
     if name not in timm.list_models() and not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5]
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
         raise UserError(f"unknown timm model '{name}'" + (f"; similar: {', '.join(close)}" if close else ""))
     kwargs = {}
     if pretrained_file and not Path(pretrained_file).is_file():
