@@ -306,6 +306,9 @@ def test_report_user_errors(workdir, capsys):
     half = workdir / "runs" / "digits-demo" / "half"
     half.mkdir(parents=True)
     assert main(["report", "half", "--comp", "digits-demo"]) == 2
+    assert "is not a run folder" in capsys.readouterr().out
+    (half / "config.yaml").write_text("model: test_resnet\n")  # a run that started, then stopped
+    assert main(["report", "half", "--comp", "digits-demo"]) == 2
     assert "did not finish" in capsys.readouterr().out
     (half / "summary.json").write_text(json.dumps({"competition": "digits-demo", "run": "half"}))
     assert main(["report", str(half)]) == 2
