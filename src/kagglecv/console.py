@@ -27,7 +27,8 @@ def progress(transient: bool = True) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS")),
+        # bars are for people at a terminal; in logs and pipes they only leave blank lines
+        disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS")) or not console.is_terminal,
     )
 
 
