@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from rich.table import Table
 
 from . import dist
 from .competition import Competition
@@ -509,20 +508,12 @@ def train(
     if not dist.is_main():
         return run_dir
     summary = gather(run_dir, comp, seconds=time.time() - t0)
-    print_cv_table(summary)
+    print_cv_table(run_dir, summary)
     return run_dir
 
 
-def print_cv_table(summary: dict) -> None:
-    table = Table(title=f"{summary['competition']} · {summary['run']}", title_justify="left")
-    table.add_column("fold", justify="right")
-    table.add_column(summary["metric"], justify="right")
-    table.add_column("best epoch", justify="right")
-    ids = summary.get("fold_ids", range(len(summary["fold_scores"])))
-    for k, s, e in zip(ids, summary["fold_scores"], summary["best_epochs"], strict=True):
-        table.add_row(str(k), f"{s:.4f}", str(e))
-    table.add_section()
-    table.add_row("CV", f"[bold]{summary['cv_mean']:.4f} ± {summary['cv_std']:.4f}[/]", "")
-    table.add_row("OOF", f"{summary['oof_score']:.4f}", "")
-    console.print(table)
+def print_cv_table(run_dir: Path, summary: dict) -> None:
+    from .report import cv_table, load_run  # one CV table for the terminal, the report and `report`
+
+    console.print(cv_table(load_run(run_dir)))
     console.print(f"trained in {summary['seconds']:.0f} s on {summary['device']}")
