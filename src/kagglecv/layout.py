@@ -240,7 +240,12 @@ def fetch_raw(comp: Competition, force: bool = False) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         comp.data_dir.mkdir(parents=True, exist_ok=True)
         console.print(f"fetching {comp.slug} ({comp.source_kind}) into {raw}/")
-        sources.fetch(comp, partial)
+        try:
+            sources.fetch(comp, partial)
+        except BaseException:
+            if comp.data_dir.is_dir() and not any(comp.data_dir.iterdir()):
+                comp.data_dir.rmdir()  # a fetch that brought nothing leaves no empty folder behind
+            raise
         shutil.rmtree(raw, ignore_errors=True)
         partial.rename(raw)  # raw/ exists only once everything arrived
     return raw
@@ -250,7 +255,7 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
     """Fetch raw files (once) and lay them out in the prepared shape. Idempotent; `force` redoes it."""
     root = comp.data_dir
     if is_prepared(comp) and not force:
-        console.print(f"[green]✓[/] {comp.slug} already prepared in {root}/ (use --force to redo)")
+        console.print(f"[green]✓[/] {comp.slug} already prepared in {root}/ (FORCE=1 / --force redoes it)")
         remember_last(comp.slug)
         return root
     if comp.layout["kind"] not in LAYOUTS:  # before any download, not after
