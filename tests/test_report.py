@@ -314,3 +314,41 @@ def test_report_user_errors(workdir, capsys):
     assert main(["report", str(half)]) == 2
     assert "no oof.csv" in capsys.readouterr().out
     assert not (half / "report.html").exists()
+
+
+def test_weak_model_gets_a_caution_not_just_accusations(workdir, capsys):
+    """Suspects from a model that barely beats guessing come with a warning, on the page and the terminal."""
+    from kagglecv.report import write_report
+
+    run = workdir / "runs" / "toy" / "weak"
+    run.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1], size=40)
+    oof = pd.DataFrame(
+        {
+            "image": [f"train/a/{i}.png" for i in range(40)],
+            "label": ["a", "b"] * 20,
+            "fold": [i % 2 for i in range(40)],
+            "p_a": probs[:, 0],
+            "p_b": probs[:, 1],
+        }
+    )
+    oof["pred"] = np.where(oof["p_a"] > 0.5, "a", "b")
+    oof.to_csv(run / "oof.csv", index=False)
+    (run / "summary.json").write_text(
+        json.dumps(
+            {
+                "competition": "toy",
+                "run": "weak",
+                "metric": "accuracy",
+                "fold_ids": [0, 1],
+                "fold_scores": [0.5, 0.5],
+                "cv_mean": 0.5,
+                "cv_std": 0.0,
+                "oof_score": 0.5,
+            }
+        )
+    )
+    write_report(run, workdir / "data" / "toy")
+    assert "caution:" in " ".join(capsys.readouterr().out.split())
+    assert "Caution:" in (run / "report.html").read_text()

@@ -552,12 +552,22 @@ def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = Tr
         "probability: true label (its probability), prediction (its probability), file. Red: wrong.</p>"
         + save("top_losses", fig_image_grid(top, data_dir, "predicted", "p_predicted"))
     )
+    # a model barely better than guessing "suspects" half the data: say so rather than let it accuse
+    oof_acc = float((run.probs.argmax(1) == run.y).mean()) if len(run.y) else 0.0
+    chance = float(np.bincount(run.y, minlength=len(run.classes)).max() / max(len(run.y), 1))
+    weak = oof_acc < chance + 0.5 * (1 - chance)
+    weak_note = (
+        f"<p class='note'><b>Caution:</b> out-of-fold accuracy {oof_acc:.1%} is close to guessing the most "
+        f"common class ({chance:.1%}); train longer or better before trusting this list.</p>"
+        if weak
+        else ""
+    )
     sec.append(
         f"<h2>Suspect labels</h2><p class='note'>{len(suspects)} out-of-fold images that the model, which "
         "never trained on them, gives to another class at least as surely as it usually gives that class "
         f"to its own images (capped at {SUSPECT_MIN_P_OTHER:.0%}). Ranked by p(suggested) − p(label), so "
         f"the likeliest wrong labels come first; all listed in <code>{SUSPECTS}</code>. Look at them: a "
-        "wrong label teaches the model the wrong thing, a right one shows a hard case.</p>"
+        "wrong label teaches the model the wrong thing, a right one shows a hard case.</p>" + weak_note
     )
     if len(suspects):
         sec.append(
@@ -586,6 +596,11 @@ def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = Tr
         f"[green]✓[/] report -> {out} ({len(images)} figures in {fig_dir}/); "
         f"{len(suspects)} suspect labels -> {run.dir / SUSPECTS}"
     )
+    if weak:
+        console.print(
+            f"[yellow]caution:[/] out-of-fold accuracy {oof_acc:.1%} is near guessing ({chance:.1%}): "
+            "the suspect labels say more about the model than about the labels"
+        )
     return out
 
 
