@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 export KAGGLECV_NO_PROGRESS=1
 python -m pip install -q --no-deps -e . >"$OUT/install.log" 2>&1 || true
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-python -m pytest -q -x tests/test_finetune.py tests/test_end_to_end.py >"$OUT/tests.log" 2>&1; echo "tests rc=$?"
+python -m pytest -q -x tests/test_gpu.py tests/test_finetune.py tests/test_end_to_end.py >"$OUT/tests.log" 2>&1; echo "tests rc=$?"
 python -m kagglecv.cli bench --models resnet50,convnext_tiny --img-size 224 --batch-size 128 --images 2048 \
   --batches 30 >"$OUT/bench.log" 2>&1; echo "bench rc=$?"
 cp runs/bench/latest.json "$OUT/bench.json" 2>/dev/null
