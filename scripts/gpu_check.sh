@@ -8,7 +8,14 @@ set -uo pipefail
 OUT=${OUT:-gpu-check}
 mkdir -p "$OUT"
 export KAGGLECV_NO_PROGRESS=1
-python -m pip install -q --no-deps -e . >"$OUT/install.log" 2>&1 || true
+# The device image has torch, timm, pandas, scikit-learn, rich and opencv; the rest comes as wheels
+# built here beforehand and carried along (the machine has no internet):
+#   .venv/bin/pip download -d gpu-wheels albumentations albucore simsimd stringzilla pydantic kaggle six
+#   then run this script with carry=["gpu-wheels"]
+if [ -d gpu-wheels ]; then
+  python -m pip install -q --no-index --find-links gpu-wheels albumentations kaggle six >"$OUT/install.log" 2>&1
+fi
+python -m pip install -q --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 || true
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 python -m pytest -q -x tests/test_gpu.py tests/test_finetune.py tests/test_end_to_end.py >"$OUT/tests.log" 2>&1; echo "tests rc=$?"
 python -m kagglecv.cli bench --models resnet50,convnext_tiny --img-size 224 --batch-size 128 --images 2048 \
