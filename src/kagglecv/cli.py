@@ -94,13 +94,10 @@ def cmd_train(args) -> None:
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        import time
-
         from .dist import launch
+        from .train import run_name
 
-        run = (
-            args.run or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.replace('/', '_')}"
-        )  # one name for all ranks
+        run = args.run or run_name(cfg)  # one name for all ranks
         # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
         argv = [
             "train",

@@ -21,17 +21,27 @@ import torch
 from .console import progress
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
+def get_rng_state() -> dict:
+    """Every random stream training draws from (torch, CUDA, numpy, random), as tensors and JSON, so
+    the same dict restores lr-find's detour and loads with torch.load(weights_only=True) on resume."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_rest": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]),
+        "random": json.dumps(random.getstate()),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
+    name, pos, has_gauss, gauss = json.loads(state["numpy_rest"])
+    np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = json.loads(state["random"])
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state:
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -82,7 +92,7 @@ def lr_find(
         copy.deepcopy(model.state_dict()),
         copy.deepcopy(opt.state_dict()),
         copy.deepcopy(stepper.scaler.state_dict()),
-        _rng_state(),
+        get_rng_state(),
     )
     accum, stepper.accum = stepper.accum, 1  # the range test steps on every batch
     lrs, smooth, raw = [], [], []
@@ -116,7 +126,7 @@ def lr_find(
         model.load_state_dict(saved[0])
         opt.load_state_dict(saved[1])
         stepper.scaler.load_state_dict(saved[2])
-        _set_rng_state(saved[3])
+        set_rng_state(saved[3])
     # judge only the part before divergence, on a curve smoothed without lag
     stop = len(smooth)
     while stop > 1 and (not math.isfinite(smooth[stop - 1]) or smooth[stop - 1] > diverge * best):

@@ -34,7 +34,7 @@ from .data import ImageDataset, cached_images, default_workers, make_loader, tra
 from .engine import Stepper, pick_device, set_frozen, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
 from .layout import FOLDS, read_prepared
-from .lr_find import lr_find, save_lr_find
+from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state
 from .metrics import HIGHER_IS_BETTER, is_better, score
 from .model import create_model, resolve_input
 
@@ -48,14 +48,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_name(cfg: TrainConfig) -> str:
+    """<time>-<model>: sorts by time, says what trained."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', cfg.model)}"
+
+
 def new_run_dir(comp: Competition, cfg: TrainConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", cfg.model)
-    run_dir = RUNS_DIR / comp.slug / f"{stamp}-{name}"
+    name = run_name(cfg)
+    run_dir = RUNS_DIR / comp.slug / name
     i = 1
     while run_dir.exists():  # two runs in the same second
         i += 1
-        run_dir = RUNS_DIR / comp.slug / f"{stamp}-{name}-{i}"
+        run_dir = RUNS_DIR / comp.slug / f"{name}-{i}"
     run_dir.mkdir(parents=True)
     return run_dir
 
@@ -205,24 +209,6 @@ def lr_find_only(comp: Competition, cfg: TrainConfig) -> float:
 # ---- resumable state -------------------------------------------------------------------------
 
 
-def _rng_pack() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_rest": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]),
-        "random": json.dumps(random.getstate()),
-    }
-
-
-def _rng_unpack(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, pos, has_gauss, gauss = json.loads(state["numpy_rest"])
-    np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = json.loads(state["random"])
-    random.setstate((version, tuple(internal), gauss_next))
-
-
 def _cpu(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
@@ -280,7 +266,7 @@ def train_fold(
         best, best_epoch, best_state = st["best"], st["best_epoch"], st["best_state"]
         best_probs = st["best_probs"].numpy()
         start = st["epoch"] + 1
-        _rng_unpack(st["rng"])
+        set_rng_state(st["rng"])
         console.print(f"[yellow]resuming fold {fold}[/] after epoch {st['epoch']} of {total_epochs}")
     rows[:] = [r for r in rows if r["fold"] != fold or r["epoch"] < start]
 
@@ -344,7 +330,7 @@ def train_fold(
                     "best_state": best_state,
                     "best_probs": torch.from_numpy(best_probs),
                     "epoch": epoch,
-                    "rng": _rng_pack(),
+                    "rng": get_rng_state(),
                 }
                 if stepper.ema is not None:
                     state["ema"] = stepper.ema.module.state_dict()
