@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .config import load_config
 from .console import console, track
-from .data import ImageDataset, disk_cache, make_loader, train_transform
+from .data import ImageDataset, default_workers, disk_cache, make_loader, train_transform
 from .engine import Stepper, pick_device
 from .model import create_model
 
@@ -155,7 +155,7 @@ def run_bench(
     compile_: bool = False,
 ) -> dict:
     device = pick_device("auto")
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    workers = default_workers(workers, in_memory=False)
     data_root = BENCH_DIR / "data"
     paths = synthetic_images(data_root / "train", n_images)
     results = []

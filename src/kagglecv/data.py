@@ -39,10 +39,8 @@ def read_image(path: Path, size: int) -> np.ndarray:
     return img
 
 
-def preload(paths: list[Path], size: int, cache_mb: int, desc: str) -> np.ndarray | None:
-    """Decode every image once into one array, if it fits the memory budget."""
-    if len(paths) * size * size * 3 > cache_mb * 2**20:
-        return None
+def preload(paths: list[Path], size: int, desc: str) -> np.ndarray:
+    """Decode every image once into one array (the caller has checked that it fits in RAM)."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in track(list(enumerate(paths)), desc):
         out[i] = read_image(p, size)
@@ -81,7 +79,7 @@ def cached_images(paths: list[Path], data_root: Path, size: int, mode: str, cach
     """(paths to read, preloaded array or None) according to the cache mode."""
     fits = len(paths) * size * size * 3 <= cache_mb * 2**20
     if mode == "memory" or (mode == "auto" and fits):
-        return paths, preload(paths, size, 1 << 40, desc)
+        return paths, preload(paths, size, desc)
     if mode in ("disk", "auto"):
         return disk_cache(paths, data_root, size), None
     return paths, None
@@ -139,9 +137,10 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
-def default_workers(cfg, in_memory: bool) -> int:
-    if cfg.workers is not None:
-        return cfg.workers
+def default_workers(workers: int | None, in_memory: bool) -> int:
+    """The recipe's `workers`, else none for images already in RAM and one per core for files."""
+    if workers is not None:
+        return workers
     return 0 if in_memory else min(os.cpu_count() or 1, 8)
 
 

@@ -7,7 +7,6 @@ CSV, check it against sample_submission.csv, and score it where test labels are 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 
 from .competition import Competition
 from .console import console
-from .data import ImageDataset, cached_images, make_loader
+from .data import ImageDataset, cached_images, default_workers, make_loader
 from .engine import Stepper, pick_device, predict
 from .errors import UserError
 from .layout import IMAGE_EXTS, read_csv, read_prepared
@@ -234,7 +233,7 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
         "decoding test images",
     )
     ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"], images)
-    workers = 0 if images is not None else min(os.cpu_count() or 1, 8)
+    workers = default_workers(cfg.get("workers"), images is not None)
     loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
     probs = 0
     for model, m in models:

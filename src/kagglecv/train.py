@@ -108,7 +108,7 @@ class TrainData:
             )
         paths, images = cached_images(paths, root, size, cfg.cache, cfg.cache_mb, "decoding train images")
         self.dataset = ImageDataset(paths, self.labels, size, images)
-        self.workers = default_workers(cfg, images is not None)
+        self.workers = default_workers(cfg.workers, images is not None)
         self.n_folds = int(self.folds["fold"].nunique())
 
 
@@ -275,9 +275,7 @@ def train_fold(
         batch_task = bar.add_task("  batches", total=len(train_dl), info="")
         epoch0 = 0
         for phase, n_epochs in phases:
-            # one one-cycle schedule per phase; on resume, replay the steps already taken
-            for g, base in zip(opt.param_groups, base_lrs, strict=True):
-                g["lr"] = base
+            # one one-cycle schedule per phase (it sets each group's LR); on resume, replay the steps taken
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=base_lrs, total_steps=n_epochs * n_steps, pct_start=cfg.pct_start
             )
