@@ -32,8 +32,8 @@ from .competition import Competition, remember_last
 from .console import console, track
 from .errors import UserError
 from .holdout import GROUPS, layout_holdout
+from .images import IMAGE_EXTS
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 PREPARED = "prepared.json"
 FOLDS = "folds.csv"
 
@@ -265,10 +265,6 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
     raw = fetch_raw(comp, force)
-    if comp.layout["kind"] not in LAYOUTS:
-        raise UserError(
-            f"{comp.path}: layout.kind must be one of {', '.join(LAYOUTS)}, got {comp.layout['kind']!r}"
-        )
     staging = root / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
