@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .config import load_config
 from .console import console, track
-from .data import ImageDataset, default_workers, disk_cache, make_loader, train_transform
+from .data import ImageDataset, default_workers, disk_cache, make_loader, train_transform, write_jpeg
 from .engine import Stepper, pick_device
 from .model import create_model
 
@@ -56,9 +56,7 @@ def synthetic_images(root: Path, n: int, seed: int = 0) -> list[Path]:
             )
         noise = rng.normal(0, 12, base.shape)
         img = np.clip(base + noise, 0, 255).astype(np.uint8)
-        tmp = p.with_name(p.stem + ".tmp.jpg")
-        cv2.imwrite(str(tmp), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        tmp.replace(p)
+        write_jpeg(p, img, quality=90)
     return paths
 
 

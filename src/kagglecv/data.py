@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .console import track
 from .errors import UserError
+from .files import atomic_write
 
 cv2.setNumThreads(1)  # the DataLoader parallelises across images; nested threads only fight
 
@@ -47,13 +48,20 @@ def preload(paths: list[Path], size: int, desc: str) -> np.ndarray:
     return out
 
 
+def write_jpeg(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
+    """An RGB array as a JPEG, complete or not at all."""
+
+    def write(tmp: Path) -> None:
+        if not cv2.imwrite(
+            str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+        ):
+            raise OSError(f"could not write {tmp}")
+
+    atomic_write(path, write)
+
+
 def _cache_one(src: Path, dst: Path, size: int) -> None:
-    img = read_image(src, size)
-    tmp = dst.with_name(dst.stem + ".tmp" + dst.suffix)
-    ok = cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
-    if not ok:
-        raise OSError(f"could not write {tmp}")
-    tmp.replace(dst)  # a cached file exists only complete
+    write_jpeg(dst, read_image(src, size))
 
 
 def disk_cache(paths: list[Path], data_root: Path, size: int) -> list[Path]:

@@ -23,6 +23,7 @@ from rich.table import Table
 from .competition import Competition
 from .console import console, progress
 from .errors import UserError
+from .files import atomic_write
 from .holdout import GROUP_DISTANCE
 from .images import decode, hash_ints, near_groups, phash_hex
 from .layout import FOLDS, IMAGE_EXTS, read_prepared
@@ -117,9 +118,7 @@ def contact_sheet(comp: Competition, table: pd.DataFrame, samples: int, seed: in
             sheet.paste(thumb, (label_w + c * (THUMB + 4), y))
     out = root / "inspect" / "contact_sheet.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(out)
+    atomic_write(out, sheet.save)
     return out
 
 

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from .console import console
 from .errors import UserError
+from .files import atomic_write
 
 REPORT = "report.html"
 SUSPECTS = "suspect_labels.csv"
@@ -452,9 +453,7 @@ def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = Tr
     pairs = most_confused(cm, run.classes)
     pc = per_class(run)
     suspects = suspect_labels(run)
-    tmp = run.dir / (SUSPECTS + ".tmp")
-    suspects.to_csv(tmp, index=False, float_format="%.4f")
-    tmp.replace(run.dir / SUSPECTS)
+    atomic_write(run.dir / SUSPECTS, lambda p: suspects.to_csv(p, index=False, float_format="%.4f"))
 
     sec: list[str] = []
     # summary line and CV table
@@ -585,9 +584,7 @@ def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = Tr
         f"<body>{''.join(sec)}</body></html>\n"
     )
     out = run.dir / REPORT
-    tmp = out.with_name(REPORT + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)  # a killed report never leaves a half page that looks complete
+    atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
 
     if show_cv:
         console.print(cv_table(run))

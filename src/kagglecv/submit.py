@@ -18,10 +18,11 @@ from .console import console
 from .data import ImageDataset, cached_images, default_workers, make_loader
 from .engine import Stepper, pick_device, predict
 from .errors import UserError
+from .files import atomic_write
 from .layout import IMAGE_EXTS, read_csv, read_prepared
 from .metrics import score
 from .model import create_model
-from .train import RUNS_DIR, SUMMARY, atomic_write_bytes, finished_folds, gather, load_checkpoint
+from .train import RUNS_DIR, SUMMARY, finished_folds, gather, load_checkpoint
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -245,7 +246,7 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
     validate_submission(df, sample, comp, classes)
     SUBMISSIONS_DIR.mkdir(exist_ok=True)
     out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
-    atomic_write_bytes(out, lambda p: df.to_csv(p, index=False))
+    atomic_write(out, lambda p: df.to_csv(p, index=False))
     np.save(run_dir / "test_probs.npy", probs)
     summary_path = run_dir / SUMMARY
     summary = json.loads(summary_path.read_text())
@@ -256,7 +257,7 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
         test_score = score_submission(df, pd.read_csv(solution_path), comp, classes)
         summary["test_score"] = test_score
         summary["submission"] = str(out)
-        atomic_write_bytes(summary_path, lambda p: p.write_text(json.dumps(summary, indent=2)))
+        atomic_write(summary_path, lambda p: p.write_text(json.dumps(summary, indent=2)))
         result["test_score"] = test_score
         console.print(
             f"[bold]test {comp.metric}: {test_score:.4f}[/]  (CV {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f})"

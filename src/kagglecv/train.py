@@ -33,6 +33,7 @@ from .console import console, progress
 from .data import ImageDataset, cached_images, default_workers, make_loader, train_transform
 from .engine import Stepper, pick_device, set_frozen, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
+from .files import atomic_write
 from .layout import FOLDS, read_prepared
 from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state
 from .metrics import HIGHER_IS_BETTER, is_better, score
@@ -64,16 +65,9 @@ def new_run_dir(comp: Competition, cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temp name and rename, so a killed run never leaves a file that looks complete."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> None:
     # tensors + a JSON string: loads with weights_only=True, no pickled code
-    atomic_write_bytes(path, lambda p: torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, p))
+    atomic_write(path, lambda p: torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, p))
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict]:
@@ -230,7 +224,7 @@ def _read_rows(run_dir: Path) -> list[dict]:
 def _write_rows(run_dir: Path, rows: list[dict]) -> None:
     df = pd.DataFrame(rows, columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"])
     df = df.sort_values(["fold", "epoch"], kind="stable")
-    atomic_write_bytes(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))
+    atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))
 
 
 # ---- one fold ---------------------------------------------------------------------------------
@@ -333,7 +327,7 @@ def train_fold(
                 if stepper.ema is not None:
                     state["ema"] = stepper.ema.module.state_dict()
                 if dist.is_main():
-                    atomic_write_bytes(last_path, lambda p, st=state: torch.save(st, p))
+                    atomic_write(last_path, lambda p, st=state: torch.save(st, p))
                     _write_rows(run_dir, rows)
                 bar.update(fold_task, advance=1, info=f"best {comp.metric} {best:.4f}")
                 console.print(
@@ -365,9 +359,7 @@ def train_fold(
     probs = pd.DataFrame(best_probs, columns=[f"p_{c}" for c in data.classes], index=part.index)
     part = pd.concat([part, probs], axis=1)
     part["pred"] = [data.classes[i] for i in best_probs.argmax(1)]
-    atomic_write_bytes(
-        run_dir / f"oof_fold{fold}.csv", lambda p: part.to_csv(p, index=True, index_label="row")
-    )
+    atomic_write(run_dir / f"oof_fold{fold}.csv", lambda p: part.to_csv(p, index=True, index_label="row"))
     last_path.unlink(missing_ok=True)
     console.print(f"[green]fold {fold}[/]: best {comp.metric} {best:.4f} at epoch {best_epoch}")
     return best
@@ -385,7 +377,7 @@ def gather(run_dir: Path, comp: Competition, seconds: float | None = None) -> di
     metas = [load_checkpoint(run_dir / f"fold{k}.pt")[1] for k in done]
     classes = metas[0]["classes"]
     oof = pd.concat([pd.read_csv(run_dir / f"oof_fold{k}.csv", index_col="row") for k in done]).sort_index()
-    atomic_write_bytes(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
+    atomic_write(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
     y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
     fold_scores = [float(m["score"]) for m in metas]
     old = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
@@ -411,7 +403,7 @@ def gather(run_dir: Path, comp: Competition, seconds: float | None = None) -> di
         summary["device"] = pick_device("auto").type
     summary.setdefault("seconds", 0.0)
     summary.setdefault("device", "?")
-    atomic_write_bytes(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
+    atomic_write(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
     return summary
 
 

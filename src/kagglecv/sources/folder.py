@@ -26,6 +26,7 @@ from rich.table import Table
 from ..competition import COMPETITIONS_DIR, Competition
 from ..console import console, progress
 from ..errors import UserError
+from ..files import atomic_write
 from ..images import IMAGE_EXTS, Deduper, ImageCheck, check_image
 
 OPTIONS = {"kind", "path", "min_size", "near_distance", "workers"}
@@ -187,8 +188,6 @@ hflip: true             # set false if a mirrored image could change its class
 vflip: false
 """
     root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda p: p.write_text(text))
     console.print(f"[green]✓[/] wrote {path} (source: folder {src}); edit it to change the holdout or folds")
     return path
