@@ -31,6 +31,7 @@ def test_unknown_key_names_the_closest(tmp_path):
         ("epochs", "is not key=value"),
         ("epochs=0", "epochs must be at least 1"),
         ("device=tpu", "device must be auto, cpu or cuda"),
+        ("amp_dtype=fp8", "amp_dtype must be auto, bf16 or fp16"),
         ("img_size=0", "img_size must be at least 8"),
         ("mean=[0.5]", "mean needs 3 values"),
         ("lr=-1", "lr must lie between 0 and 10"),

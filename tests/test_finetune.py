@@ -12,6 +12,7 @@ import kagglecv.train as train_mod
 from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.config import load_config
+from kagglecv.engine import Stepper, train_one_epoch
 from kagglecv.errors import UserError
 from kagglecv.model import create_model
 from kagglecv.train import load_checkpoint, train
@@ -80,6 +81,27 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
     assert rows == (straight / "metrics.csv").read_text().splitlines() and len(rows) == 1 + 3
 
 
+def test_fp16_loss_scaling_with_accumulation():
+    """fp16 autocast runs on the CPU too, so the GradScaler path a pre-bf16 GPU takes is exercised here."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (16 * 8,), generator=g)
+    x = (torch.rand(len(y), 3, 4, 4, generator=g) * 80 + 60 + y.view(-1, 1, 1, 1) * 40).to(torch.uint8)
+    batches = list(
+        zip(x.split(8), y.split(8), strict=True)
+    )  # 16 batches: 5 full accumulations of 3, then 1 partial
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    stepper = Stepper(model, opt, torch.device("cpu"), [0.5] * 3, [0.25] * 3, True, 0.0, "fp16", accum=3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    assert stepper.dtype == torch.float16 and stepper.scaler.is_enabled()
+
+    first = train_one_epoch(stepper, batches, sched)["train_loss"]
+    assert opt.state_dict()["state"][0]["step"].item() == 6 and stepper._micro == 0
+    assert stepper.scaler.get_scale() > 1  # the loss really was scaled, and no step overflowed to zero
+    assert train_one_epoch(stepper, batches, sched)["train_loss"] < first
+
+
 def test_folds_split_across_machines_are_gathered_by_submit(digits, tmp_path):
     common = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "exp", "lr=0.003"]
     assert main(["train", *common, "--folds", "0"]) == 0
@@ -129,7 +151,9 @@ def test_ddp_with_gloo_on_two_cpu_processes(digits):
             "ddp",
             "folds=1",
             "lr=0.003",
+            "freeze_epochs=1",
             "epochs=2",
+            "accum_steps=2",
         ]
     )
     assert rc == 0
@@ -137,5 +161,5 @@ def test_ddp_with_gloo_on_two_cpu_processes(digits):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["fold_ids"] == [0] and summary["cv_mean"] > 0.2  # it learned, with half the data per rank
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2  # rank 0 alone wrote metrics: one row per epoch, not per rank
+    assert len(rows) == 1 + 3  # rank 0 alone wrote metrics: one row per epoch, not per rank
     assert not list(run.glob("*.last.pt"))

@@ -26,7 +26,7 @@ from .config import load_config
 from .console import console, track
 from .data import ImageDataset, default_workers, disk_cache, make_loader, train_transform, write_jpeg
 from .engine import Stepper, pick_device
-from .model import create_model
+from .model import create_model, place
 
 BENCH_DIR = Path("runs") / "bench"
 
@@ -85,9 +85,7 @@ def bench_model(
     device = pick_device("auto")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = load_config(None, [f"model={model_name}", "pretrained=false", f"img_size={img_size}"])
-    model = create_model(model_name, 2).to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model = place(create_model(model_name, 2), device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     net = torch.compile(model) if compile_ else model
     stepper = Stepper(model, opt, device, [0.5] * 3, [0.25] * 3, amp, 0.1, net=net)

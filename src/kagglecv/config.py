@@ -61,7 +61,10 @@ class TrainConfig:
     tta: bool = True  # average over the flips the competition allows
     # runtime
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16/fp16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # mixed precision: autocast in amp_dtype (false: full fp32 everywhere)
+    amp_dtype: str = (
+        "auto"  # auto (bf16 where the GPU has it, else fp16 + loss scaling; fp32 on CPU) | bf16 | fp16
+    )
     compile: bool = False  # torch.compile the model (worth it for long GPU runs)
     cache: str = (
         "auto"  # images resized once: auto (RAM if it fits cache_mb, else disk) | memory | disk | none
@@ -75,6 +78,8 @@ class TrainConfig:
             raise UserError(f"config: lr must be a number or 'auto', got {self.lr!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp_dtype not in ("auto", "bf16", "fp16"):
+            raise UserError(f"config: amp_dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if self.cache not in ("auto", "memory", "disk", "none"):
             raise UserError(f"config: cache must be auto, memory, disk or none, got {self.cache!r}")
         if self.freeze_epochs < 0:

@@ -56,7 +56,9 @@ def barrier() -> None:
 def mean_across_ranks(value: float) -> float:
     if not dist.is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    # NCCL reduces only CUDA tensors; gloo only CPU ones
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / world_size()
 

@@ -17,17 +17,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 where the GPU has it, else fp16 (with a GradScaler); full precision on the CPU."""
-    if device.type != "cuda" or not amp:
+def amp_dtype(device: torch.device, amp: bool, name: str = "auto") -> torch.dtype | None:
+    """The autocast dtype, or None for full precision. auto: bf16 where the GPU has it, else fp16,
+    and full precision on the CPU; bf16/fp16 force that dtype on any device."""
+    if not amp:
+        return None
+    if name in ("bf16", "fp16"):
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
 
 
-def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
-    need = device.type == "cuda" and amp and not torch.cuda.is_bf16_supported()
-    return torch.amp.GradScaler("cuda", enabled=need)
+def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 def set_frozen(model: torch.nn.Module, frozen: bool) -> None:
@@ -51,7 +61,8 @@ class Stepper:
     `model` is the plain module (its state_dict is what we save); `net` is what runs the forward
     pass (the same module, or its torch.compile'd wrapper). Gradients are accumulated over
     `accum` batches; `mixup` (timm's Mixup) turns labels into soft targets; `ema` (ModelEmaV3)
-    follows the weights after every optimizer step.
+    follows the weights after every optimizer step. With `ddp`, `net` is wrapped in
+    DistributedDataParallel by `set_phase`, and gradients are all-reduced once per optimizer step.
     """
 
     def __init__(
@@ -63,38 +74,57 @@ class Stepper:
         std,
         amp: bool,
         label_smoothing: float,
+        amp_dtype_name: str = "auto",
         accum: int = 1,
         mixup=None,
         net=None,
+        ddp: bool = False,
     ):
         self.model, self.optimizer, self.device = model, optimizer, device
-        self.net = net or model
+        self.body = self.net = net or model  # body: what DDP wraps (the module or its compiled form)
+        self.ddp = ddp
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.amp = amp
+        self.dtype = amp_dtype(device, amp, amp_dtype_name)
         self.label_smoothing = label_smoothing
         self.channels_last = device.type == "cuda"
-        self.scaler = make_scaler(device, amp)
+        self.scaler = make_scaler(device, self.dtype)
         self.accum = accum
         self.mixup = mixup
         self.ema = None
         self.frozen = False
         self._micro = 0
 
+    def set_phase(self, frozen: bool) -> None:
+        """Head only (fastai's freeze) or everything. DDP reduces only the parameters that needed
+        gradients when it was built, so under DDP the wrapper is built anew for each phase."""
+        set_frozen(self.model, frozen)
+        self.frozen = frozen
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.body, device_ids=ids)
+
     def inputs(self, x):
         return to_input(x, self.mean, self.std, self.device, self.channels_last)
 
-    def step(self, x, y) -> tuple[float, bool]:
-        """Forward + backward on one batch; an optimizer step every `accum` batches. Returns (loss, stepped)."""
+    def step(self, x, y, last: bool = False) -> tuple[float, bool]:
+        """Forward + backward on one batch; an optimizer step every `accum` batches (and after the
+        `last` batch of an epoch). Returns (loss, stepped)."""
         x, y = self.inputs(x), y.to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp):
-            if self.mixup is not None and len(y) % 2 == 0:
-                x, soft = self.mixup(x, y)
-                logits = self.net(x)
-                loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
-            else:
-                loss = F.cross_entropy(self.net(x).float(), y, label_smoothing=self.label_smoothing)
-        self.scaler.scale(loss / self.accum).backward()
+        boundary = last or (self._micro + 1) % self.accum == 0
+        # under DDP, all-reduce the gradients only on the micro-batch before an optimizer step
+        sync = self.net.no_sync() if self.ddp and not boundary else contextlib.nullcontext()
+        with sync:
+            with autocast(self.device, self.dtype):
+                if self.mixup is not None and len(y) % 2 == 0:
+                    x, soft = self.mixup(x, y)
+                    logits = self.net(x)
+                    loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(self.net(x).float(), y, label_smoothing=self.label_smoothing)
+            self.scaler.scale(loss / self.accum).backward()
         self._micro += 1
         if self._micro % self.accum == 0:
             self.optimizer_step()
@@ -119,8 +149,9 @@ class Stepper:
 def train_one_epoch(stepper: Stepper, loader, scheduler, on_batch=None) -> dict:
     stepper.train_mode()
     total, n = 0.0, 0
-    for x, y in loader:
-        loss, stepped = stepper.step(x, y)
+    n_batches = len(loader)
+    for i, (x, y) in enumerate(loader):
+        loss, stepped = stepper.step(x, y, last=i == n_batches - 1)
         if stepped:
             scheduler.step()
         total += loss * len(y)
@@ -149,7 +180,7 @@ def predict(stepper: Stepper, loader, flips: list[str] | None = None, model=None
         p = 0
         for view in views:
             xv = x if view is None else torch.flip(x, dims=[3] if view == "hflip" else [2])
-            with autocast(stepper.device, stepper.amp):
+            with autocast(stepper.device, stepper.dtype):
                 p = p + model(xv).float().softmax(1)
         out.append((p / len(views)).cpu())
     return torch.cat(out).numpy()

@@ -53,6 +53,15 @@ def create_model(
         ) from None
 
 
+def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move a model to its device; on a GPU in channels_last, the layout its convolutions run fastest in
+    (the Stepper feeds it channels_last batches to match)."""
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def resolve_input(model: torch.nn.Module, img_size: int | None, mean, std) -> dict:
     """The model's own input size / mean / std, overridden where the recipe says so."""
     dc = resolve_data_config(model=model)

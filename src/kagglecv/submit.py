@@ -21,7 +21,7 @@ from .errors import UserError
 from .files import atomic_write
 from .layout import IMAGE_EXTS, read_csv, read_prepared
 from .metrics import score
-from .model import create_model
+from .model import create_model, place
 from .train import RUNS_DIR, SUMMARY, finished_folds, gather, load_checkpoint
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -64,7 +64,7 @@ def load_fold_models(run_dir: Path, device: torch.device) -> list[tuple[torch.nn
             raise UserError(
                 f"{path}: weights do not fit {meta['model']}; the checkpoint is damaged, retrain"
             ) from None
-        models.append((model.to(device).eval(), meta))
+        models.append((place(model, device).eval(), meta))
     return models
 
 
@@ -238,7 +238,9 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
     loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
     probs = 0
     for model, m in models:
-        stepper = Stepper(model, None, device, m["mean"], m["std"], cfg.get("amp", True), 0.0)
+        stepper = Stepper(
+            model, None, device, m["mean"], m["std"], cfg.get("amp", True), 0.0, cfg.get("amp_dtype", "auto")
+        )
         probs = probs + predict(stepper, loader, flips)
     probs = probs / len(models)
 

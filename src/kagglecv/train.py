@@ -31,13 +31,13 @@ from .competition import Competition
 from .config import TrainConfig
 from .console import console, progress
 from .data import ImageDataset, cached_images, default_workers, make_loader, train_transform
-from .engine import Stepper, pick_device, set_frozen, steps_per_epoch, train_one_epoch, validate
+from .engine import Stepper, pick_device, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
 from .files import atomic_write
 from .layout import FOLDS, read_prepared
 from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state
 from .metrics import HIGHER_IS_BETTER, is_better, score
-from .model import create_model, resolve_input
+from .model import create_model, place, resolve_input
 
 RUNS_DIR = Path("runs")
 SUMMARY = "summary.json"
@@ -114,9 +114,7 @@ def setup_fold(comp, cfg, data: TrainData, inp: dict, device, tr_idx, va_idx, fo
     model = create_model(
         cfg.model, len(data.classes), cfg.pretrained, cfg.pretrained_file, cfg.in_chans, cfg.drop_rate
     )
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place(model, device)
     opt = create_optimizer_v2(
         model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
     )
@@ -129,12 +127,7 @@ def setup_fold(comp, cfg, data: TrainData, inp: dict, device, tr_idx, va_idx, fo
             num_classes=len(data.classes),
         )
     net = torch.compile(model) if cfg.compile else model
-    sampler = None
-    if ddp and dist.world_size() > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
-
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp = ddp and dist.world_size() > 1
     stepper = Stepper(
         model,
         opt,
@@ -143,13 +136,18 @@ def setup_fold(comp, cfg, data: TrainData, inp: dict, device, tr_idx, va_idx, fo
         inp["std"],
         cfg.amp,
         cfg.label_smoothing,
+        cfg.amp_dtype,
         accum=cfg.accum_steps,
         mixup=mixup,
         net=net,
+        ddp=ddp,
     )
     pin = device.type == "cuda"
     train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
-    if ddp and dist.world_size() > 1:  # each rank trains on its own shard of the fold
+    sampler = None
+    if ddp:  # each rank trains on its own shard of the fold
+        from torch.utils.data.distributed import DistributedSampler
+
         sampler = DistributedSampler(train_ds, seed=cfg.seed + fold, drop_last=True)
     train_dl = make_loader(
         train_ds, cfg.batch_size, True, data.workers, cfg.seed + fold, pin, persistent=False, sampler=sampler
@@ -273,8 +271,7 @@ def train_fold(
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=base_lrs, total_steps=n_epochs * n_steps, pct_start=cfg.pct_start
             )
-            set_frozen(model, phase == "head")
-            stepper.frozen = phase == "head"
+            stepper.set_phase(frozen=phase == "head")
             with warnings.catch_warnings():  # the schedule alone moves here, not the weights
                 warnings.simplefilter("ignore", UserWarning)
                 for _ in range(max(0, min(start, epoch0 + n_epochs) - epoch0) * n_steps):
