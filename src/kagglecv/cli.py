@@ -95,9 +95,9 @@ def cmd_train(args) -> None:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         from .dist import launch
-        from .train import run_name
+        from .runs import run_name
 
-        run = args.run or run_name(cfg)  # one name for all ranks
+        run = args.run or run_name(cfg.model)  # one name for all ranks
         # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
         argv = [
             "train",
@@ -113,7 +113,7 @@ def cmd_train(args) -> None:
         return
     run_dir = None
     if args.run:
-        from .train import RUNS_DIR
+        from .runs import RUNS_DIR
 
         run_dir = RUNS_DIR / comp.slug / args.run
         if args.resume and not run_dir.is_dir():
@@ -168,10 +168,10 @@ def cmd_report(args) -> None:
     if run and (Path(run) / "summary.json").exists():  # a run folder's path: no competition needed
         write_report(Path(run))
         return
-    from .submit import find_run
+    from .runs import find_run
 
     comp = _comp(args.comp)
-    write_report(find_run(comp, run or None), comp.data_dir)
+    write_report(find_run(comp.slug, run or None), comp.data_dir)
 
 
 def cmd_demo(args) -> None:

@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .console import console
 from .errors import UserError
 from .layout import FOLDS, read_prepared
+from .runs import read_summary
 
 
 def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fold_ids: list[int]) -> dict:
@@ -59,14 +60,12 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fol
 
 def compare(comp: Competition, cfg: TrainConfig) -> dict:
     """Train ours, then fastai, on the same folds; print and return both."""
-    import json
-
     from .train import train
 
     t0 = time.time()
     run_dir = train(comp, cfg)
     ours_seconds = time.time() - t0
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     theirs = fastai_cv(comp, cfg, summary["lr"], summary["img_size"], summary["fold_ids"])
     table = Table(
         title=f"{comp.slug}: kagglecv vs fastai · {cfg.model} · {cfg.epochs} epochs × "

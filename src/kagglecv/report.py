@@ -27,6 +27,7 @@ from rich.table import Table
 from .console import console
 from .errors import UserError
 from .files import atomic_write
+from .runs import read_summary
 
 REPORT = "report.html"
 SUSPECTS = "suspect_labels.csv"
@@ -70,16 +71,14 @@ class Run:
 def load_run(run_dir: Path) -> Run:
     """Read a run folder; missing optional pieces (lr_find.json, metrics.csv, config.yaml) become None."""
     run_dir = Path(run_dir)
-    summary_path, oof_path = run_dir / "summary.json", run_dir / "oof.csv"
-    if not summary_path.exists():
-        raise UserError(f"run {run_dir} did not finish (no summary.json); train again or pick another RUN")
+    oof_path = run_dir / "oof.csv"
+    summary = read_summary(run_dir)
     if not oof_path.exists():
         raise UserError(f"run {run_dir} has no oof.csv, so there is nothing to report on; retrain it")
     try:
-        summary = json.loads(summary_path.read_text())
         oof = pd.read_csv(oof_path, dtype={"label": str, "pred": str, "image": str})
     except (ValueError, pd.errors.ParserError) as e:
-        raise UserError(f"run {run_dir}: unreadable summary.json or oof.csv ({e}); retrain it") from None
+        raise UserError(f"run {run_dir}: unreadable oof.csv ({e}); retrain it") from None
     classes = [c[2:] for c in oof.columns if c.startswith("p_")]
     missing = {"image", "label"} - set(oof.columns)
     if missing or len(classes) < 2:

@@ -6,7 +6,6 @@ CSV, check it against sample_submission.csv, and score it where test labels are 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +21,15 @@ from .files import atomic_write
 from .layout import IMAGE_EXTS, read_csv, read_prepared
 from .metrics import score
 from .model import create_model, place
-from .train import RUNS_DIR, SUMMARY, finished_folds, gather, load_checkpoint
+from .runs import find_run, finished_folds, read_summary, write_summary
+from .train import gather, load_checkpoint
 
 SUBMISSIONS_DIR = Path("submissions")
 
 
-def find_run(comp: Competition, run: str | None) -> Path:
-    """The named run, or the latest complete one (it has summary.json)."""
-    base = RUNS_DIR / comp.slug
-    if run:
-        run_dir = Path(run) if Path(run).is_dir() else base / run
-        if not run_dir.is_dir():
-            known = sorted(p.parent.name for p in base.glob("*/config.yaml")) if base.exists() else []
-            raise UserError(f"no run '{run}' for {comp.slug}. Runs: {', '.join(known[-5:]) or 'none'}")
-        if not (run_dir / "config.yaml").exists():
-            raise UserError(f"{run_dir} is not a run folder (no config.yaml); runs live in {base}/<run-id>/")
-        if not (run_dir / SUMMARY).exists():
-            raise UserError(f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN=")
-        return run_dir
-    done = sorted(p.parent for p in base.glob(f"*/{SUMMARY}")) if base.exists() else []
-    if not done:
-        raise UserError(f"no finished training run for {comp.slug} in {base}/: run `make train` first")
-    return done[-1]
-
-
-def load_fold_models(run_dir: Path, device: torch.device) -> list[tuple[torch.nn.Module, dict]]:
-    summary = json.loads((run_dir / SUMMARY).read_text())
+def load_fold_models(
+    run_dir: Path, summary: dict, device: torch.device
+) -> list[tuple[torch.nn.Module, dict]]:
     models = []
     for fold in summary.get("fold_ids", range(summary["folds"])):
         path = run_dir / f"fold{fold}.pt"
@@ -197,13 +179,13 @@ def read_sample(comp: Competition) -> pd.DataFrame:
 
 def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> dict:
     info = read_prepared(comp)
-    run_dir = find_run(comp, run)
-    listed = set(json.loads((run_dir / SUMMARY).read_text()).get("fold_ids", []))
-    if set(finished_folds(run_dir)) - listed:
-        gather(run_dir, comp)  # folds trained elsewhere were copied in: fold them into the summary
+    run_dir = find_run(comp.slug, run)
+    summary = read_summary(run_dir)
+    if set(finished_folds(run_dir)) - set(summary.get("fold_ids", [])):
+        summary = gather(run_dir, comp)  # folds trained elsewhere were copied in: fold them into the summary
         console.print(f"gathered the finished folds of {run_dir.name} into its summary")
     device = pick_device("auto")
-    models = load_fold_models(run_dir, device)
+    models = load_fold_models(run_dir, summary, device)
     meta = models[0][1]
     classes = meta["classes"]
     if classes != [str(c) for c in info["classes"]]:
@@ -250,8 +232,6 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
     out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
     atomic_write(out, lambda p: df.to_csv(p, index=False))
     np.save(run_dir / "test_probs.npy", probs)
-    summary_path = run_dir / SUMMARY
-    summary = json.loads(summary_path.read_text())
     result = {"file": str(out), "run": run_dir.name, "cv_mean": summary["cv_mean"], "tta": flips}
     console.print(f"[green]✓[/] wrote {out} ({len(df)} rows, checked against sample_submission.csv)")
     solution_path = comp.data_dir / "solution.csv"
@@ -259,7 +239,7 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
         test_score = score_submission(df, pd.read_csv(solution_path), comp, classes)
         summary["test_score"] = test_score
         summary["submission"] = str(out)
-        atomic_write(summary_path, lambda p: p.write_text(json.dumps(summary, indent=2)))
+        write_summary(run_dir, summary)
         result["test_score"] = test_score
         console.print(
             f"[bold]test {comp.metric}: {test_score:.4f}[/]  (CV {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f})"

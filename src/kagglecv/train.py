@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import pickle
 import random
-import re
 import time
 import warnings
 from pathlib import Path
@@ -38,31 +37,22 @@ from .layout import FOLDS, read_prepared
 from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state
 from .metrics import HIGHER_IS_BETTER, is_better, score
 from .model import create_model, place, resolve_input
-
-RUNS_DIR = Path("runs")
-SUMMARY = "summary.json"
+from .runs import (
+    RUNS_DIR,
+    SUMMARY,
+    finished_folds,
+    fold_done,
+    latest_unfinished,
+    new_run_dir,
+    read_summary,
+    write_summary,
+)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def run_name(cfg: TrainConfig) -> str:
-    """<time>-<model>: sorts by time, says what trained."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', cfg.model)}"
-
-
-def new_run_dir(comp: Competition, cfg: TrainConfig) -> Path:
-    name = run_name(cfg)
-    run_dir = RUNS_DIR / comp.slug / name
-    i = 1
-    while run_dir.exists():  # two runs in the same second
-        i += 1
-        run_dir = RUNS_DIR / comp.slug / f"{name}-{i}"
-    run_dir.mkdir(parents=True)
-    return run_dir
 
 
 def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> None:
@@ -203,15 +193,6 @@ def lr_find_only(comp: Competition, cfg: TrainConfig) -> float:
 
 def _cpu(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-
-
-def fold_done(run_dir: Path, fold: int) -> bool:
-    return (run_dir / f"fold{fold}.pt").exists() and (run_dir / f"oof_fold{fold}.csv").exists()
-
-
-def finished_folds(run_dir: Path) -> list[int]:
-    ids = (p.stem[4:] for p in run_dir.glob("fold*.pt"))
-    return sorted(int(k) for k in ids if k.isdigit() and fold_done(run_dir, int(k)))
 
 
 def _read_rows(run_dir: Path) -> list[dict]:
@@ -377,7 +358,7 @@ def gather(run_dir: Path, comp: Competition, seconds: float | None = None) -> di
     atomic_write(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
     y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
     fold_scores = [float(m["score"]) for m in metas]
-    old = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).exists() else {}
+    old = read_summary(run_dir) if (run_dir / SUMMARY).exists() else {}
     summary = {
         **old,
         "competition": comp.slug,
@@ -400,22 +381,8 @@ def gather(run_dir: Path, comp: Competition, seconds: float | None = None) -> di
         summary["device"] = pick_device("auto").type
     summary.setdefault("seconds", 0.0)
     summary.setdefault("device", "?")
-    atomic_write(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
+    write_summary(run_dir, summary)
     return summary
-
-
-def latest_unfinished(comp: Competition) -> Path:
-    base = RUNS_DIR / comp.slug
-    runs = (
-        sorted(p for p in base.glob("*") if p.is_dir() and (p / "config.yaml").exists())
-        if base.exists()
-        else []
-    )
-    open_runs = [p for p in runs if list(p.glob("fold*.last.pt")) or not (p / SUMMARY).exists()]
-    if not open_runs:
-        what = f"every run in {base}/ finished" if runs else "there is no run yet"
-        raise UserError(f"nothing to resume for {comp.slug}: {what} (start one with `make train`)")
-    return open_runs[-1]
 
 
 def train(
@@ -427,7 +394,7 @@ def train(
 ) -> Path:
     t0 = time.time()
     if resume:
-        run_dir = run_dir or latest_unfinished(comp)
+        run_dir = run_dir or latest_unfinished(comp.slug)
         from .config import config_from_dict
 
         cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -448,14 +415,14 @@ def train(
         raise UserError(f"folds {bad} do not exist: folds.csv has folds 0..{data.n_folds - 1}")
 
     if run_dir is None:
-        run_dir = new_run_dir(comp, cfg)
+        run_dir = new_run_dir(comp.slug, cfg.model)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
     if cfg_path.exists() and yaml.safe_load(cfg_path.read_text()) != cfg.to_dict():
         raise UserError(f"{run_dir} was started with another config; use a new RUN name or the same recipe")
-    if dist.is_main():
-        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        (run_dir / "plan.json").write_text(json.dumps({"fold_ids": fold_ids}))
+    if dist.is_main():  # atomic: other ranks may be reading them right now
+        atomic_write(cfg_path, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps({"fold_ids": fold_ids})))
     dist.barrier()
     console.print(
         f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
