@@ -13,7 +13,7 @@ Only what kaggle 2.2.5 calls for ``authenticate``, ``competition_download_files`
 * ``GET /blob/...``: the bytes, with Content-Length, Last-Modified, Range/If-Range
   (no auth, like a GCS signed URL).
 * ``StartSubmissionUpload`` -> ``{token, createUrl}``; ``PUT createUrl`` -> 200;
-  ``CreateSubmission`` -> ``{message, ref}``.
+  ``CreateSubmission`` -> ``{message, ref}``; ``ListSubmissions`` -> ``{submissions}``.
 * ``POST /api/v1/security.OAuthService/IntrospectToken`` (authenticate() calls it
   when an access token is configured).
 Errors are JSON ``{"code": N, "message": ...}`` with HTTP status N, as Kaggle does.
@@ -51,6 +51,8 @@ class FakeKaggle:
       flaky    {slug: n}: the first n competition RPCs for slug fail with flaky_status.
       truncate {slug: True | n}: blob GETs (all, or the first n) announce the full
                Content-Length, send half the body, then hang up.
+      lost_answers {slug: n}: the first n CreateSubmission calls record the submission,
+               then answer 502 (the answer was lost on the way back).
     Unknown slugs get 404, missing/wrong credentials 401. Accepted credentials: Basic
     ``username:key`` and Bearer ``token`` (None refuses that scheme). Received traffic
     is kept in ``.requests`` (dicts: method, path, auth, headers) and ``.submissions``
@@ -68,12 +70,14 @@ class FakeKaggle:
         flaky=None,
         truncate=None,
         flaky_status=503,
+        lost_answers=None,
         last_modified=1704067200.0,
     ):
         self.competitions = dict(competitions or {})
         self.username, self.key, self.token = username, key, token
         self.status, self.flaky, self.truncate = dict(status or {}), dict(flaky or {}), dict(truncate or {})
         self.flaky_status = flaky_status
+        self.lost_answers = dict(lost_answers or {})
         self.last_modified = email.utils.formatdate(last_modified, usegmt=True)
         self.requests: list[dict] = []
         self.submissions: list[dict] = []
@@ -162,7 +166,14 @@ class FakeKaggle:
                         "ref": ref,
                     }
                 )
+                if self.lost_answers.get(slug, 0) > 0:
+                    self.lost_answers[slug] -= 1
+                    return _err(502, "Bad Gateway")
             return 200, {"message": f"Successfully submitted to {slug}", "ref": ref}, {}
+        if name == "ListSubmissions":  # newest first, as Kaggle sorts by date
+            mine = [s for s in reversed(self.submissions) if s["slug"] == slug]
+            rows = [{"ref": s["ref"], "description": s["description"], "status": "PENDING"} for s in mine]
+            return 200, {"submissions": rows}, {}
         return _err(404, f"Unknown RPC {name}")
 
     def _member(self, slug: str, member: str):

@@ -90,6 +90,22 @@ def test_failed_upload_is_not_success(fake, workdir, monkeypatch, capsys):
     assert log.loc[0, "ref"] == 0 and fake.submissions == []
 
 
+def test_lost_answer_is_not_submitted_twice(fake, workdir, capsys):
+    """Kaggle kept the submission but the answer came back 502: the retry finds it instead of resubmitting."""
+    slug = "digit-recognizer"
+    assert main(["data", slug]) == 0
+    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    assert main(["submit", "--upload", "--message", "first"]) == 0  # an earlier, unrelated submission
+    fake.lost_answers[slug] = 1
+    capsys.readouterr()
+    assert main(["submit", "--upload", "--message", "second"]) == 0
+    text = cli_text(capsys)
+    assert "retrying" in text and "the last attempt did arrive; not submitting again" in text
+    assert [s["description"].split(" (")[0] for s in fake.submissions] == ["first", "second"]
+    log = pd.read_csv(workdir / "submissions" / "log.csv")
+    assert log["ref"].tolist() == [1, 2]
+
+
 class _NoUploads(dict):
     """Upload tokens are handed out, but the PUT finds none (-> 404), as a failed storage upload."""
 

@@ -13,6 +13,7 @@ import csv
 import io
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from .competition import Competition
 from .console import console
@@ -28,6 +29,13 @@ def describe(comp: Competition, run: str, cv_mean: float, message: str | None) -
     """The submission's description on Kaggle: the user's words, then run id and CV score."""
     tail = f"kagglecv run {run}, CV {comp.metric} {cv_mean:.4f}"
     return f"{message.strip()} ({tail})" if message and message.strip() else tail
+
+
+def _refs_described(api, slug: str, description: str) -> set[int]:
+    """Refs of the competition's latest submissions (Kaggle lists newest first) with this description."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        listed = api.competition_submissions(slug, page_size=50) or []
+    return {int(s.ref) for s in listed if s is not None and s.description == description and s.ref}
 
 
 def append_log(row: dict) -> None:
@@ -60,7 +68,20 @@ def upload(
     description = describe(comp, run, cv_mean, message)
     console.print(f"uploading {file} to {slug}: {description!r}")
 
+    # A 5xx may come back although Kaggle kept the submission (the answer was lost, not the upload).
+    # Before any retry we look for a new submission with our description, so a retry never submits
+    # twice and spends a second of the day's few submissions.
+    tries: dict = {"n": 0, "before": None}
+
     def call():
+        if tries["before"] is None:
+            tries["before"] = _refs_described(api, slug, description)
+        if tries["n"]:
+            landed = _refs_described(api, slug, description) - tries["before"]
+            if landed:
+                console.print("[yellow]Kaggle:[/] the last attempt did arrive; not submitting again")
+                return SimpleNamespace(ref=max(landed), message="Submitted (the first answer was lost)")
+        tries["n"] += 1
         # the client print()s upload errors even when quiet; its answer is what we report
         with contextlib.redirect_stdout(io.StringIO()):
             return api.competition_submit(str(file), description, slug, quiet=True)
