@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 import zipfile
 
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 from conftest import cli_text
 from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
+from kagglecv.errors import UserError
 from kagglecv.sources import kaggle as ksrc
 
 
@@ -263,3 +265,67 @@ def test_nested_zips_land_where_a_person_expects(tmp_path):
         p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()
     )
     assert found == ["labels.csv", "test/1.jpg", "test/2.jpg", "train/a.jpg"]
+
+
+def _tar(path, files: dict[str, bytes], link: str | None = None):
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            t.addfile(info)
+
+
+def test_tar_and_7z_inside_the_zip_are_unpacked(tmp_path):
+    """CIFAR-10 ships train.7z and test.7z inside its zip; others ship .tar.gz."""
+    import py7zr
+
+    inner = tmp_path / "src"
+    inner.mkdir()
+    with py7zr.SevenZipFile(inner / "train.7z", "w") as z:
+        z.writestr(b"1", "train/1.png")
+        z.writestr(b"2", "train/2.png")
+    with py7zr.SevenZipFile(inner / "test.7z", "w") as z:  # loose files: into test/
+        z.writestr(b"3", "1.png")
+        z.writestr(b"4", "2.png")
+    _tar(inner / "extra.tar.gz", {"extra/a.jpg": b"4"})
+    outer = tmp_path / "cifar-10.zip"
+    with zipfile.ZipFile(outer, "w") as z:
+        for p in inner.iterdir():
+            z.write(p, p.name)
+        z.writestr("trainLabels.csv", "id,label\n")
+    ksrc.extract_nested(outer, tmp_path / "raw")
+    found = sorted(
+        p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*") if p.is_file()
+    )
+    assert found == [
+        "extra/a.jpg",
+        "test/1.png",
+        "test/2.png",
+        "train/1.png",
+        "train/2.png",
+        "trainLabels.csv",
+    ]
+    assert (tmp_path / "raw" / "train" / "2.png").read_bytes() == b"2"
+
+
+@pytest.mark.parametrize("bad", ["unsafe", "link", "damaged"])
+def test_bad_tar_and_7z_are_refused_before_writing(tmp_path, bad):
+    import py7zr
+
+    archive = tmp_path / ("x.tar.gz" if bad != "damaged" else "x.7z")
+    if bad == "unsafe":
+        _tar(archive, {"ok.jpg": b"1", "../evil.jpg": b"2"})
+    elif bad == "link":
+        _tar(archive, {"ok.jpg": b"1"}, link="passwd")
+    else:
+        with py7zr.SevenZipFile(archive, "w") as z:
+            z.writestr(b"1" * 5000, "a.png")
+        archive.write_bytes(archive.read_bytes()[:-40])
+    expected = {"unsafe": "unsafe path", "link": "holds a link", "damaged": "is damaged"}[bad]
+    with pytest.raises(UserError, match=expected):
+        ksrc.extract_nested(archive, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").rglob("*.jpg"))

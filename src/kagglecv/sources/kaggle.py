@@ -5,9 +5,8 @@
 The client does the HTTP; this module adds what it leaves to us: its import and auth side effects
 kept off the screen, every API error turned into the one thing to do next, retries with backoff on
 5xx and network errors, a download that is resumed (the client's `.kaggle-partial` marker) and
-never taken as complete until the archive opens, and archives unpacked safely -- no absolute or
-`..` paths, enough free disk checked first, nested zips (dogs-vs-cats ships train.zip inside its
-zip) unpacked too.
+never taken as complete until the archive opens, and archives unpacked safely (archives.py: zip,
+tar and 7z, nested ones too, no unsafe paths, free disk checked first).
 """
 
 from __future__ import annotations
@@ -19,10 +18,8 @@ import shutil
 import stat
 import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.progress import (
@@ -35,14 +32,14 @@ from rich.progress import (
 )
 
 from ..competition import Competition
-from ..console import console, track
+from ..console import console
 from ..errors import UserError
+from .archives import DamagedArchive, extract_nested
 
 T = TypeVar("T")
 
 TOKEN_URL = "https://www.kaggle.com/settings"
 RETRY_DELAYS: tuple[float, ...] = (2.0, 8.0, 30.0)  # seconds between attempts on 5xx / network errors
-SPACE_MARGIN = 1.1  # unpacking needs the archive's uncompressed size plus 10%
 
 NO_CREDENTIALS = (
     "no Kaggle credentials found. Create an API token at "
@@ -279,87 +276,6 @@ def download(api, slug: str, folder: Path, force: bool = False, **retry: Any) ->
     if not target.exists() or (folder / f"{slug}.zip.kaggle-partial").exists():
         raise UserError(f"the download of {slug} did not complete ({target}); rerun to resume it")
     return target
-
-
-# --- safe extraction ---------------------------------------------------------------------------
-
-
-def _member_path(name: str, archive: Path) -> PurePosixPath:
-    """The member's relative path, or a UserError for absolute paths and `..` (zip slip)."""
-    clean = name.replace("\\", "/")
-    path = PurePosixPath(clean)
-    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in path.parts:
-        raise UserError(
-            f"{archive.name} holds an unsafe path {name!r} (absolute or with '..'); refusing to "
-            "unpack it. Nothing was extracted."
-        )
-    return path
-
-
-def _check_space(archive: Path, members: list[zipfile.ZipInfo], dest: Path) -> None:
-    need = sum(m.file_size for m in members) * SPACE_MARGIN
-    probe = dest if dest.exists() else next(p for p in dest.parents if p.exists())
-    free = shutil.disk_usage(probe).free
-    if need > free:
-        raise UserError(
-            f"unpacking {archive.name} needs {need / 1e9:.1f} GB but {probe} has {free / 1e9:.1f} GB "
-            "free: free some space (or move data/ to a bigger disk) and rerun"
-        )
-
-
-def extract_zip(archive: Path, dest: Path) -> list[Path]:
-    """Unpack `archive` into `dest` after checking every path and the free space first."""
-    try:
-        with zipfile.ZipFile(archive) as z:
-            members = [m for m in z.infolist() if not m.filename.startswith("__MACOSX/")]  # macOS litter
-            paths = [_member_path(m.filename, archive) for m in members]  # all checked before any write
-            for m in members:
-                if stat.S_ISLNK(m.external_attr >> 16):
-                    raise UserError(
-                        f"{archive.name} holds a symbolic link {m.filename!r}; refusing to unpack"
-                    )
-            _check_space(archive, members, dest)
-            written = []
-            for m, rel in track(list(zip(members, paths, strict=True)), f"unpacking {archive.name}"):
-                target = dest.joinpath(*rel.parts)
-                if m.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(m) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                written.append(target)
-            return written
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise DamagedArchive(f"{archive} is damaged ({e})") from None
-
-
-class DamagedArchive(UserError):
-    """The archive does not open or fails its checksums: a bad download, to be fetched again."""
-
-
-def extract_nested(archive: Path, dest: Path) -> None:
-    """Unpack `archive`, then every zip found inside it, in place (inner zips are removed once
-    unpacked). An inner zip whose members share one top folder (train.zip -> train/...) unpacks
-    beside itself; one with loose files unpacks into a folder named after it."""
-    pending = [(archive, dest)]
-    while pending:
-        zip_path, into = pending.pop()
-        for path in extract_zip(zip_path, into):
-            if path.suffix.lower() == ".zip":
-                pending.append((path, _inner_dest(path)))
-        if zip_path != archive:
-            zip_path.unlink()
-
-
-def _inner_dest(inner: Path) -> Path:
-    try:
-        with zipfile.ZipFile(inner) as z:
-            names = [n.replace("\\", "/") for n in z.namelist() if not n.startswith("__MACOSX/")]
-            tops = {PurePosixPath(n).parts[0] for n in names if n.strip("/")}
-    except zipfile.BadZipFile as e:
-        raise DamagedArchive(f"{inner} is damaged ({e})") from None
-    return inner.parent if len(tops) == 1 else inner.parent / inner.stem
 
 
 # --- the source ----------------------------------------------------------------------------------

@@ -1,0 +1,185 @@
+"""Unpack competition archives safely: zip, tar (.tar, .tar.gz/.tgz, .tar.bz2, .tar.xz) and 7z.
+
+Kaggle serves a competition as one zip, and inside it often more archives: dogs-vs-cats ships
+train.zip, CIFAR-10 ships train.7z, others .tar.gz. Every archive is checked before anything is
+written: no absolute or `..` paths, no links, enough free disk. Then it is unpacked, and the
+archives found inside are unpacked in place too.
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..console import console, track
+from ..errors import UserError
+
+SPACE_MARGIN = 1.1  # unpacking needs the archive's uncompressed size plus 10%
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+class DamagedArchive(UserError):
+    """The archive does not open or fails its checksums: a bad download, to be fetched again."""
+
+
+@dataclass
+class Member:
+    name: str
+    size: int
+    is_dir: bool
+    is_link: bool
+    handle: object  # the format's own entry (ZipInfo, TarInfo, or the 7z name)
+
+
+def kind(path: Path) -> str | None:
+    """zip, tar or 7z by the file name; None for anything else."""
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(".7z"):
+        return "7z"
+    if name.endswith(TAR_SUFFIXES):
+        return "tar"
+    return None
+
+
+def stem(path: Path) -> str:
+    """train.tar.gz -> train, test.7z -> test."""
+    name = path.name
+    for suffix in sorted(TAR_SUFFIXES + (".zip", ".7z"), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _members(archive: Path, opened) -> list[Member]:
+    k = kind(archive)
+    if k == "zip":
+        return [
+            Member(i.filename, i.file_size, i.is_dir(), stat.S_ISLNK(i.external_attr >> 16), i)
+            for i in opened.infolist()
+        ]
+    if k == "tar":
+        return [Member(i.name, i.size, i.isdir(), i.issym() or i.islnk(), i) for i in opened.getmembers()]
+    return [
+        Member(
+            i.filename, i.uncompressed or 0, i.is_directory, bool(getattr(i, "is_symlink", False)), i.filename
+        )
+        for i in opened.list()
+    ]
+
+
+def _open(archive: Path):
+    k = kind(archive)
+    if k == "zip":
+        return zipfile.ZipFile(archive)
+    if k == "tar":
+        return tarfile.open(archive, "r:*")
+    try:
+        import py7zr
+    except ImportError:
+        raise UserError(
+            f"{archive.name} is a 7z archive and py7zr is not installed: `pip install py7zr` and rerun"
+        ) from None
+    return py7zr.SevenZipFile(archive, "r")
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        zlib.error,
+        lzma.LZMAError,
+        EOFError,
+    )
+    try:
+        import py7zr
+
+        errors += (py7zr.Bad7zFile,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _member_path(name: str, archive: Path) -> PurePosixPath:
+    """The member's relative path, or a UserError for absolute paths and `..` (zip slip)."""
+    clean = name.replace("\\", "/")
+    path = PurePosixPath(clean)
+    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":") or ".." in path.parts:
+        raise UserError(
+            f"{archive.name} holds an unsafe path {name!r} (absolute or with '..'); refusing to "
+            "unpack it. Nothing was extracted."
+        )
+    return path
+
+
+def _check(archive: Path, members: list[Member], dest: Path) -> list[PurePosixPath]:
+    """Every path and link checked, and the free space, before anything is written."""
+    paths = [_member_path(m.name, archive) for m in members]
+    for m in members:
+        if m.is_link:
+            raise UserError(f"{archive.name} holds a link {m.name!r}; refusing to unpack it")
+    need = sum(m.size for m in members) * SPACE_MARGIN
+    probe = dest if dest.exists() else next(p for p in dest.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise UserError(
+            f"unpacking {archive.name} needs {need / 1e9:.1f} GB but {probe} has {free / 1e9:.1f} GB "
+            "free: free some space (or move data/ to a bigger disk) and rerun"
+        )
+    return paths
+
+
+def extract(archive: Path, dest: Path) -> list[Path]:
+    """Unpack `archive` into `dest` after checking it; returns the files written."""
+    try:
+        with _open(archive) as opened:
+            members = [
+                m for m in _members(archive, opened) if not m.name.startswith("__MACOSX/")
+            ]  # macOS litter
+            paths = _check(archive, members, dest)
+            files = [
+                (m, dest.joinpath(*rel.parts)) for m, rel in zip(members, paths, strict=True) if not m.is_dir
+            ]
+            if kind(archive) == "7z":  # solid archives decompress in one pass: let py7zr write them
+                with console.status(f"unpacking {archive.name} ({len(files)} files)"):
+                    opened.extract(path=dest, targets=[m.handle for m, _ in files])
+                return [target for _, target in files]
+            for m, target in track(files, f"unpacking {archive.name}"):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = opened.open(m.handle) if kind(archive) == "zip" else opened.extractfile(m.handle)
+                with src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            return [target for _, target in files]
+    except _damage_errors() as e:
+        raise DamagedArchive(f"{archive} is damaged ({e})") from None
+
+
+def extract_nested(archive: Path, dest: Path) -> None:
+    """Unpack `archive`, then every archive found inside it, in place (inner ones are removed once
+    unpacked). An inner archive whose members share one top folder (train.zip -> train/...) unpacks
+    beside itself; one with loose files unpacks into a folder named after it."""
+    pending = [(archive, dest)]
+    while pending:
+        path, into = pending.pop()
+        for inner in extract(path, into):
+            if kind(inner):
+                pending.append((inner, _inner_dest(inner)))
+        if path != archive:
+            path.unlink()
+
+
+def _inner_dest(inner: Path) -> Path:
+    try:
+        with _open(inner) as opened:
+            names = [m.name.replace("\\", "/") for m in _members(inner, opened)]
+    except _damage_errors() as e:
+        raise DamagedArchive(f"{inner} is damaged ({e})") from None
+    tops = {PurePosixPath(n).parts[0] for n in names if n.strip("/") and not n.startswith("__MACOSX/")}
+    return inner.parent if len(tops) == 1 else inner.parent / stem(inner)
