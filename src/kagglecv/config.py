@@ -69,7 +69,7 @@ class TrainConfig:
     cache: str = (
         "auto"  # images resized once: auto (RAM if it fits cache_mb, else disk) | memory | disk | none
     )
-    workers: int | None = None  # None: 0 for in-memory data, else min(cores, 8)
+    workers: int | None = None  # None: min(cores, 8); 0 for in-memory data on the CPU
     cache_mb: int = 2048  # decode+resize images once into RAM when they fit in this budget
     seed: int = 42
 

@@ -145,11 +145,12 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
-def default_workers(workers: int | None, in_memory: bool) -> int:
-    """The recipe's `workers`, else none for images already in RAM and one per core for files."""
+def default_workers(workers: int | None, in_memory: bool, cuda: bool = False) -> int:
+    """The recipe's `workers`, else one per core (up to 8); none for images already in RAM when the
+    CPU also trains (workers would only take cores from the model; a GPU needs them to keep up)."""
     if workers is not None:
         return workers
-    return 0 if in_memory else min(os.cpu_count() or 1, 8)
+    return 0 if in_memory and not cuda else min(os.cpu_count() or 1, 8)
 
 
 def make_loader(

@@ -216,7 +216,7 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
         "decoding test images",
     )
     ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"], images)
-    workers = default_workers(cfg.get("workers"), images is not None)
+    workers = default_workers(cfg.get("workers"), images is not None, device.type == "cuda")
     loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
     probs = 0
     for model, m in models:

@@ -71,7 +71,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 class TrainData:
     """Everything about the training images that does not change between folds."""
 
-    def __init__(self, comp: Competition, cfg: TrainConfig, size: int):
+    def __init__(self, comp: Competition, cfg: TrainConfig, size: int, cuda: bool = False):
         root = comp.data_dir
         info = read_prepared(comp)
         folds_path = root / FOLDS
@@ -92,7 +92,7 @@ class TrainData:
             )
         paths, images = cached_images(paths, root, size, cfg.cache, cfg.cache_mb, "decoding train images")
         self.dataset = ImageDataset(paths, self.labels, size, images)
-        self.workers = default_workers(cfg.workers, images is not None)
+        self.workers = default_workers(cfg.workers, images is not None, cuda)
         self.n_folds = int(self.folds["fold"].nunique())
 
 
@@ -168,7 +168,7 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     seed_everything(cfg.seed)
     probe = create_model(cfg.model, 2, pretrained=False, in_chans=cfg.in_chans)
     inp = resolve_input(probe, cfg.img_size, cfg.mean, cfg.std)
-    return device, inp, TrainData(comp, cfg, inp["img_size"])
+    return device, inp, TrainData(comp, cfg, inp["img_size"], cuda=device.type == "cuda")
 
 
 def find_lr(comp, cfg, data: TrainData, inp: dict, device, out_dir: Path) -> float:
