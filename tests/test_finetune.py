@@ -18,6 +18,7 @@ from kagglecv.model import create_model
 from kagglecv.train import load_checkpoint, train
 
 RECIPE = [
+    "device=cpu",  # bit-identical resume needs deterministic kernels; the GPU's may not be
     "folds=1",
     "lr=0.003",
     "freeze_epochs=1",
@@ -79,6 +80,30 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
     assert not (interrupted / "fold0.last.pt").exists()
     rows = (interrupted / "metrics.csv").read_text().splitlines()
     assert rows == (straight / "metrics.csv").read_text().splitlines() and len(rows) == 1 + 3
+
+
+@pytest.mark.slow
+def test_ddp_resumes_the_latest_unfinished_run(digits, monkeypatch):
+    """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
+    comp = load_competition("digits-demo")
+    cfg = load_config("configs/smoke.yaml", ["folds=1", "lr=0.003", "epochs=2", "device=cpu"])
+    real_validate, calls = train_mod.validate, {"n": 0}
+
+    def killed_during_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validate", killed_during_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(comp, cfg)
+    monkeypatch.setattr(train_mod, "validate", real_validate)
+    (run,) = (digits / "runs" / "digits-demo").iterdir()
+    assert main(["train", "--resume", "--gpus", "2", "--comp", "digits-demo", "device=cpu"]) == 0
+    assert [p.name for p in (digits / "runs" / "digits-demo").iterdir()] == [run.name]
+    assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2
 
 
 def test_fp16_loss_scaling_with_accumulation():
@@ -154,6 +179,7 @@ def test_ddp_with_gloo_on_two_cpu_processes(digits):
             "freeze_epochs=1",
             "epochs=2",
             "accum_steps=2",
+            "device=cpu",  # CPU processes with gloo, also where a GPU is visible
         ]
     )
     assert rc == 0

@@ -142,7 +142,7 @@ def test_report_is_self_contained_and_complete(colour_run):
     ):
         assert f">{heading}" in page, heading
     assert "model: test_resnet" in page and "no test score yet" in page
-    assert not list(run_dir.glob("*.tmp"))
+    assert not list(run_dir.rglob("*.tmp*"))  # no temporary file left behind
 
 
 def chromium() -> str | None:

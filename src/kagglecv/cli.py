@@ -95,9 +95,15 @@ def cmd_train(args) -> None:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         from .dist import launch
-        from .runs import run_name
+        from .runs import latest_unfinished, run_name
 
-        run = args.run or run_name(cfg.model)  # one name for all ranks
+        if not args.run and "--nnodes" in os.environ.get("TORCHRUN", ""):
+            raise UserError(
+                "several machines need one run name: add RUN=<name> (the same on every machine), and keep "
+                "runs/ and data/ on storage all machines share"
+            )
+        # one name for all ranks: the run to resume, or a new one
+        run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
         # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
         argv = [
             "train",
@@ -107,7 +113,7 @@ def cmd_train(args) -> None:
             f"--folds={args.folds}",
         ]
         argv += ["--resume"] * args.resume + list(args.overrides)
-        rc = launch(args.gpus, argv)
+        rc = launch(args.gpus, argv, cpu=cfg.device == "cpu")
         if rc:
             raise UserError(f"distributed training failed (exit code {rc}); see the messages above")
         return

@@ -150,7 +150,9 @@ def default_workers(workers: int | None, in_memory: bool, cuda: bool = False) ->
     CPU also trains (workers would only take cores from the model; a GPU needs them to keep up)."""
     if workers is not None:
         return workers
-    return 0 if in_memory and not cuda else min(os.cpu_count() or 1, 8)
+    # torchrun: the machine's cores are shared by its ranks
+    cores = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return 0 if in_memory and not cuda else max(1, min(cores, 8))
 
 
 def make_loader(
@@ -169,7 +171,8 @@ def make_loader(
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        drop_last=shuffle and len(ds) > batch_size,  # no 1-image batch for BatchNorm
+        # no 1-image batch for BatchNorm; under DDP what counts is this rank's share of the data
+        drop_last=shuffle and (len(sampler) if sampler is not None else len(ds)) > batch_size,
         num_workers=workers,
         pin_memory=pin,
         persistent_workers=persistent and workers > 0,

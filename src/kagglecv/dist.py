@@ -9,6 +9,9 @@ ranks agree on the best epoch without exchanging predictions; the training loss 
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import datetime
 import os
 import shlex
 import subprocess
@@ -19,6 +22,8 @@ import torch.distributed as dist
 
 from .console import console
 from .errors import UserError
+
+TIMEOUT_MIN = 120
 
 
 def world_size() -> int:
@@ -38,7 +43,9 @@ def init_from_env() -> torch.device | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return None
     cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
+    # ranks wait for rank 0's lr-find and for the image cache of a first run: allow them time
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=TIMEOUT_MIN))
+    atexit.register(_leave)
     if not is_main():
         console.quiet = True  # rank 0 speaks for everyone
     if cuda:
@@ -46,6 +53,30 @@ def init_from_env() -> torch.device | None:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return None
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if dist.is_initialized() else 0
+
+
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.is_initialized() else 1
+
+
+@contextlib.contextmanager
+def local_main_first():
+    """Each machine's first rank runs the block (e.g. builds the disk image cache) before the other
+    ranks on it do, so they find the work done instead of racing it."""
+    if dist.is_initialized() and local_rank() != 0:
+        dist.barrier()
+    yield
+    if dist.is_initialized() and local_rank() == 0:
+        dist.barrier()
 
 
 def barrier() -> None:
@@ -72,10 +103,17 @@ def broadcast(value):
     return box[0]
 
 
-def launch(n: int, argv: list[str]) -> int:
-    """Re-run this `kagglecv train` command under torchrun with n processes per node."""
-    if n > 1 and torch.cuda.is_available() and torch.cuda.device_count() < n:
-        raise UserError(f"GPUS={n} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+def launch(n: int, argv: list[str], cpu: bool = False) -> int:
+    """Re-run this `kagglecv train` command under torchrun with n processes per node (CPU processes
+    with gloo where `cpu` is asked for or no GPU is visible)."""
+    env = dict(os.environ)
+    if cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the ranks see no GPU, so they join with gloo on the CPU
+    elif n > 1 and torch.cuda.is_available() and torch.cuda.device_count() < n:
+        raise UserError(
+            f"GPUS={n} but only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+            "use fewer, or device=cpu for CPU processes"
+        )
     extra = shlex.split(os.environ.get("TORCHRUN", ""))
     cmd = [
         sys.executable,
@@ -91,4 +129,4 @@ def launch(n: int, argv: list[str]) -> int:
     console.print(
         f"launching {n} processes: torchrun --nproc_per_node {n} {' '.join(extra)} kagglecv {' '.join(argv)}"
     )
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)

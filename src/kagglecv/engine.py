@@ -109,9 +109,10 @@ class Stepper:
     def inputs(self, x):
         return to_input(x, self.mean, self.std, self.device, self.channels_last)
 
-    def step(self, x, y, last: bool = False) -> tuple[float, bool]:
+    def step(self, x, y, last: bool = False) -> tuple[torch.Tensor, bool]:
         """Forward + backward on one batch; an optimizer step every `accum` batches (and after the
-        `last` batch of an epoch). Returns (loss, stepped)."""
+        `last` batch of an epoch). Returns (loss, stepped); the loss stays on the device, since
+        reading it (.item()) would make the CPU wait for the GPU on every batch."""
         x, y = self.inputs(x), y.to(self.device, non_blocking=True)
         boundary = last or (self._micro + 1) % self.accum == 0
         # under DDP, all-reduce the gradients only on the micro-batch before an optimizer step
@@ -126,10 +127,10 @@ class Stepper:
                     loss = F.cross_entropy(self.net(x).float(), y, label_smoothing=self.label_smoothing)
             self.scaler.scale(loss / self.accum).backward()
         self._micro += 1
-        if self._micro % self.accum == 0:
+        stepped = self._micro % self.accum == 0
+        if stepped:
             self.optimizer_step()
-            return loss.item(), True
-        return loss.item(), False
+        return loss.detach(), stepped
 
     def optimizer_step(self) -> None:
         self.scaler.step(self.optimizer)
@@ -146,22 +147,24 @@ class Stepper:
             freeze_bn_stats(self.model)
 
 
-def train_one_epoch(stepper: Stepper, loader, scheduler, on_batch=None) -> dict:
+def train_one_epoch(stepper: Stepper, loader, scheduler, on_batch=None, show_every: int = 20) -> dict:
+    """One pass over `loader`. `on_batch(loss)` after every batch, with the loss as a float every
+    `show_every` batches and None in between (a float costs a CPU-GPU sync)."""
     stepper.train_mode()
-    total, n = 0.0, 0
+    total, n = torch.zeros((), device=stepper.device), 0
     n_batches = len(loader)
     for i, (x, y) in enumerate(loader):
         loss, stepped = stepper.step(x, y, last=i == n_batches - 1)
         if stepped:
             scheduler.step()
-        total += loss * len(y)
+        total += loss.float() * len(y)
         n += len(y)
         if on_batch:
-            on_batch(loss)
+            on_batch(loss.item() if i % show_every == 0 or i == n_batches - 1 else None)
     if stepper._micro:  # a last, partial accumulation still counts as a step
         stepper.optimizer_step()
         scheduler.step()
-    return {"train_loss": total / max(n, 1)}
+    return {"train_loss": total.item() / max(n, 1)}
 
 
 def steps_per_epoch(n_batches: int, accum: int) -> int:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -116,6 +115,8 @@ def _looks_like_image(data: bytes) -> bool:
 
 
 def phash_hex(rgb: Image.Image) -> str:
+    import imagehash  # only the scrape/folder sources and inspect hash; training never needs it
+
     return str(imagehash.phash(rgb))
 
 

@@ -42,8 +42,21 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = json.loads(state["random"])
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():
+        # resumed on another machine: restore as many GPUs' streams as both have
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+
+
+def _to_cpu(obj):
+    """A deep copy with every tensor on the CPU (load_state_dict moves them back)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def smooth_centered(values: list[float], window: int = 9) -> list[float]:
@@ -88,9 +101,9 @@ def lr_find(
     Returns {lrs, losses (centred-smoothed), raw_losses, suggestion}, cut where it diverged.
     """
     model, opt = stepper.model, stepper.optimizer
-    saved = (
-        copy.deepcopy(model.state_dict()),
-        copy.deepcopy(opt.state_dict()),
+    saved = (  # on the CPU: a second copy of a big model and its optimizer may not fit on the GPU
+        _to_cpu(model.state_dict()),
+        _to_cpu(opt.state_dict()),
         copy.deepcopy(stepper.scaler.state_dict()),
         get_rng_state(),
     )
@@ -111,7 +124,7 @@ def lr_find(
                 lr = start_lr * (end_lr / start_lr) ** (i / max(iters - 1, 1))
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, _ = stepper.step(x, y)
+                loss = stepper.step(x, y)[0].item()
                 avg = beta * avg + (1 - beta) * loss
                 s = avg / (1 - beta ** (i + 1))  # bias-corrected, so early points are not pulled to 0
                 lrs.append(lr)

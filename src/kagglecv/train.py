@@ -168,7 +168,9 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     seed_everything(cfg.seed)
     probe = create_model(cfg.model, 2, pretrained=False, in_chans=cfg.in_chans)
     inp = resolve_input(probe, cfg.img_size, cfg.mean, cfg.std)
-    return device, inp, TrainData(comp, cfg, inp["img_size"], cuda=device.type == "cuda")
+    with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
+        data = TrainData(comp, cfg, inp["img_size"], cuda=device.type == "cuda")
+    return device, inp, data
 
 
 def find_lr(comp, cfg, data: TrainData, inp: dict, device, out_dir: Path) -> float:
@@ -233,7 +235,8 @@ def train_fold(
         st = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        stepper.scaler.load_state_dict(st["scaler"])
+        if st["scaler"]:  # empty when saved without fp16 (a CPU or bf16 run resumed on an fp16-only GPU)
+            stepper.scaler.load_state_dict(st["scaler"])
         if stepper.ema is not None:
             stepper.ema.module.load_state_dict(st["ema"])
         best, best_epoch, best_state = st["best"], st["best_epoch"], st["best_state"]
@@ -261,7 +264,8 @@ def train_fold(
                 # every epoch's shuffling and augmentation follow from (seed, fold, epoch) alone,
                 # so a resumed run draws exactly what an uninterrupted one would have
                 epoch_seed = cfg.seed * 1_000_003 + fold * 1009 + epoch
-                train_dl.generator.manual_seed(epoch_seed)
+                # (under DDP the sampler shuffles; the generator seeds the loader's workers, per rank)
+                train_dl.generator.manual_seed(epoch_seed + 7919 * dist.rank())
                 train_dl.dataset.transform.set_random_seed((epoch_seed + 7919 * dist.rank()) % 2**32)
                 if train_dl.sampler is not None and hasattr(train_dl.sampler, "set_epoch"):
                     train_dl.sampler.set_epoch(epoch)
@@ -270,7 +274,9 @@ def train_fold(
                     stepper,
                     train_dl,
                     sched,
-                    on_batch=lambda loss, t=batch_task: bar.update(t, advance=1, info=f"loss {loss:.3f}"),
+                    on_batch=lambda loss, t=batch_task: bar.update(
+                        t, advance=1, **({} if loss is None else {"info": f"loss {loss:.3f}"})
+                    ),
                 )
                 tr["train_loss"] = dist.mean_across_ranks(tr["train_loss"])
                 eval_model = stepper.ema.module if stepper.ema is not None else model
