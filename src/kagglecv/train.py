@@ -231,7 +231,7 @@ def train_fold(
 
     best, best_state, best_probs, best_epoch, start = None, None, None, -1, 0
     last_path = run_dir / f"fold{fold}.last.pt"
-    if last_path.exists():
+    if dist.broadcast(last_path.exists() if dist.is_main() else None):
         st = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
@@ -436,16 +436,21 @@ def train(
         f"{cfg.freeze_epochs}+{cfg.epochs} epochs · {inp['img_size']}px · {device.type}"
     )
 
+    # what is already on disk is decided by rank 0 and told to all, so every rank takes the same path
+    lr_json = run_dir / "lr_find.json"
+    found = dist.broadcast(
+        json.loads(lr_json.read_text())["chosen"] if dist.is_main() and lr_json.exists() else None
+    )
     if cfg.lr != "auto":
         lr = float(cfg.lr)
-    elif (run_dir / "lr_find.json").exists():  # resumed, or another part of this run found it
-        lr = float(json.loads((run_dir / "lr_find.json").read_text())["chosen"])
+    elif found is not None:  # resumed, or another part of this run found it
+        lr = float(found)
     else:
         lr = find_lr(comp, cfg, data, inp, device, run_dir)
 
     rows = _read_rows(run_dir)
     for fold in fold_ids:
-        if fold_done(run_dir, fold):
+        if dist.broadcast(fold_done(run_dir, fold) if dist.is_main() else None):
             console.print(f"fold {fold} already finished in {run_dir.name}")
             continue
         train_fold(comp, cfg, data, inp, device, fold, lr, run_dir, rows)
