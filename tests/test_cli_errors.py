@@ -122,3 +122,117 @@ def test_run_names_stay_inside_runs(digits, capsys):
     )
     assert "RUN must be a plain name" in cli_text(capsys)
     assert not (digits.parent / "evil").exists()
+
+
+SMOKE = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002", "folds=1"]
+
+
+def test_edited_csvs_give_one_line_not_a_traceback(digits, capsys):
+    """A hand-edited folds.csv, sample_submission.csv or solution.csv is named with the fix."""
+    data = digits / "data" / "digits-demo"
+    folds = data / "folds.csv"
+    good = folds.read_text()
+    folds.write_text(good.replace("image,label,fold", "path,label,fold", 1))
+    assert main(["train", *SMOKE]) == 2
+    assert "folds.csv lacks column(s) ['image']" in cli_text(capsys)
+    lines = good.splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",x"
+    folds.write_text("\n".join(lines) + "\n")
+    assert main(["train", *SMOKE]) == 2
+    assert "fold 'x' is not a fold number" in cli_text(capsys)
+    assert not (digits / "runs").exists() or not any((digits / "runs" / "digits-demo").iterdir())
+    folds.write_text(good)
+
+    assert main(["train", *SMOKE]) == 0
+    solution = data / "solution.csv"
+    right = solution.read_text()
+    solution.write_text(right.replace("label", "target", 1))
+    capsys.readouterr()
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    text = cli_text(capsys)
+    assert "is written and checked, but cannot be scored" in text and "lacks column(s) ['label']" in text
+    rows = right.splitlines()
+    rows[1] = rows[1].rsplit(",", 1)[0] + ",purple"
+    solution.write_text("\n".join(rows) + "\n")
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "unknown labels ['purple']" in cli_text(capsys)
+    solution.write_text(right)
+    sample = data / "sample_submission.csv"
+    sample.write_text(sample.read_text().splitlines()[0] + "\n")
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "lists no ids (only a header)" in cli_text(capsys)
+
+
+def test_sample_columns_must_be_training_classes(workdir):
+    import pandas as pd
+
+    from kagglecv.competition import load_competition
+    from kagglecv.errors import UserError
+    from kagglecv.submit import check_classes
+
+    comp = load_competition("dog-breed-identification")
+    sample = pd.DataFrame({"id": ["a"], "beagle": [0.5], "poodle": [0.5]})
+    check_classes(comp, sample[["id", "beagle"]], ["beagle", "pug"])
+    with pytest.raises(UserError, match=r"sample_submission.csv's columns name \['poodle'\]"):
+        check_classes(comp, sample, ["beagle", "pug"])
+
+
+def test_interrupted_training_says_how_to_continue(digits, monkeypatch, capsys):
+    import kagglecv.train as train_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "validate", interrupted)
+    assert main(["train", *SMOKE]) == 130
+    assert "`make train RESUME=1` continues the run" in cli_text(capsys)
+
+
+def test_resume_prefers_the_run_that_trained_something(digits, monkeypatch, capsys):
+    """A run that failed before its first epoch leaves no folder; a stale stub is passed over."""
+    import kagglecv.train as train_mod
+
+    calls = {"n": 0}
+    real = train_mod.validate
+
+    def second_epoch_interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validate", second_epoch_interrupted)
+    assert main(["train", *SMOKE, "epochs=2"]) == 130
+    monkeypatch.setattr(train_mod, "validate", real)
+    (begun,) = (digits / "runs" / "digits-demo").iterdir()
+    stub = digits / "runs" / "digits-demo" / "zz-stub"  # sorts last: an OOM-killed start, say
+    stub.mkdir()
+    (stub / "config.yaml").write_text((begun / "config.yaml").read_text())
+    assert (
+        main(["train", "--missing-weights"] if False else ["train", *SMOKE, "pretrained_file=nope.pth"]) == 2
+    )
+    assert "pretrained_file nope.pth not found" in cli_text(capsys)
+    assert sorted(p.name for p in (digits / "runs" / "digits-demo").iterdir()) == [begun.name, "zz-stub"]
+    assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
+    assert f"resuming runs/digits-demo/{begun.name}" in cli_text(capsys)
+    assert (begun / "summary.json").exists()
+
+
+def test_cli_rough_edges(workdir, tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and "kagglecv 0." in capsys.readouterr().out
+    for args in (["bench", "--batch-size", "0"], ["bench", "--workers", "-1"], ["train", "--epochs", "3"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be 1 or more, got 0" in err and "must be 0 or more, got -1" in err and "e.g. epochs=3" in err
+    # brackets in a message survive rich's markup
+    assert (
+        main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "a[bold]b"]) == 2
+    )
+    assert "got 'a[bold]b'" in cli_text(capsys)
+    monkeypatch.chdir(tmp_path / "..")
+    assert main(["list"]) == 2
+    assert "no competitions/ folder in" in cli_text(capsys)

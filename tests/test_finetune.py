@@ -189,3 +189,19 @@ def test_ddp_with_gloo_on_two_cpu_processes(digits):
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 3  # rank 0 alone wrote metrics: one row per epoch, not per rank
     assert not list(run.glob("*.last.pt"))
+
+
+def test_unreachable_hub_fails_fast_and_a_bad_weights_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(UserError, match="is unreachable, so only the local cache was tried"):
+        create_model("test_resnet", num_classes=2, pretrained=True)
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored for whatever runs next
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x02this is not a checkpoint" * 100)
+    with pytest.raises(UserError, match="junk.pth holds no weights for 'test_resnet'"):
+        create_model("test_resnet", num_classes=2, pretrained_file=str(junk))

@@ -13,11 +13,34 @@ import argparse
 import os
 import re
 import sys
+from pathlib import Path
 
+from .competition import COMPETITIONS_DIR
 from .console import console
 from .errors import UserError
 
 CONFIG_HELP = "recipe overrides, any key of the --config YAML, e.g. epochs=3 lr=auto model=resnet18"
+LR_FIND_HELP = "recipe overrides, e.g. model=resnet18 img_size=224 batch_size=32 lr_find_iters=200"
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        if "unrecognized arguments: --" in message:
+            message += " (recipe settings are key=value words, e.g. epochs=3, not --epochs 3)"
+        super().error(message)
+
+
+def _int_at_least(low: int):
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    return check
 
 
 def _comp(slug: str | None):
@@ -124,6 +147,10 @@ def cmd_train(args) -> None:
         run_dir = RUNS_DIR / comp.slug / args.run
         if args.resume and not run_dir.is_dir():
             raise UserError(f"no run '{args.run}' to resume in {RUNS_DIR / comp.slug}/")
+    if args.resume and (args.overrides or args.config != "configs/default.yaml"):
+        console.print(
+            "[yellow]note:[/] a resumed run keeps the config it started with; CONFIG/ARGS are ignored"
+        )
     run_dir = train(comp, cfg, run_dir=run_dir, fold_ids=_fold_list(args.folds), resume=args.resume)
     from .dist import is_main
     from .report import write_report
@@ -159,6 +186,10 @@ def cmd_submit(args) -> None:
         from .upload import upload
 
         upload(comp, Path(result["file"]), result["run"], result["cv_mean"], args.message or None)
+    elif args.message:
+        console.print(
+            "[yellow]note:[/] MSG is the upload's description; nothing was uploaded without UPLOAD=1"
+        )
     elif comp.source_kind == "kaggle" and comp.submission.upload:
         console.print(
             f"not uploaded; to send it to Kaggle: make submit UPLOAD=1 RUN={result['run']} [MSG=...]"
@@ -230,16 +261,20 @@ def cmd_bench(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from . import __version__
+
+    p = Parser(
         prog="kagglecv",
         description="Kaggle image competitions: prepare data, k-fold fine-tune a timm model, write a checked submission.",
         epilog="Typical flow: kagglecv data dogs-vs-cats && kagglecv train && kagglecv submit. "
         "Without --comp, train, lr-find, submit, report and inspect use the competition prepared last. "
         "`kagglecv <command> --help` explains each one.",
     )
+    p.add_argument("--version", action="version", version=f"kagglecv {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
-    s = sub.add_parser("list", help="show the competitions kagglecv knows (competitions/*.yaml)")
+    helptext = "show the competitions kagglecv knows (competitions/*.yaml) and which are prepared"
+    s = sub.add_parser("list", help=helptext, description=helptext)
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser(
@@ -248,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch raw files (once), lay them out as train/<class>/, test/, folds.csv. "
         "Idempotent: a prepared competition is not redone unless --force.",
     )
-    s.add_argument("comp", nargs="?", help="competition slug (a file competitions/<slug>.yaml)")
+    s.add_argument(
+        "comp",
+        nargs="?",
+        help="competition slug: competitions/<slug>.yaml, or a new Kaggle slug (its YAML is drafted)",
+    )
     s.add_argument("--force", action="store_true", help="fetch and lay out again even if already prepared")
     s.add_argument(
         "--draft",
@@ -263,12 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_data)
 
-    s = sub.add_parser(
-        "inspect",
-        help="what the prepared data holds: class counts, sizes, dropped files, near duplicates, contact sheet",
+    helptext = (
+        "what the prepared data holds: class counts, sizes, dropped files, near duplicates, contact sheet"
     )
+    s = sub.add_parser("inspect", help=helptext, description=helptext)
     s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
-    s.add_argument("--samples", type=int, default=8, help="images per class on the contact sheet")
+    s.add_argument(
+        "--samples",
+        type=_int_at_least(1),
+        default=8,
+        help="images per class on the contact sheet (default: 8)",
+    )
     s.set_defaults(func=cmd_inspect)
 
     for name, func, helptext in (
@@ -288,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
             default="configs/default.yaml",
             help="training recipe YAML (default: %(default)s, a pretrained resnet50)",
         )
-        s.add_argument("overrides", nargs="*", metavar="key=value", help=CONFIG_HELP)
+        s.add_argument(
+            "overrides", nargs="*", metavar="key=value", help=CONFIG_HELP if name == "train" else LR_FIND_HELP
+        )
         s.set_defaults(func=func)
         if name == "train":
             s.add_argument(
@@ -315,9 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help="train only these folds, e.g. 0,1 (others elsewhere; submit gathers)",
             )
 
-    s = sub.add_parser(
-        "submit", help="predict the test set with a run's folds (+TTA), write and check the CSV, score it"
-    )
+    helptext = "predict the test set with a run's folds (+TTA), write and check the CSV, score it, upload it"
+    s = sub.add_parser("submit", help=helptext, description=helptext)
     s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
     s.add_argument("--run", default="", help="run id under runs/<comp>/ (default: the latest finished run)")
     s.add_argument(
@@ -328,10 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_submit)
 
-    s = sub.add_parser(
-        "report",
-        help="write runs/<comp>/<run>/report.html: LR plot, curves, confusion matrix, top losses, suspect labels",
+    helptext = (
+        "write runs/<comp>/<run>/report.html: LR plot, curves, confusion matrix, top losses, suspect labels"
     )
+    s = sub.add_parser("report", help=helptext, description=helptext)
     s.add_argument(
         "run", nargs="?", help="run id under runs/<comp>/ or a run folder (default: the latest finished)"
     )
@@ -345,12 +390,24 @@ def build_parser() -> argparse.ArgumentParser:
         "on a GPU try --models resnet50,convnext_tiny --img-size 224. Writes runs/bench/latest.json.",
     )
     s.add_argument("--models", default="resnet18", help="comma-separated timm model names")
-    s.add_argument("--img-size", type=int, default=128, help="training resolution")
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--images", type=int, default=512, help="synthetic JPEGs to generate (once)")
-    s.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
     s.add_argument(
-        "--workers", type=int, default=None, help="DataLoader workers (default: as training picks)"
+        "--img-size", type=_int_at_least(8), default=128, help="training resolution (default: 128)"
+    )
+    s.add_argument("--batch-size", type=_int_at_least(1), default=32, help="images per batch (default: 32)")
+    s.add_argument(
+        "--images",
+        type=_int_at_least(1),
+        default=512,
+        help="synthetic JPEGs to generate, once (default: 512)",
+    )
+    s.add_argument(
+        "--batches", type=_int_at_least(1), default=10, help="timed batches per measurement (default: 10)"
+    )
+    s.add_argument(
+        "--workers",
+        type=_int_at_least(0),
+        default=None,
+        help="DataLoader workers (default: as training picks)",
     )
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument(
@@ -366,21 +423,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "demo", help="data -> train -> submit on the built-in digits-demo, offline, on the CPU"
     )
-    s.add_argument("--config", default="configs/demo.yaml", help="training recipe YAML")
+    s.add_argument(
+        "--config", default="configs/demo.yaml", help="training recipe YAML (default: %(default)s)"
+    )
     s.add_argument("overrides", nargs="*", metavar="key=value", help=CONFIG_HELP)
     s.set_defaults(func=cmd_demo)
     return p
 
 
+INTERRUPTED = {
+    "train": "`make train RESUME=1` continues the run from its last finished epoch (a plain rerun starts a new one)",
+    "data": "rerun the same `make data`: a partial download resumes, and nothing unfinished is marked prepared",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    from rich.markup import escape
+
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "bench" and not COMPETITIONS_DIR.is_dir():
+            raise UserError(
+                f"no {COMPETITIONS_DIR}/ folder in {Path.cwd()}: run kagglecv from your kagglecv checkout "
+                "(the folder with the Makefile)"
+            )
         args.func(args)
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: nothing half-written is marked complete; rerun to continue")
+        advice = INTERRUPTED.get(args.command, "rerun the command")
+        console.print(f"[yellow]interrupted[/]: nothing half-written is marked complete; {escape(advice)}")
         return 130
     return 0
 

@@ -197,7 +197,11 @@ def build_config(values: dict[str, Any], where: str) -> TrainConfig:
         raise UserError(
             f"{where}: 'folds' is how many folds to train (a number); to pick fold ids use --folds 0,1 (make: FOLDS=0,1)"
         )
-    return TrainConfig(**check_fields(TrainConfig, values, where, what="config key"))
+    fields = check_fields(TrainConfig, values, where, what="config key")
+    try:
+        return TrainConfig(**fields)
+    except UserError as e:  # the value checks say "config: ..."; name the file or the overrides
+        raise UserError(str(e).replace("config:", f"{where}:", 1)) from None
 
 
 def read_yaml(path: Path, what: str) -> dict[str, Any]:

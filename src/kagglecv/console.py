@@ -15,6 +15,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=False, highlight=False)
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 160  # piped or logged: rich's 80 columns would cut table headers and split paths
 
 
 def progress(transient: bool = True) -> Progress:

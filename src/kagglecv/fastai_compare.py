@@ -19,6 +19,8 @@ from .errors import UserError
 from .layout import FOLDS, read_prepared
 from .runs import read_summary
 
+FASTAI_MISSING = "fastai is not installed: `.venv/bin/pip install -e '.[bench]'` adds it"
+
 
 def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fold_ids: list[int]) -> dict:
     try:
@@ -34,7 +36,7 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fol
             vision_learner,
         )
     except ImportError:
-        raise UserError("fastai is not installed: `.venv/bin/pip install -e '.[bench]'` adds it") from None
+        raise UserError(FASTAI_MISSING) from None
     read_prepared(comp)
     folds = pd.read_csv(comp.data_dir / FOLDS)
     folds["label"] = folds["label"].astype(str)
@@ -59,11 +61,17 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fol
 
 
 def compare(comp: Competition, cfg: TrainConfig) -> dict:
-    """Train ours, then fastai, on the same folds; print and return both."""
+    """Train ours, then fastai, on the same folds; print and return both. Our run goes to
+    runs/bench/<time>-kagglecv-vs-fastai/, so it never becomes the competition's latest run."""
+    import importlib.util
+
+    from .runs import RUNS_DIR
     from .train import train
 
+    if importlib.util.find_spec("fastai") is None:  # before minutes of our own training, not after
+        raise UserError(FASTAI_MISSING)
     t0 = time.time()
-    run_dir = train(comp, cfg)
+    run_dir = train(comp, cfg, run_dir=RUNS_DIR / "bench" / time.strftime("%Y%m%d-%H%M%S-kagglecv-vs-fastai"))
     ours_seconds = time.time() - t0
     summary = read_summary(run_dir)
     theirs = fastai_cv(comp, cfg, summary["lr"], summary["img_size"], summary["fold_ids"])

@@ -7,6 +7,7 @@ overrides them; checkpoints store the resolved values so prediction never guesse
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 import timm
@@ -34,6 +35,13 @@ def create_model(
         )
     if pretrained_file:
         kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
+    import huggingface_hub.constants as hub
+
+    was_offline, offline_note = hub.HF_HUB_OFFLINE, ""
+    if pretrained and not pretrained_file and not _hub_reachable():
+        # no network: read only the local cache, at once, instead of minutes of hub retries
+        hub.HF_HUB_OFFLINE = True
+        offline_note = f"{hub.ENDPOINT} is unreachable, so only the local cache was tried. "
     try:
         return timm.create_model(
             name,
@@ -43,14 +51,43 @@ def create_model(
             drop_rate=drop_rate,
             **kwargs,
         )
-    except (OSError, RuntimeError, ValueError) as e:  # hub unreachable, no cached copy, bad file
+    except Exception as e:  # hub unreachable, no cached copy, a file that is no checkpoint
         if not (pretrained or pretrained_file):
             raise
+        said = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+        if pretrained_file:
+            raise UserError(
+                f"pretrained_file {pretrained_file} holds no weights for '{name}' ({said}); give a "
+                ".safetensors/.pth state dict saved from that model, or pretrained=true / false"
+            ) from None
         raise UserError(
-            f"could not load pretrained weights for '{name}' ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}). "
+            f"could not load pretrained weights for '{name}' ({said}). {offline_note}"
             "Offline? Put the weights in the Hugging Face cache (HF_HUB_OFFLINE=1 then reads only the cache), "
             "or set pretrained_file=<path to .safetensors/.pth>, or pretrained=false."
         ) from None
+    finally:
+        hub.HF_HUB_OFFLINE = was_offline
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a connection to the Hugging Face hub? (Behind a proxy we cannot tell: assume so.)"""
+    import socket
+    from urllib.parse import urlsplit
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(hub.ENDPOINT)
+    try:
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout
+        ).close()
+        return True
+    except OSError:
+        return False
 
 
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -590,12 +590,13 @@ def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = Tr
     console.print(pairs_table(pairs, len(run.classes)))
     console.print(
         f"[green]✓[/] report -> {out} ({len(images)} figures in {fig_dir}/); "
-        f"{len(suspects)} suspect labels -> {run.dir / SUSPECTS}"
+        f"{len(suspects)} suspect label{'s' * (len(suspects) != 1)} -> {run.dir / SUSPECTS}"
     )
     if weak:
         console.print(
-            f"[yellow]caution:[/] out-of-fold accuracy {oof_acc:.1%} is near guessing ({chance:.1%}): "
-            "the suspect labels say more about the model than about the labels"
+            f"[yellow]caution:[/] out-of-fold accuracy {oof_acc:.1%} is little or no better than always "
+            f"guessing the most common class ({chance:.1%}): the suspect labels say more about the model "
+            "than about the labels"
         )
     return out
 

@@ -6,6 +6,7 @@ No torch here, so `kagglecv report` and the CLI's checks start fast.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import time
@@ -59,7 +60,13 @@ def write_summary(run_dir: Path, summary: dict) -> None:
     atomic_write(run_dir / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
 
 
+def has_progress(run_dir: Path) -> bool:
+    """A finished fold or a fold under way: something that resuming would not redo."""
+    return any(run_dir.glob("fold*.last.pt")) or bool(finished_folds(run_dir))
+
+
 def latest_unfinished(slug: str) -> Path:
+    """The run RESUME=1 continues: the latest unfinished one that trained something, else the latest."""
     base = RUNS_DIR / slug
     runs = (
         sorted(p for p in base.glob("*") if p.is_dir() and (p / "config.yaml").exists())
@@ -70,7 +77,8 @@ def latest_unfinished(slug: str) -> Path:
     if not open_runs:
         what = f"every run in {base}/ finished" if runs else "there is no run yet"
         raise UserError(f"nothing to resume for {slug}: {what} (start one with `make train`)")
-    return open_runs[-1]
+    begun = [p for p in open_runs if has_progress(p)]
+    return (begun or open_runs)[-1]
 
 
 def find_run(slug: str, run: str | None) -> Path:
@@ -79,8 +87,15 @@ def find_run(slug: str, run: str | None) -> Path:
     if run:
         run_dir = Path(run) if Path(run).is_dir() else base / run
         if not run_dir.is_dir():
+            if "/" in run:
+                raise UserError(f"no run folder {run}: the path does not exist")
             known = sorted(p.parent.name for p in base.glob("*/config.yaml")) if base.exists() else []
-            raise UserError(f"no run '{run}' for {slug}. Runs: {', '.join(known[-5:]) or 'none'}")
+            close = difflib.get_close_matches(run, known, n=1, cutoff=0.8)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            listed = f"the latest {min(5, len(known))} of {len(known)}: " if len(known) > 5 else ""
+            raise UserError(
+                f"no run '{run}' for {slug}.{hint} Runs ({listed}see {base}/): {', '.join(known[-5:]) or 'none'}"
+            )
         if not (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} is not a run folder (no config.yaml); runs live in {base}/<run-id>/")
         if not (run_dir / SUMMARY).exists():

@@ -88,6 +88,27 @@ def format_submission(
     return df
 
 
+def check_classes(comp: Competition, sample: pd.DataFrame, classes: list[str]) -> None:
+    """The submission's class columns / names must be classes the run trained on (before predicting)."""
+    sub = comp.submission
+    trained = set(classes)
+    if sub.kind == "class_probabilities":
+        wanted = [c for c in sample.columns if c != sub.id_column]
+        where = "sample_submission.csv's columns"
+    elif sub.kind == "class_index":
+        wanted, where = class_order(comp, classes), f"submission.classes in {comp.path}"
+    elif sub.kind == "probability":
+        wanted, where = [sub.positive_class], f"submission.positive_class in {comp.path}"
+    else:
+        return
+    unknown = [c for c in wanted if c not in trained]
+    if unknown:
+        raise UserError(
+            f"{where} name {unknown[:5]}, which are no training classes ({sorted(trained)[:8]}); "
+            "fix that file, or the class folders, and rerun `make data FORCE=1`"
+        )
+
+
 def validate_submission(
     df: pd.DataFrame, sample: pd.DataFrame, comp: Competition, classes: list[str]
 ) -> None:
@@ -157,8 +178,21 @@ def score_submission(
     df: pd.DataFrame, solution: pd.DataFrame, comp: Competition, classes: list[str]
 ) -> float:
     sub = comp.submission
+    where = "solution.csv (the labelled test set)"
+    missing = {sub.id_column, "label"} - set(solution.columns)
+    if missing:
+        raise UserError(f"{where} lacks column(s) {sorted(missing)}: it needs {sub.id_column},label")
     truth = solution.set_index(solution[sub.id_column].astype(str))["label"].astype(str)
     ids = df[sub.id_column].astype(str)
+    absent = [i for i in ids if i not in truth.index]
+    unknown = sorted(set(truth[[i for i in ids if i in truth.index]]) - set(classes))
+    if absent or unknown:
+        what = (
+            f"no label for id {absent[0]!r} ({len(absent)} ids)"
+            if absent
+            else f"unknown labels {unknown[:5]}"
+        )
+        raise UserError(f"{where} has {what}; the classes are {classes[:10]}")
     y = np.array([classes.index(truth[i]) for i in ids])
     pos = classes.index(sub.positive_class) if sub.positive_class in classes else 1
     return score(comp.metric, y, submission_probs(df, comp, classes), positive=pos)
@@ -169,6 +203,8 @@ def read_sample(comp: Competition) -> pd.DataFrame:
     if not path.exists():
         raise UserError(f"{path} is missing: run `make data COMP={comp.slug} FORCE=1`")
     sample = read_csv(path, "sample submission")
+    if len(sample) == 0:
+        raise UserError(f"{path} lists no ids (only a header): rerun `make data COMP={comp.slug} FORCE=1`")
     if comp.submission.id_column not in sample.columns:
         raise UserError(
             f"{path} has no '{comp.submission.id_column}' column (it has {list(sample.columns)[:5]}); "
@@ -193,6 +229,7 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
             f"run {run_dir.name} was trained on classes {classes[:5]}…, the prepared data has others; retrain"
         )
     sample = read_sample(comp)
+    check_classes(comp, sample, classes)
     paths = test_images(comp, sample)
     n_test = sum(1 for p in (comp.data_dir / "test").iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if n_test != len(paths):
@@ -236,7 +273,10 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
     console.print(f"[green]✓[/] wrote {out} ({len(df)} rows, checked against sample_submission.csv)")
     solution_path = comp.data_dir / "solution.csv"
     if solution_path.exists():
-        test_score = score_submission(df, pd.read_csv(solution_path), comp, classes)
+        try:
+            test_score = score_submission(df, read_csv(solution_path, "solution"), comp, classes)
+        except UserError as e:
+            raise UserError(f"{out} is written and checked, but cannot be scored: {e}") from None
         summary["test_score"] = test_score
         summary["submission"] = str(out)
         write_summary(run_dir, summary)

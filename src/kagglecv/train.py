@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +34,7 @@ from .data import ImageDataset, cached_images, default_workers, make_loader, tra
 from .engine import Stepper, pick_device, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
 from .files import atomic_write
-from .layout import FOLDS, read_prepared
+from .layout import FOLDS, read_csv, read_prepared
 from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state
 from .metrics import HIGHER_IS_BETTER, is_better, score
 from .model import create_model, place, resolve_input
@@ -42,6 +43,7 @@ from .runs import (
     SUMMARY,
     finished_folds,
     fold_done,
+    has_progress,
     latest_unfinished,
     new_run_dir,
     read_summary,
@@ -75,7 +77,20 @@ class TrainData:
         root = comp.data_dir
         info = read_prepared(comp)
         folds_path = root / FOLDS
-        self.folds = pd.read_csv(folds_path)
+        self.folds = read_csv(folds_path, "folds")
+        redo = f"rerun `make data COMP={comp.slug} FORCE=1` to write it again"
+        missing_cols = {"image", "label", "fold"} - set(self.folds.columns)
+        if missing_cols:
+            raise UserError(
+                f"{folds_path} lacks column(s) {sorted(missing_cols)} (it needs image,label,fold); {redo}"
+            )
+        fold_col = pd.to_numeric(self.folds["fold"], errors="coerce")
+        if fold_col.isna().any() or (fold_col < 0).any() or (fold_col % 1 != 0).any():
+            bad = self.folds["fold"][fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0)].iloc[0]
+            raise UserError(f"{folds_path}: fold {bad!r} is not a fold number (0, 1, ...); {redo}")
+        self.folds["fold"] = fold_col.astype(int)
+        if self.folds["fold"].nunique() < 2 or len(self.folds) == 0:
+            raise UserError(f"{folds_path} needs at least 2 folds with images; {redo}")
         self.classes: list[str] = [str(c) for c in info["classes"]]
         labels = self.folds["label"].astype(str)
         unknown = set(labels) - set(self.classes)
@@ -166,7 +181,8 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
         raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
     read_prepared(comp)
     seed_everything(cfg.seed)
-    probe = create_model(cfg.model, 2, pretrained=False, in_chans=cfg.in_chans)
+    # with the weights asked for: an offline hub or a bad pretrained_file stops us before a run folder exists
+    probe = create_model(cfg.model, 2, cfg.pretrained, cfg.pretrained_file, cfg.in_chans)
     inp = resolve_input(probe, cfg.img_size, cfg.mean, cfg.std)
     with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
         data = TrainData(comp, cfg, inp["img_size"], cuda=device.type == "cuda")
@@ -424,8 +440,15 @@ def train(
         run_dir = new_run_dir(comp.slug, cfg.model)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists() and yaml.safe_load(cfg_path.read_text()) != cfg.to_dict():
-        raise UserError(f"{run_dir} was started with another config; use a new RUN name or the same recipe")
+    started_here = not cfg_path.exists()
+    if not started_here:
+        saved = yaml.safe_load(cfg_path.read_text()) or {}
+        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if saved.get(k) != v]
+        if changed:
+            raise UserError(
+                f"{run_dir} was started with another config ({'; '.join(changed[:4])}); "
+                "use a new RUN name or the same recipe"
+            )
     if dist.is_main():  # atomic: other ranks may be reading them right now
         atomic_write(cfg_path, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
         atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps({"fold_ids": fold_ids})))
@@ -436,24 +459,30 @@ def train(
         f"{cfg.freeze_epochs}+{cfg.epochs} epochs · {inp['img_size']}px · {device.type}"
     )
 
-    # what is already on disk is decided by rank 0 and told to all, so every rank takes the same path
-    lr_json = run_dir / "lr_find.json"
-    found = dist.broadcast(
-        json.loads(lr_json.read_text())["chosen"] if dist.is_main() and lr_json.exists() else None
-    )
-    if cfg.lr != "auto":
-        lr = float(cfg.lr)
-    elif found is not None:  # resumed, or another part of this run found it
-        lr = float(found)
-    else:
-        lr = find_lr(comp, cfg, data, inp, device, run_dir)
+    try:
+        # what is already on disk is decided by rank 0 and told to all, so every rank takes the same path
+        lr_json = run_dir / "lr_find.json"
+        found = dist.broadcast(
+            json.loads(lr_json.read_text())["chosen"] if dist.is_main() and lr_json.exists() else None
+        )
+        if cfg.lr != "auto":
+            lr = float(cfg.lr)
+        elif found is not None:  # resumed, or another part of this run found it
+            lr = float(found)
+        else:
+            lr = find_lr(comp, cfg, data, inp, device, run_dir)
 
-    rows = _read_rows(run_dir)
-    for fold in fold_ids:
-        if dist.broadcast(fold_done(run_dir, fold) if dist.is_main() else None):
-            console.print(f"fold {fold} already finished in {run_dir.name}")
-            continue
-        train_fold(comp, cfg, data, inp, device, fold, lr, run_dir, rows)
+        rows = _read_rows(run_dir)
+        for fold in fold_ids:
+            if dist.broadcast(fold_done(run_dir, fold) if dist.is_main() else None):
+                console.print(f"fold {fold} already finished in {run_dir.name}")
+                continue
+            train_fold(comp, cfg, data, inp, device, fold, lr, run_dir, rows)
+
+    except UserError:
+        if started_here and dist.is_main() and not has_progress(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing trained: leave no stub for RESUME to pick
+        raise
 
     dist.barrier()
     if not dist.is_main():
