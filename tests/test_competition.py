@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from kagglecv.competition import known_competitions, load_competition
+from kagglecv.competition import known_competitions, load_competition, similar_competition
 from kagglecv.errors import UserError
 
 
@@ -58,4 +58,37 @@ def test_missing_key_and_broken_yaml(workdir):
         load_competition("x")
     (workdir / "competitions" / "x.yaml").write_text("slug: x\n  title: [oops\n")
     with pytest.raises(UserError, match="x.yaml: not valid YAML"):
+        load_competition("x")
+
+
+@pytest.mark.parametrize("typo", ["Dogs-Vs-Cats", "DOGS-VS-CATS", "dogs_vs_cats"])
+def test_wrong_case_is_a_typo_too(workdir, typo):
+    """Kaggle slugs are lower-case: a capitalised one is caught like any other typo."""
+    with pytest.raises(UserError, match=rf"unknown competition '{typo}'. Did you mean 'dogs-vs-cats'\?"):
+        load_competition(typo)
+    # as strict as the check that guards a new Kaggle download (draft.py uses cutoff 0.8)
+    assert similar_competition(typo, cutoff=0.8) == "dogs-vs-cats"
+    assert similar_competition("some-new-competition", cutoff=0.8) is None
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        (
+            {"kind": "holdout", "holdot": 0.05},
+            r"layout: unknown key 'holdot' for kind holdout. Did you mean 'holdout'\?",
+        ),
+        (
+            {"kind": "csv_pixels", "label_colum": "label"},
+            r"layout: unknown key 'label_colum' for kind csv_pixels. Did you mean 'label_column'\?",
+        ),
+        (
+            {"kind": "class_folder"},
+            r"layout.kind must be one of .* got 'class_folder'. Did you mean 'class_folders'\?",
+        ),
+    ],
+)
+def test_layout_typos_are_caught_on_load(workdir, layout, message):
+    _write(workdir, _valid() | {"layout": layout})
+    with pytest.raises(UserError, match=message):
         load_competition("x")

@@ -139,8 +139,15 @@ def test_bad_bytes_are_named(data, status):
 def test_folder_to_prepared_shape(workdir, tmp_path, capsys):
     src = tmp_path / "pets"
     skipped = make_folder(src)
+    # a name rich would read as markup, and a link whose target is gone: both listed as they are
+    (src / "cat" / "holiday[bold].jpg").write_bytes(encode(photo(1))[:200])
+    (src / "dog" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
     assert main(["data", "my-pets", "--src", str(src)]) == 0
     out = capsys.readouterr().out
+    assert "skipped cat/holiday[bold].jpg: corrupt" in out
+    assert (
+        f"skipped dog/gone.jpg: broken_link links to {tmp_path / 'deleted.jpg'}, which does not exist" in out
+    )
     assert (workdir / "competitions" / "my-pets.yaml").exists()
     root = workdir / "data" / "my-pets"
     for name in skipped:
@@ -152,7 +159,7 @@ def test_folder_to_prepared_shape(workdir, tmp_path, capsys):
     )
     assert status["cat/truncated.jpg"] == "corrupt" and status["dog/page.jpg"] == "not_an_image"
     assert status["cat/notes.txt"] == "not_an_image" and status["cat/tiny.png"] == "too_small"
-    assert status["cat/empty.png"] == "empty"
+    assert status["cat/empty.png"] == "empty" and status["dog/gone.jpg"] == "broken_link"
     assert not any(".DS_Store" in u for u in manifest["url"])
     kept = manifest[manifest["status"] == "kept"]
     assert len(kept) == 2 * (12 + len(AWKWARD))

@@ -56,3 +56,48 @@ def test_inspect_reports_what_matters(workdir, tmp_path, capsys):
 def test_inspect_needs_prepared_data(workdir, capsys):
     assert main(["inspect", "--comp", "digits-demo"]) == 2
     assert "not prepared yet" in capsys.readouterr().out
+
+
+def test_tiny_images_count_only_exact_copies(digits, capsys):
+    """digits-demo's 28-px digits: the 8x8 perceptual hash calls different images of one digit
+    "near duplicates" (it found ~100 groups, 43 of them "leaking"); exact copies are still caught."""
+    comp = load_competition("digits-demo")
+    figures = inspect_data(comp, samples=1)
+    out = " ".join(capsys.readouterr().out.split())
+    assert figures["exact_only_images"] == 1797
+    assert figures["near_duplicate_groups"] == 0 and figures["leaking_groups"] == 0
+    assert figures["conflicting_groups"] == 0
+    assert "near-duplicate groups (exact copies only: every image is under 64 px" in out
+
+    root = digits / "data" / "digits-demo"
+    folds = pd.read_csv(root / "folds.csv")
+    first, second = folds["image"].iloc[0], folds["image"].iloc[-1]
+    shutil.copyfile(root / first, root / "test" / "leak.png")  # a training image in the test set
+    label = "0" if not first.startswith("train/0/") else "1"
+    (root / "train" / label / "mislabelled.png").write_bytes((root / first).read_bytes())
+    row = {"image": f"train/{label}/mislabelled.png", "label": label, "fold": 0}
+    pd.concat([folds, pd.DataFrame([row])]).to_csv(root / "folds.csv", index=False)
+    # an older hashes.csv (no content column) is measured again, not misread
+    cache = root / "inspect" / "hashes.csv"
+    pd.read_csv(cache).drop(columns=["content"]).to_csv(cache, index=False)
+    figures = inspect_data(comp, samples=1)
+    out = " ".join(capsys.readouterr().out.split())
+    assert figures["leaking_groups"] == 1 and figures["conflicting_groups"] == 1
+    assert figures["near_duplicate_groups"] == 1  # one group of three: the original and both copies
+    assert "test/leak.png" in out and f"{first} " in out and second not in out
+
+
+def test_duplicate_groups_by_size():
+    from kagglecv.inspection import duplicate_groups
+
+    table = pd.DataFrame(
+        {  # same perceptual hash for all; big ones group by it, tiny ones only by identical pixels
+            "width": [200, 300, 28, 28, 28],
+            "height": [150, 300, 28, 28, 28],
+            "phash": ["ffff000000000000"] * 5,
+            "content": ["a", "b", "c", "d", "c"],
+        }
+    )
+    groups = duplicate_groups(table, distance=6)
+    assert groups[0] == groups[1]  # big: within 6 bits
+    assert groups[2] == groups[4] and len({groups[0], groups[2], groups[3]}) == 3

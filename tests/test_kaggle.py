@@ -55,6 +55,73 @@ def test_missing_credentials(workdir, monkeypatch, capsys):
     _not_done(workdir, "dogs-vs-cats")
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"username": "kaggle-user", "key": "kaggle-key"', "is not valid JSON"),
+        ('{"username": "kaggle-user"}', "has no 'key'"),
+        ('{"key": "kaggle-key"}', "has no 'username'"),
+        ("[]", "is not a kaggle.json"),
+        (b"\xff\xfe\x00binary", "is not valid JSON (not text at all)"),
+    ],
+)
+def test_broken_kaggle_json_is_named(workdir, monkeypatch, capsys, content, expected):
+    """The client silently ignores a kaggle.json it cannot use; we say what is wrong with it."""
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", creds=False)
+        kjson = workdir / "home" / ".kaggle" / "kaggle.json"
+        kjson.write_bytes(content if isinstance(content, bytes) else content.encode())
+        os.chmod(kjson, 0o600)
+        assert main(["data", "dogs-vs-cats"]) == 2
+    text = cli_text(capsys)
+    assert f"error: ~/.kaggle/kaggle.json {expected}" in text, text
+    assert "download a new token from https://www.kaggle.com/settings" in text
+    assert "no Kaggle credentials found" not in text
+    _not_done(workdir, "dogs-vs-cats")
+
+
+def test_missing_credentials_name_the_usual_place(workdir, monkeypatch, capsys):
+    """Without KAGGLE_CONFIG_DIR and ~/.kaggle/, kaggle 2.x on Linux reads ~/.config/kaggle/kaggle.json,
+    but ~/.kaggle/kaggle.json is read first once it exists: that is the place to name."""
+    from kaggle_fake import _kaggle_api_class
+
+    home = workdir / "home"
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, home, creds=False)
+        monkeypatch.delenv("KAGGLE_CONFIG_DIR")
+        monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+        (home / ".kaggle").rmdir()
+        # what the client computes at import in this situation
+        monkeypatch.setattr(_kaggle_api_class(), "config", str(home / ".config" / "kaggle" / "kaggle.json"))
+        assert main(["data", "dogs-vs-cats"]) == 2
+        text = cli_text(capsys)
+        assert "save the downloaded kaggle.json as ~/.kaggle/kaggle.json (chmod 600)" in text, text
+        assert ".config" not in text
+
+        # a kaggle.json where the client does not look (~/.kaggle/ exists, so it reads that one)
+        (home / ".kaggle").mkdir()
+        monkeypatch.setattr(_kaggle_api_class(), "config", str(home / ".kaggle" / "kaggle.json"))
+        (home / ".config" / "kaggle").mkdir(parents=True)
+        (home / ".config" / "kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+        assert main(["data", "dogs-vs-cats"]) == 2
+    text = cli_text(capsys)
+    assert "found ~/.config/kaggle/kaggle.json, but the kaggle client reads ~/.kaggle/kaggle.json" in text
+    _not_done(workdir, "dogs-vs-cats")
+
+
+@pytest.mark.parametrize("token", ["/no/such/dir/access_token", "secret/part-of-a-token"])
+def test_token_that_looks_like_a_missing_file_warns(workdir, monkeypatch, capsys, token):
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        use_fake_kaggle(monkeypatch, server, workdir / "home", creds=False, token=token)
+        assert main(["data", "dogs-vs-cats"]) == 2
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "KAGGLE_API_TOKEN looks like a file path" in x]
+    assert "no such file exists" in line
+    # a plain path is shown; anything that might be the token itself never is
+    assert (token in out) == token.startswith("/")
+    assert "no Kaggle credentials found" in " ".join(out.split())
+
+
 def test_wrong_key_401_never_printed(workdir, monkeypatch, capsys):
     secret = "s3cret-key-value-0123"
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
@@ -105,6 +172,19 @@ def test_server_errors_give_up_clearly(fake, workdir, capsys):
     assert main(["data", "dogs-vs-cats"]) == 2
     assert "Kaggle's servers failed 3 times while downloading dogs-vs-cats (HTTP 500)" in cli_text(capsys)
     _not_done(workdir, "dogs-vs-cats")
+
+
+def test_force_that_cannot_download_keeps_the_preparation(fake, workdir, capsys):
+    assert main(["data", "dogs-vs-cats"]) == 0, cli_text(capsys)
+    root = workdir / "data" / "dogs-vs-cats"
+    before = {str(p): p.stat().st_mtime_ns for p in [root / "prepared.json", *(root / "raw").rglob("*")]}
+    fake.status["dogs-vs-cats"] = 500
+    assert main(["data", "dogs-vs-cats", "--force"]) == 2
+    text = cli_text(capsys)
+    assert "Kaggle's servers failed" in text
+    assert "(FORCE changed nothing: data/dogs-vs-cats/ still holds the previous preparation)" in text
+    after = {str(p): p.stat().st_mtime_ns for p in [root / "prepared.json", *(root / "raw").rglob("*")]}
+    assert after == before
 
 
 def test_server_down(workdir, monkeypatch, capsys):
@@ -225,6 +305,34 @@ def test_make_data_command_line(workdir, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads((workdir / "data" / "histopathologic-cancer-detection" / "prepared.json").read_text())
     assert info["train_counts"] == {"0": 6, "1": 6}
+
+
+@pytest.mark.slow
+def test_following_the_no_credentials_advice_works(workdir, tmp_path):
+    """A fresh Linux home (no ~/.kaggle/, no KAGGLE_CONFIG_DIR): the message names
+    ~/.kaggle/kaggle.json, and a kaggle.json saved exactly there is what the next run uses."""
+    import subprocess
+    import sys
+
+    from kaggle_fake import client_env
+
+    home = tmp_path / "fresh"
+    with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k != "XDG_CONFIG_HOME"}
+        env = {**base, **client_env(server, home, creds=False)}
+        del env["KAGGLE_CONFIG_DIR"]
+        (home / ".kaggle").rmdir()  # the client then reads ~/.config/kaggle/kaggle.json
+        cmd = [sys.executable, "-m", "kagglecv.cli", "data", "dogs-vs-cats"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "save the downloaded kaggle.json as ~/.kaggle/kaggle.json" in " ".join(proc.stdout.split())
+        (home / ".kaggle").mkdir()
+        kjson = home / ".kaggle" / "kaggle.json"
+        kjson.write_text(json.dumps({"username": server.username, "key": server.key}))
+        os.chmod(kjson, 0o600)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (workdir / "data" / "dogs-vs-cats" / "prepared.json").exists()
 
 
 def test_verbose_client_never_prints_the_key(fake, workdir, monkeypatch, capsys):

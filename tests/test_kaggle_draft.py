@@ -64,3 +64,9 @@ def test_typo_of_known_slug_does_not_download(fake, workdir, capsys):
     text = cli_text(capsys)
     assert "Did you mean 'dogs-vs-cats'?" in text and "--draft" in text
     assert fake.requests == []
+
+
+def test_wrong_case_slug_does_not_download(fake, workdir, capsys):
+    assert main(["data", "Dogs-Vs-Cats"]) == 2
+    assert "Did you mean 'dogs-vs-cats'? (Kaggle slugs are lower-case)" in cli_text(capsys)
+    assert fake.requests == []

@@ -394,3 +394,61 @@ def test_nothing_kept_is_a_clear_error(workdir, web, monkeypatch, capsys):
     assert main(["data", "bjj-vs-aikido"]) == 2
     out = capsys.readouterr().out
     assert "no images kept for class(es) bjj" in out and "rerun" in out
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_offline_search_is_said_once(workdir, web, monkeypatch, capsys):
+    classes = {"bjj": ["jiu jitsu [gi]", "bjj"], "aikido": ["aikido"]}
+    write_comp(workdir, web, classes=classes)
+    monkeypatch.setenv(scrape.SEARCH_URL_ENV, f"http://127.0.0.1:{_closed_port()}/search")
+    assert main(["data", "bjj-vs-aikido"]) == 2
+    out = capsys.readouterr().out
+    assert "searching images for bjj: 'jiu jitsu [gi]', 'bjj'" in out  # brackets are not markup
+    text = " ".join(out.split())
+    assert text.count("could not reach the image search") == 1 and "refused the connection" in text
+    assert "check the internet connection" in text and "rerun `make data COMP=bjj-vs-aikido`" in text
+    assert "warning:" not in out and "fix the queries" not in out
+    assert "searching images for aikido" not in out  # two searches that never got out are enough
+    root = workdir / "data" / "bjj-vs-aikido"
+    assert not (root / "raw").exists() and not (root / "prepared.json").exists()
+
+
+DNS_ERROR = (  # what ddgs 9 raises with no network, verbatim
+    "DNSError: DNSError('error sending request for url (https://www.bing.com/images/async?q=aikido&async=1"
+    "&first=1&count=35) > error resolving DNS > DNS error: no records found for Query { name: "
+    'Name("www.bing.com."), query_type: A, query_class: IN }\')'
+)
+
+
+def test_ddgs_network_errors_are_short(fake_ddgs, tmp_path, workdir):
+    from ddgs.exceptions import DDGSException
+
+    provider = scrape.DdgsProvider()
+    fake_ddgs.script = [DDGSException(DDGSException(DNS_ERROR)), DDGSException("x " * 300)]
+    with pytest.raises(scrape.SearchUnreachable) as err:
+        provider.images("aikido", 5)
+    assert str(err.value) == "could not reach the search engine (DNS lookup failed)"
+    with pytest.raises(scrape.SearchError) as err:
+        provider.images("aikido", 5)
+    assert len(str(err.value)) <= 120 and "\n" not in str(err.value)
+
+    # one query out of reach among others: a one-line problem for it, the rest searched as usual
+    comp = load_competition("bjj-vs-aikido")
+    comp.source.update(search_pause=0, retries=2)
+    hit = {"image": "https://a/1.jpg", "thumbnail": "", "url": "", "title": "", "width": "", "height": ""}
+    fake_ddgs.script = [DDGSException(DNS_ERROR), [hit]]
+    unreachable: list[str] = []
+    cands, problems = scrape.search_class(
+        provider, "bjj", ["a", "b"], scrape.parse_options(comp), tmp_path, {}, unreachable
+    )
+    assert [c.url for c in cands] == ["https://a/1.jpg"]
+    assert problems == ["search 'a' (bjj): could not reach the search engine (DNS lookup failed)"]
+    assert unreachable == ["could not reach the search engine (DNS lookup failed)"]
+    assert [q for q, _ in fake_ddgs.calls[2:]] == ["a", "b"]  # not retried: no network is no network

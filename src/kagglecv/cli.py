@@ -433,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 INTERRUPTED = {
     "train": "`make train RESUME=1` continues the run from its last finished epoch (a plain rerun starts a new one)",
-    "data": "rerun the same `make data`: a partial download resumes, and nothing unfinished is marked prepared",
+    "data": "rerun `make data COMP=<slug>`: a partial download resumes, a complete raw/ is laid out again "
+    "without FORCE, and nothing unfinished is marked prepared",
 }
 
 

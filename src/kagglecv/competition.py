@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from .config import check_fields, read_yaml
 from .errors import UserError
 
@@ -21,6 +23,16 @@ LAST_FILE = ".last-competition"
 SOURCES = ("builtin", "kaggle", "scrape", "folder")
 SUBMISSION_KINDS = ("class_name", "class_index", "probability", "class_probabilities")
 METRICS = ("accuracy", "log_loss", "roc_auc", "f1_micro")
+# layout: keys each layout kind reads (layout.py, holdout.py); `group_distance` also tunes `inspect`
+_KAGGLE_LAYOUT = {"kind", "sample_submission", "group_distance"}
+LAYOUT_KEYS: dict[str, set[str]] = {
+    "csv_pixels": _KAGGLE_LAYOUT | {"train_csv", "test_csv", "label_column", "id_start"},
+    "label_in_name": _KAGGLE_LAYOUT | {"train_dir", "test_dir", "pattern"},
+    "csv_labels": _KAGGLE_LAYOUT
+    | {"labels_csv", "id_column", "label_column", "image_ext", "train_dir", "test_dir"},
+    "class_folders": _KAGGLE_LAYOUT | {"train_dir", "test_dir"},
+    "holdout": {"kind", "holdout", "group_distance", "seed"},
+}
 
 
 @dataclass
@@ -82,6 +94,7 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
         raise UserError(
             f"{where}: layout needs a 'kind' (see the README's layout kinds, or competitions/digits-demo.yaml)"
         )
+    _check_layout_keys(data["layout"], where)
     submission = Submission(**check_fields(Submission, sub, f"{where}: submission"))
     if submission.kind not in SUBMISSION_KINDS:
         raise UserError(f"{where}: submission.kind must be one of {', '.join(SUBMISSION_KINDS)}")
@@ -101,13 +114,40 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
     return comp
 
 
+def similar_competition(slug: str, root: Path | None = None, cutoff: float = 0.6) -> str | None:
+    """The known competition `slug` most likely means, ignoring case (Kaggle slugs are lower-case,
+    so Dogs-Vs-Cats means dogs-vs-cats); None when nothing is close."""
+    by_lower = {k.lower(): k for k in known_competitions(root)}
+    close = difflib.get_close_matches(slug.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return by_lower[close[0]] if close else None
+
+
+def _check_layout_keys(layout: dict[str, Any], where: str) -> None:
+    """layout.kind is one kagglecv has, and every key is one that kind reads: a typo such as
+    `holdot: 0.05` would otherwise be ignored for the default, silently."""
+    kind = layout["kind"]
+    if kind not in LAYOUT_KEYS:
+        close = difflib.get_close_matches(str(kind), list(LAYOUT_KEYS), n=1, cutoff=0.5)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"{where}: layout.kind must be one of {', '.join(LAYOUT_KEYS)}, got {kind!r}.{hint}")
+    valid = sorted(LAYOUT_KEYS[kind])
+    for key in layout:
+        if key not in LAYOUT_KEYS[kind]:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(
+                f"{where}: layout: unknown key '{key}' for kind {kind}.{hint} Valid keys: {', '.join(valid)}"
+            )
+
+
 def load_competition(slug: str, root: Path | None = None) -> Competition:
     root = root or COMPETITIONS_DIR
     path = root / f"{slug}.yaml"
-    if not path.exists():
-        known = known_competitions(root)
-        close = difflib.get_close_matches(slug, known, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
+    known = known_competitions(root)
+    # `slug not in known` too: on a case-insensitive disk Dogs-Vs-Cats.yaml "exists"
+    if not path.exists() or slug not in known:
+        close = similar_competition(slug, root)
+        hint = f" Did you mean '{close}'?" if close else ""
         raise UserError(
             f"unknown competition '{slug}'.{hint} Known: {', '.join(known) or 'none'} (in {root}/)"
         )
@@ -127,5 +167,7 @@ def resolve_slug(slug: str | None, say=print) -> str:
     if not last.exists():
         raise UserError("no competition given and none prepared yet: run `make data COMP=<slug>` first")
     slug = last.read_text().strip()
-    say(f"using competition [bold]{slug}[/] (prepared last by `make data`; pass COMP=<slug> to choose)")
+    say(
+        f"using competition [bold]{escape(slug)}[/] (prepared last by `make data`; pass COMP=<slug> to choose)"
+    )
     return slug

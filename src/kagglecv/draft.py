@@ -11,14 +11,13 @@ name. Every guess that could be wrong is listed at the top of the file, marked C
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from .competition import COMPETITIONS_DIR, Competition, Submission, known_competitions, load_competition
+from .competition import COMPETITIONS_DIR, Competition, Submission, load_competition, similar_competition
 from .console import console
 from .errors import UserError
 from .layout import IMAGE_EXTS, fetch_raw
@@ -174,10 +173,15 @@ def draft_competition(slug: str, allow_similar: bool = False, root: Path | None 
     root = root or COMPETITIONS_DIR
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", slug):
         raise UserError(f"unknown competition '{slug}': a Kaggle slug has only letters, digits and '-'")
-    close = difflib.get_close_matches(slug, known_competitions(root), n=1, cutoff=0.8)
+    if slug != slug.lower():  # Kaggle slugs are lower-case: never download for a capitalised one
+        close = similar_competition(slug, root, cutoff=0.8) or slug.lower()
+        raise UserError(
+            f"unknown competition '{slug}'. Did you mean '{close}'? (Kaggle slugs are lower-case)"
+        )
+    close = similar_competition(slug, root, cutoff=0.8)
     if close and not allow_similar:  # a typo should not start a multi-GB download
         raise UserError(
-            f"unknown competition '{slug}'. Did you mean '{close[0]}'? (If '{slug}' is a new Kaggle "
+            f"unknown competition '{slug}'. Did you mean '{close}'? (If '{slug}' is a new Kaggle "
             f"competition, `kagglecv data {slug} --draft` downloads it and drafts its YAML)"
         )
     path = root / f"{slug}.yaml"

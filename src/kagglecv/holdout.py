@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 
 from .competition import Competition
@@ -30,7 +31,6 @@ from .images import IMAGE_EXTS, check_image, export_rgb, hash_ints, near_groups
 
 MANIFEST = "manifest.csv"
 GROUPS = "groups.csv"
-LAYOUT_KEYS = {"kind", "holdout", "group_distance", "seed"}
 # Perceptual-hash bits within which two images count as the same picture for grouping; looser
 # values chain unrelated look-alikes (plain backgrounds, tiny images) into huge groups.
 GROUP_DISTANCE = 6
@@ -88,19 +88,25 @@ def _flat_name(rel_in_class: str) -> str:
     return stem.replace("/", "__")
 
 
-def layout_holdout(comp: Competition, raw: Path, out: Path) -> None:
+def holdout_options(comp: Competition) -> tuple[float, int, int]:
+    """(holdout fraction, group_distance, seed) from the layout, checked: `prepare` calls this before
+    it fetches or removes anything."""
     opts = comp.layout
-    unknown = set(opts) - LAYOUT_KEYS
-    if unknown:
+    try:
+        fraction = float(opts.get("holdout", 0.05))
+        group_distance = int(opts.get("group_distance", GROUP_DISTANCE))
+        seed = int(opts.get("seed", 0))
+    except (TypeError, ValueError):
         raise UserError(
-            f"{comp.path}: layout: unknown key(s) {sorted(unknown)}; valid: {sorted(LAYOUT_KEYS)}"
-        )
-    fraction = float(opts.get("holdout", 0.05))
+            f"{comp.path}: layout.holdout must be a fraction, group_distance and seed whole numbers"
+        ) from None
     if not 0 < fraction < 0.5:
         raise UserError(f"{comp.path}: layout.holdout must be a fraction between 0 and 0.5, got {fraction}")
-    group_distance = int(opts.get("group_distance", GROUP_DISTANCE))
-    seed = int(opts.get("seed", 0))
+    return fraction, group_distance, seed
 
+
+def layout_holdout(comp: Competition, raw: Path, out: Path) -> None:
+    fraction, group_distance, seed = holdout_options(comp)
     images = kept_images(raw)
     if images.empty:
         raise UserError(
@@ -157,7 +163,7 @@ def _report(images: pd.DataFrame, is_test: np.ndarray, groups: np.ndarray, fract
         sel = (images["class"] == cls).to_numpy()
         sizes = pd.Series(groups[sel]).value_counts()
         table.add_row(
-            cls,
+            escape(cls),
             str(int((sel & ~is_test).sum())),
             str(int((sel & is_test).sum())),
             str(int((sizes > 1).sum())),

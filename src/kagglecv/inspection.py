@@ -7,10 +7,15 @@ source dropped and why (raw/manifest.csv, where the source wrote one); near-dupl
 flagging any that span two classes (a label conflict) or train and test (leakage: the test score
 would be flattered); and a contact sheet, data/<comp>/inspect/contact_sheet.png, with sample
 images of every class, to eyeball wrong or odd images at a glance.
+
+Images under TINY pixels on the shorter side are matched as exact copies only (same decoded
+pixels): the 64-bit perceptual hash of a small, often upscaled picture (28-px digits) is nearly the
+same for different images of one shape, so "within a few bits" would group distinct images.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageOps
+from rich.markup import escape
 from rich.table import Table
 
 from .competition import Competition
@@ -32,6 +38,7 @@ IMBALANCE_RATIO = 3.0  # largest class / smallest class above this earns a warni
 THUMB = 96
 SHOW_GROUPS = 5
 SHOW_MEMBERS = 6
+TINY = 64  # shorter side (px) below which only exact copies count as duplicates
 
 
 def _image_table(comp: Competition) -> pd.DataFrame:
@@ -53,13 +60,15 @@ def _image_table(comp: Competition) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "label", "split"])
 
 
-def _measure(path: Path) -> tuple[int, int, str]:
-    """(width, height, phash) of an image as training will see it; (0, 0, "") if it will not decode."""
+def _measure(path: Path) -> tuple[int, int, str, str]:
+    """(width, height, phash, content hash of the decoded pixels) of an image as training will see
+    it; (0, 0, "", "") if it will not decode."""
     try:
         rgb = decode(path.read_bytes())[0]
     except Exception:  # noqa: BLE001 -- any file that will not decode is reported, not fatal
-        return 0, 0, ""
-    return rgb.width, rgb.height, phash_hex(rgb)
+        return 0, 0, "", ""
+    content = hashlib.sha1(f"{rgb.width}x{rgb.height}".encode() + rgb.tobytes()).hexdigest()
+    return rgb.width, rgb.height, phash_hex(rgb), content
 
 
 def measure_all(comp: Competition, table: pd.DataFrame) -> pd.DataFrame:
@@ -68,10 +77,13 @@ def measure_all(comp: Competition, table: pd.DataFrame) -> pd.DataFrame:
     cache_path = root / "inspect" / "hashes.csv"
     cache: dict[str, tuple] = {}
     if cache_path.exists():
-        old = pd.read_csv(cache_path, dtype={"phash": str}, keep_default_na=False)
-        cache = {r.image: (r.bytes, r.mtime, r.width, r.height, r.phash) for r in old.itertuples()}
+        old = pd.read_csv(cache_path, dtype={"phash": str, "content": str}, keep_default_na=False)
+        if "content" in old.columns:  # older caches lack it: measured again
+            cache = {
+                r.image: (r.bytes, r.mtime, r.width, r.height, r.phash, r.content) for r in old.itertuples()
+            }
     stats = [(root / p).stat() for p in table["image"]]
-    results: list[tuple[int, int, str] | None] = []
+    results: list[tuple[int, int, str, str] | None] = []
     todo = []
     for i, (img, st) in enumerate(zip(table["image"], stats, strict=True)):
         hit = cache.get(img)
@@ -88,13 +100,30 @@ def measure_all(comp: Competition, table: pd.DataFrame) -> pd.DataFrame:
             results[i] = got
             bar.advance(task)
     out = table.assign(
-        width=[r[0] for r in results], height=[r[1] for r in results], phash=[r[2] for r in results]
+        width=[r[0] for r in results],
+        height=[r[1] for r in results],
+        phash=[r[2] for r in results],
+        content=[r[3] for r in results],
     )
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     out.assign(bytes=[s.st_size for s in stats], mtime=[s.st_mtime_ns for s in stats])[
-        ["image", "bytes", "mtime", "width", "height", "phash"]
+        ["image", "bytes", "mtime", "width", "height", "phash", "content"]
     ].to_csv(cache_path, index=False)
     return out
+
+
+def duplicate_groups(hashed: pd.DataFrame, distance: int) -> np.ndarray:
+    """A group id per row: perceptual hashes within `distance` bits (transitively) for images of TINY
+    px or more on the shorter side; identical decoded pixels only for smaller ones."""
+    groups = np.arange(len(hashed))
+    tiny = (np.minimum(hashed["width"], hashed["height"]) < TINY).to_numpy()
+    big = np.flatnonzero(~tiny)
+    if len(big):
+        groups[big] = big[near_groups(hash_ints(hashed["phash"].iloc[big].tolist()), distance)]
+    first: dict[str, int] = {}
+    for i in np.flatnonzero(tiny):
+        groups[i] = first.setdefault(hashed["content"].iloc[i], i)
+    return groups
 
 
 def contact_sheet(comp: Competition, table: pd.DataFrame, samples: int, seed: int = 0) -> Path:
@@ -132,7 +161,7 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
     figures: dict = {}
 
     # classes and sizes
-    counts = Table(title=f"{comp.slug}: images per class")
+    counts = Table(title=f"{escape(comp.slug)}: images per class")
     for col in ("class", "train", "holdout", "median size", "smallest side", "largest side"):
         counts.add_column(col, justify="left" if col == "class" else "right", no_wrap=col == "class")
     ok = table[table["width"] > 0]
@@ -144,7 +173,7 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
         per_class[cls] = n_train
         short = np.minimum(part["width"], part["height"])
         counts.add_row(
-            cls,
+            escape(cls),
             str(n_train),
             str(n_test),
             f"{int(part['width'].median())}x{int(part['height'].median())}" if len(part) else "-",
@@ -161,14 +190,14 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
     if ratio > IMBALANCE_RATIO:
         big, small = max(per_class, key=per_class.get), min(per_class, key=per_class.get)
         console.print(
-            f"[yellow]warning:[/] classes are unbalanced: {big} has {per_class[big]} images, {small} "
+            f"[yellow]warning:[/] classes are unbalanced: {escape(big)} has {per_class[big]} images, {escape(small)} "
             f"{per_class[small]} ({ratio:.1f}x); accuracy will flatter the model: add images or watch per-class errors"
         )
     broken = table[table["width"] == 0]["image"].tolist()
     figures["undecodable"] = len(broken)
     if broken:
         console.print(
-            f"[red]{len(broken)} prepared image(s) do not decode[/], e.g. {broken[0]}: rerun `make data FORCE=1`"
+            f"[red]{len(broken)} prepared image(s) do not decode[/], e.g. {escape(broken[0])}: rerun `make data FORCE=1`"
         )
     if len(ok):
         short = np.minimum(ok["width"], ok["height"])
@@ -196,8 +225,9 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
 
     # near duplicates
     hashed = ok[ok["phash"] != ""].reset_index(drop=True)
-    groups = near_groups(hash_ints(hashed["phash"].tolist()), distance) if len(hashed) else np.zeros(0)
-    hashed = hashed.assign(group=groups)
+    hashed = hashed.assign(group=duplicate_groups(hashed, distance))
+    n_tiny = int((np.minimum(hashed["width"], hashed["height"]) < TINY).sum())
+    figures["exact_only_images"] = n_tiny
     multi = [g for g, part in hashed.groupby("group") if len(part) > 1]
     leaks, conflicts = [], []
     for g in multi:
@@ -210,9 +240,19 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
     figures.update(
         near_duplicate_groups=len(multi), leaking_groups=len(leaks), conflicting_groups=len(conflicts)
     )
+    if n_tiny == len(hashed):
+        how = (
+            f"exact copies only: every image is under {TINY} px on the shorter side, too small for the "
+            "perceptual hash to tell look-alikes from copies"
+        )
+    elif n_tiny:
+        how = f"perceptual hash within {distance} bits; exact copies only for the {n_tiny} images under {TINY} px"
+    else:
+        how = f"perceptual hash within {distance} bits"
     console.print(
-        f"near-duplicate groups (perceptual hash within {distance} bits): {len(multi)}"
-        f"{', ' + str(sum(len(hashed[hashed['group'] == g]) for g in multi)) + ' images' if multi else ''}"
+        f"near-duplicate groups ({how}): {len(multi)}"
+        f"{', ' + str(sum(len(hashed[hashed['group'] == g]) for g in multi)) + ' images' if multi else ''}",
+        soft_wrap=True,
     )
     for title, found, color in (
         ("cross train/test (leakage: the test score is flattered)", leaks, "red"),
@@ -221,12 +261,12 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
         if found:
             console.print(f"[{color}]{len(found)} group(s) {title}[/]")
             for part in found[:SHOW_GROUPS]:
-                names = [f"{r.image} ({r.label or '?'})" for r in part.itertuples()]
+                names = [escape(f"{r.image} ({r.label or '?'})") for r in part.itertuples()]
                 more = f" · … {len(names) - SHOW_MEMBERS} more" if len(names) > SHOW_MEMBERS else ""
                 console.print("  " + " · ".join(names[:SHOW_MEMBERS]) + more, soft_wrap=True)
             if len(found) > SHOW_GROUPS:
                 console.print(f"  … and {len(found) - SHOW_GROUPS} more group(s)")
     sheet = contact_sheet(comp, table, samples)
     figures["contact_sheet"] = str(sheet)
-    console.print(f"[green]✓[/] contact sheet: {sheet}")
+    console.print(f"[green]✓[/] contact sheet: {escape(str(sheet))}")
     return figures

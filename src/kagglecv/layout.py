@@ -25,13 +25,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import sources
 from .competition import Competition, remember_last
 from .console import console, track
 from .errors import UserError
-from .holdout import GROUPS, layout_holdout
+from .holdout import GROUPS, holdout_options, layout_holdout
 from .images import IMAGE_EXTS
 
 PREPARED = "prepared.json"
@@ -209,8 +210,10 @@ def make_folds(
     counts = images["label"].value_counts()
     if counts.min() < n_folds:
         small = ", ".join(f"{c} ({n})" for c, n in counts[counts < n_folds].items())
+        lower = f", or set n_folds: {counts.min()}" if counts.min() >= 2 else ""
         raise UserError(
-            f"too few images for {n_folds} folds in class(es) {small}; add images or set n_folds lower"
+            f"too few images for {n_folds} folds in class(es) {small}: every class needs at least "
+            f"n_folds images; add images{lower}"
         )
     # sort with the groups attached, so a group stays with its image whatever order came in
     images = images.assign(_group=groups if groups is not None else images["image"])
@@ -233,45 +236,129 @@ def is_prepared(comp: Competition) -> bool:
 
 
 def fetch_raw(comp: Competition, force: bool = False) -> Path:
-    """data/<comp>/raw/ as the source delivers it, fetched once (`force` fetches again)."""
+    """data/<comp>/raw/ as the source delivers it, fetched once (`force` fetches again). An old raw/
+    (and the preparation made from it) is replaced only once the new fetch is complete."""
     raw = comp.data_dir / "raw"
     if force or not raw.exists():
         partial = comp.data_dir / "raw.partial"
         shutil.rmtree(partial, ignore_errors=True)
         comp.data_dir.mkdir(parents=True, exist_ok=True)
-        console.print(f"fetching {comp.slug} ({comp.source_kind}) into {raw}/")
+        console.print(f"fetching {escape(comp.slug)} ({comp.source_kind}) into {escape(str(raw))}/")
         try:
             sources.fetch(comp, partial)
         except BaseException:
             if comp.data_dir.is_dir() and not any(comp.data_dir.iterdir()):
                 comp.data_dir.rmdir()  # a fetch that brought nothing leaves no empty folder behind
             raise
+        (comp.data_dir / PREPARED).unlink(missing_ok=True)  # made from the raw/ about to go
         shutil.rmtree(raw, ignore_errors=True)
         partial.rename(raw)  # raw/ exists only once everything arrived
     return raw
 
 
-def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
-    """Fetch raw files (once) and lay them out in the prepared shape. Idempotent; `force` redoes it."""
-    root = comp.data_dir
-    if is_prepared(comp) and not force:
-        console.print(f"[green]✓[/] {comp.slug} already prepared in {root}/ (FORCE=1 / --force redoes it)")
-        remember_last(comp.slug)
-        return root
-    if comp.layout["kind"] not in LAYOUTS:  # before any download, not after
+def check_before_fetch(comp: Competition, fetching: bool) -> None:
+    """Every mistake findable without downloading, found before anything is fetched or removed: the
+    layout's kind and options, and (when the source will be read) the source's own checks."""
+    if comp.layout["kind"] not in LAYOUTS:
         raise UserError(
             f"{comp.path}: layout.kind must be one of {', '.join(LAYOUTS)}, got {comp.layout['kind']!r}"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    if comp.layout["kind"] == "holdout":
+        holdout_options(comp)
+    if fetching:
+        sources.check(comp)
+
+
+def _too_few_for_folds(comp: Competition, counts: pd.Series, held: pd.Series | None) -> UserError:
+    """Which classes cannot fill n_folds folds, how many images each class needs, and the fix that
+    can work (n_folds cannot go below 2; a holdout takes its share of each class first)."""
+    k = comp.n_folds
+    small = counts[counts < k]
+    if held is not None:
+        fraction = holdout_options(comp)[0]
+        least = next(n for n in range(k, 100 * k) if n - max(1, round(fraction * n)) >= k)
+        listing = ", ".join(
+            f"{c} ({n + int(held.get(c, 0))} images, {n} left after the holdout)" for c, n in small.items()
+        )
+        need = f"every class needs at least {least} images ({k} for the folds, the rest for the holdout)"
+    else:
+        listing = ", ".join(f"{c} ({n} images)" for c, n in small.items())
+        need = f"every class needs at least n_folds = {k} training images"
+    if comp.source_kind == "folder":
+        folder = f"{small.index[0]}/" if len(small) == 1 else "<class>/"
+        fix = f"add images to {Path(str(comp.source.get('path')))}/{folder} and rerun with FORCE=1 (to read it again)"
+    elif comp.source_kind == "scrape":
+        fix = "raise source.count or add queries for those classes, and rerun with FORCE=1"
+    else:
+        fix = "add images"
+    lowest = int(counts.min())
+    if lowest >= 2:  # k-fold needs two folds at least: below that, fewer folds cannot help
+        fix += f", or set n_folds: {lowest}"
+    return UserError(f"{comp.path}: too few images for n_folds: {k} in class(es) {listing}; {need}: {fix}")
+
+
+def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
+    """Fetch raw files (once) and lay them out in the prepared shape. Idempotent; `force` redoes it.
+
+    Nothing is removed before the competition file and the source have been checked, and raw/ is
+    replaced only by a complete new fetch, so a failure leaves either the previous preparation or a
+    complete raw/ that a plain rerun lays out again without fetching."""
+    root = comp.data_dir
+    if is_prepared(comp) and not force:
+        console.print(
+            f"[green]✓[/] {escape(comp.slug)} already prepared in {escape(str(root))}/ "
+            "(FORCE=1 / --force redoes it)"
+        )
+        remember_last(comp.slug)
+        return root
+    check_before_fetch(comp, fetching=force or not (root / "raw").exists())
+    had_preparation = is_prepared(comp)
+    try:
+        raw = fetch_raw(comp, force)
+    except UserError as e:
+        if force and had_preparation:  # the fetch failed before touching the old raw/ or preparation
+            raise UserError(
+                f"{e}\n(FORCE changed nothing: {root}/ still holds the previous preparation)"
+            ) from None
+        raise
     (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
-    raw = fetch_raw(comp, force)
     staging = root / ".staging"
+    try:
+        info = _lay_out(comp, raw, staging, seed)
+    except UserError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if force:
+            raise UserError(
+                f"{e}\nThe raw data in {raw}/ is intact: after a fix to {comp.path}, `make data "
+                f"COMP={comp.slug}` (without FORCE) lays it out again, with no new fetch"
+            ) from None
+        raise
+    (root / PREPARED).write_text(json.dumps(info, indent=2))
+    remember_last(comp.slug)
+    console.print(
+        f"[green]✓[/] prepared {escape(comp.slug)}: {info['n_train']} train images in "
+        f"{len(info['classes'])} classes, {info['n_test']} test images, {comp.n_folds} folds "
+        f"-> {escape(str(root))}/"
+    )
+    return root
+
+
+def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
+    """raw/ -> the prepared shape in `staging`, swapped into data/<comp>/ once complete; returns
+    what prepared.json records."""
+    root = comp.data_dir
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     LAYOUTS[comp.layout["kind"]](comp, raw, staging)
     images = list_train_images(staging / "train")
     if images.empty:
         raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
+    counts = images["label"].value_counts()
+    if counts.min() < comp.n_folds:
+        held = None
+        if comp.layout["kind"] == "holdout":
+            held = pd.read_csv(staging / "solution.csv", dtype=str)["label"].value_counts()
+        raise _too_few_for_folds(comp, counts, held)
     groups = None
     if (staging / GROUPS).exists():  # near duplicates that must share a fold (layout holdout)
         known = pd.read_csv(staging / GROUPS, dtype=str).set_index("image")["group"]
@@ -288,7 +375,7 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
             (staging / name).rename(target)
     shutil.rmtree(staging)
     counts = folds["label"].value_counts().sort_index()
-    info = {
+    return {
         "competition": comp.slug,
         "classes": sorted(counts.index.tolist()),
         "train_counts": {k: int(v) for k, v in counts.items()},
@@ -299,13 +386,6 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
         "has_solution": (root / "solution.csv").exists(),
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    (root / PREPARED).write_text(json.dumps(info, indent=2))
-    remember_last(comp.slug)
-    console.print(
-        f"[green]✓[/] prepared {comp.slug}: {info['n_train']} train images in {len(info['classes'])} classes, "
-        f"{info['n_test']} test images, {comp.n_folds} folds -> {root}/"
-    )
-    return root
 
 
 def read_prepared(comp: Competition) -> dict:

@@ -45,7 +45,7 @@ def _digits_frames(test_fraction: float, seed: int, side: int):
 DATASETS = {"sklearn-digits": _digits_frames}
 
 
-def fetch(comp: Competition, raw_dir: Path) -> None:
+def _options(comp: Competition) -> tuple[str, float, int, int]:
     name = comp.source.get("dataset")
     if name not in DATASETS:
         raise UserError(f"{comp.path}: source.dataset must be one of {', '.join(DATASETS)}, got {name!r}")
@@ -61,6 +61,15 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
         ) from None
     if not 0.05 <= fraction <= 0.5 or not 8 <= side <= 512:
         raise UserError(f"{comp.path}: source.test_fraction must lie in [0.05, 0.5] and side in [8, 512]")
+    return name, fraction, seed, side
+
+
+def check(comp: Competition) -> None:
+    _options(comp)
+
+
+def fetch(comp: Competition, raw_dir: Path) -> None:
+    name, fraction, seed, side = _options(comp)
     train, test, sample, solution = DATASETS[name](fraction, seed, side)
     raw_dir.mkdir(parents=True, exist_ok=True)
     train.to_csv(raw_dir / "train.csv", index=False)

@@ -5,7 +5,8 @@ are fine), e.g.
 
 writes competitions/my-pets.yaml the first time (see `write_competition`). Every file is checked
 the same way scraped images are: jpg/png/webp/bmp/tif in any mode (CMYK, RGBA, palette, 16-bit,
-EXIF-rotated) are kept; corrupt, truncated, too small and non-image files are skipped and listed;
+EXIF-rotated) are kept; corrupt, truncated, too small and non-image files and broken links are
+skipped and listed;
 exact and near duplicates (within and across classes) are dropped, first one wins. raw/ receives
 copies of the kept files (your folder is never touched) and manifest.csv, one row per file.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from ..competition import COMPETITIONS_DIR, Competition
@@ -38,17 +41,30 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def _listed(path: Path) -> bool:
+    """A file to check and report: a regular file, or a link to one that is gone (reported)."""
+    return path.is_file() or _broken_link(path)
+
+
 def scan(src: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """class -> its files (sorted, nested folders included), plus the stray files outside classes."""
     if not src.is_dir():
         raise UserError(f"image folder {src} does not exist or is not a folder (SRC=path/to/folder)")
     classes = {
-        d.name: sorted(p for p in d.rglob("*") if p.is_file() and _visible(p, src))
+        d.name: sorted(p for p in d.rglob("*") if _listed(p) and _visible(p, src))
         for d in sorted(src.iterdir())
         if d.is_dir() and not d.name.startswith(".")
     }
-    strays = sorted(p for p in src.iterdir() if p.is_file() and not p.name.startswith("."))
-    with_images = [c for c, files in classes.items() if any(p.suffix.lower() in IMAGE_EXTS for p in files)]
+    strays = sorted(p for p in src.iterdir() if _listed(p) and not p.name.startswith("."))
+    with_images = [
+        c
+        for c, files in classes.items()
+        if any(p.suffix.lower() in IMAGE_EXTS and p.is_file() for p in files)
+    ]
     if len(with_images) < 2:
         raise UserError(
             f"{src} needs one subfolder per class with images in each (found {len(with_images)} such "
@@ -58,6 +74,8 @@ def scan(src: Path) -> tuple[dict[str, list[Path]], list[Path]]:
 
 
 def _check(path: Path, min_size: int) -> ImageCheck:
+    if _broken_link(path):
+        return ImageCheck("broken_link", f"links to {os.readlink(path)}, which does not exist")
     if path.suffix.lower() not in IMAGE_EXTS:
         return ImageCheck(
             "not_an_image", f"extension {path.suffix or '(none)'} is not {'/'.join(sorted(IMAGE_EXTS))}"
@@ -69,7 +87,7 @@ def _check(path: Path, min_size: int) -> ImageCheck:
     return check_image(data, min_size)
 
 
-def fetch(comp: Competition, raw_dir: Path) -> None:
+def _source_folder(comp: Competition) -> Path:
     unknown = set(comp.source) - OPTIONS
     if unknown:
         key = sorted(unknown)[0]
@@ -79,6 +97,21 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
     if not comp.source.get("path"):
         raise UserError(f"{comp.path}: source.path must name the image folder (one subfolder per class)")
     src = Path(str(comp.source["path"])).expanduser()
+    if not src.exists():
+        raise UserError(
+            f"{comp.path}: source.path {src} does not exist (moved or renamed?): point source.path at "
+            "the image folder, or put the folder back"
+        )
+    return src
+
+
+def check(comp: Competition) -> None:
+    """Everything but reading the images: keys, and a folder that is there with class folders."""
+    scan(_source_folder(comp))
+
+
+def fetch(comp: Competition, raw_dir: Path) -> None:
+    src = _source_folder(comp)
     min_size = int(comp.source.get("min_size", 32))
     classes, strays = scan(src)
 
@@ -93,7 +126,9 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
     raw_dir.mkdir(parents=True, exist_ok=True)
     deduper = Deduper(int(comp.source.get("near_distance", 4)))
     rows = [
-        {"url": str(p), "class": "", "status": "outside_classes", "detail": "not inside a class folder"}
+        {"url": str(p), "class": "", "status": "broken_link", "detail": _check(p, min_size).detail}
+        if _broken_link(p)
+        else {"url": str(p), "class": "", "status": "outside_classes", "detail": "not inside a class folder"}
         for p in strays
     ]
     for (cls, path), chk in zip(files, checks, strict=True):
@@ -117,12 +152,12 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
 
 def report(manifest: pd.DataFrame, src: Path) -> None:
     """A per-class table (files, kept, skipped by reason), then the skipped files by name."""
-    table = Table(title=f"folder {src}: images per class (every file in raw/manifest.csv)")
+    table = Table(title=f"folder {escape(str(src))}: images per class (every file in raw/manifest.csv)")
     in_class = manifest[manifest["class"] != ""]
     classes = sorted(set(in_class["class"]))
     table.add_column("")
     for cls in [*classes, "total"]:
-        table.add_column(cls, justify="right")
+        table.add_column(escape(cls), justify="right")
     counts = {cls: Counter(in_class[in_class["class"] == cls]["status"]) for cls in classes}
 
     def row(name: str, values: list[int], style: str = "") -> None:
@@ -138,7 +173,8 @@ def report(manifest: pd.DataFrame, src: Path) -> None:
     for _, row in skipped.head(SHOW_SKIPPED).iterrows():
         name = Path(row["url"]).relative_to(src).as_posix() if row["url"].startswith(str(src)) else row["url"]
         console.print(
-            f"  [yellow]skipped[/] {name}: {row['status']} {row['detail']}".rstrip(), soft_wrap=True
+            f"  [yellow]skipped[/] {escape(name)}: {row['status']} {escape(row['detail'])}".rstrip(),
+            soft_wrap=True,
         )
     if len(skipped) > SHOW_SKIPPED:
         console.print(f"  ... and {len(skipped) - SHOW_SKIPPED} more skipped (raw/manifest.csv)")
@@ -189,5 +225,8 @@ vflip: false
 """
     root.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: p.write_text(text))
-    console.print(f"[green]✓[/] wrote {path} (source: folder {src}); edit it to change the holdout or folds")
+    console.print(
+        f"[green]✓[/] wrote {escape(str(path))} (source: folder {escape(str(src))}); "
+        "edit it to change the holdout or folds"
+    )
     return path

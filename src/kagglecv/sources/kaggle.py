@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import stat
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -44,8 +46,9 @@ RETRY_DELAYS: tuple[float, ...] = (2.0, 8.0, 30.0)  # seconds between attempts o
 NO_CREDENTIALS = (
     "no Kaggle credentials found. Create an API token at "
     f"{TOKEN_URL} (API -> Create New Token) and save the downloaded kaggle.json as "
-    "{json_path} (chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)"
+    "{json_path} ({why}chmod 600), or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)"
 )
+NEW_TOKEN = f"download a new token from {TOKEN_URL} (API -> Create New Token) and save it there (chmod 600)"
 
 
 def competition_url(slug: str) -> str:
@@ -68,11 +71,94 @@ def _warn_if_readable(json_path: Path) -> None:
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        shown = escape(str(json_path))
         console.print(
-            f"[yellow]warning:[/] {json_path} can be read by other users of this machine; "
-            f"run `chmod 600 {json_path}`",
+            f"[yellow]warning:[/] {shown} can be read by other users of this machine; run `chmod 600 {shown}`",
             soft_wrap=True,
         )
+
+
+def _tilde(path: Path) -> str:
+    """`path` as a person writes it: ~/.kaggle/kaggle.json rather than /home/me/.kaggle/kaggle.json."""
+    try:
+        return "~/" + path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _warn_if_token_is_a_missing_file() -> None:
+    """KAGGLE_API_TOKEN may name a file holding the token; the client sends a path it cannot find
+    as the token itself, which then fails as a mysteriously bad token."""
+    token = os.environ.get("KAGGLE_API_TOKEN", "")
+    if "/" not in token or Path(token).exists():
+        return
+    # show the value only where it is plainly a path (a token must never be printed)
+    shown = f" ({escape(token)})" if token.startswith(("/", "~", ".")) and len(token) < 300 else ""
+    tilde = " The client does not expand ~: write $HOME instead." if token.startswith("~") else ""
+    console.print(
+        f"[yellow]warning:[/] KAGGLE_API_TOKEN looks like a file path{shown}, but no such file "
+        f"exists, so the text itself is sent as the token.{tilde}",
+        soft_wrap=True,
+    )
+
+
+def _expected_json(json_path: Path) -> tuple[str, str]:
+    """Where to tell a person to save kaggle.json, and why there. The client reads
+    $KAGGLE_CONFIG_DIR/kaggle.json, else ~/.kaggle/kaggle.json whenever ~/.kaggle/ exists (on Linux
+    it falls back to ~/.config/kaggle/ only while ~/.kaggle/ is missing), so ~/.kaggle/kaggle.json
+    always works."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return _tilde(json_path), "KAGGLE_CONFIG_DIR is set; "
+    return _tilde(Path.home() / ".kaggle" / "kaggle.json"), ""
+
+
+def _other_kaggle_jsons(json_path: Path) -> list[Path]:
+    """kaggle.json files in the places the client might have read but did not, this time."""
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    places = [Path.home() / ".kaggle" / "kaggle.json", xdg / "kaggle" / "kaggle.json"]
+    return [p for p in places if p != json_path and p.is_file()]
+
+
+def _broken_kaggle_json(path: Path) -> UserError | None:
+    """What is wrong with an existing kaggle.json, if anything (the client skips it silently)."""
+    if not path.exists():
+        return None
+    shown = _tilde(path)
+    try:
+        data = json.loads(path.read_bytes())
+    except OSError as e:
+        return UserError(f"{shown} cannot be read ({type(e).__name__}): make it yours with chmod 600")
+    except UnicodeDecodeError:
+        return UserError(f"{shown} is not valid JSON (not text at all): {NEW_TOKEN}")
+    except json.JSONDecodeError as e:
+        return UserError(f"{shown} is not valid JSON ({e.msg}, line {e.lineno}): {NEW_TOKEN}")
+    if not isinstance(data, dict):
+        return UserError(f"{shown} is not a kaggle.json (no 'username' and 'key'): {NEW_TOKEN}")
+    for field in ("key", "username"):
+        if not data.get(field):
+            return UserError(f"{shown} has no '{field}': {NEW_TOKEN}")
+    return None
+
+
+def _no_credentials(json_path: Path) -> UserError:
+    """Why the client found no credentials at all: a broken kaggle.json, one in the wrong place,
+    or none."""
+    broken = _broken_kaggle_json(json_path)
+    if broken:
+        return broken
+    misplaced = _other_kaggle_jsons(json_path)
+    if misplaced:
+        why = (
+            "KAGGLE_CONFIG_DIR is set"
+            if os.environ.get("KAGGLE_CONFIG_DIR")
+            else "it prefers ~/.kaggle/ whenever that folder exists"
+        )
+        return UserError(
+            f"found {_tilde(misplaced[0])}, but the kaggle client reads {_tilde(json_path)} ({why}): "
+            f"move the file there (chmod 600)"
+        )
+    where, why = _expected_json(json_path)
+    return UserError(NO_CREDENTIALS.format(json_path=where, why=why))
 
 
 def _credential_source(api) -> str:
@@ -94,12 +180,21 @@ def connect():
     api.args = [a for a in api.args if a != "--verbose"]
     json_path = Path(api.config)
     _warn_if_readable(json_path)
+    _warn_if_token_is_a_missing_file()
     try:
         # the client prints its own help (and a permission warning) to stdout: ours replaces them
         with contextlib.redirect_stdout(io.StringIO()):
             with_retries(api.authenticate, "checking your Kaggle credentials", slug=None, api=api)
     except SystemExit:  # the client calls exit(1) when it finds no credentials at all
-        raise UserError(NO_CREDENTIALS.format(json_path=json_path)) from None
+        # (it also ignores a kaggle.json it cannot parse, silently: say which it was)
+        raise _no_credentials(json_path) from None
+    except (TypeError, ValueError, AttributeError):
+        # kagglesdk reads ~/.kaggle/kaggle.json once more on its own and trips over a broken one
+        for path in (json_path, Path.home() / ".kaggle" / "kaggle.json"):
+            broken = _broken_kaggle_json(path)
+            if broken:
+                raise broken from None
+        raise
     return api
 
 
@@ -210,7 +305,7 @@ def with_retries(
                 raise explain(e, action, slug, api) from None
             wait = delays[attempt]
             console.print(
-                f"[yellow]Kaggle:[/] {action} failed ({_status(e) or type(e).__name__}); "
+                f"[yellow]Kaggle:[/] {escape(action)} failed ({_status(e) or type(e).__name__}); "
                 f"retrying in {wait:.0f} s ({attempt + 1}/{len(delays)})"
             )
             sleep(wait)
@@ -291,7 +386,7 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
         extract_nested(archive, raw_dir)
     except DamagedArchive:
         # complete in size but unreadable: fetch it once more from scratch
-        console.print(f"[yellow]{archive.name} is damaged; downloading it again[/]")
+        console.print(f"[yellow]{escape(archive.name)} is damaged; downloading it again[/]")
         shutil.rmtree(raw_dir, ignore_errors=True)
         archive.unlink(missing_ok=True)
         archive = download(api, slug, downloads, force=True)

@@ -30,7 +30,9 @@ import http.client
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import threading
 import time
 import urllib.error
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
 
 from ..competition import Competition
@@ -134,6 +137,55 @@ class SearchTimeout(SearchError):
     """The engine did not answer in time: try again."""
 
 
+class SearchUnreachable(SearchError):
+    """The engine could not be reached at all (no network, DNS, a refused connection)."""
+
+
+# How the ddgs package's HTTP client words "never got to the server" (its errors are plain text).
+_DNS_WORDS = (
+    "dnserror",
+    "dns error",
+    "error resolving dns",
+    "failed to lookup address",
+    "name or service not known",
+    "temporary failure in name resolution",
+    "nodename nor servname",
+)
+_CONNECT_WORDS = (
+    "connecterror",
+    "connection refused",
+    "network is unreachable",
+    "no route to host",
+    "tcp connect error",
+    "(connect)",
+)
+
+
+def _unreachable(text: str) -> str | None:
+    """Why the engine was never reached ("DNS lookup failed", "could not connect"), going by an
+    error's text; None for any other failure."""
+    low = text.lower()
+    if any(w in low for w in _DNS_WORDS):
+        return "DNS lookup failed"
+    if any(w in low for w in _CONNECT_WORDS):
+        return "could not connect"
+    return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """One line of an error's text: exceptions from HTTP clients run to hundreds of characters."""
+    line = re.sub(r"\s+", " ", text).strip()
+    return line if len(line) <= limit else line[: limit - 2] + " …"
+
+
+def _os_reason(err: OSError, host: str) -> str:
+    if isinstance(err, socket.gaierror):
+        return f"DNS lookup of {host} failed"
+    if isinstance(err, ConnectionRefusedError):
+        return f"{host} refused the connection"
+    return f"{host}: {_short(err.strerror or str(err) or type(err).__name__, 80)}"
+
+
 class SearchProvider(Protocol):
     name: str
 
@@ -174,7 +226,10 @@ class DdgsProvider:
             if "no results" in str(e).lower():
                 return []
             text = str(e) or type(e).__name__
-            raise SearchError(text if len(text) < 200 else text[:200] + " …") from None
+            why = _unreachable(text)
+            if why:
+                raise SearchUnreachable(f"could not reach the search engine ({why})") from None
+            raise SearchError(_short(text)) from None
         return list(results or [])
 
 
@@ -202,7 +257,12 @@ class JsonEndpointProvider:
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError):
                 raise SearchTimeout(f"no answer from {self.url} in {self.timeout:g} s") from None
-            raise SearchError(f"{self.url}: {e.reason}") from None
+            if isinstance(e.reason, OSError):
+                host = urllib.parse.urlparse(self.url).netloc or self.url
+                raise SearchUnreachable(_os_reason(e.reason, host)) from None
+            raise SearchError(f"{self.url}: {_short(str(e.reason))}") from None
+        except (OSError, http.client.HTTPException) as e:  # e.g. the connection dropped mid-answer
+            raise SearchError(f"{self.url}: {_short(str(e) or type(e).__name__)}") from None
         try:
             results = json.loads(body)
         except ValueError:
@@ -216,7 +276,7 @@ def make_provider(opts: ScrapeOptions) -> SearchProvider:
     endpoint = os.environ.get(SEARCH_URL_ENV)
     if endpoint:
         console.print(
-            f"[yellow]search:[/] {SEARCH_URL_ENV} is set, searching {endpoint} instead of {opts.provider}"
+            f"[yellow]search:[/] {SEARCH_URL_ENV} is set, searching {escape(endpoint)} instead of {opts.provider}"
         )
         return JsonEndpointProvider(endpoint, timeout=opts.timeout)
     return DdgsProvider(opts.region, opts.safesearch, opts.backend, timeout=opts.timeout)
@@ -269,9 +329,11 @@ def search_class(
     opts: ScrapeOptions,
     cache: Path,
     state: dict[str, float],
+    unreachable: list[str] | None = None,
 ) -> tuple[list[Candidate], list[str]]:
     """Candidates for one class from all its queries, in order, each URL once. Finished searches are
-    cached in `cache`, so a rerun asks the engine nothing twice. Returns (candidates, problems)."""
+    cached in `cache`, so a rerun asks the engine nothing twice. Returns (candidates, problems);
+    `unreachable` gets why, for every query whose search never reached the engine."""
     per_query = max(1, math.ceil(opts.count * opts.oversample / max(1, len(queries))))
     found: dict[str, Candidate] = {}
     problems: list[str] = []
@@ -286,9 +348,15 @@ def search_class(
                 wait = opts.search_pause - (time.monotonic() - state.get("last", -1e9))
                 if wait > 0:
                     time.sleep(wait)
-                state["last"] = time.monotonic()
+                last, state["last"] = state.get("last", -1e9), time.monotonic()
                 try:
                     results = provider.images(query, per_query)
+                    break
+                except SearchUnreachable as e:
+                    state["last"] = last  # it never got there: no need to pause before the next one
+                    problems.append(f"search '{query}' ({cls}): {e}")
+                    if unreachable is not None:
+                        unreachable.append(str(e))
                     break
                 except (SearchRateLimited, SearchTimeout) as e:
                     if attempt == opts.retries:
@@ -374,6 +442,9 @@ def download(url: str, dest: Path, opts: ScrapeOptions) -> tuple[str, str]:
         except urllib.error.URLError as e:
             if isinstance(e.reason, TimeoutError):
                 status, detail = "timeout", f"no answer within {opts.timeout:g} s"
+            elif isinstance(e.reason, socket.gaierror):  # no such host, or no network: no retry mends it
+                status, detail = "network_error", _os_reason(e.reason, urllib.parse.urlparse(url).netloc)
+                break
             else:
                 status, detail = "network_error", str(e.reason)[:100]
         except (OSError, ValueError, http.client.HTTPException) as e:  # resets, bad URLs, short reads
@@ -481,6 +552,28 @@ def fetch_one(cand: Candidate, files: Path, log: DownloadLog, opts: ScrapeOption
 # ---- the source ---------------------------------------------------------------------------------
 
 
+def _url_folder(comp: Competition, opts: ScrapeOptions) -> Path:
+    folder = Path(opts.urls) if opts.urls else Path("urls") / comp.slug
+    if not folder.is_absolute():
+        folder = (comp.path.parent if comp.path else Path(".")) / folder
+    return folder
+
+
+def check(comp: Competition) -> None:
+    """The options, and every URL list (urls provider), before anything is fetched."""
+    opts = parse_options(comp)
+    if opts.provider == "urls":
+        for cls in opts.classes:
+            url_list_candidates(_url_folder(comp, opts), cls)
+
+
+def _offline(comp: Competition, reasons: list[str]) -> UserError:
+    return UserError(
+        f"could not reach the image search (network/DNS: {reasons[0]}): check the internet connection "
+        f"(and any HTTPS_PROXY), then rerun `make data COMP={comp.slug}`"
+    )
+
+
 def fetch(comp: Competition, raw_dir: Path, provider: SearchProvider | None = None) -> None:
     opts = parse_options(comp)
     cache = raw_dir.parent / "downloads"  # outside raw.partial: survives an interrupted run
@@ -492,21 +585,29 @@ def fetch(comp: Competition, raw_dir: Path, provider: SearchProvider | None = No
     # 1. find candidate URLs per class
     problems: list[str] = []
     candidates: dict[str, list[Candidate]] = {}
+    unreachable: list[str] = []
     if opts.provider == "urls":
-        folder = Path(opts.urls) if opts.urls else Path("urls") / comp.slug
-        if not folder.is_absolute():
-            folder = (comp.path.parent if comp.path else Path(".")) / folder
         for cls in opts.classes:
-            candidates[cls] = url_list_candidates(folder, cls)
+            candidates[cls] = url_list_candidates(_url_folder(comp, opts), cls)
     else:
         provider = provider or make_provider(opts)
         state: dict[str, float] = {}
+        asked = 0
         for cls, queries in opts.classes.items():
-            console.print(f"searching images for [bold]{cls}[/]: {', '.join(repr(q) for q in queries)}")
-            candidates[cls], trouble = search_class(provider, cls, queries, opts, cache / "search", state)
+            console.print(
+                f"searching images for [bold]{escape(cls)}[/]: {escape(', '.join(repr(q) for q in queries))}"
+            )
+            candidates[cls], trouble = search_class(
+                provider, cls, queries, opts, cache / "search", state, unreachable
+            )
             problems += trouble
+            asked += len(queries)
+            if asked >= 2 and len(unreachable) == asked:  # offline: say so once, not per query
+                raise _offline(comp, unreachable)
+        if unreachable and len(unreachable) == asked:
+            raise _offline(comp, unreachable)
     for line in problems:
-        console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
 
     # 2. download and check them, concurrently; the cache makes a rerun cheap
     unique: dict[str, Candidate] = {}
@@ -574,9 +675,17 @@ def fetch(comp: Competition, raw_dir: Path, provider: SearchProvider | None = No
         cls for cls in opts.classes if not (manifest[manifest["class"] == cls]["status"] == "kept").any()
     ]
     if empty:
+        tried = [o for o in outcomes.values() if o.status != "not_tried"]
+        if tried and all(o.check is None and o.status in ("network_error", "timeout") for o in tried):
+            raise UserError(
+                f"could not download a single image (network errors, e.g. {_short(tried[0].detail, 80)}): "
+                f"check the internet connection, then rerun `make data COMP={comp.slug}` (searches are kept)"
+            )
+        offline = f"; {len(unreachable)} search(es) could not reach the engine" if unreachable else ""
         raise UserError(
-            f"no images kept for class(es) {', '.join(empty)} (see the report above); fix the queries/URL "
-            f"lists or wait out a rate limit, then rerun `make data COMP={comp.slug}` (downloads are kept)"
+            f"no images kept for class(es) {', '.join(empty)} (see the report above{offline}); fix the "
+            f"queries/URL lists or wait out a rate limit, then rerun `make data COMP={comp.slug}` "
+            "(downloads are kept)"
         )
 
 
@@ -596,7 +705,7 @@ def report(
     table = Table(title="scrape: images per class (every URL in raw/manifest.csv)")
     table.add_column("")
     for cls in [*classes, "total"]:
-        table.add_column(cls, justify="right")
+        table.add_column(escape(cls), justify="right")
 
     def row(name: str, values: list[int], style: str = "") -> None:
         cells = [str(v) if v else "" for v in [*values, sum(values)]]
