@@ -230,3 +230,39 @@ def test_holdout_mask_is_stratified_and_keeps_groups():
     assert mask[labels == "a"].sum() == 6 and mask[labels == "b"].sum() == 4
     assert len(set(mask[10:14])) == 1
     assert (holdout_mask(labels, groups, 0.1, seed=0) == mask).all()  # seeded: stable
+
+
+def test_tiny_images_are_duplicates_only_when_their_pixels_are_the_same():
+    """Under 64 px the 8x8 perceptual hash calls look-alikes copies: distinct small images are kept."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from kagglecv.images import Deduper
+
+    def png(pixels: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    base = np.asarray(coarse.resize((40, 40), Image.BICUBIC))  # a smooth picture, as photos are
+    look_alike = np.clip(base.astype(int) + rng.integers(-3, 4, base.shape), 0, 255).astype(np.uint8)
+    big_base, big_alike = (np.kron(a, np.ones((2, 2, 1), np.uint8)) for a in (base, look_alike))
+    deduper, kept = Deduper(4), []
+    for name, pixels in [
+        ("a", base),
+        ("b", look_alike),
+        ("a-again", base),
+        ("A", big_base),
+        ("B", big_alike),
+    ]:
+        chk = check_image(png(pixels), min_size=32)
+        status, of = deduper.check(chk.sha256, chk.phash)
+        if status == "kept":
+            deduper.add(chk.sha256, chk.phash, name)
+        kept.append((name, status, of))
+    assert kept[:3] == [("a", "kept", ""), ("b", "kept", ""), ("a-again", "exact_duplicate", "a")]
+    assert kept[4] == ("B", "near_duplicate", "A")  # at 80 px the perceptual hash still merges look-alikes

@@ -114,6 +114,22 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+TINY = 64  # shorter side (px) below which only exact copies count as duplicates
+
+
+def content_hash(rgb: Image.Image) -> str:
+    """A hash of the decoded pixels (and size): the same picture saved twice, or re-encoded losslessly."""
+    return hashlib.sha1(f"{rgb.width}x{rgb.height}".encode() + rgb.tobytes()).hexdigest()
+
+
+def similarity_hash(rgb: Image.Image) -> str:
+    """16 hex digits for near-duplicate matching: the perceptual hash, except for images under TINY
+    px, whose 8x8 perceptual hash can't tell look-alikes from copies. Those get 64 bits of their
+    content hash, which only an exact copy shares (two different images land within a few bits of
+    each other with odds of about 1 in 10^13)."""
+    return phash_hex(rgb) if min(rgb.size) >= TINY else content_hash(rgb)[:16]
+
+
 def phash_hex(rgb: Image.Image) -> str:
     import imagehash  # only the scrape/folder sources and inspect hash; training never needs it
 
@@ -137,7 +153,13 @@ def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
             return ImageCheck("corrupt", str(e)[:120], sha256=sha)
         return ImageCheck("not_an_image", "unrecognised data", sha256=sha)
     check = ImageCheck(
-        "kept", width=rgb.width, height=rgb.height, format=fmt, mode=mode, sha256=sha, phash=phash_hex(rgb)
+        "kept",
+        width=rgb.width,
+        height=rgb.height,
+        format=fmt,
+        mode=mode,
+        sha256=sha,
+        phash=similarity_hash(rgb),
     )
     if min(rgb.width, rgb.height) < min_size:
         check.status, check.detail = "too_small", f"{rgb.width}x{rgb.height} < {min_size}px"

@@ -15,7 +15,6 @@ same for different images of one shape, so "within a few bits" would group disti
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,14 +30,13 @@ from .console import console, progress
 from .errors import UserError
 from .files import atomic_write
 from .holdout import GROUP_DISTANCE
-from .images import decode, hash_ints, near_groups, phash_hex
+from .images import TINY, content_hash, decode, hash_ints, near_groups, phash_hex
 from .layout import FOLDS, IMAGE_EXTS, read_prepared
 
 IMBALANCE_RATIO = 3.0  # largest class / smallest class above this earns a warning
 THUMB = 96
 SHOW_GROUPS = 5
 SHOW_MEMBERS = 6
-TINY = 64  # shorter side (px) below which only exact copies count as duplicates
 
 
 def _image_table(comp: Competition) -> pd.DataFrame:
@@ -67,8 +65,7 @@ def _measure(path: Path) -> tuple[int, int, str, str]:
         rgb = decode(path.read_bytes())[0]
     except Exception:  # noqa: BLE001 -- any file that will not decode is reported, not fatal
         return 0, 0, "", ""
-    content = hashlib.sha1(f"{rgb.width}x{rgb.height}".encode() + rgb.tobytes()).hexdigest()
-    return rgb.width, rgb.height, phash_hex(rgb), content
+    return rgb.width, rgb.height, phash_hex(rgb), content_hash(rgb)
 
 
 def measure_all(comp: Competition, table: pd.DataFrame) -> pd.DataFrame:
