@@ -185,7 +185,7 @@ def test_interrupted_training_says_how_to_continue(digits, monkeypatch, capsys):
 
     monkeypatch.setattr(train_mod, "validate", interrupted)
     assert main(["train", *SMOKE]) == 130
-    assert "`make train RESUME=1` continues the run" in cli_text(capsys)
+    assert "`make train RESUME=1 RUN=<the run above>` continues it" in cli_text(capsys)
 
 
 def test_resume_prefers_the_run_that_trained_something(digits, monkeypatch, capsys):

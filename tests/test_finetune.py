@@ -147,6 +147,18 @@ def test_folds_split_across_machines_are_gathered_by_submit(digits, tmp_path):
     assert summary["fold_ids"] == [0, 1] and len(summary["fold_scores"]) == 2 and "test_score" in summary
 
 
+def test_a_run_saved_before_a_new_config_key_still_continues(digits):
+    """config.yaml of an older run lacks keys added since (amp_dtype): they take their defaults."""
+    common = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "old", "lr=0.003"]
+    assert main(["train", *common, "--folds", "0"]) == 0
+    cfg_path = digits / "runs" / "digits-demo" / "old" / "config.yaml"
+    cfg_path.write_text(
+        "".join(line for line in cfg_path.read_text().splitlines(True) if "amp_dtype" not in line)
+    )
+    assert main(["train", *common, "--folds", "1"]) == 0
+    assert json.loads((cfg_path.parent / "summary.json").read_text())["fold_ids"] == [0, 1]
+
+
 def test_disk_cache_is_built_once(digits):
     comp = load_competition("digits-demo")
     cfg = load_config("configs/smoke.yaml", ["cache=disk"])

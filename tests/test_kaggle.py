@@ -400,6 +400,7 @@ def test_tar_and_7z_inside_the_zip_are_unpacked(tmp_path):
         z.writestr(b"3", "1.png")
         z.writestr(b"4", "2.png")
     _tar(inner / "extra.tar.gz", {"extra/a.jpg": b"4"})
+    _tar(inner / "more.tgz", {"./b.jpg": b"5", "./c.jpg": b"6"})  # as `tar czf more.tgz -C dir .` writes
     outer = tmp_path / "cifar-10.zip"
     with zipfile.ZipFile(outer, "w") as z:
         for p in inner.iterdir():
@@ -411,6 +412,8 @@ def test_tar_and_7z_inside_the_zip_are_unpacked(tmp_path):
     )
     assert found == [
         "extra/a.jpg",
+        "more/b.jpg",
+        "more/c.jpg",
         "test/1.png",
         "test/2.png",
         "train/1.png",
@@ -420,20 +423,26 @@ def test_tar_and_7z_inside_the_zip_are_unpacked(tmp_path):
     assert (tmp_path / "raw" / "train" / "2.png").read_bytes() == b"2"
 
 
-@pytest.mark.parametrize("bad", ["unsafe", "link", "damaged"])
+@pytest.mark.parametrize("bad", ["unsafe", "link", "damaged", "damaged_tgz"])
 def test_bad_tar_and_7z_are_refused_before_writing(tmp_path, bad):
     import py7zr
 
-    archive = tmp_path / ("x.tar.gz" if bad != "damaged" else "x.7z")
+    archive = tmp_path / ("x.7z" if bad == "damaged" else "x.tar.gz")
     if bad == "unsafe":
         _tar(archive, {"ok.jpg": b"1", "../evil.jpg": b"2"})
     elif bad == "link":
         _tar(archive, {"ok.jpg": b"1"}, link="passwd")
+    elif bad == "damaged_tgz":  # one flipped bit in the compressed data: only gzip's checksum tells
+        _tar(archive, {"ok.jpg": bytes(range(256)) * 400})
+        data = bytearray(archive.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        archive.write_bytes(bytes(data))
     else:
         with py7zr.SevenZipFile(archive, "w") as z:
             z.writestr(b"1" * 5000, "a.png")
         archive.write_bytes(archive.read_bytes()[:-40])
-    expected = {"unsafe": "unsafe path", "link": "holds a link", "damaged": "is damaged"}[bad]
-    with pytest.raises(UserError, match=expected):
+    expected = {"unsafe": "unsafe path", "link": "holds a link"}.get(bad, "is damaged")
+    with pytest.raises(ksrc.DamagedArchive if "damaged" in bad else UserError, match=expected):
         ksrc.extract_nested(archive, tmp_path / "raw")
-    assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").rglob("*.jpg"))
+    if "damaged" not in bad:  # refused before writing; a damaged one is fetched again from scratch
+        assert not (tmp_path / "raw").exists() or not any((tmp_path / "raw").rglob("*.jpg"))

@@ -106,6 +106,20 @@ def test_lost_answer_is_not_submitted_twice(fake, workdir, capsys):
     assert log["ref"].tolist() == [1, 2]
 
 
+def test_lost_answer_on_the_last_attempt_is_found_too(fake, workdir, monkeypatch, capsys):
+    from kagglecv.sources import kaggle as ksrc
+
+    slug = "digit-recognizer"
+    assert main(["data", slug]) == 0
+    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    monkeypatch.setattr(ksrc, "RETRY_DELAYS", ())  # no retries: the first answer is the last
+    fake.lost_answers[slug] = 1
+    capsys.readouterr()
+    assert main(["submit", "--upload"]) == 0
+    assert "the last attempt did arrive" in cli_text(capsys)
+    assert len(fake.submissions) == 1
+
+
 class _NoUploads(dict):
     """Upload tokens are handed out, but the PUT finds none (-> 404), as a failed storage upload."""
 

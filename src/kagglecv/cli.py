@@ -118,7 +118,7 @@ def cmd_train(args) -> None:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         from .dist import launch
-        from .runs import latest_unfinished, run_name
+        from .runs import RUNS_DIR, latest_unfinished, run_name
 
         if not args.run and "--nnodes" in os.environ.get("TORCHRUN", ""):
             raise UserError(
@@ -136,7 +136,13 @@ def cmd_train(args) -> None:
             f"--folds={args.folds}",
         ]
         argv += ["--resume"] * args.resume + list(args.overrides)
-        rc = launch(args.gpus, argv, cpu=cfg.device == "cpu")
+        device = cfg.device
+        saved = RUNS_DIR / comp.slug / run / "config.yaml"
+        if args.resume and saved.exists():  # a resumed run keeps its own device, as it keeps its config
+            import yaml
+
+            device = (yaml.safe_load(saved.read_text()) or {}).get("device", device)
+        rc = launch(args.gpus, argv, cpu=device == "cpu")
         if rc:
             raise UserError(f"distributed training failed (exit code {rc}); see the messages above")
         return
@@ -432,9 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 INTERRUPTED = {
-    "train": "`make train RESUME=1` continues the run from its last finished epoch (a plain rerun starts a new one)",
-    "data": "rerun `make data COMP=<slug>`: a partial download resumes, a complete raw/ is laid out again "
-    "without FORCE, and nothing unfinished is marked prepared",
+    "train": "`make train RESUME=1 RUN=<the run above>` continues it from its last finished epoch "
+    "(a plain rerun starts a new run)",
+    "data": "rerun the same `make data` command: a partial download resumes, and nothing unfinished is "
+    "marked prepared",
 }
 
 
@@ -443,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command != "bench" and not COMPETITIONS_DIR.is_dir():
+        run_folder = args.command == "report" and args.run and Path(args.run).is_dir()
+        if args.command != "bench" and not run_folder and not COMPETITIONS_DIR.is_dir():
             raise UserError(
                 f"no {COMPETITIONS_DIR}/ folder in {Path.cwd()}: run kagglecv from your kagglecv checkout "
                 "(the folder with the Makefile)"

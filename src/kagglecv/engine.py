@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import to_input
+from .errors import UserError
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,6 +23,10 @@ def amp_dtype(device: torch.device, amp: bool, name: str = "auto") -> torch.dtyp
     and full precision on the CPU; bf16/fp16 force that dtype on any device."""
     if not amp:
         return None
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(
+            f"amp_dtype=bf16 but {torch.cuda.get_device_name(device)} has no bf16: use auto or fp16"
+        )
     if name in ("bf16", "fp16"):
         return torch.bfloat16 if name == "bf16" else torch.float16
     if device.type != "cuda":

@@ -53,7 +53,10 @@ def read_summary(run_dir: Path) -> dict:
             f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN="
         ) from None
     except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({e}); `make submit RUN={run_dir.name}` rewrites it") from None
+        raise UserError(
+            f"{path} is unreadable ({e}); delete it, then `make train RESUME=1 RUN={run_dir.name}` gathers it "
+            "again from the finished folds"
+        ) from None
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:

@@ -442,7 +442,10 @@ def train(
     cfg_path = run_dir / "config.yaml"
     started_here = not cfg_path.exists()
     if not started_here:
-        saved = yaml.safe_load(cfg_path.read_text()) or {}
+        from .config import config_from_dict
+
+        # keys added to kagglecv since the run started take their defaults, as its resume does
+        saved = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {}).to_dict()
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if saved.get(k) != v]
         if changed:
             raise UserError(

@@ -38,6 +38,14 @@ def _refs_described(api, slug: str, description: str) -> set[int]:
     return {int(s.ref) for s in listed if s is not None and s.description == description and s.ref}
 
 
+def _landed_quietly(api, slug: str, description: str, before: set[int]) -> set[int]:
+    """New refs with our description; an empty set when even the listing fails."""
+    try:
+        return _refs_described(api, slug, description) - before
+    except Exception:  # noqa: BLE001 -- the server is failing; the caller reports its own error
+        return set()
+
+
 def append_log(row: dict) -> None:
     new = not LOG.exists()
     LOG.parent.mkdir(exist_ok=True)
@@ -86,7 +94,15 @@ def upload(
         with contextlib.redirect_stdout(io.StringIO()):
             return api.competition_submit(str(file), description, slug, quiet=True)
 
-    answer = with_retries(call, f"submitting to {slug}", slug=slug, api=api)
+    try:
+        answer = with_retries(call, f"submitting to {slug}", slug=slug, api=api)
+    except UserError:
+        # the last attempt's answer may be the one lost: if Kaggle kept it, that is a success
+        landed = tries["before"] is not None and _landed_quietly(api, slug, description, tries["before"])
+        if not landed:
+            raise
+        console.print("[yellow]Kaggle:[/] the last attempt did arrive, though its answer was an error")
+        answer = SimpleNamespace(ref=max(landed), message="Submitted (the answer was lost)")
     ref = int(getattr(answer, "ref", 0) or 0)
     said = str(getattr(answer, "message", "") or "")
     row = {

@@ -8,6 +8,7 @@ archives found inside are unpacked in place too.
 
 from __future__ import annotations
 
+import gzip
 import lzma
 import shutil
 import stat
@@ -66,6 +67,11 @@ def _members(archive: Path, opened) -> list[Member]:
             for i in opened.infolist()
         ]
     if k == "tar":
+        special = [
+            i.name for i in opened.getmembers() if not (i.isfile() or i.isdir() or i.issym() or i.islnk())
+        ]
+        if special:  # FIFOs and devices: no competition ships them, and writing them is unsafe
+            raise UserError(f"{archive.name} holds a special file {special[0]!r}; refusing to unpack it")
         return [Member(i.name, i.size, i.isdir(), i.issym() or i.islnk(), i) for i in opened.getmembers()]
     return [
         Member(
@@ -93,6 +99,7 @@ def _open(archive: Path):
 def _damage_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (
         zipfile.BadZipFile,
+        gzip.BadGzipFile,
         tarfile.TarError,
         zlib.error,
         lzma.LZMAError,
@@ -101,7 +108,7 @@ def _damage_errors() -> tuple[type[BaseException], ...]:
     try:
         import py7zr
 
-        errors += (py7zr.Bad7zFile,)
+        errors += (py7zr.exceptions.ArchiveError,)  # Bad7zFile, CrcError, DecompressionError, ...
     except ImportError:
         pass
     return errors
@@ -156,6 +163,9 @@ def extract(archive: Path, dest: Path) -> list[Path]:
                 src = opened.open(m.handle) if kind(archive) == "zip" else opened.extractfile(m.handle)
                 with src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
+            if kind(archive) == "tar":  # a compressed tar's checksum sits after the last member: read it
+                while opened.fileobj.read(1 << 20):
+                    pass
             return [target for _, target in files]
     except _damage_errors() as e:
         raise DamagedArchive(f"{archive} is damaged ({e})") from None
@@ -181,5 +191,6 @@ def _inner_dest(inner: Path) -> Path:
             names = [m.name.replace("\\", "/") for m in _members(inner, opened)]
     except _damage_errors() as e:
         raise DamagedArchive(f"{inner} is damaged ({e})") from None
-    tops = {PurePosixPath(n).parts[0] for n in names if n.strip("/") and not n.startswith("__MACOSX/")}
+    parts = [PurePosixPath(n).parts for n in names if not n.startswith("__MACOSX/")]
+    tops = {p[0] for p in parts if p}  # `./` (tar czf x.tgz -C dir .) has no parts
     return inner.parent if len(tops) == 1 else inner.parent / stem(inner)
