@@ -3,6 +3,7 @@ configs/, so data/, runs/ and submissions/ never touch the checkout."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -50,6 +51,26 @@ def digits_prepared(tmp_path_factory):
 def digits(workdir, digits_prepared):
     shutil.copytree(digits_prepared, workdir / "data")
     return workdir
+
+
+@contextlib.contextmanager
+def interrupted_at_validation(monkeypatch, n: int):
+    """Ctrl-C at training's n-th validation (the end of epoch n), as train() sees a user's interrupt."""
+    import kagglecv.train as train_mod
+
+    real, calls = train_mod.validate, {"n": 0}
+
+    def validate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "validate", validate)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_mod, "validate", real)
 
 
 def cli_text(capsys) -> str:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import cli_text
+from conftest import cli_text, interrupted_at_validation
 from kagglecv.cli import main
 
 
@@ -178,32 +178,15 @@ def test_sample_columns_must_be_training_classes(workdir):
 
 
 def test_interrupted_training_says_how_to_continue(digits, monkeypatch, capsys):
-    import kagglecv.train as train_mod
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_mod, "validate", interrupted)
-    assert main(["train", *SMOKE]) == 130
+    with interrupted_at_validation(monkeypatch, 1):
+        assert main(["train", *SMOKE]) == 130
     assert "`make train RESUME=1 RUN=<the run above>` continues it" in cli_text(capsys)
 
 
 def test_resume_prefers_the_run_that_trained_something(digits, monkeypatch, capsys):
     """A run that failed before its first epoch leaves no folder; a stale stub is passed over."""
-    import kagglecv.train as train_mod
-
-    calls = {"n": 0}
-    real = train_mod.validate
-
-    def second_epoch_interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "validate", second_epoch_interrupted)
-    assert main(["train", *SMOKE, "epochs=2"]) == 130
-    monkeypatch.setattr(train_mod, "validate", real)
+    with interrupted_at_validation(monkeypatch, 2):
+        assert main(["train", *SMOKE, "epochs=2"]) == 130
     (begun,) = (digits / "runs" / "digits-demo").iterdir()
     stub = digits / "runs" / "digits-demo" / "zz-stub"  # sorts last: an OOM-killed start, say
     stub.mkdir()

@@ -9,6 +9,7 @@ import timm
 import torch
 
 import kagglecv.train as train_mod
+from conftest import interrupted_at_validation
 from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.config import load_config
@@ -55,18 +56,8 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
     cfg = load_config("configs/smoke.yaml", RECIPE)
     straight = train(comp, cfg)
 
-    real_validate, calls = train_mod.validate, {"n": 0}
-
-    def killed_during_third_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "validate", killed_during_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_validation(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         train(comp, cfg)
-    monkeypatch.setattr(train_mod, "validate", real_validate)
     (interrupted,) = [p for p in straight.parent.iterdir() if p != straight]
     assert (interrupted / "fold0.last.pt").exists()
     assert not (interrupted / "fold0.pt").exists() and not (interrupted / "summary.json").exists()
@@ -87,18 +78,8 @@ def test_ddp_resumes_the_latest_unfinished_run(digits, monkeypatch):
     """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
     comp = load_competition("digits-demo")
     cfg = load_config("configs/smoke.yaml", ["folds=1", "lr=0.003", "epochs=2", "device=cpu"])
-    real_validate, calls = train_mod.validate, {"n": 0}
-
-    def killed_during_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "validate", killed_during_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train(comp, cfg)
-    monkeypatch.setattr(train_mod, "validate", real_validate)
     (run,) = (digits / "runs" / "digits-demo").iterdir()
     assert main(["train", "--resume", "--gpus", "2", "--comp", "digits-demo", "device=cpu"]) == 0
     assert [p.name for p in (digits / "runs" / "digits-demo").iterdir()] == [run.name]

@@ -5,22 +5,15 @@ import json
 import pytest
 import torch
 
+from conftest import interrupted_at_validation
 from kagglecv.cli import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+ON_GPU = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "device=cuda"]
 
 
 def test_smoke_training_and_submit_on_the_gpu(digits):
-    args = [
-        "--comp",
-        "digits-demo",
-        "--config",
-        "configs/smoke.yaml",
-        "device=cuda",
-        "ema=true",
-        "accum_steps=2",
-    ]
-    assert main(["train", *args]) == 0
+    assert main(["train", *ON_GPU, "ema=true", "accum_steps=2"]) == 0
     (run,) = (digits / "runs" / "digits-demo").iterdir()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["device"] == "cuda"
@@ -41,16 +34,7 @@ def test_autocast_dtype_matches_the_card():
 
 
 def test_fp16_with_loss_scaling_on_the_gpu(digits):
-    args = [
-        "--comp",
-        "digits-demo",
-        "--config",
-        "configs/smoke.yaml",
-        "device=cuda",
-        "amp_dtype=fp16",
-        "epochs=3",
-    ]
-    assert main(["train", *args, "compile=true"]) == 0
+    assert main(["train", *ON_GPU, "amp_dtype=fp16", "epochs=3", "compile=true"]) == 0
     (run,) = (digits / "runs" / "digits-demo").iterdir()
     assert json.loads((run / "summary.json").read_text())["cv_mean"] > 0.2
 
@@ -63,18 +47,8 @@ def test_resume_on_the_gpu_finishes_the_run(digits, monkeypatch):
     from kagglecv.config import load_config
 
     cfg = load_config("configs/smoke.yaml", ["device=cuda", "folds=1", "epochs=3", "ema=true", "lr=0.003"])
-    real_validate, calls = train_mod.validate, {"n": 0}
-
-    def killed_during_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "validate", killed_during_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train_mod.train(load_competition("digits-demo"), cfg)
-    monkeypatch.setattr(train_mod, "validate", real_validate)
     assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
     (run,) = (digits / "runs" / "digits-demo").iterdir()
     summary = json.loads((run / "summary.json").read_text())
