@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import dist
 from .console import track
 from .errors import UserError
 from .files import atomic_write
@@ -150,8 +151,7 @@ def default_workers(workers: int | None, in_memory: bool, cuda: bool = False) ->
     CPU also trains (workers would only take cores from the model; a GPU needs them to keep up)."""
     if workers is not None:
         return workers
-    # torchrun: the machine's cores are shared by its ranks
-    cores = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    cores = (os.cpu_count() or 1) // dist.local_world_size()  # torchrun: the ranks share the machine
     return 0 if in_memory and not cuda else max(1, min(cores, 8))
 
 

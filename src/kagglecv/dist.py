@@ -65,7 +65,7 @@ def local_rank() -> int:
 
 
 def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if dist.is_initialized() else 1
+    return max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1) if dist.is_initialized() else 1
 
 
 @contextlib.contextmanager

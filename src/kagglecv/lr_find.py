@@ -48,14 +48,14 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
-def _to_cpu(obj):
+def to_cpu(obj):
     """A deep copy with every tensor on the CPU (load_state_dict moves them back)."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(to_cpu(v) for v in obj)
     return copy.deepcopy(obj)
 
 
@@ -102,8 +102,8 @@ def lr_find(
     """
     model, opt = stepper.model, stepper.optimizer
     saved = (  # on the CPU: a second copy of a big model and its optimizer may not fit on the GPU
-        _to_cpu(model.state_dict()),
-        _to_cpu(opt.state_dict()),
+        to_cpu(model.state_dict()),
+        to_cpu(opt.state_dict()),
         copy.deepcopy(stepper.scaler.state_dict()),
         get_rng_state(),
     )

@@ -49,14 +49,16 @@ def read_summary(run_dir: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(
-            f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN="
-        ) from None
+        raise _unfinished(run_dir) from None
     except (OSError, ValueError) as e:
         raise UserError(
             f"{path} is unreadable ({e}); delete it, then `make train RESUME=1 RUN={run_dir.name}` gathers it "
             "again from the finished folds"
         ) from None
+
+
+def _unfinished(run_dir: Path) -> UserError:
+    return UserError(f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN=")
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -102,7 +104,7 @@ def find_run(slug: str, run: str | None) -> Path:
         if not (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} is not a run folder (no config.yaml); runs live in {base}/<run-id>/")
         if not (run_dir / SUMMARY).exists():
-            raise UserError(f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN=")
+            raise _unfinished(run_dir)
         return run_dir
     done = sorted(p.parent for p in base.glob(f"*/{SUMMARY}")) if base.exists() else []
     if not done:

@@ -28,14 +28,14 @@ import yaml
 
 from . import dist
 from .competition import Competition
-from .config import TrainConfig
+from .config import TrainConfig, config_from_dict
 from .console import console, progress
 from .data import ImageDataset, cached_images, default_workers, make_loader, train_transform
 from .engine import Stepper, pick_device, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
 from .files import atomic_write
 from .layout import FOLDS, read_csv, read_prepared
-from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state
+from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state, to_cpu
 from .metrics import HIGHER_IS_BETTER, is_better, score
 from .model import create_model, place, resolve_input
 from .runs import (
@@ -85,8 +85,9 @@ class TrainData:
                 f"{folds_path} lacks column(s) {sorted(missing_cols)} (it needs image,label,fold); {redo}"
             )
         fold_col = pd.to_numeric(self.folds["fold"], errors="coerce")
-        if fold_col.isna().any() or (fold_col < 0).any() or (fold_col % 1 != 0).any():
-            bad = self.folds["fold"][fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0)].iloc[0]
+        not_a_fold = fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0)
+        if not_a_fold.any():
+            bad = self.folds["fold"][not_a_fold].iloc[0]
             raise UserError(f"{folds_path}: fold {bad!r} is not a fold number (0, 1, ...); {redo}")
         self.folds["fold"] = fold_col.astype(int)
         if self.folds["fold"].nunique() < 2 or len(self.folds) == 0:
@@ -209,10 +210,6 @@ def lr_find_only(comp: Competition, cfg: TrainConfig) -> float:
 # ---- resumable state -------------------------------------------------------------------------
 
 
-def _cpu(state_dict: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-
-
 def _read_rows(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.csv"
     return pd.read_csv(path).to_dict("records") if path.exists() else []
@@ -281,8 +278,9 @@ def train_fold(
                 # so a resumed run draws exactly what an uninterrupted one would have
                 epoch_seed = cfg.seed * 1_000_003 + fold * 1009 + epoch
                 # (under DDP the sampler shuffles; the generator seeds the loader's workers, per rank)
-                train_dl.generator.manual_seed(epoch_seed + 7919 * dist.rank())
-                train_dl.dataset.transform.set_random_seed((epoch_seed + 7919 * dist.rank()) % 2**32)
+                rank_seed = epoch_seed + 7919 * dist.rank()
+                train_dl.generator.manual_seed(rank_seed)
+                train_dl.dataset.transform.set_random_seed(rank_seed % 2**32)
                 if train_dl.sampler is not None and hasattr(train_dl.sampler, "set_epoch"):
                     train_dl.sampler.set_epoch(epoch)
                 bar.reset(batch_task, total=len(train_dl))
@@ -311,7 +309,7 @@ def train_fold(
                 mark = ""
                 if is_better(comp.metric, m, best):
                     best, best_epoch, best_probs = m, epoch, va["probs"]
-                    best_state = _cpu(eval_model.state_dict())
+                    best_state = to_cpu(eval_model.state_dict())
                     mark = " *"
                 state = {
                     "model": model.state_dict(),
@@ -417,8 +415,6 @@ def train(
     t0 = time.time()
     if resume:
         run_dir = run_dir or latest_unfinished(comp.slug)
-        from .config import config_from_dict
-
         cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
         console.print(f"[yellow]resuming[/] {run_dir} with its saved config")
     device, inp, data = prepare_training(comp, cfg)
@@ -442,8 +438,6 @@ def train(
     cfg_path = run_dir / "config.yaml"
     started_here = not cfg_path.exists()
     if not started_here:
-        from .config import config_from_dict
-
         # keys added to kagglecv since the run started take their defaults, as its resume does
         saved = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {}).to_dict()
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if saved.get(k) != v]
@@ -464,16 +458,14 @@ def train(
 
     try:
         # what is already on disk is decided by rank 0 and told to all, so every rank takes the same path
-        lr_json = run_dir / "lr_find.json"
-        found = dist.broadcast(
-            json.loads(lr_json.read_text())["chosen"] if dist.is_main() and lr_json.exists() else None
-        )
         if cfg.lr != "auto":
             lr = float(cfg.lr)
-        elif found is not None:  # resumed, or another part of this run found it
-            lr = float(found)
         else:
-            lr = find_lr(comp, cfg, data, inp, device, run_dir)
+            lr_json = run_dir / "lr_find.json"  # resumed, or another part of this run found it
+            found = dist.broadcast(
+                json.loads(lr_json.read_text())["chosen"] if dist.is_main() and lr_json.exists() else None
+            )
+            lr = float(found) if found is not None else find_lr(comp, cfg, data, inp, device, run_dir)
 
         rows = _read_rows(run_dir)
         for fold in fold_ids:
