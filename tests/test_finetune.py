@@ -16,7 +16,8 @@ from kagglecv.config import load_config
 from kagglecv.engine import Stepper, train_one_epoch
 from kagglecv.errors import UserError
 from kagglecv.model import create_model
-from kagglecv.train import load_checkpoint, train
+from kagglecv.runs import load_checkpoint
+from kagglecv.train import train
 
 RECIPE = [
     "device=cpu",  # bit-identical resume needs deterministic kernels; the GPU's may not be

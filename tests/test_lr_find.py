@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from kagglecv.config import load_config
 from kagglecv.engine import Stepper
 from kagglecv.lr_find import lr_find, valley
-from kagglecv.train import load_checkpoint, train
+from kagglecv.runs import load_checkpoint
+from kagglecv.train import train
 
 
 def _toy(seed=0):

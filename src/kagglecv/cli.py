@@ -18,6 +18,7 @@ from pathlib import Path
 from .competition import COMPETITIONS_DIR
 from .console import console
 from .errors import UserError
+from .files import disk_error
 
 CONFIG_HELP = "recipe overrides, any key of the --config YAML, e.g. epochs=3 lr=auto model=resnet18"
 LR_FIND_HELP = "recipe overrides, e.g. model=resnet18 img_size=224 batch_size=32 lr_find_iters=200"
@@ -459,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        return 2
+    except OSError as e:  # a full, read-only or forbidden disk is the user's to fix: one line, no traceback
+        line = disk_error(e)
+        if line is None:
+            raise
+        console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         advice = INTERRUPTED.get(args.command, "rerun the command")

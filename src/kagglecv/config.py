@@ -14,11 +14,13 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from .errors import UserError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -191,6 +193,15 @@ def check_fields(
     return out
 
 
+def build_spec(cls: type[T], values: dict[str, Any] | None, where: str, what: str = "key") -> T:
+    """Any typed options block (a layout kind, a source kind, the recipe) from a YAML mapping: the
+    same key and type checks as the recipe, defaults from the dataclass, value checks in its
+    __post_init__ (which raise UserError)."""
+    if values is not None and not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping of key: value, got {type(values).__name__}")
+    return cls(**check_fields(cls, values or {}, where, what=what))
+
+
 def build_config(values: dict[str, Any], where: str) -> TrainConfig:
     """Validate keys and types of a flat dict and build the config."""
     if isinstance(values.get("folds"), (str, list)):
@@ -255,4 +266,4 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return build_config(values, "saved config")
 
 
-__all__ = ["TrainConfig", "load_config", "config_from_dict", "read_yaml"]
+__all__ = ["TrainConfig", "build_spec", "check_fields", "load_config", "config_from_dict", "read_yaml"]

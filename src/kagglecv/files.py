@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,3 +20,53 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KB', 3.2e9 -> '3.2 GB': sizes people read (never '0.0 GB')."""
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{int(n)} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` at `dst` (no second copy on disk), else copy it. The source is never written:
+    whoever later rewrites `dst` must replace it (atomic_write renames), never open it for writing,
+    or the change would go through the link into the source (raw/, a download cache)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+DISK_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "it is on a read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+def disk_error(e: OSError) -> str | None:
+    """One line for an OSError a user can fix (full disk, read-only, no permission), else None.
+    Names the path and, for a full disk, how much room is left there."""
+    why = DISK_ERRORS.get(e.errno or 0)
+    if why is None:
+        return None
+    where = e.filename or ""
+    line = f"cannot write {where}: {why}" if where else f"cannot write: {why}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and where:
+        folder = Path(where).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            line += f" ({human_bytes(shutil.disk_usage(folder).free)} free in {folder}/)"
+        except OSError:
+            pass
+        line += "; free some space (old runs/, data/<comp>/cache/) and rerun"
+    else:
+        line += "; fix the folder's permissions (or point kagglecv at a writable copy) and rerun"
+    return line

@@ -388,6 +388,35 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
     }
 
 
+def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
+    """data/<comp>/folds.csv (image, label, fold), checked: every later stage trusts what this returns."""
+    root = comp.data_dir
+    folds_path = root / FOLDS
+    folds = read_csv(folds_path, "folds")
+    redo = f"rerun `make data COMP={comp.slug} FORCE=1` to write it again"
+    missing_cols = {"image", "label", "fold"} - set(folds.columns)
+    if missing_cols:
+        raise UserError(
+            f"{folds_path} lacks column(s) {sorted(missing_cols)} (it needs image,label,fold); {redo}"
+        )
+    fold_col = pd.to_numeric(folds["fold"], errors="coerce")
+    not_a_fold = fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0)
+    if not_a_fold.any():
+        bad = folds["fold"][not_a_fold].iloc[0]
+        raise UserError(f"{folds_path}: fold {bad!r} is not a fold number (0, 1, ...); {redo}")
+    folds["fold"] = fold_col.astype(int)
+    if folds["fold"].nunique() < 2 or len(folds) == 0:
+        raise UserError(f"{folds_path} needs at least 2 folds with images; {redo}")
+    classes = [str(c) for c in info["classes"]]
+    labels = folds["label"].astype(str)
+    unknown = set(labels) - set(classes)
+    if unknown:
+        raise UserError(
+            f"{folds_path}: labels {sorted(unknown)[:5]} are not class folders; rerun `make data COMP={comp.slug} FORCE=1`"
+        )
+    return folds
+
+
 def read_prepared(comp: Competition) -> dict:
     path = comp.data_dir / PREPARED
     if not path.exists():

@@ -1,16 +1,23 @@
 """Where runs live and what marks them finished: runs/<comp>/<run-id>/ with config.yaml from the
 start, fold<k>.pt + oof_fold<k>.csv per finished fold, and summary.json once folds are gathered.
 
-No torch here, so `kagglecv report` and the CLI's checks start fast.
+Checkpoints (fold<k>.pt: weights + the JSON needed to rebuild the model) and `gather` (oof.csv +
+summary.json from the finished folds) live here too, beside the rules that say what is finished.
+torch is imported only inside the checkpoint functions, so `kagglecv report` and the CLI's checks
+start fast.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import pickle
 import re
 import time
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from .errors import UserError
 from .files import atomic_write
@@ -110,3 +117,65 @@ def find_run(slug: str, run: str | None) -> Path:
     if not done:
         raise UserError(f"no finished training run for {slug} in {base}/: run `make train` first")
     return done[-1]
+
+
+# ---- checkpoints and the summary gathered from the finished folds ---------------------------
+
+
+def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> None:
+    # tensors + a JSON string: loads with weights_only=True, no pickled code
+    import torch
+
+    atomic_write(path, lambda p: torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, p))
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return ckpt["state_dict"], json.loads(ckpt["meta"])
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
+        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); retrain this run") from None
+
+
+def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None = None) -> dict:
+    """oof.csv + summary.json from the finished folds in a run folder (also folds trained elsewhere
+    and copied in: train FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then gather)."""
+    from .metrics import HIGHER_IS_BETTER, score
+
+    done = finished_folds(run_dir)
+    if not done:
+        raise UserError(f"run {run_dir} has no finished fold yet; train it (RESUME=1 continues it)")
+    metas = [load_checkpoint(run_dir / f"fold{k}.pt")[1] for k in done]
+    classes = metas[0]["classes"]
+    oof = pd.concat([pd.read_csv(run_dir / f"oof_fold{k}.csv", index_col="row") for k in done]).sort_index()
+    atomic_write(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
+    y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+    fold_scores = [float(m["score"]) for m in metas]
+    old = read_summary(run_dir) if (run_dir / SUMMARY).exists() else {}
+    summary = {
+        **old,
+        "competition": comp.slug,
+        "run": run_dir.name,
+        "model": metas[0]["model"],
+        "folds": len(done),
+        "fold_ids": done,
+        "metric": comp.metric,
+        "higher_is_better": HIGHER_IS_BETTER[comp.metric],
+        "cv_mean": float(np.mean(fold_scores)),
+        "cv_std": float(np.std(fold_scores)),
+        "fold_scores": fold_scores,
+        "oof_score": score(comp.metric, y, oof[[f"p_{c}" for c in classes]].to_numpy()),
+        "best_epochs": [m["best_epoch"] for m in metas],
+        "lr": metas[0]["lr"],
+        "img_size": metas[0]["img_size"],
+    }
+    if seconds is not None:  # training time, summed over interrupted and resumed sessions
+        summary["seconds"] = round(old.get("seconds", 0.0) + seconds, 1)
+    if device is not None:  # the device the run really trained on (device=cpu on a GPU machine is cpu)
+        summary["device"] = device
+    summary.setdefault("seconds", 0.0)
+    summary.setdefault("device", "?")
+    write_summary(run_dir, summary)
+    return summary

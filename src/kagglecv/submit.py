@@ -21,8 +21,7 @@ from .files import atomic_write
 from .layout import IMAGE_EXTS, read_csv, read_prepared
 from .metrics import score
 from .model import create_model, place
-from .runs import find_run, finished_folds, read_summary, write_summary
-from .train import gather, load_checkpoint
+from .runs import find_run, finished_folds, gather, load_checkpoint, read_summary, write_summary
 
 SUBMISSIONS_DIR = Path("submissions")
 

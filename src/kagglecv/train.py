@@ -14,7 +14,6 @@ and summary.json.
 from __future__ import annotations
 
 import json
-import pickle
 import random
 import shutil
 import time
@@ -34,20 +33,18 @@ from .data import ImageDataset, cached_images, default_workers, make_loader, tra
 from .engine import Stepper, pick_device, steps_per_epoch, train_one_epoch, validate
 from .errors import UserError
 from .files import atomic_write
-from .layout import FOLDS, read_csv, read_prepared
+from .layout import FOLDS, read_folds, read_prepared
 from .lr_find import get_rng_state, lr_find, save_lr_find, set_rng_state, to_cpu
-from .metrics import HIGHER_IS_BETTER, is_better, score
+from .metrics import is_better, score
 from .model import create_model, place, resolve_input
 from .runs import (
     RUNS_DIR,
-    SUMMARY,
-    finished_folds,
     fold_done,
+    gather,
     has_progress,
     latest_unfinished,
     new_run_dir,
-    read_summary,
-    write_summary,
+    save_checkpoint,
 )
 
 
@@ -57,54 +54,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> None:
-    # tensors + a JSON string: loads with weights_only=True, no pickled code
-    atomic_write(path, lambda p: torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, p))
-
-
-def load_checkpoint(path: Path) -> tuple[dict, dict]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        return ckpt["state_dict"], json.loads(ckpt["meta"])
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); retrain this run") from None
-
-
 class TrainData:
     """Everything about the training images that does not change between folds."""
 
     def __init__(self, comp: Competition, cfg: TrainConfig, size: int, cuda: bool = False):
         root = comp.data_dir
         info = read_prepared(comp)
-        folds_path = root / FOLDS
-        self.folds = read_csv(folds_path, "folds")
-        redo = f"rerun `make data COMP={comp.slug} FORCE=1` to write it again"
-        missing_cols = {"image", "label", "fold"} - set(self.folds.columns)
-        if missing_cols:
-            raise UserError(
-                f"{folds_path} lacks column(s) {sorted(missing_cols)} (it needs image,label,fold); {redo}"
-            )
-        fold_col = pd.to_numeric(self.folds["fold"], errors="coerce")
-        not_a_fold = fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0)
-        if not_a_fold.any():
-            bad = self.folds["fold"][not_a_fold].iloc[0]
-            raise UserError(f"{folds_path}: fold {bad!r} is not a fold number (0, 1, ...); {redo}")
-        self.folds["fold"] = fold_col.astype(int)
-        if self.folds["fold"].nunique() < 2 or len(self.folds) == 0:
-            raise UserError(f"{folds_path} needs at least 2 folds with images; {redo}")
+        self.folds = read_folds(comp, info)
         self.classes: list[str] = [str(c) for c in info["classes"]]
-        labels = self.folds["label"].astype(str)
-        unknown = set(labels) - set(self.classes)
-        if unknown:
-            raise UserError(
-                f"{folds_path}: labels {sorted(unknown)[:5]} are not class folders; rerun `make data COMP={comp.slug} FORCE=1`"
-            )
-        self.labels = labels.map({c: i for i, c in enumerate(self.classes)}).to_numpy()
+        self.labels = (
+            self.folds["label"].astype(str).map({c: i for i, c in enumerate(self.classes)}).to_numpy()
+        )
         paths = [root / p for p in self.folds["image"]]
         missing = [p for p in paths if not p.exists()]
         if missing:
             raise UserError(
-                f"{len(missing)} images in {folds_path} are missing (e.g. {missing[0]}); rerun `make data COMP={comp.slug} FORCE=1`"
+                f"{len(missing)} images in {root / FOLDS} are missing (e.g. {missing[0]}); rerun `make data COMP={comp.slug} FORCE=1`"
             )
         paths, images = cached_images(paths, root, size, cfg.cache, cfg.cache_mb, "decoding train images")
         self.dataset = ImageDataset(paths, self.labels, size, images)
@@ -366,45 +331,6 @@ def train_fold(
 # ---- a run: folds, then the summary gathered from whatever folds are finished -----------------
 
 
-def gather(run_dir: Path, comp: Competition, seconds: float | None = None) -> dict:
-    """oof.csv + summary.json from the finished folds in a run folder (also folds trained elsewhere
-    and copied in: train FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then gather)."""
-    done = finished_folds(run_dir)
-    if not done:
-        raise UserError(f"run {run_dir} has no finished fold yet; train it (RESUME=1 continues it)")
-    metas = [load_checkpoint(run_dir / f"fold{k}.pt")[1] for k in done]
-    classes = metas[0]["classes"]
-    oof = pd.concat([pd.read_csv(run_dir / f"oof_fold{k}.csv", index_col="row") for k in done]).sort_index()
-    atomic_write(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
-    y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-    fold_scores = [float(m["score"]) for m in metas]
-    old = read_summary(run_dir) if (run_dir / SUMMARY).exists() else {}
-    summary = {
-        **old,
-        "competition": comp.slug,
-        "run": run_dir.name,
-        "model": metas[0]["model"],
-        "folds": len(done),
-        "fold_ids": done,
-        "metric": comp.metric,
-        "higher_is_better": HIGHER_IS_BETTER[comp.metric],
-        "cv_mean": float(np.mean(fold_scores)),
-        "cv_std": float(np.std(fold_scores)),
-        "fold_scores": fold_scores,
-        "oof_score": score(comp.metric, y, oof[[f"p_{c}" for c in classes]].to_numpy()),
-        "best_epochs": [m["best_epoch"] for m in metas],
-        "lr": metas[0]["lr"],
-        "img_size": metas[0]["img_size"],
-    }
-    if seconds is not None:  # training time, summed over interrupted and resumed sessions
-        summary["seconds"] = round(old.get("seconds", 0.0) + seconds, 1)
-        summary["device"] = pick_device("auto").type
-    summary.setdefault("seconds", 0.0)
-    summary.setdefault("device", "?")
-    write_summary(run_dir, summary)
-    return summary
-
-
 def train(
     comp: Competition,
     cfg: TrainConfig,
@@ -482,7 +408,7 @@ def train(
     dist.barrier()
     if not dist.is_main():
         return run_dir
-    summary = gather(run_dir, comp, seconds=time.time() - t0)
+    summary = gather(run_dir, comp, seconds=time.time() - t0, device=device.type)
     print_cv_table(run_dir, summary)
     return run_dir
 
