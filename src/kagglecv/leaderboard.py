@@ -1,0 +1,155 @@
+"""Every run of a competition in one table, best CV first: `make runs` (kagglecv runs).
+
+    kagglecv runs -c digits-small
+
+Reads run folders (config.yaml, summary.json, finished folds, the run lock), blend folders and the
+submission records in submissions/ (local test score, public LB score once `make lb` fetched it);
+writes nothing but runs/<comp>/runs.csv, the same table as a CSV. No torch here: it starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from rich.markup import escape
+from rich.table import Table
+
+from .files import atomic_write
+from .locks import LOCK_NAME, is_locked
+from .runs import RUNS_DIR, SUMMARY, finished_folds
+
+SUBMISSIONS_DIR = Path("submissions")
+COLUMNS = [
+    "run", "model", "img_size", "epochs", "folds", "cv_mean", "cv_std", "oof_score",
+    "test_score", "public_lb", "seconds", "state", "pseudo",
+]  # fmt: skip
+
+
+def submission_records(slug: str) -> list[dict]:
+    """submissions/<slug>-*.json written by `make submit` (and updated by `make lb`), oldest first."""
+    out = []
+    for path in sorted(SUBMISSIONS_DIR.glob(f"{slug}-*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a record being written or damaged: the table simply lacks its scores
+        if isinstance(rec, dict) and rec.get("competition", slug) == slug:
+            rec.setdefault("record", path.name)
+            out.append(rec)
+    return out
+
+
+def _latest(records: list[dict], run: str, key: str):
+    values = [r.get(key) for r in records if r.get("run") == run and r.get(key) is not None]
+    return values[-1] if values else None
+
+
+def _config(run_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _state(run_dir: Path, summary: dict | None, n_folds: int | None) -> str:
+    if is_locked(run_dir / LOCK_NAME):
+        return "running"
+    if summary is None or list(run_dir.glob("fold*.last.pt")):
+        return "unfinished"
+    if n_folds and len(summary.get("fold_ids", [])) < n_folds:
+        return "partial"
+    return "finished"
+
+
+def run_row(run_dir: Path, records: list[dict], n_folds: int | None) -> dict:
+    summary = None
+    if (run_dir / SUMMARY).exists():
+        try:
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        except (OSError, ValueError):
+            summary = None
+    cfg = _config(run_dir)
+    s = summary or {}
+    done = len(finished_folds(run_dir)) if s.get("kind") != "blend" else s.get("folds", 0)
+    total = n_folds or s.get("folds") or done
+    epochs = (cfg.get("freeze_epochs") or 0) + (cfg.get("epochs") or 0) if cfg else None
+    return {
+        "run": run_dir.name,
+        "model": s.get("model") or cfg.get("model"),
+        "img_size": s.get("img_size") or cfg.get("img_size"),
+        "epochs": epochs or None,
+        "folds": f"{done}/{total}",
+        "cv_mean": s.get("cv_mean"),
+        "cv_std": s.get("cv_std"),
+        "oof_score": s.get("oof_score"),
+        "test_score": _latest(records, run_dir.name, "test_score"),
+        "public_lb": _latest(records, run_dir.name, "public_score"),
+        "seconds": s.get("seconds"),
+        "state": _state(run_dir, summary, n_folds),
+        "pseudo": cfg.get("pseudo") or "",
+    }
+
+
+def runs_frame(slug: str, higher_is_better: bool, n_folds: int | None = None) -> pd.DataFrame:
+    """One row per run folder of `slug`, best CV first (runs without a CV last)."""
+    base = RUNS_DIR / slug
+    records = submission_records(slug)
+    dirs = (
+        [p for p in base.iterdir() if p.is_dir() and ((p / "config.yaml").exists() or (p / SUMMARY).exists())]
+        if base.exists()
+        else []
+    )
+    frame = pd.DataFrame([run_row(p, records, n_folds) for p in dirs], columns=COLUMNS)
+    if frame.empty:
+        return frame
+    key = frame["cv_mean"].astype(float)
+    frame["_key"] = key if higher_is_better else -key
+    return frame.sort_values(["_key", "run"], ascending=[False, True], na_position="last").drop(
+        columns="_key"
+    )
+
+
+def _num(v, spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return format(v, spec) if isinstance(v, (int, float)) else escape(str(v))
+
+
+STATE_STYLE = {"finished": "green", "running": "cyan", "unfinished": "yellow", "partial": "yellow"}
+
+
+def runs_table(slug: str, frame: pd.DataFrame, metric: str) -> Table:
+    table = Table(title=f"{escape(slug)} · runs (best CV first, {escape(metric)})", title_justify="left")
+    for col in ("run", "model", "size", "ep", "folds", "CV", "OOF", "test", "public LB", "time", "state"):
+        table.add_column(col, justify="left" if col in ("run", "model", "state") else "right")
+    for r in frame.to_dict("records"):
+        cv = (
+            "" if r["cv_mean"] is None or pd.isna(r["cv_mean"]) else f"{r['cv_mean']:.4f} ± {r['cv_std']:.4f}"
+        )
+        name = escape(r["run"]) + (" [dim](pseudo)[/]" if r["pseudo"] else "")
+        style = STATE_STYLE.get(r["state"], "")
+        table.add_row(
+            name,
+            escape(str(r["model"] or "")),
+            _num(r["img_size"], "d") if isinstance(r["img_size"], int) else _num(r["img_size"]),
+            _num(r["epochs"], "d") if isinstance(r["epochs"], int) else "",
+            r["folds"],
+            cv,
+            _num(r["oof_score"]),
+            _num(r["test_score"]),
+            _num(r["public_lb"], ".5f"),
+            "" if r["seconds"] is None or pd.isna(r["seconds"]) else f"{r['seconds']:.0f}s",
+            f"[{style}]{r['state']}[/]" if style else r["state"],
+        )
+    return table
+
+
+def write_runs_csv(slug: str, frame: pd.DataFrame) -> Path:
+    path = RUNS_DIR / slug / "runs.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: frame.to_csv(p, index=False))
+    return path

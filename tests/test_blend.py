@@ -1,0 +1,149 @@
+"""Blends fitted on out-of-fold predictions: weights, honest nested CV, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kagglecv.blend import blend, blend_test_probs, fit_blend, greedy_weights, load_members, read_blend
+from kagglecv.errors import UserError
+from kagglecv.metrics import score
+
+CLASSES = ["a", "b", "c"]
+
+
+def _truth(n: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    folds = np.arange(n) % 5
+    return y, folds
+
+
+def _probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
+    """Noisy probabilities: `skill` mass on the true class, the rest random."""
+    rng = np.random.default_rng(seed)
+    noise = rng.dirichlet(np.ones(3), len(y))
+    onehot = np.eye(3)[y]
+    return skill * onehot + (1 - skill) * noise
+
+
+def _write_run(root, name: str, y, folds, probs, metric="log_loss", finished=True, images=None):
+    run = root / "runs" / "toy" / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: x\n")
+    images = images if images is not None else [f"train/{CLASSES[c]}/{i:04d}.png" for i, c in enumerate(y)]
+    oof = pd.DataFrame({"image": images, "label": [CLASSES[c] for c in y], "fold": folds})
+    for i, c in enumerate(CLASSES):
+        oof[f"p_{c}"] = probs[:, i]
+    oof.to_csv(run / "oof.csv", index=False)
+    if finished:
+        s = score(metric, y, probs)
+        summary = {"run": name, "metric": metric, "cv_mean": s, "cv_std": 0.0, "fold_ids": [0, 1, 2, 3, 4]}
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_greedy_weights_favour_the_better_member_and_sum_to_one():
+    y, _ = _truth()
+    good, bad = _probs(y, 0.6, 1), _probs(y, 0.05, 2)
+    w = greedy_weights("log_loss", y, [good, bad])
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    assert w[0] > w[1]
+
+
+def test_two_complementary_members_blend_better_than_either():
+    y, folds = _truth(600)
+    rng = np.random.default_rng(5)
+    # each member is right on a different half of the rows
+    half = rng.random(len(y)) < 0.5
+    a = np.where(half[:, None], _probs(y, 0.7, 1), _probs(y, 0.1, 2))
+    b = np.where(half[:, None], _probs(y, 0.1, 3), _probs(y, 0.7, 4))
+    fit = fit_blend("log_loss", y, folds, [a, b])
+    blended = score("log_loss", y, fit["oof"])
+    assert blended < min(score("log_loss", y, a), score("log_loss", y, b))
+    assert 0.3 < fit["weights"][0] < 0.7
+
+
+def test_nested_cv_never_sees_the_held_out_labels():
+    """Fold 0's blended predictions come from weights fitted on folds 1-4 only: changing fold 0's
+    labels must not change them."""
+    y, folds = _truth()
+    members = [_probs(y, 0.5, 1), _probs(y, 0.3, 2), _probs(y, 0.1, 3)]
+    first = fit_blend("log_loss", y, folds, members)["oof"]
+    y2 = y.copy()
+    y2[folds == 0] = (y2[folds == 0] + 1) % 3
+    second = fit_blend("log_loss", y2, folds, members)["oof"]
+    np.testing.assert_allclose(first[folds == 0], second[folds == 0])
+
+
+def test_blend_folder_reads_like_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    y, folds = _truth()
+    _write_run(tmp_path, "r1", y, folds, _probs(y, 0.5, 1))
+    _write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2))
+    out = blend("toy", ["r1", "r2"])
+    assert out.name.startswith("blend-")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["kind"] == "blend" and summary["members"] == ["r1", "r2"]
+    assert sum(summary["weights"]) == pytest.approx(1.0)
+    oof = pd.read_csv(out / "oof.csv")
+    assert len(oof) == len(y) and {"p_a", "p_b", "p_c"} <= set(oof.columns)
+    y_saved = oof["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    assert summary["oof_score"] == pytest.approx(
+        score("log_loss", y_saved, oof[["p_a", "p_b", "p_c"]].to_numpy())
+    )
+    spec = read_blend(out)
+    test = blend_test_probs(spec, [np.eye(3)[[0, 1]], np.eye(3)[[0, 2]]])
+    assert test.shape == (2, 3) and test.sum(1) == pytest.approx([1.0, 1.0])
+
+
+def test_default_members_are_the_finished_runs_on_the_same_folds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    y, folds = _truth()
+    _write_run(tmp_path, "r1", y, folds, _probs(y, 0.5, 1))
+    _write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2))
+    _write_run(tmp_path, "other-folds", y, (folds + 1) % 5, _probs(y, 0.4, 3))
+    _write_run(tmp_path, "unfinished", y, folds, _probs(y, 0.4, 4), finished=False)
+    assert [m.name for m in load_members("toy", None)] == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("folds", "different folds"),
+        ("unfinished", "did not finish"),
+        ("single", "at least two"),
+        ("no_oof", "oof.csv is missing"),
+        ("unknown", "no run 'nope'"),
+    ],
+)
+def test_blend_refuses_in_one_line(tmp_path, monkeypatch, case, expected):
+    monkeypatch.chdir(tmp_path)
+    y, folds = _truth()
+    _write_run(tmp_path, "r1", y, folds, _probs(y, 0.5, 1))
+    names = ["r1", "r2"]
+    if case == "folds":
+        _write_run(tmp_path, "r2", y, (folds + 1) % 5, _probs(y, 0.4, 2))
+    elif case == "unfinished":
+        _write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2), finished=False)
+    elif case == "single":
+        names = ["r1"]
+    elif case == "no_oof":
+        (_write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2)) / "oof.csv").unlink()
+    elif case == "unknown":
+        names = ["r1", "nope"]
+    with pytest.raises(UserError, match=expected) as e:
+        blend("toy", names)
+    assert "\n" not in str(e.value)
+
+
+def test_roc_auc_blends_rank_averages():
+    y, folds = _truth()
+    yb = (y == 0).astype(int)
+    a = np.stack([1 - _probs(yb, 0.3, 1)[:, 0], _probs(yb, 0.3, 1)[:, 0]], 1)
+    b = a**3  # same order, other calibration: its ranks equal a's
+    fit = fit_blend("roc_auc", yb, folds, [a, b])
+    assert score("roc_auc", yb, fit["oof"]) == pytest.approx(score("roc_auc", yb, a), abs=0.02)
