@@ -137,7 +137,10 @@ def _cv2_fallback(data: bytes) -> Image.Image:
     import cv2  # only this fallback needs it; the cap was set before any import of cv2
 
     with BUDGET.hold(size[0] * size[1]):
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:  # OpenCV 5 raises where 4 returned None
+            arr = None
         if arr is None:
             raise OSError("neither PIL nor OpenCV can decode it")
         return Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB), "RGB")
@@ -229,6 +232,7 @@ class Measure:
     mode: str
     phash: str
     content: str = ""
+    format: str = ""
 
 
 def measure(data: bytes) -> Measure:
@@ -241,9 +245,9 @@ def measure(data: bytes) -> Measure:
     except (OSError, ValueError, SyntaxError):
         img = None  # decode() gives TIFFs their second opinion, or raises
     if img is None or img.format != "JPEG" or min(img.size) < TINY:
-        rgb, _, mode, _ = decode(data)
-        tiny = min(rgb.size) < TINY
-        return Measure(rgb.width, rgb.height, mode, similarity_hash(rgb), content_hash(rgb) if tiny else "")
+        rgb, fmt, mode, _ = decode(data)
+        content = content_hash(rgb) if min(rgb.size) < TINY else ""
+        return Measure(rgb.width, rgb.height, mode, similarity_hash(rgb), content, fmt)
     mode, (width, height) = img.mode, img.size
     orientation = img.getexif().get(ORIENTATION, 1)
     if orientation in (5, 6, 7, 8):  # rotated a quarter turn: width and height swap
@@ -251,7 +255,7 @@ def measure(data: bytes) -> Measure:
     img.draft("L", (DRAFT_SIDE, DRAFT_SIDE))
     _load(img)
     upright = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
-    return Measure(width, height, mode, phash_hex(upright))
+    return Measure(width, height, mode, phash_hex(upright), format="JPEG")
 
 
 def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
@@ -261,7 +265,7 @@ def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
     sha = sha256_bytes(data)
     head = data[:512].lstrip().lower()
     try:
-        rgb, fmt, mode, _ = decode(data)
+        m = measure(data)  # the same decode and hash as `make data` and `inspect`
     except Image.DecompressionBombError as e:
         return ImageCheck("too_many_pixels", str(e), sha256=sha)
     except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
@@ -271,16 +275,10 @@ def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
             return ImageCheck("corrupt", str(e)[:120], sha256=sha)
         return ImageCheck("not_an_image", "unrecognised data", sha256=sha)
     check = ImageCheck(
-        "kept",
-        width=rgb.width,
-        height=rgb.height,
-        format=fmt,
-        mode=mode,
-        sha256=sha,
-        phash=similarity_hash(rgb),
+        "kept", width=m.width, height=m.height, format=m.format, mode=m.mode, sha256=sha, phash=m.phash
     )
-    if min(rgb.width, rgb.height) < min_size:
-        check.status, check.detail = "too_small", f"{rgb.width}x{rgb.height} < {min_size}px"
+    if min(m.width, m.height) < min_size:
+        check.status, check.detail = "too_small", f"{m.width}x{m.height} < {min_size}px"
     return check
 
 

@@ -15,9 +15,10 @@ test image stays in test/, since Kaggle scores every id: submit fills its row wi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.markup import escape
@@ -35,13 +36,13 @@ CHUNK = 64
 
 
 def measure_file(path: Path) -> tuple:
-    """(bytes, mtime_ns, width, height, mode, phash, content) of one image; width 0 and the reason
-    in `mode` when it does not decode."""
+    """(bytes, mtime_ns, width, height, mode, phash, content) of one image; width 0 when it does not
+    decode."""
+    st = path.stat()
     try:
-        st = path.stat()
         m = measure(path.read_bytes())
-    except Exception as e:  # noqa: BLE001 -- a damaged file raises all sorts (struct.error, EOFError, ...)
-        return 0, 0, 0, 0, f"{type(e).__name__}: {e}"[:200], "", ""
+    except Exception:  # noqa: BLE001 -- a damaged file raises all sorts (struct.error, EOFError, ...)
+        return st.st_size, st.st_mtime_ns, 0, 0, "", "", ""
     return st.st_size, st.st_mtime_ns, m.width, m.height, m.mode, m.phash, m.content
 
 
@@ -59,15 +60,21 @@ def _pool(n: int, workers: int, processes: bool | None) -> Executor:
 
 
 def measure_many(
-    paths: Sequence[Path], *, description: str, workers: int | None = None, processes: bool | None = None
-) -> list[tuple]:
-    """`measure_file` of every path, in parallel, in order, with a progress bar."""
+    paths: Sequence[Path],
+    *,
+    description: str,
+    fn: Callable[[Path], Any] = measure_file,
+    workers: int | None = None,
+    processes: bool | None = None,
+) -> list:
+    """`fn` (a module-level function: processes pickle it) of every path, in parallel, in order,
+    with a progress bar."""
     workers = workers or os.cpu_count() or 1
-    results: list[tuple] = []
+    results: list = []
     with progress() as bar, _pool(len(paths), workers, processes) as pool:
         task = bar.add_task(description, total=len(paths), info="")
         chunk = CHUNK if isinstance(pool, ProcessPoolExecutor) else 1
-        for got in pool.map(measure_file, paths, chunksize=chunk):
+        for got in pool.map(fn, paths, chunksize=chunk):
             results.append(got)
             bar.advance(task)
     return results
@@ -104,8 +111,7 @@ def verify_images(staging: Path, **pool) -> dict:
     bad_test = [Path(p).relative_to("test").as_posix() for p in table.loc[broken & ~is_train, "image"]]
     for rel in bad_train:
         (staging / rel).unlink()  # a link to (or copy of) raw/: raw/ keeps the file
-    kept = table[~(broken & is_train)].copy()
-    kept.loc[kept["width"] == 0, "mode"] = ""  # the reason is for this warning, not the cache
+    kept = table[~(broken & is_train)]
     atomic_write(staging / IMAGES, lambda path: kept.to_csv(path, index=False))
     _warn("training images", bad_train, len(train), "left out of every fold", "unreadable_train")
     _warn(
