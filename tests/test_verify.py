@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -136,8 +137,8 @@ def test_inspect_reads_images_csv_instead_of_decoding(workdir, monkeypatch, caps
     comp, _ = _kaggle_like(workdir, broken_train=(), broken_test=())
     prepare(comp)
     calls = []
-    real = verify.measure
-    monkeypatch.setattr(verify, "measure", lambda data: calls.append(1) or real(data))
+    real = images.measure
+    monkeypatch.setattr(images, "measure", lambda data: calls.append(1) or real(data))
     figures = inspect_data(comp, samples=1)
     assert calls == [] and figures["train_counts"] == {"cat": 7, "dog": 6}
     assert figures["undecodable"] == 0
@@ -234,3 +235,18 @@ def test_holdout_hashes_hand_made_raw_like_make_data(tmp_path):
     kept = kept_images(tmp_path)
     assert kept["file"].tolist() == ["a/sub/1.jpg", "b/sub/1.jpg"]
     assert kept["phash"].iloc[0] == measure((tmp_path / "a" / "sub" / "1.jpg").read_bytes()).phash
+
+
+PARENT = os.getpid()
+
+
+def _dies_in_a_worker(path):
+    if os.getpid() != PARENT:
+        os._exit(1)  # as the kernel's OOM killer ends a worker
+    return path.name
+
+
+def test_dead_worker_processes_fall_back_to_threads(tmp_path):
+    paths = [tmp_path / f"{i}.jpg" for i in range(5)]
+    got = verify.measure_many(paths, description="t", fn=_dies_in_a_worker, workers=2, processes=True)
+    assert got == [p.name for p in paths]

@@ -258,6 +258,17 @@ def measure(data: bytes) -> Measure:
     return Measure(width, height, mode, phash_hex(upright), format="JPEG")
 
 
+def measure_file(path: Path) -> tuple:
+    """(bytes, mtime_ns, width, height, mode, phash, content) of one image file; width 0 when it
+    does not decode. A module-level function of this light module: worker processes run it."""
+    st = path.stat()
+    try:
+        m = measure(path.read_bytes())
+    except Exception:  # noqa: BLE001 -- a damaged file raises all sorts (struct.error, EOFError, ...)
+        return st.st_size, st.st_mtime_ns, 0, 0, "", "", ""
+    return st.st_size, st.st_mtime_ns, m.width, m.height, m.mode, m.phash, m.content
+
+
 def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
     """Decide whether bytes are a real image worth keeping; hash it either way if it decodes."""
     if not data:

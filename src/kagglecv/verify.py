@@ -14,9 +14,12 @@ test image stays in test/, since Kaggle scores every id: submit fills its row wi
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from rich.markup import escape
 
 from .console import console, progress
 from .files import atomic_write
-from .images import IMAGE_EXTS, measure
+from .images import IMAGE_EXTS, measure_file
 
 IMAGES = "images.csv"
 COLUMNS = ["image", "bytes", "mtime", "width", "height", "mode", "phash", "content"]
@@ -35,27 +38,16 @@ PROCESS_MIN = 2000
 CHUNK = 64
 
 
-def measure_file(path: Path) -> tuple:
-    """(bytes, mtime_ns, width, height, mode, phash, content) of one image; width 0 when it does not
-    decode."""
-    st = path.stat()
-    try:
-        m = measure(path.read_bytes())
-    except Exception:  # noqa: BLE001 -- a damaged file raises all sorts (struct.error, EOFError, ...)
-        return st.st_size, st.st_mtime_ns, 0, 0, "", "", ""
-    return st.st_size, st.st_mtime_ns, m.width, m.height, m.mode, m.phash, m.content
-
-
 def _pool(n: int, workers: int, processes: bool | None) -> Executor:
-    """Threads for a few images; processes for many (the hashing holds the GIL a good part of
-    each image's time)."""
+    """Threads for a few images; processes for many (the hashing holds the GIL a good part of each
+    image's time). Processes are forked (no re-import of the main module, which `spawn` would need)
+    and all started here, before the progress bar starts its thread: a fork copies no thread's lock."""
     if processes is None:
         processes = n >= PROCESS_MIN and workers > 1
-    if processes:
-        import multiprocessing
-
-        # forkserver: no fork of a process that already runs threads (the progress bar's, the lock's)
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    if processes and sys.platform == "linux":
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()  # a fork context starts every worker at the first task
+        return pool
     return ThreadPoolExecutor(workers)
 
 
@@ -68,15 +60,25 @@ def measure_many(
     processes: bool | None = None,
 ) -> list:
     """`fn` (a module-level function: processes pickle it) of every path, in parallel, in order,
-    with a progress bar."""
+    with a progress bar. Should worker processes die (out of memory), threads redo the rest."""
     workers = workers or os.cpu_count() or 1
     results: list = []
-    with progress() as bar, _pool(len(paths), workers, processes) as pool:
+    try:
+        pool = _pool(len(paths), workers, processes)
+    except BrokenProcessPool:
+        pool = ThreadPoolExecutor(workers)
+    with progress() as bar, pool:
         task = bar.add_task(description, total=len(paths), info="")
         chunk = CHUNK if isinstance(pool, ProcessPoolExecutor) else 1
-        for got in pool.map(fn, paths, chunksize=chunk):
-            results.append(got)
-            bar.advance(task)
+        try:
+            for got in pool.map(fn, paths, chunksize=chunk):
+                results.append(got)
+                bar.advance(task)
+        except BrokenProcessPool:
+            with ThreadPoolExecutor(workers) as threads:
+                for got in threads.map(fn, paths[len(results) :]):
+                    results.append(got)
+                    bar.advance(task)
     return results
 
 
