@@ -99,10 +99,9 @@ def _kaggle_like(workdir, n_per_class=7, broken_train=("cat.3.jpg", "dog.5.jpg")
             (raw / "train" / f"{cls}.{i}.jpg").write_bytes(_jpeg(10 * i + k))
     for i in range(1, 5):
         (raw / "test1" / f"{i}.jpg").write_bytes(_jpeg(100 + i))
-    for name in broken_train:
+    for name in broken_train:  # the first cut short, the next an error page saved as .jpg
         data = (raw / "train" / name).read_bytes()
-        (raw / "train" / name).write_bytes(data[: len(data) // 2])
-    (raw / "train" / "dog.5.jpg").write_bytes(b"<html>not found</html>")
+        (raw / "train" / name).write_bytes(data[: len(data) // 2] if name.startswith("cat") else b"<html>")
     for name in broken_test:
         data = (raw / "test1" / name).read_bytes()
         (raw / "test1" / name).write_bytes(data[: len(data) // 2])
@@ -114,13 +113,15 @@ def _kaggle_like(workdir, n_per_class=7, broken_train=("cat.3.jpg", "dog.5.jpg")
 
 def test_make_data_leaves_out_unreadable_train_and_lists_test(workdir, capsys):
     comp, raw = _kaggle_like(workdir)
+    (raw / "train" / "cat.7.png").write_bytes(_png_header_only(11_000, 10_000))  # over the pixel cap
     prepare(comp)
     out = " ".join(capsys.readouterr().out.split())
     root = comp.data_dir
     info = json.loads((root / "prepared.json").read_text())
-    assert info["unreadable_train"] == ["train/cat/cat.3.jpg", "train/dog/dog.5.jpg"]
+    assert info["unreadable_train"] == ["train/cat/cat.3.jpg", "train/cat/cat.7.png", "train/dog/dog.5.jpg"]
     assert info["unreadable_test"] == ["3.jpg"]  # as submit names it: relative to test/
-    assert "2 of 14 training images do not decode" in out and "left out of every fold" in out
+    assert "3 of 15 training images do not decode (1 of them over 100,000,000 pixels" in out
+    assert "left out of every fold" in out
     assert "1 of 4 test images do not decode: 3.jpg" in out and "class prior" in out
     folds = pd.read_csv(root / "folds.csv")
     assert len(folds) == 12 == info["n_train"] and "train/cat/cat.3.jpg" not in set(folds["image"])
@@ -140,7 +141,7 @@ def test_inspect_reads_images_csv_instead_of_decoding(workdir, monkeypatch, caps
     real = images.measure
     monkeypatch.setattr(images, "measure", lambda data: calls.append(1) or real(data))
     figures = inspect_data(comp, samples=1)
-    assert calls == [] and figures["train_counts"] == {"cat": 7, "dog": 6}
+    assert calls == [] and figures["train_counts"] == {"cat": 7, "dog": 7}
     assert figures["undecodable"] == 0
     # an image changed after make data is measured again, and only that one
     (comp.data_dir / "test" / "2.jpg").write_bytes(b"garbage")
@@ -151,7 +152,7 @@ def test_inspect_reads_images_csv_instead_of_decoding(workdir, monkeypatch, caps
     (comp.data_dir / "inspect" / "hashes.csv").unlink()
     calls.clear()
     inspect_data(comp, samples=1)
-    assert len(calls) == 13 + 4
+    assert len(calls) == 14 + 4
 
 
 def test_processes_and_threads_measure_alike(tmp_path):

@@ -36,6 +36,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # the cap, or many ordinary ones side by side.
 DECODE_BUDGET = MAX_PIXELS
 ORIENTATION = 0x0112  # EXIF tag
+TOO_MANY_PIXELS = "too_many_pixels"
 
 
 @dataclass
@@ -260,10 +261,13 @@ def measure(data: bytes) -> Measure:
 
 def measure_file(path: Path) -> tuple:
     """(bytes, mtime_ns, width, height, mode, phash, content) of one image file; width 0 when it
-    does not decode. A module-level function of this light module: worker processes run it."""
+    does not decode (mode TOO_MANY_PIXELS when over the cap). A module-level function of this light
+    module: worker processes run it."""
     st = path.stat()
     try:
         m = measure(path.read_bytes())
+    except Image.DecompressionBombError:
+        return st.st_size, st.st_mtime_ns, 0, 0, TOO_MANY_PIXELS, "", ""
     except Exception:  # noqa: BLE001 -- a damaged file raises all sorts (struct.error, EOFError, ...)
         return st.st_size, st.st_mtime_ns, 0, 0, "", "", ""
     return st.st_size, st.st_mtime_ns, m.width, m.height, m.mode, m.phash, m.content
@@ -278,7 +282,7 @@ def check_image(data: bytes, min_size: int = 32) -> ImageCheck:
     try:
         m = measure(data)  # the same decode and hash as `make data` and `inspect`
     except Image.DecompressionBombError as e:
-        return ImageCheck("too_many_pixels", str(e), sha256=sha)
+        return ImageCheck(TOO_MANY_PIXELS, str(e), sha256=sha)
     except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
         if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<svg", b"{")):
             return ImageCheck("not_an_image", "HTML/XML/JSON, not image data", sha256=sha)

@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from .console import console, progress
 from .files import atomic_write
-from .images import IMAGE_EXTS, measure_file
+from .images import IMAGE_EXTS, MAX_PIXELS, TOO_MANY_PIXELS, measure_file
 
 IMAGES = "images.csv"
 COLUMNS = ["image", "bytes", "mtime", "width", "height", "mode", "phash", "content"]
@@ -88,12 +88,15 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _warn(what: str, names: list[str], total: int, consequence: str, key: str) -> None:
-    if not names:
+def _warn(what: str, bad: pd.DataFrame, total: int, consequence: str, key: str) -> None:
+    if bad.empty:
         return
+    names = bad["image"].tolist()
     shown = ", ".join(escape(n) for n in names[:SHOW]) + (", …" if len(names) > SHOW else "")
+    big = int((bad["mode"] == TOO_MANY_PIXELS).sum())
+    why = f" ({big} of them over {MAX_PIXELS:,} pixels, kagglecv's cap)" if big else ""
     console.print(
-        f"[yellow]warning:[/] {len(names)} of {total} {what} do not decode: {shown}; {consequence} "
+        f"[yellow]warning:[/] {len(names)} of {total} {what} do not decode{why}: {shown}; {consequence} "
         f"(all listed in prepared.json under {key})",
         soft_wrap=True,
     )
@@ -109,9 +112,9 @@ def verify_images(staging: Path, **pool) -> dict:
     table = pd.DataFrame(rows, columns=COLUMNS)
     broken = table["width"] == 0
     is_train = table["image"].str.startswith("train/")
-    bad_train = table.loc[broken & is_train, "image"].tolist()
-    bad_test = [Path(p).relative_to("test").as_posix() for p in table.loc[broken & ~is_train, "image"]]
-    for rel in bad_train:
+    bad_train = table[broken & is_train]
+    bad_test = table[broken & ~is_train].assign(image=lambda t: t["image"].str.removeprefix("test/"))
+    for rel in bad_train["image"]:
         (staging / rel).unlink()  # a link to (or copy of) raw/: raw/ keeps the file
     kept = table[~(broken & is_train)]
     atomic_write(staging / IMAGES, lambda path: kept.to_csv(path, index=False))
@@ -123,7 +126,7 @@ def verify_images(staging: Path, **pool) -> dict:
         "their submission rows get the training class prior",
         "unreadable_test",
     )
-    return {"unreadable_train": bad_train, "unreadable_test": bad_test}
+    return {"unreadable_train": bad_train["image"].tolist(), "unreadable_test": bad_test["image"].tolist()}
 
 
 def read_images_csv(root: Path) -> dict[str, tuple]:
