@@ -147,12 +147,16 @@ def test_inspect_reads_images_csv_instead_of_decoding(workdir, monkeypatch, caps
     (comp.data_dir / "test" / "2.jpg").write_bytes(b"garbage")
     figures = inspect_data(comp, samples=1)
     assert len(calls) == 1 and figures["undecodable"] == 1
+    # an image deleted since: reported, no traceback
+    (comp.data_dir / "train" / "cat" / "cat.0.jpg").unlink()
+    figures = inspect_data(comp, samples=1)
+    assert figures["undecodable"] == 2 and "train/cat/cat.0.jpg" in capsys.readouterr().out
     # data prepared by an older kagglecv (no images.csv, no cache) is measured as before
     (comp.data_dir / verify.IMAGES).unlink()
     (comp.data_dir / "inspect" / "hashes.csv").unlink()
     calls.clear()
     inspect_data(comp, samples=1)
-    assert len(calls) == 14 + 4
+    assert len(calls) == 13 + 4  # every image still there (the garbage one too), once
 
 
 def test_processes_and_threads_measure_alike(tmp_path):

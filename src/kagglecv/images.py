@@ -263,7 +263,10 @@ def measure_file(path: Path) -> tuple:
     """(bytes, mtime_ns, width, height, mode, phash, content) of one image file; width 0 when it
     does not decode (mode TOO_MANY_PIXELS when over the cap). A module-level function of this light
     module: worker processes run it."""
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:  # gone since it was listed (deleted by hand): as good as unreadable
+        return 0, 0, 0, 0, "", "", ""
     try:
         m = measure(path.read_bytes())
     except Image.DecompressionBombError:

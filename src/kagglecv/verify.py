@@ -152,11 +152,14 @@ def cached_or_measured(
     """Per image (relative to root): (bytes, mtime, width, height, phash, content) from the first
     cache whose size and mtime still match, else measured now; and the positions measured now."""
     images = list(images)
-    stats = [(root / p).stat() for p in images]
     results: list[tuple | None] = []
-    for img, st in zip(images, stats, strict=True):
-        hit = next((c[img] for c in caches if _fresh(c.get(img), st)), None)
-        results.append(hit)
+    for img in images:
+        try:
+            st = (root / img).stat()
+        except OSError:
+            results.append(None)  # gone: measure_file says so
+            continue
+        results.append(next((c[img] for c in caches if _fresh(c.get(img), st)), None))
     todo = [i for i, r in enumerate(results) if r is None]
     got = measure_many([root / images[i] for i in todo], description=description)
     for i, r in zip(todo, got, strict=True):
