@@ -28,6 +28,7 @@ from .competition import Competition
 from .console import console, track
 from .errors import UserError
 from .images import IMAGE_EXTS, check_image, export_rgb, hash_ints, near_groups
+from .verify import measure_many
 
 MANIFEST = "manifest.csv"
 GROUPS = "groups.csv"
@@ -46,7 +47,6 @@ def kept_images(raw: Path) -> pd.DataFrame:
         if missing:
             raise UserError(f"{manifest}: missing columns {sorted(missing)}; rerun `make data FORCE=1`")
         return df[df["status"] == "kept"][["file", "class", "sha256", "phash"]].reset_index(drop=True)
-    rows = []
     files = [
         (p, d.name)
         for d in sorted(raw.iterdir())
@@ -54,11 +54,19 @@ def kept_images(raw: Path) -> pd.DataFrame:
         for p in sorted(d.rglob("*"))
         if p.is_file() and p.suffix.lower() in IMAGE_EXTS
     ]
-    for path, cls in track(files, "hashing images"):
-        check = check_image(path.read_bytes(), min_size=1)
-        if check.ok:
-            rows.append((path.relative_to(raw).as_posix(), cls, check.sha256, check.phash))
+    checks = measure_many([p for p, _ in files], description="hashing images", fn=_check_file)
+    rows = [
+        (path.relative_to(raw).as_posix(), cls, *check)
+        for (path, cls), check in zip(files, checks, strict=True)
+        if check is not None
+    ]
     return pd.DataFrame(rows, columns=["file", "class", "sha256", "phash"])
+
+
+def _check_file(path: Path) -> tuple[str, str] | None:
+    """(sha256, phash) of an image that decodes, else None: the hash `make data` and `inspect` use."""
+    check = check_image(path.read_bytes(), min_size=1)
+    return (check.sha256, check.phash) if check.ok else None
 
 
 def holdout_mask(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:

@@ -8,6 +8,10 @@ flagging any that span two classes (a label conflict) or train and test (leakage
 would be flattered); and a contact sheet, data/<comp>/inspect/contact_sheet.png, with sample
 images of every class, to eyeball wrong or odd images at a glance.
 
+Sizes and hashes come from data/<comp>/images.csv, written by `make data`'s one decode of every
+image (verify.py); only images added or changed since (or data prepared before images.csv existed)
+are decoded here, and cached in data/<comp>/inspect/hashes.csv.
+
 Images under TINY pixels on the shorter side are matched as exact copies only (same decoded
 pixels): the 64-bit perceptual hash of a small, often upscaled picture (28-px digits) is nearly the
 same for different images of one shape, so "within a few bits" would group distinct images.
@@ -16,7 +20,6 @@ same for different images of one shape, so "within a few bits" would group disti
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +29,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from .competition import Competition
-from .console import console, progress
+from .console import console
 from .errors import UserError
 from .files import atomic_write
 from .holdout import GROUP_DISTANCE
-from .images import TINY, content_hash, decode, hash_ints, near_groups, phash_hex
+from .images import TINY, decode, hash_ints, near_groups
 from .layout import FOLDS, IMAGE_EXTS, read_prepared
+from .verify import cached_or_measured, read_cache, read_images_csv
 
 IMBALANCE_RATIO = 3.0  # largest class / smallest class above this earns a warning
 THUMB = 96
@@ -58,54 +62,25 @@ def _image_table(comp: Competition) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "label", "split"])
 
 
-def _measure(path: Path) -> tuple[int, int, str, str]:
-    """(width, height, phash, content hash of the decoded pixels) of an image as training will see
-    it; (0, 0, "", "") if it will not decode."""
-    try:
-        rgb = decode(path.read_bytes())[0]
-    except Exception:  # noqa: BLE001 -- any file that will not decode is reported, not fatal
-        return 0, 0, "", ""
-    return rgb.width, rgb.height, phash_hex(rgb), content_hash(rgb)
-
-
 def measure_all(comp: Competition, table: pd.DataFrame) -> pd.DataFrame:
-    """Sizes and perceptual hashes, cached in data/<comp>/inspect/hashes.csv by (size, mtime)."""
+    """Sizes and hashes: from data/<comp>/images.csv (written by `make data`'s one decode) or
+    inspect/hashes.csv where the file's size and mtime still match, else measured now (images added
+    or changed since, or data prepared by an older kagglecv); all cached in inspect/hashes.csv."""
     root = comp.data_dir
     cache_path = root / "inspect" / "hashes.csv"
-    cache: dict[str, tuple] = {}
-    if cache_path.exists():
-        old = pd.read_csv(cache_path, dtype={"phash": str, "content": str}, keep_default_na=False)
-        if "content" in old.columns:  # older caches lack it: measured again
-            cache = {
-                r.image: (r.bytes, r.mtime, r.width, r.height, r.phash, r.content) for r in old.itertuples()
-            }
-    stats = [(root / p).stat() for p in table["image"]]
-    results: list[tuple[int, int, str, str] | None] = []
-    todo = []
-    for i, (img, st) in enumerate(zip(table["image"], stats, strict=True)):
-        hit = cache.get(img)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            results.append(hit[2:])
-        else:
-            results.append(None)
-            todo.append(i)
-    with progress() as bar, ThreadPoolExecutor(max_workers=4) as pool:
-        task = bar.add_task("measuring images", total=len(todo), info="")
-        for i, got in zip(
-            todo, pool.map(lambda i: _measure(root / table["image"].iloc[i]), todo), strict=True
-        ):
-            results[i] = got
-            bar.advance(task)
+    caches = [read_images_csv(root), read_cache(cache_path)]
+    results, _ = cached_or_measured(root, table["image"], caches, "measuring images")
     out = table.assign(
-        width=[r[0] for r in results],
-        height=[r[1] for r in results],
-        phash=[r[2] for r in results],
-        content=[r[3] for r in results],
+        bytes=[int(r[0]) for r in results],
+        mtime=[int(r[1]) for r in results],
+        width=[int(r[2]) for r in results],
+        height=[int(r[3]) for r in results],
+        phash=[r[4] for r in results],
+        content=[r[5] for r in results],
     )
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    out.assign(bytes=[s.st_size for s in stats], mtime=[s.st_mtime_ns for s in stats])[
-        ["image", "bytes", "mtime", "width", "height", "phash", "content"]
-    ].to_csv(cache_path, index=False)
+    columns = ["image", "bytes", "mtime", "width", "height", "phash", "content"]
+    atomic_write(cache_path, lambda path: out[columns].to_csv(path, index=False))
     return out
 
 
@@ -156,8 +131,18 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
     distance = int(comp.layout.get("group_distance", GROUP_DISTANCE)) if distance is None else distance
     table = measure_all(comp, _image_table(comp))
     figures: dict = {}
+    figures.update(report_classes(comp, table))
+    figures.update(report_sizes(table))
+    figures.update(report_dropped(comp))
+    figures.update(report_duplicates(table[table["width"] > 0], distance))
+    sheet = contact_sheet(comp, table, samples)
+    figures["contact_sheet"] = str(sheet)
+    console.print(f"[green]✓[/] contact sheet: {escape(str(sheet))}")
+    return figures
 
-    # classes and sizes
+
+def report_classes(comp: Competition, table: pd.DataFrame) -> dict:
+    """Images per class (train, holdout) with their sizes; a warning when classes are unbalanced."""
     counts = Table(title=f"{escape(comp.slug)}: images per class")
     for col in ("class", "train", "holdout", "median size", "smallest side", "largest side"):
         counts.add_column(col, justify="left" if col == "class" else "right", no_wrap=col == "class")
@@ -181,21 +166,25 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
     if unlabelled:
         counts.add_row("(test, unlabelled)", "", str(unlabelled), "", "", "")
     console.print(counts)
-    figures["train_counts"] = per_class
     ratio = max(per_class.values()) / max(1, min(per_class.values()))
-    figures["imbalance_ratio"] = ratio
     if ratio > IMBALANCE_RATIO:
         big, small = max(per_class, key=per_class.get), min(per_class, key=per_class.get)
         console.print(
             f"[yellow]warning:[/] classes are unbalanced: {escape(big)} has {per_class[big]} images, {escape(small)} "
             f"{per_class[small]} ({ratio:.1f}x); accuracy will flatter the model: add images or watch per-class errors"
         )
+    return {"train_counts": per_class, "imbalance_ratio": ratio}
+
+
+def report_sizes(table: pd.DataFrame) -> dict:
+    """Images that no longer decode, and the quartiles of the shorter side."""
     broken = table[table["width"] == 0]["image"].tolist()
-    figures["undecodable"] = len(broken)
+    figures: dict = {"undecodable": len(broken)}
     if broken:
         console.print(
             f"[red]{len(broken)} prepared image(s) do not decode[/], e.g. {escape(broken[0])}: rerun `make data FORCE=1`"
         )
+    ok = table[table["width"] > 0]
     if len(ok):
         short = np.minimum(ok["width"], ok["height"])
         quart = np.percentile(short, [0, 25, 50, 75, 100]).astype(int)
@@ -203,40 +192,36 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
             "image size (shorter side, px): min {} · 25% {} · median {} · 75% {} · max {}".format(*quart)
         )
         figures["short_side_quartiles"] = quart.tolist()
+    return figures
 
-    # what the source dropped
+
+def report_dropped(comp: Competition) -> dict:
+    """What the source dropped and why (raw/manifest.csv, where the source wrote one)."""
     manifest = comp.data_dir / "raw" / "manifest.csv"
-    if manifest.exists():
-        m = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        dropped = m[m["status"] != "kept"]
-        reasons = Counter(dropped["status"])
-        figures["dropped"] = dict(reasons)
-        if reasons:
-            console.print(
-                f"dropped by the source ({len(dropped)} of {len(m)}): "
-                + ", ".join(f"{r} {n}" for r, n in reasons.most_common())
-                + " (raw/manifest.csv)"
-            )
-        else:
-            console.print(f"dropped by the source: none of {len(m)}")
+    if not manifest.exists():
+        return {}
+    m = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    dropped = m[m["status"] != "kept"]
+    reasons = Counter(dropped["status"])
+    if reasons:
+        console.print(
+            f"dropped by the source ({len(dropped)} of {len(m)}): "
+            + ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+            + " (raw/manifest.csv)"
+        )
+    else:
+        console.print(f"dropped by the source: none of {len(m)}")
+    return {"dropped": dict(reasons)}
 
-    # near duplicates
+
+def report_duplicates(ok: pd.DataFrame, distance: int) -> dict:
+    """Near-duplicate groups, and those that leak across train/test or span two classes."""
     hashed = ok[ok["phash"] != ""].reset_index(drop=True)
     hashed = hashed.assign(group=duplicate_groups(hashed, distance))
     n_tiny = int((np.minimum(hashed["width"], hashed["height"]) < TINY).sum())
-    figures["exact_only_images"] = n_tiny
-    multi = [g for g, part in hashed.groupby("group") if len(part) > 1]
-    leaks, conflicts = [], []
-    for g in multi:
-        part = hashed[hashed["group"] == g]
-        if part["split"].nunique() > 1:
-            leaks.append(part)
-        labels = set(part["label"]) - {""}
-        if len(labels) > 1:
-            conflicts.append(part)
-    figures.update(
-        near_duplicate_groups=len(multi), leaking_groups=len(leaks), conflicting_groups=len(conflicts)
-    )
+    multi = [part for _, part in hashed.groupby("group") if len(part) > 1]
+    leaks = [part for part in multi if part["split"].nunique() > 1]
+    conflicts = [part for part in multi if len(set(part["label"]) - {""}) > 1]
     if n_tiny == len(hashed):
         how = (
             f"exact copies only: every image is under {TINY} px on the shorter side, too small for the "
@@ -246,24 +231,28 @@ def inspect_data(comp: Competition, samples: int = 8, distance: int | None = Non
         how = f"perceptual hash within {distance} bits; exact copies only for the {n_tiny} images under {TINY} px"
     else:
         how = f"perceptual hash within {distance} bits"
-    console.print(
-        f"near-duplicate groups ({how}): {len(multi)}"
-        f"{', ' + str(sum(len(hashed[hashed['group'] == g]) for g in multi)) + ' images' if multi else ''}",
-        soft_wrap=True,
-    )
+    members = f", {sum(len(part) for part in multi)} images" if multi else ""
+    console.print(f"near-duplicate groups ({how}): {len(multi)}{members}", soft_wrap=True)
     for title, found, color in (
         ("cross train/test (leakage: the test score is flattered)", leaks, "red"),
         ("span two classes (same picture, different labels)", conflicts, "yellow"),
     ):
-        if found:
-            console.print(f"[{color}]{len(found)} group(s) {title}[/]")
-            for part in found[:SHOW_GROUPS]:
-                names = [escape(f"{r.image} ({r.label or '?'})") for r in part.itertuples()]
-                more = f" · … {len(names) - SHOW_MEMBERS} more" if len(names) > SHOW_MEMBERS else ""
-                console.print("  " + " · ".join(names[:SHOW_MEMBERS]) + more, soft_wrap=True)
-            if len(found) > SHOW_GROUPS:
-                console.print(f"  … and {len(found) - SHOW_GROUPS} more group(s)")
-    sheet = contact_sheet(comp, table, samples)
-    figures["contact_sheet"] = str(sheet)
-    console.print(f"[green]✓[/] contact sheet: {escape(str(sheet))}")
-    return figures
+        _print_groups(title, found, color)
+    return {
+        "exact_only_images": n_tiny,
+        "near_duplicate_groups": len(multi),
+        "leaking_groups": len(leaks),
+        "conflicting_groups": len(conflicts),
+    }
+
+
+def _print_groups(title: str, found: list[pd.DataFrame], color: str) -> None:
+    if not found:
+        return
+    console.print(f"[{color}]{len(found)} group(s) {title}[/]")
+    for part in found[:SHOW_GROUPS]:
+        names = [escape(f"{r.image} ({r.label or '?'})") for r in part.itertuples()]
+        more = f" · … {len(names) - SHOW_MEMBERS} more" if len(names) > SHOW_MEMBERS else ""
+        console.print("  " + " · ".join(names[:SHOW_MEMBERS]) + more, soft_wrap=True)
+    if len(found) > SHOW_GROUPS:
+        console.print(f"  … and {len(found) - SHOW_GROUPS} more group(s)")

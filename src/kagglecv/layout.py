@@ -350,6 +350,9 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     LAYOUTS[comp.layout["kind"]](comp, raw, staging)
+    from .verify import IMAGES, verify_images  # the one decode: drops what will not decode
+
+    unreadable = verify_images(staging)
     images = list_train_images(staging / "train")
     if images.empty:
         raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
@@ -365,7 +368,7 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
         groups = images["image"].map(known).fillna(images["image"])
     folds = make_folds(images, comp.n_folds, seed, groups)
     folds.to_csv(staging / FOLDS, index=False)
-    for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS):
+    for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS, IMAGES):
         target = root / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -385,6 +388,7 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
         "fold_seed": seed,
         "has_solution": (root / "solution.csv").exists(),
         "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **unreadable,
     }
 
 
