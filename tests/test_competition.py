@@ -76,11 +76,11 @@ def test_wrong_case_is_a_typo_too(workdir, typo):
     [
         (
             {"kind": "holdout", "holdot": 0.05},
-            r"layout: unknown key 'holdot' for kind holdout. Did you mean 'holdout'\?",
+            r"layout \(kind holdout\): unknown key 'holdot'. Did you mean 'holdout'\?",
         ),
         (
             {"kind": "csv_pixels", "label_colum": "label"},
-            r"layout: unknown key 'label_colum' for kind csv_pixels. Did you mean 'label_column'\?",
+            r"layout \(kind csv_pixels\): unknown key 'label_colum'. Did you mean 'label_column'\?",
         ),
         (
             {"kind": "class_folder"},

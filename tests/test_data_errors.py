@@ -51,7 +51,7 @@ def test_layout_typo_is_caught_before_force_removes_anything(workdir, pets, caps
     spec.write_text(spec.read_text().replace("  holdout: 0.05", "  holdot: 0.05"))
     assert main(["data", "pets", "--force"]) == 2
     text = cli_text(capsys)
-    assert "pets.yaml: layout: unknown key 'holdot' for kind holdout. Did you mean 'holdout'?" in text
+    assert "pets.yaml: layout (kind holdout): unknown key 'holdot'. Did you mean 'holdout'?" in text
     assert _state(workdir) == before
 
 
