@@ -98,7 +98,7 @@ def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
     class is a warning."""
     folds_path = comp.data_dir / FOLDS
     folds = read_csv(folds_path, "folds")
-    redo = f"rerun `make data COMP={comp.slug} FORCE=1` to write it again"
+    redo = f"delete it and run `make data COMP={comp.slug}` to split again (nothing is fetched again)"
     missing_cols = {"image", "label", "fold"} - set(folds.columns)
     if missing_cols:
         raise UserError(
@@ -109,7 +109,7 @@ def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
     if not_a_fold.any():
         bad = folds["fold"][not_a_fold].iloc[0]
         raise UserError(
-            f"{folds_path}: fold {bad!r} is not one of 0..{comp.n_folds - 1} ({comp.path} says "
+            f"{folds_path}: fold {bad} is not one of 0..{comp.n_folds - 1} ({comp.path} says "
             f"n_folds: {comp.n_folds}); {redo}"
         )
     folds["fold"] = fold_col.astype(int)

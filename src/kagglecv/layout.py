@@ -197,7 +197,7 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
 def _prepare(comp: Competition, force: bool, seed: int) -> Path:
     root, raw = comp.data_dir, comp.data_dir / "raw"
     _clear_leftovers(root)
-    info = _prepared_info(comp)
+    info = _prepared_info(comp) if (root / FOLDS).exists() else None
     if info is not None and not force:
         if info.get("n_folds") == comp.n_folds:
             console.print(

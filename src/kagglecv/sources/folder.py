@@ -167,7 +167,7 @@ def _copy_kept(copies: list[tuple[Path, str]], src: Path, raw_dir: Path) -> None
     sizes = [path.stat().st_size for path, _ in copies]
     raw_dir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(raw_dir).free
-    need = sum(sizes) + 1_000_000  # the manifest, and some slack
+    need = sum(sizes) + 256 * len(sizes) + 65536  # the files, their manifest rows, some slack
     if need > free:
         raise _no_room(src, raw_dir, need, free)
     done = 0
