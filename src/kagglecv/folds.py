@@ -108,9 +108,10 @@ def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
     not_a_fold = fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0) | (fold_col >= comp.n_folds)
     if not_a_fold.any():
         bad = folds["fold"][not_a_fold].iloc[0]
+        shown = repr(bad) if isinstance(bad, str) else bad
         raise UserError(
-            f"{folds_path}: fold {bad} is not one of 0..{comp.n_folds - 1} ({comp.path} says "
-            f"n_folds: {comp.n_folds}); {redo}"
+            f"{folds_path}: fold {shown} is not a fold number: {comp.path} says n_folds: {comp.n_folds}, "
+            f"so folds are 0..{comp.n_folds - 1}; {redo}"
         )
     folds["fold"] = fold_col.astype(int)
     folds["label"] = folds["label"].astype(str)
