@@ -2,6 +2,12 @@
 labelled images, what the submission looks like and which metric scores it.
 
     spec = load_competition("digits-demo")
+    spec.layout_options          # CsvPixelsLayout(train_csv='train.csv', ...): typed, defaults filled
+
+This module owns the competition spec and the registry of competition files; the typed options
+block of every layout kind (LAYOUT_OPTIONS), built like every other options block with
+config.build_spec (build_options names the file); and the rules for names that become folders:
+`check_class_name` (every source and layout) and `inside` (every target path).
 """
 
 from __future__ import annotations

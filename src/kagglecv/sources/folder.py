@@ -8,7 +8,8 @@ the same way scraped images are: jpg/png/webp/bmp/tif in any mode (CMYK, RGBA, p
 EXIF-rotated) are kept; corrupt, truncated, too small and non-image files and broken links are
 skipped and listed;
 exact and near duplicates (within and across classes) are dropped, first one wins. raw/ receives
-copies of the kept files (your folder is never touched) and manifest.csv, one row per file.
+copies of the kept files (your folder is only read) and manifest.csv, one row per file; the room
+they need is checked before the first copy. The keys of `source:` are FolderSource's fields.
 """
 
 from __future__ import annotations
