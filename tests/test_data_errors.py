@@ -247,6 +247,7 @@ def test_too_little_room_for_a_folder_import_is_found_before_copying(workdir, tm
     import kagglecv.sources.folder as folder
 
     monkeypatch.setattr(folder.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 2048))
+
     def copy(*args, **kwargs):
         raise AssertionError("copied before checking the room")
 
