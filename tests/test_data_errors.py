@@ -179,6 +179,9 @@ def _half_written(root, state: str) -> None:
     elif state == "damaged prepared.json":  # a power cut before the marker reached the disk
         (root / "prepared.json").write_text('{"classes": ')
         return
+    elif state in ("train", "test"):  # deleted by hand: laid out again, nothing fetched
+        shutil.rmtree(root / state)
+        return
     elif state == "raw.old":  # killed between FORCE's two renames
         (root / "raw").rename(root / "raw.old")
     elif state == "manifest lists missing files":  # two `make data` at once, before the lock
@@ -196,6 +199,8 @@ def _half_written(root, state: str) -> None:
         "damaged prepared.json",
         "raw.old",
         "manifest lists missing files",
+        "train",
+        "test",
     ],
 )
 def test_plain_make_data_recovers_from_any_half_written_state(workdir, pets, capsys, state):
@@ -205,6 +210,7 @@ def test_plain_make_data_recovers_from_any_half_written_state(workdir, pets, cap
     text = cli_text(capsys)
     assert "already prepared" not in text
     assert ("incomplete" in text) == (state == "manifest lists missing files")
+    assert ("fetching" in text) == (state in ("raw.partial", "manifest lists missing files"))
     left = {p.name for p in root.iterdir()}
     assert not left & {"raw.partial", ".staging", "raw.old"} and "prepared.json" in left
     manifest = pd.read_csv(root / "raw" / "manifest.csv", keep_default_na=False)

@@ -197,7 +197,8 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
 def _prepare(comp: Competition, force: bool, seed: int) -> Path:
     root, raw = comp.data_dir, comp.data_dir / "raw"
     _clear_leftovers(root)
-    info = _prepared_info(comp) if (root / FOLDS).exists() else None
+    whole = (root / FOLDS).is_file() and (root / "train").is_dir() and (root / "test").is_dir()
+    info = _prepared_info(comp) if whole else None  # a part deleted by hand: laid out again
     if info is not None and not force:
         if info.get("n_folds") == comp.n_folds:
             console.print(
