@@ -199,8 +199,6 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
     data = check_fields(
         Competition, {k: v for k, v in data.items() if k != "submission"}, where, skip=("path",)
     )
-    if data.get("n_folds", 5) < 2:
-        raise UserError(f"{where}: n_folds must be at least 2 (k-fold needs a validation fold)")
     if not isinstance(data["source"], dict) or data["source"].get("kind") not in SOURCES:
         raise UserError(f"{where}: source.kind must be one of {', '.join(SOURCES)}")
     if "kind" not in data["layout"]:
@@ -222,6 +220,8 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
     if data["metric"] not in METRICS:
         raise UserError(f"{where}: metric must be one of {', '.join(METRICS)}, got {data['metric']!r}")
     comp = Competition(**{**data, "submission": submission, "path": path})
+    if comp.n_folds < 2:
+        raise UserError(f"{where}: n_folds must be at least 2 (k-fold needs a validation fold)")
     if comp.slug != path.stem:
         raise UserError(f"{where}: slug '{comp.slug}' differs from the file name '{path.stem}'")
     return comp

@@ -63,16 +63,12 @@ class BuiltinSource:
             raise UserError("source.test_fraction must lie in [0.05, 0.5] and side in [8, 512]")
 
 
-def _options(comp: Competition) -> BuiltinSource:
-    return build_options(BuiltinSource, comp.source, comp.path, "source")
-
-
 def check(comp: Competition) -> None:
-    _options(comp)
+    build_options(BuiltinSource, comp.source, comp.path, "source")
 
 
 def fetch(comp: Competition, raw_dir: Path) -> None:
-    opts = _options(comp)
+    opts = build_options(BuiltinSource, comp.source, comp.path, "source")
     train, test, sample, solution = DATASETS[opts.dataset](opts.test_fraction, opts.seed, opts.side)
     raw_dir.mkdir(parents=True, exist_ok=True)
     train.to_csv(raw_dir / "train.csv", index=False)

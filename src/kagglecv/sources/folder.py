@@ -105,7 +105,7 @@ class FolderSource:
             raise UserError("source.min_size and workers must be at least 1, near_distance -1 or more")
 
 
-def _options(comp: Competition) -> tuple[FolderSource, Path]:
+def _options_and_folder(comp: Competition) -> tuple[FolderSource, Path]:
     """The checked options and the image folder, which must be there."""
     opts = build_options(FolderSource, comp.source, comp.path, "source")
     src = Path(opts.path).expanduser()
@@ -119,11 +119,11 @@ def _options(comp: Competition) -> tuple[FolderSource, Path]:
 
 def check(comp: Competition) -> None:
     """Everything but reading the images: keys, and a folder that is there with class folders."""
-    scan(_options(comp)[1])
+    scan(_options_and_folder(comp)[1])
 
 
 def fetch(comp: Competition, raw_dir: Path) -> None:
-    opts, src = _options(comp)
+    opts, src = _options_and_folder(comp)
     classes, strays = scan(src)
     for cls in classes:
         check_class_name(cls, f"{src}/")
