@@ -296,3 +296,18 @@ def test_read_only_data_folder_is_one_line(digits, capsys, monkeypatch):
     text = cli_text(capsys)
     assert "make data digits-demo: cannot write data/digits-demo/.staging/train/" in text
     assert "read-only file system" in text and not (root / ".staging").exists()
+
+
+def test_read_only_data_folder_refuses_before_anything(digits, capsys, monkeypatch):
+    import kagglecv.locks as locks
+
+    def read_only(path, *args):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(locks.os, "open", read_only)
+    (digits / "data" / "digits-demo" / "prepared.json").unlink()
+    assert main(["data", "digits-demo"]) == 2
+    text = cli_text(capsys)
+    assert (
+        "make data digits-demo: cannot write data/.digits-demo.lock: it is on a read-only file system" in text
+    )

@@ -149,7 +149,7 @@ def test_same_names_in_sub_folders_are_all_kept_and_raw_is_never_written(workdir
     copy made where a hard link fails wrote the second image through the first one's link into raw/."""
     raw = _own_competition(workdir, "nested", {"kind": "class_folders"})
     value = iter(range(10, 250, 10))
-    for rel in ("cat/a/x.png", "cat/b/x.png", "cat/y.png", "dog/a/x.png", "dog/b/x.png", "dog/z.png"):
+    for rel in ("cat/a/x.png", "cat/b/x.png", "cat/a__x.png", "dog/a/x.png", "dog/b/x.png", "dog/z.png"):
         _png(raw / "train" / rel, next(value))
     _png(raw / "test" / "a" / "x.png", 1), _png(raw / "test" / "b" / "x.png", 2)
     before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
@@ -165,7 +165,8 @@ def test_same_names_in_sub_folders_are_all_kept_and_raw_is_never_written(workdir
     monkeypatch.setattr(os, "link", link_once)
     prepare(load_competition("nested"))
     root = workdir / "data" / "nested"
-    assert sorted(p.name for p in (root / "train" / "cat").iterdir()) == ["a__x.png", "b__x.png", "y.png"]
+    cat = sorted(p.name for p in (root / "train" / "cat").iterdir())
+    assert cat == ["a__x.png", "a__x~2.png", "b__x.png"]  # a real a__x.png meets a/x.png flattened
     assert sorted(p.name for p in (root / "test").iterdir()) == ["a__x.png", "b__x.png"]
     assert len(pd.read_csv(root / "folds.csv")) == 6
     assert {p: p.read_bytes() for p in before} == before  # raw/ byte for byte as it was
@@ -329,3 +330,10 @@ def test_a_class_missing_from_one_validation_fold_is_a_warning(digits, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "warning:" in out and "no validation images of '3' in fold 0" in out
     assert out.count("warning:") == 1 and len(folds) == 1437
+
+
+def test_layout_paths_stay_inside_raw(workdir):
+    raw = _own_competition(workdir, "out", {"kind": "class_folders", "train_dir": "../../../elsewhere"})
+    _png(raw / "train" / "cat" / "a.png", 1)
+    with pytest.raises(UserError, match=r"elsewhere would lie outside data/out/raw/"):
+        prepare(load_competition("out"))

@@ -65,7 +65,7 @@ def _class_dirs(out: Path, classes: set[str], where: str) -> None:
 def layout_csv_pixels(comp: Competition, raw: Path, out: Path) -> None:
     """Pixels in CSV rows (digit-recognizer): one row per image, `label` then pixel0..pixelN."""
     opts = comp.layout_options
-    train_path, test_path = raw / opts.train_csv, raw / opts.test_csv
+    train_path, test_path = inside(raw, raw / opts.train_csv), inside(raw, raw / opts.test_csv)
     train, test = read_csv(train_path, "train CSV"), read_csv(test_path, "test CSV")
     if opts.label_column not in train.columns:
         raise UserError(f"{train_path}: no '{opts.label_column}' column (layout.label_column)")
@@ -84,7 +84,7 @@ def layout_csv_pixels(comp: Competition, raw: Path, out: Path) -> None:
 
 def copy_csvs(comp: Competition, raw: Path, out: Path) -> None:
     """sample_submission.csv (required) and solution.csv (where the source knows the test labels)."""
-    sample = raw / comp.layout_options.sample_submission
+    sample = inside(raw, raw / comp.layout_options.sample_submission)
     if not sample.exists():
         raise UserError(f"{sample} is missing: every competition needs a sample submission")
     shutil.copyfile(sample, out / "sample_submission.csv")
@@ -94,7 +94,7 @@ def copy_csvs(comp: Competition, raw: Path, out: Path) -> None:
 
 def image_dir(raw: Path, folder_name: str, key: str) -> tuple[Path, list[Path]]:
     """raw/<folder_name>/ (layout.<key>) and every image under it, sorted."""
-    folder = raw / folder_name
+    folder = inside(raw, raw / folder_name)
     if not folder.is_dir():
         found = ", ".join(sorted(p.name for p in raw.iterdir())[:10]) if raw.is_dir() else "nothing"
         raise UserError(f"{folder} is missing (layout.{key}); {raw}/ holds: {found}")
@@ -102,9 +102,14 @@ def image_dir(raw: Path, folder_name: str, key: str) -> tuple[Path, list[Path]]:
 
 
 def _place_all(pairs: list[tuple[Path, Path]], desc: str) -> None:
-    """Link (or copy) each source to its target; targets are new names in a fresh folder, so
-    nothing is ever written through an existing link."""
-    for src, dst in track(pairs, desc):
+    """Link (or copy) each source to its target in a fresh folder. A target name already taken
+    (a/x.png flattened meets a file really called a__x.png) gets ~2, ~3, ...: every image is kept,
+    and nothing is ever written through an existing link into raw/."""
+    for src, wanted in track(pairs, desc):
+        dst, n = wanted, 1
+        while dst.exists():
+            n += 1
+            dst = wanted.with_name(f"{wanted.stem}~{n}{wanted.suffix}")
         link_or_copy(src, dst)
 
 
@@ -159,7 +164,7 @@ def layout_csv_labels(comp: Competition, raw: Path, out: Path) -> None:
     """Class in a CSV beside the images (dog-breed labels.csv id,breed): the id is the image's
     name or stem (layout.image_ext completes ids without one)."""
     opts = comp.layout_options
-    csv_path = raw / opts.labels_csv
+    csv_path = inside(raw, raw / opts.labels_csv)
     labels = read_csv(csv_path, "labels CSV")
     for col in (opts.id_column, opts.label_column):
         if col not in labels.columns:
