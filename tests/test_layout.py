@@ -1,5 +1,6 @@
 import errno
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -269,6 +270,16 @@ def test_new_n_folds_splits_again_without_force(digits, capsys):
 # --- folds.csv as the stages read it ---------------------------------------------------------------
 
 
+@pytest.fixture
+def folds_only(workdir, digits_prepared):
+    """digits-demo's folds.csv and prepared.json alone: all read_folds reads (no 1,800 images copied)."""
+    root = workdir / "data" / "digits-demo"
+    root.mkdir(parents=True)
+    for name in ("folds.csv", "prepared.json"):
+        shutil.copyfile(digits_prepared / "digits-demo" / name, root / name)
+    return workdir
+
+
 def _edit_folds(digits, edit):
     comp = load_competition("digits-demo")
     path = digits / "data" / "digits-demo" / "folds.csv"
@@ -303,9 +314,9 @@ def _move_class(folds, label, fold):
         (lambda f: f.drop(columns="label"), r"lacks column\(s\) \['label'\]"),
     ],
 )
-def test_folds_that_cannot_be_trusted_are_refused(digits, edit, message):
+def test_folds_that_cannot_be_trusted_are_refused(folds_only, edit, message):
     """A class missing from a training split gave CV 1.0000 and exit 0; the rest were accepted."""
-    comp, info = _edit_folds(digits, edit)
+    comp, info = _edit_folds(folds_only, edit)
     with pytest.raises(UserError, match=message):
         read_folds(comp, info)
 
@@ -320,12 +331,12 @@ def test_the_way_back_from_bad_folds_needs_no_fetch(digits, capsys):
     assert len(read_folds(comp, read_prepared(comp))) == 1437
 
 
-def test_a_class_missing_from_one_validation_fold_is_a_warning(digits, capsys):
+def test_a_class_missing_from_one_validation_fold_is_a_warning(folds_only, capsys):
     def thin(folds):  # every image of class 3 in fold 0 goes to fold 1: fold 0 validates no 3s
         folds.loc[(folds["label"] == 3) & (folds["fold"] == 0), "fold"] = 1
         return folds
 
-    comp, info = _edit_folds(digits, thin)
+    comp, info = _edit_folds(folds_only, thin)
     folds = read_folds(comp, info)
     out = " ".join(capsys.readouterr().out.split())
     assert "warning:" in out and "no validation images of '3' in fold 0" in out
