@@ -271,14 +271,14 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
     root = comp.data_dir
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    LAYOUTS[comp.layout_options.kind](comp, raw, staging)
+    LAYOUTS[comp.layout["kind"]](comp, raw, staging)
     images = list_train_images(staging / "train")
     if images.empty:
         raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
     counts = images["label"].value_counts()
     if counts.min() < comp.n_folds:
         held = None
-        if comp.layout_options.kind == "holdout":
+        if comp.layout["kind"] == "holdout":
             held = pd.read_csv(staging / "solution.csv", dtype=str)["label"].value_counts()
         raise too_few_for_folds(comp, counts, held)
     groups = None
@@ -286,8 +286,8 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
         known = pd.read_csv(staging / GROUPS, dtype=str).set_index("image")["group"]
         groups = images["image"].map(known).fillna(images["image"])
     folds = make_folds(images, comp.n_folds, seed, groups)
-    folds.to_csv(staging / FOLDS, index=False)
     (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
+    folds.to_csv(staging / FOLDS, index=False)
     for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS):
         target = root / name
         if target.is_dir():
