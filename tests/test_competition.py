@@ -76,11 +76,11 @@ def test_wrong_case_is_a_typo_too(workdir, typo):
     [
         (
             {"kind": "holdout", "holdot": 0.05},
-            r"layout: unknown key 'holdot' for kind holdout. Did you mean 'holdout'\?",
+            r"layout \(kind holdout\): unknown key 'holdot'. Did you mean 'holdout'\?",
         ),
         (
             {"kind": "csv_pixels", "label_colum": "label"},
-            r"layout: unknown key 'label_colum' for kind csv_pixels. Did you mean 'label_column'\?",
+            r"layout \(kind csv_pixels\): unknown key 'label_colum'. Did you mean 'label_column'\?",
         ),
         (
             {"kind": "class_folder"},
@@ -92,3 +92,61 @@ def test_layout_typos_are_caught_on_load(workdir, layout, message):
     _write(workdir, _valid() | {"layout": layout})
     with pytest.raises(UserError, match=message):
         load_competition("x")
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"kind": "csv_pixels", "id_start": "one"}, r"layout \(kind csv_pixels\): 'id_start' must be int"),
+        ({"kind": "label_in_name", "pattern": "^cat"}, r"x.yaml: layout.pattern '\^cat' needs a group"),
+        ({"kind": "label_in_name", "pattern": "(cat"}, r"x.yaml: layout.pattern '\(cat' is not a regular"),
+        ({"kind": "holdout", "holdout": 0.7}, r"x.yaml: layout.holdout must be a fraction between 0 and 0.5"),
+    ],
+)
+def test_layout_values_are_checked_on_load(workdir, layout, message):
+    _write(workdir, _valid() | {"layout": layout})
+    with pytest.raises(UserError, match=message):
+        load_competition("x")
+
+
+def test_layout_defaults_live_in_the_options_class(workdir):
+    _write(workdir, _valid() | {"layout": {"kind": "csv_labels"}})
+    opts = load_competition("x").layout_options
+    assert (opts.labels_csv, opts.id_column, opts.label_column, opts.train_dir) == (
+        "train.csv",
+        "id",
+        "label",
+        "train",
+    )
+    assert opts.sample_submission == "sample_submission.csv" and opts.group_distance == 6
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            {"kind": "folder", "path": ".", "min_sze": 3},
+            r"x.yaml: source: unknown key 'min_sze'. Did you mean 'min_size'",
+        ),
+        ({"kind": "folder"}, r"x.yaml: source.path must name the image folder"),
+        (
+            {"kind": "folder", "path": ".", "workers": 0},
+            r"x.yaml: source.min_size and workers must be at least 1",
+        ),
+        (
+            {"kind": "builtin", "dataset": "mnist"},
+            r"x.yaml: source.dataset must be one of sklearn-digits, got 'mnist'",
+        ),
+        ({"kind": "builtin", "dataset": "sklearn-digits", "side": "big"}, r"source: 'side' must be int"),
+        (
+            {"kind": "builtin", "dataset": "sklearn-digits", "test_fraction": 0.9},
+            r"test_fraction must lie in",
+        ),
+    ],
+)
+def test_source_options_are_checked_before_fetching(workdir, source, message):
+    from kagglecv import sources
+
+    _write(workdir, _valid() | {"source": source})
+    with pytest.raises(UserError, match=message):
+        sources.check(load_competition("x"))

@@ -4,14 +4,21 @@ small for the folds, with the fix that can work."""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import cli_text
 from kagglecv.cli import main
 from kagglecv.errors import UserError
-from kagglecv.layout import make_folds
+from kagglecv.folds import make_folds
 from test_folder import TINTS, encode, photo
 from test_layout import _images
 
@@ -51,7 +58,7 @@ def test_layout_typo_is_caught_before_force_removes_anything(workdir, pets, caps
     spec.write_text(spec.read_text().replace("  holdout: 0.05", "  holdot: 0.05"))
     assert main(["data", "pets", "--force"]) == 2
     text = cli_text(capsys)
-    assert "pets.yaml: layout: unknown key 'holdot' for kind holdout. Did you mean 'holdout'?" in text
+    assert "pets.yaml: layout (kind holdout): unknown key 'holdot'. Did you mean 'holdout'?" in text
     assert _state(workdir) == before
 
 
@@ -124,3 +131,193 @@ def test_make_folds_never_offers_a_dead_end():
         make_folds(_images({"a": 10, "c": 1}), 5, seed=0)
     with pytest.raises(UserError, match=r"c \(3\): .*; add images, or set n_folds: 3$"):
         make_folds(_images({"a": 10, "c": 3}), 5, seed=0)
+
+
+# --- one `make data` at a time, and any half-written state recovered without FORCE ----------------
+
+
+def test_a_second_make_data_is_refused_while_one_runs(digits, capsys):
+    """Two `make data` at once both crashed and left a raw/manifest.csv listing missing files."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from kagglecv.locks import data_lock\n"
+            "with data_lock(Path('data/digits-demo'), exclusive=True, what='make data COMP=digits-demo'):\n"
+            "    print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = sorted(p.stat().st_mtime_ns for p in (digits / "data" / "digits-demo").iterdir())
+        (digits / "data" / "digits-demo" / "prepared.json").unlink()  # so this one would lay out again
+        assert main(["data", "digits-demo"]) == 2
+        text = cli_text(capsys)
+        assert f"pid {holder.pid}: make data COMP=digits-demo holds data/.digits-demo.lock" in text
+        assert "wait for it to finish" in text and len(before) - 1 == len(
+            list((digits / "data" / "digits-demo").iterdir())
+        )
+    finally:
+        holder.communicate("")  # the holder exits; its lock goes with it
+    assert main(["data", "digits-demo"]) == 0, cli_text(capsys)
+    assert (digits / "data" / "digits-demo" / "prepared.json").exists()
+
+
+def _half_written(root, state: str) -> None:
+    if state == "raw.partial":  # killed while fetching
+        shutil.rmtree(root / "raw")
+        (root / "raw.partial" / "cat").mkdir(parents=True)
+        (root / "raw.partial" / "cat" / "half.jpg").write_bytes(b"\xff\xd8")
+    elif state == ".staging":  # killed while laying out
+        (root / ".staging" / "train" / "cat").mkdir(parents=True)
+    elif state == "no prepared.json":  # killed during the swap
+        shutil.rmtree(root / "test")
+    elif state == "damaged prepared.json":  # a power cut before the marker reached the disk
+        (root / "prepared.json").write_text('{"classes": ')
+        return
+    elif state in ("train", "test"):  # deleted by hand: laid out again, nothing fetched
+        shutil.rmtree(root / state)
+        return
+    elif state == "raw.old":  # killed between FORCE's two renames
+        (root / "raw").rename(root / "raw.old")
+    elif state == "manifest lists missing files":  # two `make data` at once, before the lock
+        kept = sorted((root / "raw" / "dog").glob("*.jpg"))
+        kept[0].unlink()
+    (root / "prepared.json").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "raw.partial",
+        ".staging",
+        "no prepared.json",
+        "damaged prepared.json",
+        "raw.old",
+        "manifest lists missing files",
+        "train",
+        "test",
+    ],
+)
+def test_plain_make_data_recovers_from_any_half_written_state(workdir, pets, capsys, state):
+    root = workdir / "data" / "pets"
+    _half_written(root, state)
+    assert main(["data", "pets"]) == 0, cli_text(capsys)
+    text = cli_text(capsys)
+    assert "already prepared" not in text
+    assert ("incomplete" in text) == (state == "manifest lists missing files")
+    assert ("fetching" in text) == (state in ("raw.partial", "manifest lists missing files"))
+    left = {p.name for p in root.iterdir()}
+    assert not left & {"raw.partial", ".staging", "raw.old"} and "prepared.json" in left
+    manifest = pd.read_csv(root / "raw" / "manifest.csv", keep_default_na=False)
+    assert all((root / "raw" / f).is_file() for f in manifest.loc[manifest["status"] == "kept", "file"])
+    assert len(pd.read_csv(root / "folds.csv")) + len(pd.read_csv(root / "solution.csv")) == 24
+
+
+# --- full and read-only disks ----------------------------------------------------------------------
+
+
+def _disk_full_after(n: int, real):
+    calls = {"n": 0}
+
+    def copy(src, dst, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    return copy
+
+
+def test_full_disk_during_a_folder_import(workdir, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "pets"
+    _pets(src, {"cat": 12, "dog": 12})
+    before = {p: p.read_bytes() for p in src.rglob("*.jpg")}
+    monkeypatch.setattr(shutil, "copyfile", _disk_full_after(5, shutil.copyfile))
+    assert main(["data", "pets", "--src", str(src)]) == 2
+    text = cli_text(capsys)
+    assert re.search(rf"importing {src}/ into data/pets/ needs \d+\.\d (KB|MB) but that disk has", text)
+    assert "0.0 GB" not in text and "free some space" in text
+    root = workdir / "data" / "pets"
+    assert not root.exists() or not {"raw", "raw.partial"} & {p.name for p in root.iterdir()}
+    assert {p: p.read_bytes() for p in before} == before  # the user's folder: untouched
+
+
+def test_too_little_room_for_a_folder_import_is_found_before_copying(workdir, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "pets"
+    _pets(src, {"cat": 12, "dog": 12})
+    import kagglecv.sources.folder as folder
+
+    monkeypatch.setattr(folder.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 2048))
+
+    def copy(*args, **kwargs):
+        raise AssertionError("copied before checking the room")
+
+    monkeypatch.setattr(shutil, "copyfile", copy)
+    assert main(["data", "pets", "--src", str(src)]) == 2
+    assert re.search(r"needs \d+\.\d KB but that disk has 2\.0 KB free: free some space", cli_text(capsys))
+
+
+def test_full_disk_while_laying_out_keeps_raw_and_the_previous_preparation(
+    workdir, pets, capsys, monkeypatch
+):
+    root = workdir / "data" / "pets"
+    spec = workdir / "competitions" / "pets.yaml"
+    spec.write_text(spec.read_text().replace("n_folds: 2", "n_folds: 3"))  # makes data split again
+    before = _state(workdir)
+    import kagglecv.images as images
+
+    monkeypatch.setattr(images.shutil, "copyfile", _disk_full_after(0, shutil.copyfile))
+    monkeypatch.setattr(
+        Path, "hardlink_to", lambda self, target: (_ for _ in ()).throw(OSError(errno.EXDEV, ""))
+    )
+    assert main(["data", "pets"]) == 2
+    text = cli_text(capsys)
+    assert re.search(r"laying out data/pets/ stopped: the disk is full \(writing data/pets/.staging/", text)
+    assert re.search(r"it needs up to \d+\.\d KB \(the size of raw/\)", text) and "raw/ is kept" in text
+    assert not (root / ".staging").exists() and _state(workdir) == before
+    assert pd.read_csv(root / "folds.csv")["fold"].max() == 1  # the complete preparation, as it was
+
+
+def test_read_only_data_folder_is_one_line(digits, capsys, monkeypatch):
+    root = digits / "data" / "digits-demo"
+    (root / "prepared.json").unlink()
+    import kagglecv.layout_kinds as kinds
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(kinds, "_write_png", lambda path, pixels: read_only(path, pixels))
+    assert main(["data", "digits-demo"]) == 2
+    text = cli_text(capsys)
+    assert "make data digits-demo: cannot write data/digits-demo/.staging/train/" in text
+    assert "read-only file system" in text and not (root / ".staging").exists()
+
+
+def test_read_only_data_folder_refuses_before_anything(digits, capsys, monkeypatch):
+    import kagglecv.locks as locks
+
+    def read_only(path, *args):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(locks.os, "open", read_only)
+    (digits / "data" / "digits-demo" / "prepared.json").unlink()
+    assert main(["data", "digits-demo"]) == 2
+    text = cli_text(capsys)
+    assert (
+        "make data digits-demo: cannot write data/.digits-demo.lock: it is on a read-only file system" in text
+    )
+
+
+def test_room_to_unpack_is_said_in_units_people_read(tmp_path, monkeypatch):
+    """A small archive on a nearly full disk said "needs 0.0 GB but ... has 0.0 GB free"."""
+    from kagglecv.sources import archives
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 3000))
+    members = [archives.Member("train/a.jpg", 40_000, False, False, None)]
+    with pytest.raises(UserError, match=r"needs 43\.0 KB but .* has 2\.9 KB free: free some space"):
+        archives._check(tmp_path / "x.zip", members, tmp_path / "raw")

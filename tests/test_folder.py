@@ -142,7 +142,9 @@ def test_folder_to_prepared_shape(workdir, tmp_path, capsys):
     # a name rich would read as markup, and a link whose target is gone: both listed as they are
     (src / "cat" / "holiday[bold].jpg").write_bytes(encode(photo(1))[:200])
     (src / "dog" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    yours = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
     assert main(["data", "my-pets", "--src", str(src)]) == 0
+    assert {p: p.read_bytes() for p in yours} == yours  # your folder: only read
     out = capsys.readouterr().out
     assert "skipped cat/holiday[bold].jpg: corrupt" in out
     assert (
@@ -266,3 +268,12 @@ def test_tiny_images_are_duplicates_only_when_their_pixels_are_the_same():
         kept.append((name, status, of))
     assert kept[:3] == [("a", "kept", ""), ("b", "kept", ""), ("a-again", "exact_duplicate", "a")]
     assert kept[4] == ("B", "near_duplicate", "A")  # at 80 px the perceptual hash still merges look-alikes
+
+
+def test_a_class_folder_name_that_cannot_be_a_folder_here_is_refused(workdir, tmp_path, capsys):
+    src = tmp_path / "pets"
+    make_folder(src, n_per_class=6)
+    (src / "cat").rename(src / "cat\x1b[2J")  # a terminal escape in a folder name
+    assert main(["data", "pets", "--src", str(src)]) == 2
+    assert "cannot be a folder name" in capsys.readouterr().out
+    assert not (workdir / "data" / "pets" / "raw").exists()

@@ -97,20 +97,10 @@ def _flat_name(rel_in_class: str) -> str:
 
 
 def holdout_options(comp: Competition) -> tuple[float, int, int]:
-    """(holdout fraction, group_distance, seed) from the layout, checked: `prepare` calls this before
-    it fetches or removes anything."""
-    opts = comp.layout
-    try:
-        fraction = float(opts.get("holdout", 0.05))
-        group_distance = int(opts.get("group_distance", GROUP_DISTANCE))
-        seed = int(opts.get("seed", 0))
-    except (TypeError, ValueError):
-        raise UserError(
-            f"{comp.path}: layout.holdout must be a fraction, group_distance and seed whole numbers"
-        ) from None
-    if not 0 < fraction < 0.5:
-        raise UserError(f"{comp.path}: layout.holdout must be a fraction between 0 and 0.5, got {fraction}")
-    return fraction, group_distance, seed
+    """(holdout fraction, group_distance, seed): the layout's typed options (competition.HoldoutLayout),
+    checked when the competition loads."""
+    opts = comp.layout_options
+    return opts.holdout, opts.group_distance, opts.seed
 
 
 def layout_holdout(comp: Competition, raw: Path, out: Path) -> None:

@@ -6,183 +6,44 @@
     data/<comp>/sample_submission.csv
     data/<comp>/solution.csv         test labels (id column + `label`), only where known locally
     data/<comp>/folds.csv            image, label, fold
-    data/<comp>/prepared.json        written last: its presence means the shape above is complete
+    data/<comp>/prepared.json        written last, atomically: its presence means the shape is complete
 
-Each layout kind is a small function `(comp, raw_dir, out_dir)` that writes train/, test/ and the two
-CSVs into a staging folder; `prepare` swaps the staging folder in only when it is complete.
+`prepare` owns data/<comp>/: it holds the folder's exclusive lock, fetches raw/ once (into
+raw.partial/, renamed when complete), runs the layout kind (layout_kinds.py, holdout.py) in
+.staging/ and swaps the result in only when it is complete. Any half-written state a crash, a full
+disk or a kill leaves (raw.partial/, .staging/, a raw/ missing files its manifest lists, no or a
+damaged prepared.json) is found and redone by the next plain `make data`. `read_folds` is the one
+reader of folds.csv, and checks it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 from rich.markup import escape
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from . import sources
 from .competition import Competition, remember_last
-from .console import console, track
+from .console import console
 from .errors import UserError
-from .holdout import GROUPS, holdout_options, layout_holdout
+from .files import atomic_write, disk_error, human_bytes
+from .folds import FOLDS, list_train_images, make_folds, too_few_for_folds
+from .folds import read_folds as read_folds  # the stages import it from here
+from .holdout import GROUPS, layout_holdout
 from .images import IMAGE_EXTS
+from .layout_kinds import layout_class_folders, layout_csv_labels, layout_csv_pixels, layout_label_in_name
+from .locks import data_lock
 
 PREPARED = "prepared.json"
-FOLDS = "folds.csv"
-
-
-def _write_png(path: Path, pixels: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), pixels):
-        raise OSError(f"could not write {path}")
-
-
-def read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.exists():
-        raise UserError(f"{what}: expected {path}, which is missing (check the competition's layout)")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not a readable CSV ({e})") from None
-
-
-def _pixel_rows_to_pngs(frame: pd.DataFrame, pixel_cols: list[str], paths: list[Path], desc: str) -> None:
-    side = int(round(len(pixel_cols) ** 0.5))
-    if side * side != len(pixel_cols):
-        raise UserError(f"{desc}: {len(pixel_cols)} pixel columns do not make a square image")
-    pixels = frame[pixel_cols].to_numpy()
-    if pixels.min() < 0 or pixels.max() > 255:
-        raise UserError(f"{desc}: pixel values must lie in 0..255")
-    pixels = pixels.astype(np.uint8).reshape(len(frame), side, side)
-    for path, img in track(list(zip(paths, pixels, strict=True)), desc):
-        _write_png(path, img)
-
-
-def layout_csv_pixels(comp: Competition, raw: Path, out: Path) -> None:
-    """Pixels in CSV rows (digit-recognizer): one row per image, `label` then pixel0..pixelN."""
-    opts = comp.layout
-    label_col = opts.get("label_column", "label")
-    train = read_csv(raw / opts.get("train_csv", "train.csv"), "train CSV")
-    test = read_csv(raw / opts.get("test_csv", "test.csv"), "test CSV")
-    if label_col not in train.columns:
-        raise UserError(
-            f"{raw / opts.get('train_csv', 'train.csv')}: no '{label_col}' column (layout.label_column)"
-        )
-    pixel_cols = [c for c in train.columns if c != label_col]
-    labels = train[label_col].astype(str)
-    for cls in sorted(labels.unique()):
-        (out / "train" / cls).mkdir(parents=True)
-    (out / "test").mkdir(parents=True)
-    _pixel_rows_to_pngs(
-        train, pixel_cols, [out / "train" / lab / f"{i}.png" for i, lab in enumerate(labels)], "train images"
-    )
-    if list(test.columns) != pixel_cols:
-        raise UserError(
-            f"{raw / opts.get('test_csv', 'test.csv')}: columns differ from the train CSV's pixel columns"
-        )
-    start = int(opts.get("id_start", 1))
-    _pixel_rows_to_pngs(
-        test, pixel_cols, [out / "test" / f"{i + start}.png" for i in range(len(test))], "test images"
-    )
-    _copy_csvs(comp, raw, out)
-
-
-def _copy_csvs(comp: Competition, raw: Path, out: Path) -> None:
-    sample = raw / comp.layout.get("sample_submission", "sample_submission.csv")
-    if not sample.exists():
-        raise UserError(f"{sample} is missing: every competition needs a sample submission")
-    shutil.copyfile(sample, out / "sample_submission.csv")
-    if (raw / "solution.csv").exists():
-        shutil.copyfile(raw / "solution.csv", out / "solution.csv")
-
-
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link (no second copy on disk; raw/ is never modified), else copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def _image_dir(raw: Path, opts: dict, key: str, default: str) -> tuple[Path, list[Path]]:
-    folder = raw / opts.get(key, default)
-    if not folder.is_dir():
-        found = ", ".join(sorted(p.name for p in raw.iterdir())[:10]) if raw.is_dir() else "nothing"
-        raise UserError(f"{folder} is missing (layout.{key}); {raw}/ holds: {found}")
-    return folder, sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-
-
-def _write_split(comp: Competition, raw: Path, out: Path, pairs: list[tuple[Path, str]]) -> None:
-    """train/<class>/ from (image, class) pairs, test/ from layout.test_dir, then the CSVs."""
-    for cls in sorted({c for _, c in pairs}):
-        (out / "train" / cls).mkdir(parents=True)
-    for src, cls in track(pairs, "train images"):
-        _place(src, out / "train" / cls / src.name)
-    _, tests = _image_dir(raw, comp.layout, "test_dir", "test")
-    (out / "test").mkdir()
-    for src in track(tests, "test images"):
-        _place(src, out / "test" / src.name)
-    _copy_csvs(comp, raw, out)
-
-
-def layout_label_in_name(comp: Competition, raw: Path, out: Path) -> None:
-    """Class in the file name (dogs-vs-cats: train/cat.0.jpg): layout.pattern's first group."""
-    folder, images = _image_dir(raw, comp.layout, "train_dir", "train")
-    pattern = re.compile(comp.layout.get("pattern", r"^([^.]+)\."))
-    matches = [(p, pattern.match(p.name)) for p in images]
-    bad = [p.name for p, m in matches if not m]
-    if bad:
-        raise UserError(
-            f"{len(bad)} of {len(images)} files in {folder} do not match layout.pattern "
-            f"{pattern.pattern!r} (e.g. {bad[0]})"
-        )
-    _write_split(comp, raw, out, [(p, m.group(1)) for p, m in matches])
-
-
-def layout_csv_labels(comp: Competition, raw: Path, out: Path) -> None:
-    """Class in a CSV beside the images (dog-breed labels.csv id,breed): the id is the image's
-    name or stem (layout.image_ext completes ids without one)."""
-    opts = comp.layout
-    csv_path = raw / opts.get("labels_csv", "train.csv")
-    labels = read_csv(csv_path, "labels CSV")
-    id_col, label_col = opts.get("id_column", "id"), opts.get("label_column", "label")
-    for col in (id_col, label_col):
-        if col not in labels.columns:
-            raise UserError(f"{csv_path}: no '{col}' column (columns: {', '.join(labels.columns[:10])})")
-    folder, images = _image_dir(raw, opts, "train_dir", "train")
-    by_name = {p.name: p for p in images} | {p.stem: p for p in images}
-    ext = opts.get("image_ext", "")
-    pairs, missing = [], []
-    for image_id, label in zip(labels[id_col].astype(str), labels[label_col].astype(str), strict=True):
-        src = by_name.get(image_id) or by_name.get(image_id + ext)
-        if src is None:
-            missing.append(image_id)
-        else:
-            pairs.append((src, label))
-    if missing:
-        raise UserError(
-            f"{len(missing)} ids of {csv_path.name} have no image in {folder} (e.g. {missing[0]})"
-        )
-    _write_split(comp, raw, out, pairs)
-
-
-def layout_class_folders(comp: Competition, raw: Path, out: Path) -> None:
-    """One folder per class already (plant-seedlings: train/<Species>/*.png)."""
-    folder, images = _image_dir(raw, comp.layout, "train_dir", "train")
-    pairs = [(p, p.relative_to(folder).parts[0]) for p in images if len(p.relative_to(folder).parts) > 1]
-    if len(pairs) != len(images):
-        raise UserError(
-            f"{folder} has images outside class folders (layout class_folders wants {folder}/<class>/)"
-        )
-    _write_split(comp, raw, out, pairs)
-
+PARTIAL, OLD_RAW, STAGING = "raw.partial", "raw.old", ".staging"  # never complete: removed on sight
 
 LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {
     "csv_pixels": layout_csv_pixels,
@@ -193,147 +54,177 @@ LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {
 }
 
 
-def list_train_images(train_dir: Path) -> pd.DataFrame:
-    """All images under train/<class>/ (nested folders allowed), sorted so folds are stable."""
-    rows = []
-    for cls_dir in sorted(p for p in train_dir.iterdir() if p.is_dir()):
-        for img in sorted(cls_dir.rglob("*")):
-            if img.suffix.lower() in IMAGE_EXTS and img.is_file():
-                rows.append((img.relative_to(train_dir.parent).as_posix(), cls_dir.name))
-    return pd.DataFrame(rows, columns=["image", "label"])
+# --- what is there: prepared.json, raw/, leftovers ------------------------------------------------
 
 
-def make_folds(
-    images: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series | None = None
-) -> pd.DataFrame:
-    """A fixed stratified k-fold assignment: same images and seed -> same folds, run after run."""
-    counts = images["label"].value_counts()
-    if counts.min() < n_folds:
-        small = ", ".join(f"{c} ({n})" for c, n in counts[counts < n_folds].items())
-        lower = f", or set n_folds: {counts.min()}" if counts.min() >= 2 else ""
-        raise UserError(
-            f"too few images for {n_folds} folds in class(es) {small}: every class needs at least "
-            f"n_folds images; add images{lower}"
-        )
-    # sort with the groups attached, so a group stays with its image whatever order came in
-    images = images.assign(_group=groups if groups is not None else images["image"])
-    images = images.sort_values("image").reset_index(drop=True)
-    groups = images.pop("_group")
-    if (groups == images["image"]).all():
-        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(images["image"], images["label"])
-    else:
-        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        splits = splitter.split(images["image"], images["label"], groups)
-    fold = np.zeros(len(images), dtype=int)
-    for k, (_, val_idx) in enumerate(splits):
-        fold[val_idx] = k
-    return images.assign(fold=fold)
+def _prepared_info(comp: Competition) -> dict | None:
+    """prepared.json's record, or None when it is missing or damaged (then nothing is prepared)."""
+    try:
+        info = json.loads((comp.data_dir / PREPARED).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "classes" in info else None
 
 
 def is_prepared(comp: Competition) -> bool:
-    return (comp.data_dir / PREPARED).exists()
+    return _prepared_info(comp) is not None
+
+
+def _write_marker(path: Path, info: dict) -> None:
+    """prepared.json atomically and on disk (file and folder fsync'd): after a crash or a power cut
+    it is either absent or complete, never empty or half-written."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(info, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raw_problem(raw: Path) -> str | None:
+    """Why raw/ cannot be trusted as complete (empty, or files its manifest lists are gone: a run
+    killed at the wrong moment, or files deleted by hand), else None."""
+    if not raw.is_dir():
+        return None
+    if not any(raw.iterdir()):
+        return "it is empty"
+    manifest = raw / "manifest.csv"
+    if not manifest.exists():
+        return None
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return "its manifest.csv is unreadable"
+    if not {"file", "status"} <= set(df.columns):
+        return None
+    missing = [f for f in df.loc[df["status"] == "kept", "file"] if not (raw / f).is_file()]
+    if missing:
+        return f"{len(missing)} files its manifest.csv lists are missing, e.g. {missing[0]}"
+    return None
+
+
+def _clear_leftovers(root: Path) -> None:
+    """What an interrupted run left (the lock is held, so nobody is writing it): a partial fetch or
+    layout is removed; a complete old raw/ caught between two renames is put back."""
+    if (root / OLD_RAW).is_dir() and not (root / "raw").exists():
+        (root / OLD_RAW).rename(root / "raw")
+    for name in (PARTIAL, OLD_RAW, STAGING):
+        shutil.rmtree(root / name, ignore_errors=True)
+    for tmp in root.glob(f"{PREPARED}.*.tmp.json"):
+        tmp.unlink(missing_ok=True)
+
+
+_HELD: set[Path] = set()  # data folders this process holds the lock of (fetch_raw inside prepare)
+
+
+@contextlib.contextmanager
+def _writing(comp: Competition) -> Iterator[None]:
+    """data/<comp>/ to this process alone while `make data` writes it (re-entrant in one process)."""
+    key = comp.data_dir.absolute()
+    if key in _HELD:
+        yield
+        return
+    with data_lock(comp.data_dir, exclusive=True, what=f"make data COMP={comp.slug}"):
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+
+
+# --- fetching raw/ ----------------------------------------------------------------------------------
 
 
 def fetch_raw(comp: Competition, force: bool = False) -> Path:
     """data/<comp>/raw/ as the source delivers it, fetched once (`force` fetches again). An old raw/
     (and the preparation made from it) is replaced only once the new fetch is complete."""
     raw = comp.data_dir / "raw"
-    if force or not raw.exists():
-        partial = comp.data_dir / "raw.partial"
+    with _writing(comp):
+        if raw.exists() and not force:
+            return raw
+        partial, old = comp.data_dir / PARTIAL, comp.data_dir / OLD_RAW
         shutil.rmtree(partial, ignore_errors=True)
         comp.data_dir.mkdir(parents=True, exist_ok=True)
         console.print(f"fetching {escape(comp.slug)} ({comp.source_kind}) into {escape(str(raw))}/")
         try:
             sources.fetch(comp, partial)
         except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)  # a partial fetch is never left behind
             if comp.data_dir.is_dir() and not any(comp.data_dir.iterdir()):
                 comp.data_dir.rmdir()  # a fetch that brought nothing leaves no empty folder behind
             raise
         (comp.data_dir / PREPARED).unlink(missing_ok=True)  # made from the raw/ about to go
-        shutil.rmtree(raw, ignore_errors=True)
+        if raw.exists():
+            raw.rename(old)  # two renames, never a half-deleted raw/: see _clear_leftovers
         partial.rename(raw)  # raw/ exists only once everything arrived
+        shutil.rmtree(old, ignore_errors=True)
     return raw
 
 
 def check_before_fetch(comp: Competition, fetching: bool) -> None:
     """Every mistake findable without downloading, found before anything is fetched or removed: the
     layout's kind and options, and (when the source will be read) the source's own checks."""
-    if comp.layout["kind"] not in LAYOUTS:
-        raise UserError(
-            f"{comp.path}: layout.kind must be one of {', '.join(LAYOUTS)}, got {comp.layout['kind']!r}"
-        )
-    if comp.layout["kind"] == "holdout":
-        holdout_options(comp)
+    comp.layout_options  # noqa: B018 (builds and checks the options)
     if fetching:
         sources.check(comp)
-
-
-def _too_few_for_folds(comp: Competition, counts: pd.Series, held: pd.Series | None) -> UserError:
-    """Which classes cannot fill n_folds folds, how many images each class needs, and the fix that
-    can work (n_folds cannot go below 2; a holdout takes its share of each class first)."""
-    k = comp.n_folds
-    small = counts[counts < k]
-    if held is not None:
-        fraction = holdout_options(comp)[0]
-        least = next(n for n in range(k, 100 * k) if n - max(1, round(fraction * n)) >= k)
-        listing = ", ".join(
-            f"{c} ({n + int(held.get(c, 0))} images, {n} left after the holdout)" for c, n in small.items()
-        )
-        need = f"every class needs at least {least} images ({k} for the folds, the rest for the holdout)"
-    else:
-        listing = ", ".join(f"{c} ({n} images)" for c, n in small.items())
-        need = f"every class needs at least n_folds = {k} training images"
-    if comp.source_kind == "folder":
-        folder = f"{small.index[0]}/" if len(small) == 1 else "<class>/"
-        fix = f"add images to {Path(str(comp.source.get('path')))}/{folder} and rerun with FORCE=1 (to read it again)"
-    elif comp.source_kind == "scrape":
-        fix = "raise source.count or add queries for those classes, and rerun with FORCE=1"
-    else:
-        fix = "add images"
-    lowest = int(counts.min())
-    if lowest >= 2:  # k-fold needs two folds at least: below that, fewer folds cannot help
-        fix += f", or set n_folds: {lowest}"
-    return UserError(f"{comp.path}: too few images for n_folds: {k} in class(es) {listing}; {need}: {fix}")
 
 
 def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
     """Fetch raw files (once) and lay them out in the prepared shape. Idempotent; `force` redoes it.
 
-    Nothing is removed before the competition file and the source have been checked, and raw/ is
-    replaced only by a complete new fetch, so a failure leaves either the previous preparation or a
-    complete raw/ that a plain rerun lays out again without fetching."""
-    root = comp.data_dir
-    if is_prepared(comp) and not force:
-        console.print(
-            f"[green]✓[/] {escape(comp.slug)} already prepared in {escape(str(root))}/ "
-            "(FORCE=1 / --force redoes it)"
-        )
-        remember_last(comp.slug)
-        return root
-    check_before_fetch(comp, fetching=force or not (root / "raw").exists())
-    had_preparation = is_prepared(comp)
+    One `make data` per competition at a time (data/<comp>/ is locked). Nothing is removed before
+    the competition file and the source have been checked, and raw/ is replaced only by a complete
+    new fetch, so a failure leaves either the previous preparation or a complete raw/ that a plain
+    rerun lays out again without fetching. A full or read-only disk is one line, partial files
+    removed."""
     try:
-        raw = fetch_raw(comp, force)
+        with _writing(comp):
+            return _prepare(comp, force, seed)
+    except OSError as e:
+        line = disk_error(e)
+        if line is None:
+            raise
+        raise UserError(f"make data {comp.slug}: {line}") from None
+
+
+def _prepare(comp: Competition, force: bool, seed: int) -> Path:
+    root, raw = comp.data_dir, comp.data_dir / "raw"
+    _clear_leftovers(root)
+    whole = (root / FOLDS).is_file() and (root / "train").is_dir() and (root / "test").is_dir()
+    info = _prepared_info(comp) if whole else None  # a part deleted by hand: laid out again
+    if info is not None and not force:
+        if info.get("n_folds") == comp.n_folds:
+            console.print(
+                f"[green]✓[/] {escape(comp.slug)} already prepared in {escape(str(root))}/ "
+                "(FORCE=1 / --force redoes it)"
+            )
+            remember_last(comp.slug)
+            return root
+        console.print(
+            f"n_folds is now {comp.n_folds} (was {info.get('n_folds')}): splitting {comp.slug} again"
+        )
+    problem = None if force else _raw_problem(raw)
+    if problem:
+        console.print(f"[yellow]{escape(str(raw))}/ is incomplete ({escape(problem)}): fetching it again[/]")
+    fetching = force or problem is not None or not raw.exists()
+    check_before_fetch(comp, fetching)
+    try:
+        raw = fetch_raw(comp, fetching)
     except UserError as e:
-        if force and had_preparation:  # the fetch failed before touching the old raw/ or preparation
+        if force and info is not None:  # the fetch failed before touching the old raw/ or preparation
             raise UserError(
                 f"{e}\n(FORCE changed nothing: {root}/ still holds the previous preparation)"
             ) from None
         raise
-    (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
-    staging = root / ".staging"
-    try:
-        info = _lay_out(comp, raw, staging, seed)
-    except UserError as e:
-        shutil.rmtree(staging, ignore_errors=True)
-        if force:
-            raise UserError(
-                f"{e}\nThe raw data in {raw}/ is intact: after a fix to {comp.path}, `make data "
-                f"COMP={comp.slug}` (without FORCE) lays it out again, with no new fetch"
-            ) from None
-        raise
-    (root / PREPARED).write_text(json.dumps(info, indent=2))
+    info = _lay_out_or_clean_up(comp, raw, seed, force)
+    _write_marker(root / PREPARED, info)
     remember_last(comp.slug)
     console.print(
         f"[green]✓[/] prepared {escape(comp.slug)}: {info['n_train']} train images in "
@@ -341,6 +232,37 @@ def prepare(comp: Competition, force: bool = False, seed: int = 42) -> Path:
         f"-> {escape(str(root))}/"
     )
     return root
+
+
+def _lay_out_or_clean_up(comp: Competition, raw: Path, seed: int, force: bool) -> dict:
+    """_lay_out, with .staging/ removed whatever stops it, and a full disk or a failure after FORCE
+    told as what to do next."""
+    staging = comp.data_dir / STAGING
+    try:
+        return _lay_out(comp, raw, staging, seed)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_room(comp, raw, e) from None
+        if isinstance(e, UserError) and force:
+            raise UserError(
+                f"{e}\nThe raw data in {raw}/ is intact: after a fix to {comp.path}, `make data "
+                f"COMP={comp.slug}` (without FORCE) lays it out again, with no new fetch"
+            ) from None
+        raise
+
+
+def _no_room(comp: Competition, raw: Path, e: OSError) -> UserError:
+    """A full disk while laying out: where, how much it needs at most (raw/'s size, when images
+    cannot be hard-linked), how much is free, and that raw/ is kept."""
+    need = sum(p.stat().st_size for p in raw.rglob("*") if p.is_file())
+    free = shutil.disk_usage(comp.data_dir).free
+    return UserError(
+        f"laying out {comp.data_dir}/ stopped: the disk is full (writing {e.filename or comp.data_dir}); "
+        f"it needs up to {human_bytes(need)} (the size of raw/) and {comp.data_dir}/ has "
+        f"{human_bytes(free)} free: free some space and rerun `make data COMP={comp.slug}` "
+        "(raw/ is kept: nothing is fetched again)"
+    )
 
 
 def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
@@ -361,12 +283,13 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
         held = None
         if comp.layout["kind"] == "holdout":
             held = pd.read_csv(staging / "solution.csv", dtype=str)["label"].value_counts()
-        raise _too_few_for_folds(comp, counts, held)
+        raise too_few_for_folds(comp, counts, held)
     groups = None
     if (staging / GROUPS).exists():  # near duplicates that must share a fold (layout holdout)
         known = pd.read_csv(staging / GROUPS, dtype=str).set_index("image")["group"]
         groups = images["image"].map(known).fillna(images["image"])
     folds = make_folds(images, comp.n_folds, seed, groups)
+    (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
     folds.to_csv(staging / FOLDS, index=False)
     for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS, IMAGES):
         target = root / name
@@ -392,37 +315,9 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
     }
 
 
-def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
-    """data/<comp>/folds.csv (image, label, fold), checked: every later stage trusts what this returns."""
-    root = comp.data_dir
-    folds_path = root / FOLDS
-    folds = read_csv(folds_path, "folds")
-    redo = f"rerun `make data COMP={comp.slug} FORCE=1` to write it again"
-    missing_cols = {"image", "label", "fold"} - set(folds.columns)
-    if missing_cols:
-        raise UserError(
-            f"{folds_path} lacks column(s) {sorted(missing_cols)} (it needs image,label,fold); {redo}"
-        )
-    fold_col = pd.to_numeric(folds["fold"], errors="coerce")
-    not_a_fold = fold_col.isna() | (fold_col < 0) | (fold_col % 1 != 0)
-    if not_a_fold.any():
-        bad = folds["fold"][not_a_fold].iloc[0]
-        raise UserError(f"{folds_path}: fold {bad!r} is not a fold number (0, 1, ...); {redo}")
-    folds["fold"] = fold_col.astype(int)
-    if folds["fold"].nunique() < 2 or len(folds) == 0:
-        raise UserError(f"{folds_path} needs at least 2 folds with images; {redo}")
-    classes = [str(c) for c in info["classes"]]
-    labels = folds["label"].astype(str)
-    unknown = set(labels) - set(classes)
-    if unknown:
-        raise UserError(
-            f"{folds_path}: labels {sorted(unknown)[:5]} are not class folders; rerun `make data COMP={comp.slug} FORCE=1`"
-        )
-    return folds
-
-
 def read_prepared(comp: Competition) -> dict:
-    path = comp.data_dir / PREPARED
-    if not path.exists():
+    """prepared.json's record; a missing or damaged one means: not prepared (yet)."""
+    info = _prepared_info(comp)
+    if info is None:
         raise UserError(f"{comp.slug} is not prepared yet: run `make data COMP={comp.slug}` first")
-    return json.loads(path.read_text())
+    return info

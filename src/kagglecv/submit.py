@@ -18,10 +18,11 @@ from .data import ImageDataset, cached_images, default_workers, make_loader
 from .engine import Stepper, pick_device, predict
 from .errors import UserError
 from .files import atomic_write
-from .layout import IMAGE_EXTS, read_csv, read_prepared
+from .layout import IMAGE_EXTS, read_prepared
 from .metrics import score
 from .model import create_model, place
 from .runs import find_run, finished_folds, gather, load_checkpoint, read_summary, write_summary
+from .tables import read_csv
 
 SUBMISSIONS_DIR = Path("submissions")
 

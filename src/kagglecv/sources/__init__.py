@@ -2,7 +2,8 @@
 exposes `fetch(comp, raw_dir)`, which writes the files as obtained into `raw_dir` (a fresh folder
 that `prepare` renames to `raw/` only once the fetch has finished), and may expose `check(comp)`,
 which finds what it can without fetching (bad keys, a folder that is gone) before anything is
-touched."""
+touched. A source's keys are a typed dataclass in its module (FolderSource, BuiltinSource, ...),
+built from the YAML's `source:` block with competition.build_options."""
 
 from __future__ import annotations
 

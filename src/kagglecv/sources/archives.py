@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from ..console import console, track
 from ..errors import UserError
+from ..files import human_bytes
 
 SPACE_MARGIN = 1.1  # unpacking needs the archive's uncompressed size plus 10%
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -137,7 +138,7 @@ def _check(archive: Path, members: list[Member], dest: Path) -> list[PurePosixPa
     free = shutil.disk_usage(probe).free
     if need > free:
         raise UserError(
-            f"unpacking {archive.name} needs {need / 1e9:.1f} GB but {probe} has {free / 1e9:.1f} GB "
+            f"unpacking {archive.name} needs {human_bytes(need)} but {probe} has {human_bytes(free)} "
             "free: free some space (or move data/ to a bigger disk) and rerun"
         )
     return paths

@@ -8,6 +8,7 @@ labels kept in solution.csv so the submission can be scored locally.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,7 @@ import pandas as pd
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from ..competition import Competition
+from ..competition import Competition, build_options
 from ..errors import UserError
 
 
@@ -45,32 +46,30 @@ def _digits_frames(test_fraction: float, seed: int, side: int):
 DATASETS = {"sklearn-digits": _digits_frames}
 
 
-def _options(comp: Competition) -> tuple[str, float, int, int]:
-    name = comp.source.get("dataset")
-    if name not in DATASETS:
-        raise UserError(f"{comp.path}: source.dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    try:
-        fraction, seed, side = (
-            float(comp.source.get("test_fraction", 0.2)),
-            int(comp.source.get("seed", 0)),
-            int(comp.source.get("side", 28)),
-        )
-    except (TypeError, ValueError):
-        raise UserError(
-            f"{comp.path}: source.test_fraction must be a number, seed and side whole numbers"
-        ) from None
-    if not 0.05 <= fraction <= 0.5 or not 8 <= side <= 512:
-        raise UserError(f"{comp.path}: source.test_fraction must lie in [0.05, 0.5] and side in [8, 512]")
-    return name, fraction, seed, side
+@dataclass
+class BuiltinSource:
+    """source: keys of a built-in competition."""
+
+    kind: str = "builtin"
+    dataset: str = ""  # one of DATASETS
+    test_fraction: float = 0.2  # stratified share held out as the test set
+    seed: int = 0
+    side: int = 28  # images are side x side pixels
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UserError(f"source.dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if not 0.05 <= self.test_fraction <= 0.5 or not 8 <= self.side <= 512:
+            raise UserError("source.test_fraction must lie in [0.05, 0.5] and side in [8, 512]")
 
 
 def check(comp: Competition) -> None:
-    _options(comp)
+    build_options(BuiltinSource, comp.source, comp.path, "source")
 
 
 def fetch(comp: Competition, raw_dir: Path) -> None:
-    name, fraction, seed, side = _options(comp)
-    train, test, sample, solution = DATASETS[name](fraction, seed, side)
+    opts = build_options(BuiltinSource, comp.source, comp.path, "source")
+    train, test, sample, solution = DATASETS[opts.dataset](opts.test_fraction, opts.seed, opts.side)
     raw_dir.mkdir(parents=True, exist_ok=True)
     train.to_csv(raw_dir / "train.csv", index=False)
     test.to_csv(raw_dir / "test.csv", index=False)

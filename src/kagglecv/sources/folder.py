@@ -8,17 +8,19 @@ the same way scraped images are: jpg/png/webp/bmp/tif in any mode (CMYK, RGBA, p
 EXIF-rotated) are kept; corrupt, truncated, too small and non-image files and broken links are
 skipped and listed;
 exact and near duplicates (within and across classes) are dropped, first one wins. raw/ receives
-copies of the kept files (your folder is never touched) and manifest.csv, one row per file.
+copies of the kept files (your folder is only read) and manifest.csv, one row per file; the room
+they need is checked before the first copy. The keys of `source:` are FolderSource's fields.
 """
 
 from __future__ import annotations
 
-import difflib
+import errno
 import json
 import os
 import shutil
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,13 +28,12 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from ..competition import COMPETITIONS_DIR, Competition
+from ..competition import COMPETITIONS_DIR, Competition, build_options, check_class_name, inside
 from ..console import console, progress
 from ..errors import UserError
-from ..files import atomic_write
+from ..files import atomic_write, human_bytes
 from ..images import IMAGE_EXTS, Deduper, ImageCheck, check_image
 
-OPTIONS = {"kind", "path", "min_size", "near_distance", "workers"}
 MANIFEST_COLUMNS = ["url", "file", "class", "sha256", "phash", "status", "detail"]
 SHOW_SKIPPED = 15  # skipped files listed by name; the rest are in raw/manifest.csv
 
@@ -87,50 +88,61 @@ def _check(path: Path, min_size: int) -> ImageCheck:
     return check_image(data, min_size)
 
 
-def _source_folder(comp: Competition) -> Path:
-    unknown = set(comp.source) - OPTIONS
-    if unknown:
-        key = sorted(unknown)[0]
-        close = difflib.get_close_matches(key, sorted(OPTIONS), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(sorted(OPTIONS))}."
-        raise UserError(f"{comp.path}: source: unknown key '{key}'.{hint}")
-    if not comp.source.get("path"):
-        raise UserError(f"{comp.path}: source.path must name the image folder (one subfolder per class)")
-    src = Path(str(comp.source["path"])).expanduser()
+@dataclass
+class FolderSource:
+    """source: keys of a folder competition (write_competition writes them with comments)."""
+
+    kind: str = "folder"
+    path: str = ""  # the image folder: one subfolder per class
+    min_size: int = 32  # shorter side in pixels; smaller images are skipped
+    near_distance: int = 4  # perceptual-hash bits: closer images are near duplicates (-1 keeps them)
+    workers: int = 4  # files checked at once
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise UserError("source.path must name the image folder (one subfolder per class)")
+        if self.min_size < 1 or self.workers < 1 or self.near_distance < -1:
+            raise UserError("source.min_size and workers must be at least 1, near_distance -1 or more")
+
+
+def _options_and_folder(comp: Competition) -> tuple[FolderSource, Path]:
+    """The checked options and the image folder, which must be there."""
+    opts = build_options(FolderSource, comp.source, comp.path, "source")
+    src = Path(opts.path).expanduser()
     if not src.exists():
         raise UserError(
             f"{comp.path}: source.path {src} does not exist (moved or renamed?): point source.path at "
             "the image folder, or put the folder back"
         )
-    return src
+    return opts, src
 
 
 def check(comp: Competition) -> None:
     """Everything but reading the images: keys, and a folder that is there with class folders."""
-    scan(_source_folder(comp))
+    scan(_options_and_folder(comp)[1])
 
 
 def fetch(comp: Competition, raw_dir: Path) -> None:
-    src = _source_folder(comp)
-    min_size = int(comp.source.get("min_size", 32))
+    opts, src = _options_and_folder(comp)
     classes, strays = scan(src)
-
+    for cls in classes:
+        check_class_name(cls, f"{src}/")
     files = [(cls, p) for cls, paths in classes.items() for p in paths]
-    with progress() as bar, ThreadPoolExecutor(max_workers=int(comp.source.get("workers", 4))) as pool:
+    with progress() as bar, ThreadPoolExecutor(max_workers=opts.workers) as pool:
         task = bar.add_task(f"checking {len(files)} files", total=len(files), info="")
         checks = []
-        for chk in pool.map(lambda item: _check(item[1], min_size), files):
+        for chk in pool.map(lambda item: _check(item[1], opts.min_size), files):
             checks.append(chk)
             bar.advance(task)
 
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    deduper = Deduper(int(comp.source.get("near_distance", 4)))
+    deduper = Deduper(opts.near_distance)
     rows = [
-        {"url": str(p), "class": "", "status": "broken_link", "detail": _check(p, min_size).detail}
+        {"url": str(p), "class": "", "status": "broken_link", "detail": _check(p, opts.min_size).detail}
         if _broken_link(p)
         else {"url": str(p), "class": "", "status": "outside_classes", "detail": "not inside a class folder"}
         for p in strays
     ]
+    copies: list[tuple[Path, str]] = []
     for (cls, path), chk in zip(files, checks, strict=True):
         row = {"url": str(path), "file": "", "class": cls, "sha256": chk.sha256, "phash": chk.phash}
         row.update(status=chk.status, detail=chk.detail)
@@ -138,16 +150,45 @@ def fetch(comp: Competition, raw_dir: Path) -> None:
             status, of = deduper.check(chk.sha256, chk.phash)
             if status == "kept":
                 rel = f"{cls}/{path.relative_to(src / cls).as_posix()}"
-                (raw_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, raw_dir / rel)
                 deduper.add(chk.sha256, chk.phash, rel)
+                copies.append((path, rel))
                 row["file"] = rel
             else:
                 row.update(status=status, detail=f"of {of}")
         rows.append(row)
+    _copy_kept(copies, src, raw_dir)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).fillna("")
     manifest.to_csv(raw_dir / "manifest.csv", index=False)
     report(manifest, src)
+
+
+def _copy_kept(copies: list[tuple[Path, str]], src: Path, raw_dir: Path) -> None:
+    """Copy the kept files into raw/ (your folder is only read), after checking there is room; a
+    disk that fills up anyway is one line with what it needs (the caller removes the partial raw/)."""
+    sizes = [path.stat().st_size for path, _ in copies]
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(raw_dir).free
+    need = sum(sizes) + 256 * len(sizes) + 65536  # the files, their manifest rows, some slack
+    if need > free:
+        raise _no_room(src, raw_dir, need, free)
+    done = 0
+    try:
+        for (path, rel), size in zip(copies, sizes, strict=True):
+            target = inside(raw_dir, raw_dir / rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            done += size
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise _no_room(src, raw_dir, need, shutil.disk_usage(raw_dir).free + done) from None
+
+
+def _no_room(src: Path, raw_dir: Path, need: int, free: int) -> UserError:
+    return UserError(
+        f"importing {src}/ into {raw_dir.parent}/ needs {human_bytes(need)} but that disk has "
+        f"{human_bytes(free)} free: free some space (or move data/ to a bigger disk) and rerun"
+    )
 
 
 def report(manifest: pd.DataFrame, src: Path) -> None:
