@@ -28,12 +28,16 @@ TINTS = {"bjj": (255, 40, 0), "aikido": (0, 40, 255)}
 
 
 class Web:
-    """A tiny web: routes -> (status, headers, body, delay); counts every request per path."""
+    """A tiny web: routes -> (status, headers, body, delay); counts every request per path, keeps
+    their headers, and the most requests in flight at once per Host header."""
 
     def __init__(self) -> None:
         self.routes: dict[str, list[tuple[int, dict, bytes, float]]] = {}
         self.searches: dict[str, list[dict]] = {}
         self.hits: Counter[str] = Counter()
+        self.headers: list[dict[str, str]] = []  # of every request, in order
+        self.active: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()  # per Host, and "*" for all hosts together
         self.on_request = None  # called with the path, e.g. to interrupt the run
         self.lock = threading.Lock()
         web = self
@@ -43,6 +47,19 @@ class Web:
                 pass
 
             def do_GET(self):
+                host = self.headers.get("Host", "")
+                with web.lock:
+                    web.headers.append(dict(self.headers))
+                    for key in (host, "*"):
+                        web.active[key] += 1
+                        web.peak[key] = max(web.peak[key], web.active[key])
+                try:
+                    self.answer()
+                finally:
+                    with web.lock:
+                        web.active.subtract([host, "*"])
+
+            def answer(self):
                 url = urllib.parse.urlparse(self.path)
                 with web.lock:
                     web.hits[url.path] += 1
@@ -415,6 +432,13 @@ def test_url_list_provider_and_bad_specs(workdir, web):
     with pytest.raises(UserError, match="Did you mean 'count'"):
         scrape.parse_options(comp)
     comp.source.pop("cout")
+    comp.source["count"] = "many"  # typed by the one options mechanism: one line, not a TypeError
+    with pytest.raises(UserError, match="'count' must be int, got 'many'"):
+        scrape.parse_options(comp)
+    comp.source["count"] = 0
+    with pytest.raises(UserError, match=r"bjj-vs-aikido.yaml: source.count, workers, per_host"):
+        scrape.parse_options(comp)
+    comp.source["count"] = 3
     comp.source["classes"] = {"bjj": ["x"]}
     with pytest.raises(UserError, match="two or more classes"):
         scrape.parse_options(comp)

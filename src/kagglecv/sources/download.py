@@ -305,16 +305,18 @@ class Downloader:
             return "bad_scheme", "only http and https URLs are fetched"
         part = dest.with_name(dest.name + ".part")
         status, detail = "network_error", ""
-        for attempt in range(self.retries + 1):
-            with self.slots.hold(url):
-                status, detail, pause = self._attempt(url, part, self.backoff * 2**attempt)
-            if status == "downloaded":
-                part.replace(dest)
-                return status, detail
-            if pause is None or attempt == self.retries:
-                break
-            self.clock.sleep(pause)
-        part.unlink(missing_ok=True)
+        try:
+            for attempt in range(self.retries + 1):
+                with self.slots.hold(url):
+                    status, detail, pause = self._attempt(url, part, self.backoff * 2**attempt)
+                if status == "downloaded":
+                    part.replace(dest)
+                    break
+                if pause is None or attempt == self.retries:
+                    break
+                self.clock.sleep(pause)
+        finally:  # whatever happened, no half file stays behind
+            part.unlink(missing_ok=True)
         return status, detail
 
     def _attempt(self, url: str, part: Path, pause: float) -> tuple[str, str, float | None]:

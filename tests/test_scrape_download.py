@@ -1,0 +1,235 @@
+"""The scrape's downloads against loopback servers: which addresses may be fetched (every hop, the
+address that was checked), the deadline at the socket, the per-host limit, the User-Agent, Retry-After
+through an injected clock, a full disk, and cached bodies that are no image."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kagglecv import __version__
+from kagglecv.cli import main
+from kagglecv.errors import UserError
+from kagglecv.sources import download, scrape, search
+from kagglecv.sources.search import Candidate
+from test_folder import encode, photo
+from test_scrape import TINTS, FakeClock, Web, good_images, web, write_comp  # noqa: F401  (web: fixture
+
+
+def downloader(**kw) -> download.Downloader:
+    args = {"timeout": 0.5, "retries": 0, "backoff": 0.0, "max_bytes": 1_000_000, "per_host": 4}
+    return download.Downloader(**{**args, **kw})
+
+
+@pytest.mark.parametrize(
+    "ip, problem",
+    [
+        ("8.8.8.8", None),
+        ("2606:4700::1111", None),
+        ("::ffff:8.8.8.8", None),  # IPv4 in IPv6 is judged by the IPv4 address
+        ("127.0.0.1", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        ("2002:7f00:1::", "a loopback address"),  # 6to4 around 127.0.0.1
+        ("169.254.169.254", "a link-local address"),  # cloud metadata
+        ("::ffff:169.254.169.254", "a link-local address"),
+        ("64:ff9b::a9fe:a9fe", "a link-local address"),  # NAT64 around 169.254.169.254
+        ("fe80::1%eth0", "a link-local address"),
+        ("10.1.2.3", "a private address"),
+        ("172.16.0.1", "a private address"),
+        ("192.168.1.1", "a private address"),
+        ("fc00::1", "a private address"),
+        ("100.64.0.1", "not a global address"),  # carrier-grade NAT
+        ("224.0.0.1", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("::", "an unspecified address"),
+        ("240.0.0.1", "a reserved address"),
+    ],
+)
+def test_only_global_addresses_are_fetched(ip, problem):
+    assert download.address_problem(ip) == problem
+    # the tests' setting lets loopback through, and nothing else
+    assert download.address_problem(ip, allow_loopback=True) == (None if problem == "a loopback address" else problem)
+
+
+def test_loopback_is_refused_without_the_setting(web, monkeypatch, tmp_path):
+    monkeypatch.delenv(download.ALLOW_LOOPBACK_ENV)
+    url = web.image("/a.jpg", encode(photo(0)))
+    port = url.split(":")[2].split("/")[0]
+    with downloader() as dl:
+        for u in (url, f"http://localhost:{port}/a.jpg", f"http://[::ffff:127.0.0.1]:{port}/a.jpg"):
+            status, detail = dl.download(u, tmp_path / "a")
+            assert status == "refused_address" and "a loopback address" in detail, (u, detail)
+    assert web.hits == {} and not list(tmp_path.iterdir())  # never connected, nothing written
+
+
+def test_every_redirect_hop_is_checked(web, monkeypatch, tmp_path):
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kw):  # a name that points at the cloud metadata address
+        return real("169.254.169.254" if host == "metadata.test" else host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    targets = {
+        "/meta.jpg": ("http://169.254.169.254/latest/meta-data/", "refused_address"),
+        "/name.jpg": ("http://metadata.test/latest/meta-data/", "refused_address"),
+        "/lan.jpg": ("http://[::ffff:10.0.0.1]/x.jpg", "refused_address"),
+        "/ftp.jpg": ("ftp://127.0.0.1/x.jpg", "bad_scheme"),
+        "/loop.jpg": ("/loop.jpg", "too_many_redirects"),
+    }
+    for path, (location, _) in targets.items():
+        web.routes[path] = [(302, {"Location": location}, b"", 0)]
+    t0, details = time.monotonic(), {}
+    with downloader(timeout=5) as dl:
+        for path, (_, want) in targets.items():
+            status, details[path] = dl.download(web.base + path, tmp_path / path[1:])
+            assert status == want, (path, status, details[path])
+    assert time.monotonic() - t0 < 3  # refused before connecting: no timeout waited out
+    assert details["/name.jpg"] == "metadata.test is a link-local address (169.254.169.254)"
+    assert details["/lan.jpg"] == "::ffff:10.0.0.1 is a private address (::ffff:10.0.0.1)"
+    assert not list(tmp_path.iterdir())
+
+
+def test_connects_to_the_address_that_was_checked(web, monkeypatch, tmp_path):
+    """DNS rebinding: the name answers loopback (allowed here) once, then a private address. The
+    download must use the first answer, not look the name up again when it connects."""
+    real, lookups = socket.getaddrinfo, []
+
+    def rebinding(host, *args, **kw):
+        if host == "rebind.test":
+            lookups.append(host)
+            host = "127.0.0.1" if len(lookups) == 1 else "10.0.0.1"
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    data = encode(photo(1))
+    url = web.image("/r.jpg", data).replace("127.0.0.1", "rebind.test")
+    with downloader() as dl:
+        assert dl.download(url, tmp_path / "r") == ("downloaded", "")
+    assert (tmp_path / "r").read_bytes() == data and lookups == ["rebind.test"]
+    assert web.headers[-1]["Host"] == url.split("/")[2]  # the name, not the address, goes to the server
+
+
+def drip_server(interval: float) -> tuple[str, list[int]]:
+    """A server that sends its whole answer, headers and body, one byte every `interval` seconds."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n" + b"\xff" * 100
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            with conn:
+                try:
+                    for i in range(len(answer)):
+                        conn.sendall(answer[i : i + 1])
+                        time.sleep(interval)
+                except OSError:  # the client gave up: good
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/drip.jpg", accepted
+
+
+def test_a_slow_drip_cannot_hold_a_worker(monkeypatch, tmp_path):
+    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")
+    url, accepted = drip_server(0.1)  # every read gets a byte well within the 0.4 s timeout
+    t0 = time.monotonic()
+    with downloader(timeout=0.4, retries=2) as dl:
+        status, detail = dl.download(url, tmp_path / "drip")
+    took = time.monotonic() - t0
+    assert (status, detail) == ("timeout", "still downloading after 1.6 s")
+    assert 1.5 < took < 3.5 and len(accepted) == 1  # the deadline, once: no retry of a dripping server
+    assert not list(tmp_path.iterdir())  # no .part left behind
+
+
+def test_retry_after_waits_on_the_clock_capped_at_a_minute(web, tmp_path):
+    data = encode(photo(2))
+    web.routes["/busy.jpg"] = [(429, {"Retry-After": "30"}, b"", 0), (200, {}, data, 0)]
+    web.routes["/down.jpg"] = [(503, {"Retry-After": "86400"}, b"", 0), (200, {}, data, 0)]
+    web.routes["/flaky.jpg"] = [(500, {}, b"", 0), (502, {}, b"", 0), (200, {}, data, 0)]
+    clock, t0 = FakeClock(), time.monotonic()
+    with downloader(retries=2, backoff=1.5, clock=clock) as dl:
+        for name in ("busy", "down", "flaky"):
+            assert dl.download(f"{web.base}/{name}.jpg", tmp_path / name) == ("downloaded", "")
+    assert clock.sleeps == [30, 60, 1.5, 3.0] and time.monotonic() - t0 < 2  # slept on the clock only
+
+
+def test_per_host_limit_and_user_agent(web, workdir, tmp_path):
+    for i in range(6):
+        web.image(f"/{i}.jpg", encode(photo(i)), delay=0.15)
+    hosts = (web.base, web.base.replace("127.0.0.1", "localhost"))
+    cands = {cls: [Candidate(f"{h}/{i}.jpg", cls) for i in range(6)] for cls, h in zip(TINTS, hosts, strict=True)}
+    opts = scrape.ScrapeOptions(classes={"bjj": ["q"], "aikido": ["q"]}, workers=8, per_host=2, min_size=16)
+    log = download.DownloadLog(tmp_path / "log.csv")
+    outcomes = scrape.download_all(cands, tmp_path, log, opts)
+    assert all(o.check is not None and o.check.ok for o in outcomes.values())
+    port = web.base.rsplit(":", 1)[1]
+    assert web.peak[f"127.0.0.1:{port}"] == 2 and web.peak[f"localhost:{port}"] == 2
+    assert web.peak["*"] >= 3  # a limit per host, not for all of them together
+    agents = {h["User-Agent"] for h in web.headers}
+    assert agents == {download.USER_AGENT} and download.USER_AGENT.startswith(f"kagglecv/{__version__} (")
+
+
+def test_cached_bodies_that_are_no_image_are_deleted(web, workdir, monkeypatch):
+    page = web.image("/page.jpg", b"<!DOCTYPE html><html>403</html>")
+    tiny = web.image("/tiny.jpg", encode(photo(50, size=(16, 16))))
+    web.searches = {
+        "brazilian jiu jitsu": good_images(web, "bjj", 4, 0) + [{"image": page}, {"image": tiny}],
+        "aikido": good_images(web, "aikido", 4, 100),
+    }
+    write_comp(workdir, web, classes={"bjj": ["brazilian jiu jitsu"], "aikido": ["aikido"]})
+    monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
+    assert main(["data", "bjj-vs-aikido"]) == 0
+    root = workdir / "data" / "bjj-vs-aikido"
+    files = root / "downloads" / "files"
+    assert not (files / scrape._url_key(page)).exists() and not (files / scrape._url_key(tiny)).exists()
+    assert len(list(files.iterdir())) == 8
+    log = pd.read_csv(root / "downloads" / "log.csv")
+    assert log.groupby("url")["status"].last()[page] == "not_an_image"
+    # a rerun neither fetches them again nor changes their verdict
+    hits = web.hits["/page.jpg"] + web.hits["/tiny.jpg"]
+    assert main(["data", "bjj-vs-aikido", "--force"]) == 0
+    assert web.hits["/page.jpg"] + web.hits["/tiny.jpg"] == hits
+    m = pd.read_csv(root / "raw" / "manifest.csv").set_index("url")
+    assert m.loc[page, "status"] == "not_an_image" and m.loc[tiny, "status"] == "too_small"
+
+
+def test_a_full_disk_stops_the_scrape_in_one_line(web, workdir, monkeypatch, capsys):
+    web.searches = {"brazilian jiu jitsu": good_images(web, "bjj", 3, 0), "aikido": good_images(web, "aikido", 3, 9)}
+    write_comp(workdir, web, classes={"bjj": ["brazilian jiu jitsu"], "aikido": ["aikido"]})
+    monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
+    real_open = open
+
+    def full(path, mode="r", *args, **kw):  # every download lands on a full disk
+        if str(path).endswith(".part"):
+            return real_open("/dev/full", mode, *args, **kw)
+        return real_open(path, mode, *args, **kw)
+
+    monkeypatch.setattr(download, "open", full, raising=False)
+    assert main(["data", "bjj-vs-aikido"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "saving downloads: cannot write" in out and "the disk is full" in out and "Traceback" not in out
+    root = workdir / "data" / "bjj-vs-aikido"
+    log = root / "downloads" / "log.csv"
+    assert not log.exists() or "network_error" not in log.read_text()  # not mistaken for the network
+    assert not (root / "raw").exists() and not list((root / "downloads" / "files").glob("*.part"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_disk_errors_are_named_as_such(web, tmp_path):
+    part = tmp_path / "a.part"
+    part.symlink_to("/dev/full")
+    with downloader() as dl, pytest.raises(UserError, match=f"cannot write {part}: the disk is full"):
+        dl.download(web.image("/a.jpg", encode(photo(3))), tmp_path / "a")
+    assert not part.is_symlink() and not (tmp_path / "a").exists()  # the partial file is removed
