@@ -18,7 +18,15 @@ from kagglecv.errors import UserError
 from kagglecv.sources import download, scrape, search
 from kagglecv.sources.search import Candidate
 from test_folder import encode, photo
-from test_scrape import TINTS, FakeClock, Web, good_images, web, write_comp  # noqa: F401  (web: fixture
+from test_scrape import TINTS, FakeClock, Web, good_images, write_comp
+
+
+@pytest.fixture
+def web(monkeypatch):
+    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")  # test_scrape's stand-in web, on 127.0.0.1
+    w = Web()
+    yield w
+    w.close()
 
 
 def downloader(**kw) -> download.Downloader:
@@ -55,7 +63,9 @@ def downloader(**kw) -> download.Downloader:
 def test_only_global_addresses_are_fetched(ip, problem):
     assert download.address_problem(ip) == problem
     # the tests' setting lets loopback through, and nothing else
-    assert download.address_problem(ip, allow_loopback=True) == (None if problem == "a loopback address" else problem)
+    assert download.address_problem(ip, allow_loopback=True) == (
+        None if problem == "a loopback address" else problem
+    )
 
 
 def test_loopback_is_refused_without_the_setting(web, monkeypatch, tmp_path):
@@ -169,7 +179,9 @@ def test_per_host_limit_and_user_agent(web, workdir, tmp_path):
     for i in range(6):
         web.image(f"/{i}.jpg", encode(photo(i)), delay=0.15)
     hosts = (web.base, web.base.replace("127.0.0.1", "localhost"))
-    cands = {cls: [Candidate(f"{h}/{i}.jpg", cls) for i in range(6)] for cls, h in zip(TINTS, hosts, strict=True)}
+    cands = {
+        cls: [Candidate(f"{h}/{i}.jpg", cls) for i in range(6)] for cls, h in zip(TINTS, hosts, strict=True)
+    }
     opts = scrape.ScrapeOptions(classes={"bjj": ["q"], "aikido": ["q"]}, workers=8, per_host=2, min_size=16)
     log = download.DownloadLog(tmp_path / "log.csv")
     outcomes = scrape.download_all(cands, tmp_path, log, opts)
@@ -206,7 +218,10 @@ def test_cached_bodies_that_are_no_image_are_deleted(web, workdir, monkeypatch):
 
 
 def test_a_full_disk_stops_the_scrape_in_one_line(web, workdir, monkeypatch, capsys):
-    web.searches = {"brazilian jiu jitsu": good_images(web, "bjj", 3, 0), "aikido": good_images(web, "aikido", 3, 9)}
+    web.searches = {
+        "brazilian jiu jitsu": good_images(web, "bjj", 3, 0),
+        "aikido": good_images(web, "aikido", 3, 9),
+    }
     write_comp(workdir, web, classes={"bjj": ["brazilian jiu jitsu"], "aikido": ["aikido"]})
     monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
     real_open = open
