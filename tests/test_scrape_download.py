@@ -184,7 +184,7 @@ def test_per_host_limit_and_user_agent(web, workdir, tmp_path):
     }
     opts = scrape.ScrapeOptions(classes={"bjj": ["q"], "aikido": ["q"]}, workers=8, per_host=2, min_size=16)
     log = download.DownloadLog(tmp_path / "log.csv")
-    outcomes = scrape.download_all(cands, tmp_path, log, opts)
+    outcomes = scrape.download_all(cands, opts, files=tmp_path, log=log)
     assert all(o.check is not None and o.check.ok for o in outcomes.values())
     port = web.base.rsplit(":", 1)[1]
     assert web.peak[f"127.0.0.1:{port}"] == 2 and web.peak[f"localhost:{port}"] == 2
@@ -248,3 +248,17 @@ def test_disk_errors_are_named_as_such(web, tmp_path):
     with downloader() as dl, pytest.raises(UserError, match=f"cannot write {part}: the disk is full"):
         dl.download(web.image("/a.jpg", encode(photo(3))), tmp_path / "a")
     assert not part.is_symlink() and not (tmp_path / "a").exists()  # the partial file is removed
+
+
+def test_no_image_reachable_says_network_and_proxy(web, workdir, monkeypatch, capsys):
+    from test_scrape import _closed_port
+
+    gone = f"http://127.0.0.1:{_closed_port()}"
+    web.searches = {q: [{"image": f"{gone}/{q}/{i}.jpg"} for i in range(3)] for q in ("bjj", "aikido")}
+    write_comp(workdir, web, classes={"bjj": ["bjj"], "aikido": ["aikido"]}, retries=0)
+    monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # used by the search, not by downloads
+    assert main(["data", "bjj-vs-aikido"]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "could not download a single image (network errors, e.g. 127.0.0.1 refused the connection)" in out
+    assert "downloads do not go through a proxy" in out and "Traceback" not in out

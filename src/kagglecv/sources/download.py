@@ -335,10 +335,11 @@ class Downloader:
         except httpx.TimeoutException:
             return "timeout", f"no answer within {self.timeout:g} s", pause
         except httpx.TransportError as e:
-            cause = os_cause(e)
+            cause, host = os_cause(e), urllib.parse.urlsplit(url).hostname or url
             if isinstance(cause, socket.gaierror):  # no such host, or no network: no retry mends it
-                return "network_error", os_reason(cause, urllib.parse.urlsplit(url).hostname or url), None
-            return "network_error", short(f"{type(e).__name__}: {e}", 100), pause
+                return "network_error", os_reason(cause, host), None
+            why = os_reason(cause, host) if cause else short(f"{type(e).__name__}: {e}", 100)
+            return "network_error", why, pause
         except httpx.InvalidURL as e:
             return "bad_url", short(str(e), 100), None
         finally:

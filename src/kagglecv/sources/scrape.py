@@ -32,6 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.request import getproxies
 
 import pandas as pd
 from rich.markup import escape
@@ -132,7 +133,7 @@ def check(comp: Competition) -> None:
 
 
 def fetch(
-    comp: Competition, raw_dir: Path, provider: SearchProvider | None = None, clock: Clock | None = None
+    comp: Competition, raw_dir: Path, *, provider: SearchProvider | None = None, clock: Clock | None = None
 ) -> None:
     """Search (or read the URL lists), download and check, keep real new images in raw_dir."""
     opts = parse_options(comp)
@@ -141,12 +142,14 @@ def fetch(
     files.mkdir(parents=True, exist_ok=True)
     for stale in files.glob("*.part"):
         stale.unlink()
-    candidates, unreachable = find_candidates(comp, opts, cache / "search", provider, clock)
-    outcomes = download_all(candidates, files, DownloadLog(cache / "log.csv"), opts, clock)
-    manifest = keep_images(candidates, outcomes, raw_dir, opts)
+    candidates, unreachable = find_candidates(
+        comp, opts, cache=cache / "search", provider=provider, clock=clock
+    )
+    outcomes = download_all(candidates, opts, files=files, log=DownloadLog(cache / "log.csv"), clock=clock)
+    manifest = keep_images(candidates, outcomes, raw_dir=raw_dir, opts=opts)
     manifest.to_csv(raw_dir / "manifest.csv", index=False)
     report(manifest, outcomes, candidates)
-    _fail_if_empty(comp, opts, manifest, outcomes, unreachable)
+    _fail_if_empty(comp, opts, manifest=manifest, outcomes=outcomes, unreachable=unreachable)
 
 
 def _offline(comp: Competition, reasons: list[str]) -> UserError:
@@ -159,6 +162,7 @@ def _offline(comp: Competition, reasons: list[str]) -> UserError:
 def find_candidates(
     comp: Competition,
     opts: ScrapeOptions,
+    *,
     cache: Path,
     provider: SearchProvider | None = None,
     clock: Clock | None = None,
@@ -216,7 +220,7 @@ def _url_key(url: str) -> str:
     return hashlib.sha1(url.encode()).hexdigest()[:20]
 
 
-def fetch_one(cand: Candidate, files: Path, log: DownloadLog, dl: Downloader, min_size: int) -> Outcome:
+def fetch_one(cand: Candidate, *, files: Path, log: DownloadLog, dl: Downloader, min_size: int) -> Outcome:
     """Download (or find in the cache) and fully check one candidate; fall back to its thumbnail.
     A body that is no usable image is deleted at once; the log remembers why, so a rerun neither
     downloads it again nor keeps junk (HTML pages, broken files) in the cache."""
@@ -248,9 +252,10 @@ def fetch_one(cand: Candidate, files: Path, log: DownloadLog, dl: Downloader, mi
 
 def download_all(
     candidates: dict[str, list[Candidate]],
+    opts: ScrapeOptions,
+    *,
     files: Path,
     log: DownloadLog,
-    opts: ScrapeOptions,
     clock: Clock | None = None,
 ) -> dict[str, Outcome]:
     """Step 2: download and check every URL once, concurrently; the cache makes a rerun cheap."""
@@ -273,7 +278,9 @@ def download_all(
             with progress() as bar:
                 task = bar.add_task("downloading", total=len(unique), info="")
                 futures = {
-                    pool.submit(fetch_one, c, files, log, downloader, opts.min_size): url
+                    pool.submit(
+                        fetch_one, c, files=files, log=log, dl=downloader, min_size=opts.min_size
+                    ): url
                     for url, c in unique.items()
                 }
                 pending = set(futures)
@@ -309,7 +316,11 @@ def _row(cls: str, c: Candidate, out: Outcome) -> dict[str, Any]:
 
 
 def keep_images(
-    candidates: dict[str, list[Candidate]], outcomes: dict[str, Outcome], raw_dir: Path, opts: ScrapeOptions
+    candidates: dict[str, list[Candidate]],
+    outcomes: dict[str, Outcome],
+    *,
+    raw_dir: Path,
+    opts: ScrapeOptions,
 ) -> pd.DataFrame:
     """Step 3: keep real, new images in raw_dir, in search order, first one wins (deterministic
     despite threads); the manifest, one row per candidate."""
@@ -344,6 +355,7 @@ def keep_images(
 def _fail_if_empty(
     comp: Competition,
     opts: ScrapeOptions,
+    *,
     manifest: pd.DataFrame,
     outcomes: dict[str, Outcome],
     unreachable: list[str],
@@ -355,9 +367,14 @@ def _fail_if_empty(
         return
     tried = [o for o in outcomes.values() if o.status != "not_tried"]
     if tried and all(o.check is None and o.status in ("network_error", "timeout") for o in tried):
+        proxy = (
+            " (downloads do not go through a proxy: each connects to the address it checked)"
+            if getproxies()
+            else ""
+        )
         raise UserError(
             f"could not download a single image (network errors, e.g. {short(tried[0].detail, 80)}): "
-            f"check the internet connection, then rerun `make data COMP={comp.slug}` (searches are kept)"
+            f"check the internet connection{proxy}, then rerun `make data COMP={comp.slug}` (searches are kept)"
         )
     offline = f"; {len(unreachable)} search(es) could not reach the engine" if unreachable else ""
     raise UserError(
