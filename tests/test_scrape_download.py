@@ -4,7 +4,11 @@ through an injected clock, a full disk, and cached bodies that are no image."""
 
 from __future__ import annotations
 
+import http.server
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -262,3 +266,59 @@ def test_no_image_reachable_says_network_and_proxy(web, workdir, monkeypatch, ca
     out = " ".join(capsys.readouterr().out.split())
     assert "could not download a single image (network errors, e.g. 127.0.0.1 refused the connection)" in out
     assert "downloads do not go through a proxy" in out and "Traceback" not in out
+
+
+def tls_server(tmp_path: Path, name: str, body: bytes) -> tuple[int, Path]:
+    """An HTTPS server on 127.0.0.1 with a self-signed certificate for `name`: (port, the certificate)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}"]
+        + ["-addext", f"subjectAltName=DNS:{name}"],
+        check=True,
+        capture_output=True,
+    )
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+    return server.server_address[1], cert
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs openssl to make a certificate")
+def test_https_connects_to_the_checked_address_and_verifies_the_name(monkeypatch, tmp_path):
+    data = encode(photo(4))
+    port, cert = tls_server(tmp_path, "pinned.test", data)
+    real, lookups = socket.getaddrinfo, []
+
+    def resolve(host, *args, **kw):
+        if host == "pinned.test":
+            lookups.append(host)
+            host = "127.0.0.1" if len(lookups) == 1 else "10.0.0.1"
+        return real(host, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    download.ssl_context.cache_clear()
+    try:
+        with downloader() as dl:
+            assert dl.download(f"https://pinned.test:{port}/a.jpg", tmp_path / "a") == ("downloaded", "")
+            # the certificate is checked against the name in the URL, not the address connected to
+            status, detail = dl.download(f"https://127.0.0.1:{port}/a.jpg", tmp_path / "b")
+    finally:
+        download.ssl_context.cache_clear()
+    assert (tmp_path / "a").read_bytes() == data and lookups == ["pinned.test"]
+    assert status == "network_error" and "certificate" in detail.lower(), detail

@@ -115,6 +115,16 @@ def _within_deadline(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+@contextmanager
+def _deadline_named() -> Iterator[None]:
+    """A timeout that happened because the deadline, not the per-read timeout, ran out says so."""
+    try:
+        yield
+    except httpcore.TimeoutException:
+        _within_deadline(None)
+        raise
+
+
 class _DeadlineStream(httpcore.NetworkStream):
     """A socket whose every read, write and TLS handshake waits at most what the deadline leaves."""
 
@@ -122,20 +132,21 @@ class _DeadlineStream(httpcore.NetworkStream):
         self.inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
+        with _deadline_named():
             return self.inner.read(max_bytes, _within_deadline(timeout))
-        except httpcore.ReadTimeout:
-            _within_deadline(None)  # the deadline, not the read timeout, ran out: say so
-            raise
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.inner.write(buffer, _within_deadline(timeout))
+        with _deadline_named():
+            self.inner.write(buffer, _within_deadline(timeout))
 
     def close(self) -> None:
         self.inner.close()
 
     def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, _within_deadline(timeout)))
+        with _deadline_named():
+            return _DeadlineStream(
+                self.inner.start_tls(ssl_context, server_hostname, _within_deadline(timeout))
+            )
 
     def get_extra_info(self, info: str):
         return self.inner.get_extra_info(info)
