@@ -322,3 +322,19 @@ def test_https_connects_to_the_checked_address_and_verifies_the_name(monkeypatch
         download.ssl_context.cache_clear()
     assert (tmp_path / "a").read_bytes() == data and lookups == ["pinned.test"]
     assert status == "network_error" and "certificate" in detail.lower(), detail
+
+
+def test_a_shared_thumbnail_is_fetched_once(web, tmp_path):
+    """Eight results whose full images are gone and whose thumbnail is the same URL: eight workers
+    at once must not write the same cache file together (one downloads it, the others find it)."""
+    thumb = web.image("/thumb.jpg", encode(photo(5)), delay=0.1)
+    cands = {
+        "bjj": [Candidate(f"{web.base}/gone{i}.jpg", "bjj", thumbnail=thumb) for i in range(8)],
+        "aikido": [],
+    }
+    opts = scrape.ScrapeOptions(classes={"bjj": ["q"], "aikido": ["q"]}, workers=8, per_host=8, min_size=16)
+    outcomes = scrape.download_all(
+        cands, opts, files=tmp_path, log=download.DownloadLog(tmp_path / "log.csv")
+    )
+    assert all(o.check is not None and o.check.ok and o.fetched == thumb for o in outcomes.values())
+    assert web.hits["/thumb.jpg"] == 1 and sum(o.cached for o in outcomes.values()) == 7

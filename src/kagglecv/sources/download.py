@@ -257,19 +257,18 @@ def _writing(part: Path) -> Iterator[IO[bytes]]:
         raise UserError(f"saving downloads: {line}") from None
 
 
-class HostSlots:
-    """At most `per_host` downloads from one host at a time, however many workers there are."""
+class Slots:
+    """At most `per_key` threads at a time hold one key: downloads per host, workers per URL."""
 
-    def __init__(self, per_host: int) -> None:
-        self.per_host = per_host
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
         self.lock = threading.Lock()
         self.slots: dict[str, threading.Semaphore] = {}
 
     @contextmanager
-    def hold(self, url: str) -> Iterator[None]:
-        host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    def hold(self, key: str) -> Iterator[None]:
         with self.lock:
-            slot = self.slots.setdefault(host, threading.BoundedSemaphore(self.per_host))
+            slot = self.slots.setdefault(key, threading.BoundedSemaphore(self.per_key))
         with slot:
             yield
 
@@ -291,7 +290,7 @@ class Downloader:
         self.timeout, self.retries, self.backoff, self.max_bytes = timeout, retries, backoff, max_bytes
         self.deadline = DEADLINE_TIMEOUTS * timeout
         self.clock = clock or Clock()
-        self.slots = HostSlots(per_host)
+        self.hosts = Slots(per_host)
         transport = _GuardedTransport(_GuardedBackend(allow_loopback()), httpx.Limits())
         self.client = httpx.Client(
             transport=transport,
@@ -318,7 +317,7 @@ class Downloader:
         status, detail = "network_error", ""
         try:
             for attempt in range(self.retries + 1):
-                with self.slots.hold(url):
+                with self.hosts.hold((urllib.parse.urlsplit(url).hostname or "").lower()):
                     status, detail, pause = self._attempt(url, part, self.backoff * 2**attempt)
                 if status == "downloaded":
                     part.replace(dest)
@@ -386,6 +385,8 @@ class DownloadLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lock = threading.Lock()
+        # one worker at a time on a URL's cache entry (a thumbnail can be another result's image)
+        self.urls = Slots(1)
         self.known: dict[str, tuple[str, str]] = {}
         if path.exists():
             with open(path, newline="") as f:

@@ -226,28 +226,32 @@ def fetch_one(cand: Candidate, *, files: Path, log: DownloadLog, dl: Downloader,
     downloads it again nor keeps junk (HTML pages, broken files) in the cache."""
     outcome = Outcome("not_tried")
     for url in [cand.url] + ([cand.thumbnail] if cand.thumbnail else []):
-        path = files / _url_key(url)
-        cached = path.exists()
-        if not cached:
-            failed = log.permanent_failure(url)
-            if failed:
-                status, detail = failed
-            else:
-                status, detail = dl.download(url, path)
-                log.add(url, status, detail)
-            if status != "downloaded":
-                if outcome.status == "not_tried":
-                    outcome = Outcome(status, detail, fetched=url)
-                continue
-        check = check_image(path.read_bytes(), min_size)
-        got = Outcome("downloaded", path=path, check=check, cached=cached, fetched=url)
-        if check.ok:
+        with log.urls.hold(url):
+            got = _fetch_checked(url, files / _url_key(url), log, dl, min_size)
+        if got.check is not None and got.check.ok:
             return got
-        path.unlink(missing_ok=True)
-        log.add(url, check.status, check.detail)
-        if outcome.status == "not_tried" or outcome.check is None:
+        if outcome.status == "not_tried" or (outcome.check is None and got.check is not None):
             outcome = got
     return outcome
+
+
+def _fetch_checked(url: str, path: Path, log: DownloadLog, dl: Downloader, min_size: int) -> Outcome:
+    """One URL from the cache or the net, checked; a body that fails the check is deleted."""
+    cached = path.exists()
+    if not cached:
+        failed = log.permanent_failure(url)
+        if failed:
+            status, detail = failed
+        else:
+            status, detail = dl.download(url, path)
+            log.add(url, status, detail)
+        if status != "downloaded":
+            return Outcome(status, detail, fetched=url)
+    check = check_image(path.read_bytes(), min_size)
+    if not check.ok:
+        path.unlink(missing_ok=True)
+        log.add(url, check.status, check.detail)
+    return Outcome("downloaded", path=path, check=check, cached=cached, fetched=url)
 
 
 def download_all(
