@@ -19,7 +19,7 @@ import pytest
 from kagglecv import __version__
 from kagglecv.cli import main
 from kagglecv.errors import UserError
-from kagglecv.sources import download, scrape, search
+from kagglecv.sources import download, download_cache, scrape, search
 from kagglecv.sources.search import Candidate
 from test_folder import encode, photo
 from test_scrape import TINTS, FakeClock, Web, good_images, write_comp
@@ -187,7 +187,7 @@ def test_per_host_limit_and_user_agent(web, workdir, tmp_path):
         cls: [Candidate(f"{h}/{i}.jpg", cls) for i in range(6)] for cls, h in zip(TINTS, hosts, strict=True)
     }
     opts = scrape.ScrapeOptions(classes={"bjj": ["q"], "aikido": ["q"]}, workers=8, per_host=2, min_size=16)
-    log = download.DownloadLog(tmp_path / "log.csv")
+    log = download_cache.DownloadLog(tmp_path / "log.csv")
     outcomes = scrape.download_all(cands, opts, files=tmp_path, log=log)
     assert all(o.check is not None and o.check.ok for o in outcomes.values())
     port = web.base.rsplit(":", 1)[1]
@@ -209,7 +209,10 @@ def test_cached_bodies_that_are_no_image_are_deleted(web, workdir, monkeypatch):
     assert main(["data", "bjj-vs-aikido"]) == 0
     root = workdir / "data" / "bjj-vs-aikido"
     files = root / "downloads" / "files"
-    assert not (files / scrape._url_key(page)).exists() and not (files / scrape._url_key(tiny)).exists()
+    assert (
+        not (files / download_cache.url_key(page)).exists()
+        and not (files / download_cache.url_key(tiny)).exists()
+    )
     assert len(list(files.iterdir())) == 8
     log = pd.read_csv(root / "downloads" / "log.csv")
     assert log.groupby("url")["status"].last()[page] == "not_an_image"
@@ -334,7 +337,7 @@ def test_a_shared_thumbnail_is_fetched_once(web, tmp_path):
     }
     opts = scrape.ScrapeOptions(classes={"bjj": ["q"], "aikido": ["q"]}, workers=8, per_host=8, min_size=16)
     outcomes = scrape.download_all(
-        cands, opts, files=tmp_path, log=download.DownloadLog(tmp_path / "log.csv")
+        cands, opts, files=tmp_path, log=download_cache.DownloadLog(tmp_path / "log.csv")
     )
     assert all(o.check is not None and o.check.ok and o.fetched == thumb for o in outcomes.values())
     assert web.hits["/thumb.jpg"] == 1 and sum(o.cached for o in outcomes.values()) == 7

@@ -21,7 +21,6 @@ stops the scrape with one line: it is no network error and no rerun of the URL m
 
 from __future__ import annotations
 
-import csv
 import functools
 import ipaddress
 import os
@@ -372,40 +371,3 @@ class Downloader:
                         return "too_large", f"more than max_bytes {self.max_bytes:,}", None
                     f.write(chunk)
         return "downloaded", "", None
-
-
-# Failures worth trying again on a rerun; every other outcome is remembered and not retried.
-TRANSIENT = ("timeout", "network_error", "http_429", "http_5")
-
-
-class DownloadLog:
-    """downloads/log.csv: the outcome of every URL tried, appended as it happens (thread-safe), so a
-    rerun skips what failed for good and retries only what might work now."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-        # one worker at a time on a URL's cache entry (a thumbnail can be another result's image)
-        self.urls = Slots(1)
-        self.known: dict[str, tuple[str, str]] = {}
-        if path.exists():
-            with open(path, newline="") as f:
-                for row in csv.reader(f):
-                    if len(row) == 3 and row != ["url", "status", "detail"]:
-                        self.known[row[0]] = (row[1], row[2])
-
-    def add(self, url: str, status: str, detail: str) -> None:
-        with self.lock:
-            self.known[url] = (status, detail)
-            new = not self.path.exists()
-            with open(self.path, "a", newline="") as f:
-                writer = csv.writer(f)
-                if new:
-                    writer.writerow(["url", "status", "detail"])
-                writer.writerow([url, status, detail])
-
-    def permanent_failure(self, url: str) -> tuple[str, str] | None:
-        got = self.known.get(url)
-        if got and got[0] != "downloaded" and not got[0].startswith(TRANSIENT):
-            return got
-        return None

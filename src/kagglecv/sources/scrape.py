@@ -13,8 +13,8 @@ the same.
 Every found URL is downloaded (download.py: concurrently, at most `per_host` at a time from one host;
 only http/https to global addresses, redirects included; a timeout per request and a deadline per
 download enforced at the socket; retries with backoff on 429/5xx and network errors; a size cap;
-written to a temporary name and renamed when complete) into data/<slug>/downloads/, a cache that
-outlives the run: a rerun after an interruption searches nothing it already searched and downloads
+written to a temporary name and renamed when complete) into data/<slug>/downloads/ (download_cache.py),
+a cache that outlives the run: a rerun after an interruption searches nothing it already searched and downloads
 nothing it already has. Then every file is decoded in full; only real RGB-convertible images above
 `min_size` are kept (a body that is not one is deleted, its verdict remembered), and exact (sha256)
 and near (perceptual hash) duplicates are dropped within and across classes, first one wins.
@@ -26,7 +26,6 @@ raw/ ends up as raw/<class>/<key>.<ext> (kept images, bytes as downloaded) + raw
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -43,8 +42,9 @@ from ..config import build_spec
 from ..console import console, progress
 from ..errors import UserError
 from ..files import link_or_copy
-from ..images import Deduper, ImageCheck, check_image
-from .download import Clock, Downloader, DownloadLog, short
+from ..images import Deduper
+from .download import Clock, Downloader, short
+from .download_cache import DownloadLog, Outcome, fetch_one, url_key
 from .search import Candidate, Searcher, SearchProvider, make_provider, url_list_candidates
 
 EXTENSIONS = {
@@ -206,54 +206,6 @@ def find_candidates(
     return candidates, searcher.unreachable
 
 
-@dataclass
-class Outcome:
-    status: str  # "downloaded" (from the net or the cache) or why not
-    detail: str = ""
-    path: Path | None = None
-    check: ImageCheck | None = None
-    cached: bool = False
-    fetched: str = ""  # the URL whose bytes these are (the thumbnail when the full image failed)
-
-
-def _url_key(url: str) -> str:
-    return hashlib.sha1(url.encode()).hexdigest()[:20]
-
-
-def fetch_one(cand: Candidate, *, files: Path, log: DownloadLog, dl: Downloader, min_size: int) -> Outcome:
-    """Download (or find in the cache) and fully check one candidate; fall back to its thumbnail.
-    A body that is no usable image is deleted at once; the log remembers why, so a rerun neither
-    downloads it again nor keeps junk (HTML pages, broken files) in the cache."""
-    outcome = Outcome("not_tried")
-    for url in [cand.url] + ([cand.thumbnail] if cand.thumbnail else []):
-        with log.urls.hold(url):
-            got = _fetch_checked(url, files / _url_key(url), log, dl, min_size)
-        if got.check is not None and got.check.ok:
-            return got
-        if outcome.status == "not_tried" or (outcome.check is None and got.check is not None):
-            outcome = got
-    return outcome
-
-
-def _fetch_checked(url: str, path: Path, log: DownloadLog, dl: Downloader, min_size: int) -> Outcome:
-    """One URL from the cache or the net, checked; a body that fails the check is deleted."""
-    cached = path.exists()
-    if not cached:
-        failed = log.permanent_failure(url)
-        if failed:
-            status, detail = failed
-        else:
-            status, detail = dl.download(url, path)
-            log.add(url, status, detail)
-        if status != "downloaded":
-            return Outcome(status, detail, fetched=url)
-    check = check_image(path.read_bytes(), min_size)
-    if not check.ok:
-        path.unlink(missing_ok=True)
-        log.add(url, check.status, check.detail)
-    return Outcome("downloaded", path=path, check=check, cached=cached, fetched=url)
-
-
 def download_all(
     candidates: dict[str, list[Candidate]],
     opts: ScrapeOptions,
@@ -347,7 +299,7 @@ def keep_images(
             if status != "kept":
                 row.update(status=status, detail=f"of {of}")
                 continue
-            rel = f"{cls}/{_url_key(c.url)}.{EXTENSIONS.get(chk.format, chk.format.lower() or 'img')}"
+            rel = f"{cls}/{url_key(c.url)}.{EXTENSIONS.get(chk.format, chk.format.lower() or 'img')}"
             (raw_dir / cls).mkdir(exist_ok=True)
             link_or_copy(out.path, raw_dir / rel)  # the download cache is never rewritten in place
             deduper.add(chk.sha256, chk.phash, rel)
