@@ -341,3 +341,18 @@ def test_a_shared_thumbnail_is_fetched_once(web, tmp_path):
     )
     assert all(o.check is not None and o.check.ok and o.fetched == thumb for o in outcomes.values())
     assert web.hits["/thumb.jpg"] == 1 and sum(o.cached for o in outcomes.values()) == 7
+
+
+@pytest.mark.parametrize(
+    "url, status, detail",
+    [
+        ("http://[::1", "bad_url", "Invalid IPv6 URL"),  # a traceback in a worker before
+        ("http://a..b/x.jpg", "bad_url", "'a..b' is no valid host name"),
+        ("http:///x.jpg", "bad_url", "no host in the URL"),
+        ("file:///etc/passwd", "bad_scheme", "only http and https URLs are fetched"),
+        ("http://2130706433/x.jpg", "refused_address", "2130706433 is a loopback address (127.0.0.1)"),
+    ],
+)
+def test_urls_a_search_can_return_are_one_status_each(url, status, detail, tmp_path):
+    with downloader() as dl:
+        assert dl.download(url, tmp_path / "x") == (status, detail)

@@ -163,6 +163,8 @@ class _GuardedBackend(httpcore.SyncBackend):
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as e:  # httpx reports it as a failed connect, the cause kept
             raise httpcore.ConnectError(f"DNS lookup of {host} failed") from e
+        except UnicodeError:  # a name IDNA cannot encode (a..b): no lookup can succeed
+            raise httpx.InvalidURL(f"{host!r} is no valid host name") from None
         allowed, refused = [], ""
         for *_, sockaddr in infos:
             problem = address_problem(sockaddr[0], self.allow_loopback)
@@ -310,13 +312,20 @@ class Downloader:
     def download(self, url: str, dest: Path) -> tuple[str, str]:
         """Fetch `url` into `dest` (via dest.part, renamed when complete). Returns (status, detail):
         ("downloaded", "") or e.g. ("http_404", ...), ("too_large", ...), ("refused_address", ...)."""
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname
+        except ValueError as e:  # http://[::1 and friends
+            return "bad_url", short(str(e), 100)
+        if parts.scheme.lower() not in ("http", "https"):
             return "bad_scheme", "only http and https URLs are fetched"
+        if not host:
+            return "bad_url", "no host in the URL"
         part = dest.with_name(dest.name + ".part")
         status, detail = "network_error", ""
         try:
             for attempt in range(self.retries + 1):
-                with self.hosts.hold((urllib.parse.urlsplit(url).hostname or "").lower()):
+                with self.hosts.hold(host):
                     status, detail, pause = self._attempt(url, part, self.backoff * 2**attempt)
                 if status == "downloaded":
                     part.replace(dest)
