@@ -21,19 +21,23 @@ from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.errors import UserError
 from kagglecv.layout import prepare
-from kagglecv.sources import scrape
+from kagglecv.sources import download, scrape, search
 from test_folder import encode, photo
 
 TINTS = {"bjj": (255, 40, 0), "aikido": (0, 40, 255)}
 
 
 class Web:
-    """A tiny web: routes -> (status, headers, body, delay); counts every request per path."""
+    """A tiny web: routes -> (status, headers, body, delay); counts every request per path, keeps
+    their headers, and the most requests in flight at once per Host header."""
 
     def __init__(self) -> None:
         self.routes: dict[str, list[tuple[int, dict, bytes, float]]] = {}
         self.searches: dict[str, list[dict]] = {}
         self.hits: Counter[str] = Counter()
+        self.headers: list[dict[str, str]] = []  # of every request, in order
+        self.active: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()  # per Host, and "*" for all hosts together
         self.on_request = None  # called with the path, e.g. to interrupt the run
         self.lock = threading.Lock()
         web = self
@@ -43,6 +47,19 @@ class Web:
                 pass
 
             def do_GET(self):
+                host = self.headers.get("Host", "")
+                with web.lock:
+                    web.headers.append(dict(self.headers))
+                    for key in (host, "*"):
+                        web.active[key] += 1
+                        web.peak[key] = max(web.peak[key], web.active[key])
+                try:
+                    self.answer()
+                finally:
+                    with web.lock:
+                        web.active.subtract([host, "*"])
+
+            def answer(self):
                 url = urllib.parse.urlparse(self.path)
                 with web.lock:
                     web.hits[url.path] += 1
@@ -79,7 +96,7 @@ class Web:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def image(self, path: str, data: bytes, ctype: str = "image/jpeg", **kw) -> str:
         self.routes[path] = [(200, {"Content-Type": ctype}, data, kw.get("delay", 0))]
@@ -91,7 +108,8 @@ class Web:
 
 
 @pytest.fixture
-def web():
+def web(monkeypatch):
+    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")  # the stand-in web lives on 127.0.0.1
     w = Web()
     yield w
     w.close()
@@ -124,6 +142,7 @@ def write_comp(workdir: Path, web: Web, **source) -> None:
             "retries": 1,
             "backoff": 0.05,
             "workers": 4,
+            "per_host": 4,  # one host stands in for the web: as many at once as there are workers
             "min_size": 32,
             **source,
         }
@@ -175,7 +194,7 @@ def test_scrape_keeps_only_real_unique_images(workdir, web, monkeypatch, capsys)
     }
     web.routes["/bjj/endless.jpg"][0][1]["X-Stream"] = "1"  # no Content-Length: the cap applies while reading
     write_comp(workdir, web, max_bytes=200_000)
-    monkeypatch.setenv(scrape.SEARCH_URL_ENV, web.base + "/search")
+    monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
     assert main(["data", "bjj-vs-aikido"]) == 0
     out = capsys.readouterr().out
     root = workdir / "data" / "bjj-vs-aikido"
@@ -226,7 +245,7 @@ def test_interrupted_download_resumes_without_refetching(workdir, web, monkeypat
 
     web.on_request = interrupt
     write_comp(workdir, web, workers=2, classes={"bjj": ["brazilian jiu jitsu"], "aikido": ["aikido"]})
-    monkeypatch.setenv(scrape.SEARCH_URL_ENV, web.base + "/search")
+    monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
     assert main(["data", "bjj-vs-aikido"]) == 130
     root = workdir / "data" / "bjj-vs-aikido"
     assert not (root / "raw").exists() and not (root / "prepared.json").exists()
@@ -267,10 +286,36 @@ def fake_ddgs(monkeypatch):
     return FakeDDGS
 
 
+class FakeClock:
+    """Time that passes only when the code under test sleeps: no test waits for a backoff."""
+
+    def __init__(self) -> None:
+        self.now, self.sleeps = 0.0, []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def searcher_for(provider, opts, cache: Path, clock) -> search.Searcher:
+    return search.Searcher(
+        provider,
+        cache=cache,
+        want=opts.count * opts.oversample,
+        retries=opts.retries,
+        backoff=opts.backoff,
+        pause=opts.search_pause,
+        clock=clock,
+    )
+
+
 def test_ddgs_provider_maps_results_and_errors(fake_ddgs, tmp_path):
     from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
 
-    provider = scrape.DdgsProvider(region="uk-en", backend="bing")
+    provider = search.DdgsProvider(region="uk-en", backend="bing")
     fake_ddgs.script = [
         [
             {
@@ -303,7 +348,7 @@ def test_ddgs_provider_maps_results_and_errors(fake_ddgs, tmp_path):
         "bjj",
         {"region": "uk-en", "safesearch": "moderate", "backend": "bing", "max_results": 5},
     )
-    cands = [scrape.to_candidate(r, "bjj", "bjj") for r in raw]
+    cands = [search.to_candidate(r, "bjj", "bjj") for r in raw]
     a, b, none = cands
     assert (a.url, a.thumbnail, a.page, a.title, a.width, a.height) == (
         "https://a/1.jpg",
@@ -315,12 +360,12 @@ def test_ddgs_provider_maps_results_and_errors(fake_ddgs, tmp_path):
     )
     assert (b.url, b.thumbnail, b.width, b.height) == ("https://t/2.jpg", "", None, None)  # thumbnail only
     assert none is None
-    with pytest.raises(scrape.SearchRateLimited):
+    with pytest.raises(search.SearchRateLimited):
         provider.images("bjj", 5)
-    with pytest.raises(scrape.SearchTimeout):
+    with pytest.raises(search.SearchTimeout):
         provider.images("bjj", 5)
     assert provider.images("bjj", 5) == []
-    with pytest.raises(scrape.SearchError, match="403"):
+    with pytest.raises(search.SearchError, match="403"):
         provider.images("bjj", 5)
 
 
@@ -347,10 +392,19 @@ def test_search_backs_off_on_rate_limits_and_caches(fake_ddgs, tmp_path, workdir
         RatelimitException("r"),
         [],
     ]
-    provider, state = scrape.DdgsProvider(), {}
-    t0 = time.monotonic()
-    cands, problems = scrape.search_class(provider, "bjj", ["a", "b", "c"], opts, tmp_path, state)
-    assert time.monotonic() - t0 >= 5 * 0.2  # a pause before every call after the first
+    clock, asked_at = FakeClock(), []
+
+    class Timed(search.DdgsProvider):
+        def images(self, query, max_results):
+            asked_at.append(clock.now)
+            return super().images(query, max_results)
+
+    searcher = searcher_for(Timed(), opts, tmp_path, clock)
+    cands, problems = searcher.search_class("bjj", ["a", "b", "c"])
+    gaps = [b - a for a, b in zip(asked_at, asked_at[1:], strict=False)]
+    assert min(gaps) >= 0.2 - 1e-9  # a pause before every call after the first
+    # backoff 0.01 doubling, plus the pause, after each rate limit; just the pause between queries
+    assert clock.sleeps == pytest.approx([0.21, 0.2, 0.21, 0.22, 0.2])
     assert [c.url for c in cands] == ["https://a/1.jpg"]
     assert [q for q, _ in fake_ddgs.calls] == ["a", "a", "b", "b", "b", "c"]
     assert fake_ddgs.calls[0][1]["max_results"] == 2  # count 4 x oversample 1.5 over 3 queries
@@ -358,7 +412,7 @@ def test_search_backs_off_on_rate_limits_and_caches(fake_ddgs, tmp_path, workdir
     assert any("'c'" in p and "no results" in p for p in problems)
     # finished searches are cached; the failed one is asked again
     fake_ddgs.script = [[hit]]
-    cands, problems = scrape.search_class(provider, "bjj", ["a", "b", "c"], opts, tmp_path, state)
+    cands, problems = searcher.search_class("bjj", ["a", "b", "c"])
     assert [q for q, _ in fake_ddgs.calls[6:]] == ["b"] and len(cands) == 1
 
 
@@ -378,6 +432,13 @@ def test_url_list_provider_and_bad_specs(workdir, web):
     with pytest.raises(UserError, match="Did you mean 'count'"):
         scrape.parse_options(comp)
     comp.source.pop("cout")
+    comp.source["count"] = "many"  # typed by the one options mechanism: one line, not a TypeError
+    with pytest.raises(UserError, match="'count' must be int, got 'many'"):
+        scrape.parse_options(comp)
+    comp.source["count"] = 0
+    with pytest.raises(UserError, match=r"bjj-vs-aikido.yaml: source.count, workers, per_host"):
+        scrape.parse_options(comp)
+    comp.source["count"] = 3
     comp.source["classes"] = {"bjj": ["x"]}
     with pytest.raises(UserError, match="two or more classes"):
         scrape.parse_options(comp)
@@ -390,7 +451,7 @@ def test_url_list_provider_and_bad_specs(workdir, web):
 def test_nothing_kept_is_a_clear_error(workdir, web, monkeypatch, capsys):
     web.searches = {"aikido": good_images(web, "aikido", 6, 100)}
     write_comp(workdir, web, classes={"bjj": ["nothing here"], "aikido": ["aikido"]})
-    monkeypatch.setenv(scrape.SEARCH_URL_ENV, web.base + "/search")
+    monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")
     assert main(["data", "bjj-vs-aikido"]) == 2
     out = capsys.readouterr().out
     assert "no images kept for class(es) bjj" in out and "rerun" in out
@@ -407,7 +468,7 @@ def _closed_port() -> int:
 def test_offline_search_is_said_once(workdir, web, monkeypatch, capsys):
     classes = {"bjj": ["jiu jitsu [gi]", "bjj"], "aikido": ["aikido"]}
     write_comp(workdir, web, classes=classes)
-    monkeypatch.setenv(scrape.SEARCH_URL_ENV, f"http://127.0.0.1:{_closed_port()}/search")
+    monkeypatch.setenv(search.SEARCH_URL_ENV, f"http://127.0.0.1:{_closed_port()}/search")
     assert main(["data", "bjj-vs-aikido"]) == 2
     out = capsys.readouterr().out
     assert "searching images for bjj: 'jiu jitsu [gi]', 'bjj'" in out  # brackets are not markup
@@ -430,12 +491,12 @@ DNS_ERROR = (  # what ddgs 9 raises with no network, verbatim
 def test_ddgs_network_errors_are_short(fake_ddgs, tmp_path, workdir):
     from ddgs.exceptions import DDGSException
 
-    provider = scrape.DdgsProvider()
+    provider = search.DdgsProvider()
     fake_ddgs.script = [DDGSException(DDGSException(DNS_ERROR)), DDGSException("x " * 300)]
-    with pytest.raises(scrape.SearchUnreachable) as err:
+    with pytest.raises(search.SearchUnreachable) as err:
         provider.images("aikido", 5)
     assert str(err.value) == "could not reach the search engine (DNS lookup failed)"
-    with pytest.raises(scrape.SearchError) as err:
+    with pytest.raises(search.SearchError) as err:
         provider.images("aikido", 5)
     assert len(str(err.value)) <= 120 and "\n" not in str(err.value)
 
@@ -444,11 +505,9 @@ def test_ddgs_network_errors_are_short(fake_ddgs, tmp_path, workdir):
     comp.source.update(search_pause=0, retries=2)
     hit = {"image": "https://a/1.jpg", "thumbnail": "", "url": "", "title": "", "width": "", "height": ""}
     fake_ddgs.script = [DDGSException(DNS_ERROR), [hit]]
-    unreachable: list[str] = []
-    cands, problems = scrape.search_class(
-        provider, "bjj", ["a", "b"], scrape.parse_options(comp), tmp_path, {}, unreachable
-    )
+    searcher = searcher_for(provider, scrape.parse_options(comp), tmp_path, FakeClock())
+    cands, problems = searcher.search_class("bjj", ["a", "b"])
     assert [c.url for c in cands] == ["https://a/1.jpg"]
     assert problems == ["search 'a' (bjj): could not reach the search engine (DNS lookup failed)"]
-    assert unreachable == ["could not reach the search engine (DNS lookup failed)"]
+    assert searcher.unreachable == ["could not reach the search engine (DNS lookup failed)"]
     assert [q for q, _ in fake_ddgs.calls[2:]] == ["a", "b"]  # not retried: no network is no network
