@@ -52,12 +52,15 @@ def _needs_cjk(text: str) -> bool:
 def use_fonts(names: list[str]) -> None:
     """Set matplotlib's font list: DejaVu Sans, then any CJK font (per-glyph fallback). Class names
     that need a CJK font when there is none: one warning, and matplotlib's per-glyph ones silenced."""
+    import logging
     import warnings
 
     import matplotlib
 
     fallback = cjk_fonts()
     matplotlib.rcParams["font.family"] = ["DejaVu Sans", *fallback]
+    # WenQuanYi has a medium weight only: matplotlib would log that it takes it for every text
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     if fallback or _state.get("warned") or not any(_needs_cjk(str(n)) for n in names):
         return
     _state["warned"] = True
