@@ -216,13 +216,12 @@ def near_chance(run: Run) -> tuple[float, float] | None:
     always predicting the training class frequencies under the competition's metric: the majority
     class for accuracy and F1, 0.5 for ROC AUC, the prior's entropy for log loss. Near chance: the
     model covers less than NEAR_CHANCE of the way from that baseline to a perfect score."""
-    from .metrics import HIGHER_IS_BETTER, score
+    from .metrics import HIGHER_IS_BETTER, baseline_score, score
 
     metric = run.summary.get("metric", "accuracy")
     if metric not in HIGHER_IS_BETTER or len(run.y) == 0:
         metric = "accuracy"
-    prior = np.bincount(run.y, minlength=len(run.classes)) / len(run.y)
-    base = score(metric, run.y, np.tile(prior, (len(run.y), 1)))
+    base = baseline_score(metric, run.y, len(run.classes))
     ours = score(metric, run.y, run.probs)
     if np.isnan(base) or np.isnan(ours):
         return None

@@ -110,7 +110,7 @@ class _Figures:
 
 def latest_test_score(run: Run) -> float | None:
     """The local test score of the run's latest submission (its record in submissions/), if any."""
-    from .submit import latest_record
+    from .records import latest_record
 
     record = latest_record(run.dir, str(run.summary.get("competition", "")))
     return record.get("test_score") if record else None

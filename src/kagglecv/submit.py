@@ -5,14 +5,13 @@ sample_submission.csv, scored where the test labels are known, uploaded when ask
 
 Writes only its own files: submissions/<comp>-<run>.csv and its record submissions/<comp>-<run>.json
 (source run, folds, TTA, CV, local test score, upload refs). The run folder is read, never edited;
-prediction (predict.py) fills the run's test-prediction cache. `latest_record` is how the report
-finds a run's test score. torch is imported only when predicting.
+prediction (predict.py) fills the run's test-prediction cache; records.py reads and writes the
+records. torch is imported only when predicting.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -23,13 +22,11 @@ from rich.markup import escape
 from .competition import Competition
 from .console import console
 from .errors import UserError
-from .files import atomic_write, disk_error
 from .layout import IMAGE_EXTS, read_csv, read_prepared
 from .locks import LOCK_NAME, data_lock, is_locked
 from .metrics import score
-from .runs import RUNS_DIR, find_run, finished_folds, read_summary
-
-SUBMISSIONS_DIR = Path("submissions")
+from .records import SUBMISSIONS_DIR, earlier_uploads, write_file, write_record
+from .runs import find_run, finished_folds, read_summary
 
 
 def test_images(comp: Competition, sample: pd.DataFrame, info: dict) -> list[Path | None]:
@@ -246,51 +243,6 @@ def check_run(run_dir: Path, summary: dict) -> list[int]:
     return listed
 
 
-def _write(path: Path, write) -> None:
-    """atomic_write, with a disk error naming the file the user knows, not the temporary one."""
-    try:
-        atomic_write(path, write)
-    except OSError as e:
-        if e.filename and e.filename != str(path) and disk_error(e):
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-
-
-def write_record(record: dict) -> None:
-    path = Path(record["file"]).with_suffix(".json")
-    _write(path, lambda p: p.write_text(json.dumps(record, indent=2)))
-
-
-def _submissions_dir(run_dir: Path) -> Path:
-    """submissions/ beside the runs/ folder that holds run_dir (report may be given a folder's path)."""
-    parts = run_dir.resolve().parents
-    if len(parts) > 2 and parts[1].name == RUNS_DIR.name:
-        return parts[2] / SUBMISSIONS_DIR.name
-    return SUBMISSIONS_DIR
-
-
-def latest_record(run_dir: Path, competition: str) -> dict | None:
-    """The newest submission record written from this run, or None (never submitted)."""
-    found = []
-    for path in sorted(_submissions_dir(run_dir).glob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("run") == run_dir.name and rec.get("competition") == competition:
-            found.append(rec)
-    return max(found, key=lambda r: str(r.get("written_at", "")), default=None)
-
-
-def _earlier_uploads(csv: Path, sha: str) -> list:
-    """Uploads recorded for this very file (same bytes) by an earlier `make submit`."""
-    try:
-        old = json.loads(csv.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return []
-    return old.get("uploads", []) if isinstance(old, dict) and old.get("sha256") == sha else []
-
-
 def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int]):
     """(submission frame, run classes, what prediction did) for a checked run."""
     from .engine import pick_device
@@ -342,8 +294,8 @@ def submit(
         SUBMISSIONS_DIR.mkdir(exist_ok=True)
         out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
         sha = hashlib.sha256(text.encode()).hexdigest()
-        uploads = _earlier_uploads(out, sha)
-        _write(out, lambda p: p.write_text(text))
+        uploads = earlier_uploads(out, sha)
+        write_file(out, lambda p: p.write_text(text))
         console.print(f"[green]✓[/] wrote {out} ({len(df)} rows, checked against sample_submission.csv)")
         record = {
             "competition": comp.slug,
