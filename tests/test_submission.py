@@ -118,8 +118,8 @@ def test_catches_wrong_values(comp):
 MADE_RUN = "made"
 
 
-def make_run(root: Path, fold_ids=(0, 1), listed=None) -> Path:
-    """runs/digits-demo/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
+def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo") -> Path:
+    """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
     randomly initialised test_resnet folds: no training, so it takes a second."""
     import torch
 
@@ -127,19 +127,19 @@ def make_run(root: Path, fold_ids=(0, 1), listed=None) -> Path:
     from kagglecv.model import create_model
     from kagglecv.runs import gather, save_checkpoint
 
-    comp = load_competition("digits-demo")
-    info = json.loads((root / "data" / "digits-demo" / "prepared.json").read_text())
+    comp = load_competition(slug)
+    info = json.loads((root / "data" / slug / "prepared.json").read_text())
     classes = [str(c) for c in info["classes"]]
-    folds = pd.read_csv(root / "data" / "digits-demo" / "folds.csv")
+    folds = pd.read_csv(root / "data" / slug / "folds.csv")
     cfg = load_config(root / "configs" / "smoke.yaml")
-    run = root / "runs" / "digits-demo" / MADE_RUN
+    run = root / "runs" / slug / MADE_RUN
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     rng = np.random.default_rng(0)
     for k in fold_ids:
         torch.manual_seed(k)
         model = create_model("test_resnet", len(classes), in_chans=3)
-        meta = {"competition": "digits-demo", "model": "test_resnet", "num_classes": len(classes),
+        meta = {"competition": slug, "model": "test_resnet", "num_classes": len(classes),
                 "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                 "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
                 "ema": False, "config": cfg.to_dict()}  # fmt: skip
@@ -247,6 +247,31 @@ def test_a_run_being_trained_is_not_submitted(made, capsys):
     with run_lock(made / "runs" / "digits-demo" / MADE_RUN, "make train"):
         assert main(["submit", "--comp", "digits-demo"]) == 2
     assert f"run {MADE_RUN} is being trained right now" in cli_text(capsys)
+
+
+def test_submit_waits_for_make_data(made, capsys):
+    from kagglecv.locks import data_lock
+
+    with data_lock(made / "data" / "digits-demo", exclusive=True, what="make data"):
+        assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "is being written by `make data`" in cli_text(capsys)
+    assert not (made / "submissions").exists()
+
+
+def test_uploads_are_recorded_and_kept_for_the_same_file(fake, workdir, capsys):
+    slug = "digit-recognizer"
+    assert main(["data", slug]) == 0
+    make_run(workdir, slug=slug)
+    assert main(["submit", "--upload", "--message", "first"]) == 0
+    (sent,) = fake.submissions
+    record_path = workdir / "submissions" / f"{slug}-{MADE_RUN}.json"
+    (up,) = json.loads(record_path.read_text())["uploads"]
+    assert up["ref"] == sent["ref"] and up["message"] == sent["description"]
+    assert up["response"] == f"Successfully submitted to {slug}"
+    capsys.readouterr()
+    assert main(["submit"]) == 0  # the same file again, not uploaded: the record keeps its upload
+    assert "not uploaded; to send it to Kaggle: make submit UPLOAD=1 RUN=made" in cli_text(capsys)
+    assert json.loads(record_path.read_text())["uploads"] == [up]
 
 
 def test_deleted_test_folder_is_one_line(made, capsys):
