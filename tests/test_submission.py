@@ -118,7 +118,7 @@ def test_catches_wrong_values(comp):
 MADE_RUN = "made"
 
 
-def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo") -> Path:
+def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
     """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
     randomly initialised test_resnet folds: no training, so it takes a second."""
     import torch
@@ -131,7 +131,7 @@ def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo"
     info = json.loads((root / "data" / slug / "prepared.json").read_text())
     classes = [str(c) for c in info["classes"]]
     folds = pd.read_csv(root / "data" / slug / "folds.csv")
-    cfg = load_config(root / "configs" / "smoke.yaml")
+    cfg = load_config(root / "configs" / "smoke.yaml", list(recipe))
     run = root / "runs" / slug / MADE_RUN
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
@@ -281,9 +281,12 @@ def test_deleted_test_folder_is_one_line(made, capsys):
     assert "data/digits-demo/test/ is missing" in text and "`make data COMP=digits-demo FORCE=1`" in text
 
 
-@pytest.mark.parametrize("how", ["listed by make data", "corrupted after make data"])
+@pytest.mark.parametrize("how", ["listed by make data", "corrupted after make data", "corrupted, disk cache"])
 def test_unreadable_test_images_keep_their_rows_with_the_class_prior(made, capsys, how):
     data = made / "data" / "digits-demo"
+    if how == "corrupted, disk cache":  # the other decode path: resized copies on disk, not in RAM
+        shutil.rmtree(made / "runs")
+        make_run(made, recipe=["cache=disk"])
     bad = ["7.png", "42.png"]
     if how == "listed by make data":
         info = json.loads((data / "prepared.json").read_text())
@@ -305,6 +308,8 @@ def test_unreadable_test_images_keep_their_rows_with_the_class_prior(made, capsy
     assert sub.set_index("ImageId").loc[[7, 42], "Label"].tolist() == [majority, majority]
     record = json.loads((made / "submissions" / f"digits-demo-{MADE_RUN}.json").read_text())
     assert record["prior_rows"] == ["7", "42"]
+    cached = (data / "cache" / "32").exists()
+    assert cached == (how == "corrupted, disk cache")
 
 
 def test_class_prior_fills_probability_rows(comp):

@@ -57,7 +57,10 @@ def load_fold_models(run_dir: Path, fold_ids: list[int], device: torch.device) -
                 f"copy the fold back, or retrain it with `make train RUN={run_dir.name} RESUME=1`"
             )
         state, meta = load_checkpoint(path)
-        cfg = config_from_dict(meta.get("config") or {})
+        try:
+            cfg = config_from_dict(meta.get("config") or {})
+        except UserError as e:
+            raise UserError(f"{path}: {e} (the checkpoint's recipe is not one this kagglecv reads)") from None
         model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
         try:
             model.load_state_dict(state)
