@@ -311,9 +311,10 @@ def submit(
             "test_score": None,
             "uploads": uploads,
         }
+        write_record(record)  # before scoring: a solution.csv that cannot score it still leaves the record
         record["test_score"] = local_score(comp, df, classes, out)
-        write_record(record)
         if record["test_score"] is not None:
+            write_record(record)
             console.print(
                 f"[bold]test {comp.metric}: {record['test_score']:.4f}[/]  "
                 f"(CV {summary['cv_mean']:.4f} ± {summary.get('cv_std', 0):.4f})"
