@@ -52,9 +52,9 @@ def test_data_train_submit(workdir, capsys):
     sample = pd.read_csv(workdir / "data" / "digits-demo" / "sample_submission.csv")
     assert list(sub.columns) == ["ImageId", "Label"] and sub["ImageId"].tolist() == sample["ImageId"].tolist()
     assert sub["Label"].between(0, 9).all()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    record = json.loads((workdir / "submissions" / f"digits-demo-{run_dir.name}.json").read_text())
     solution = pd.read_csv(workdir / "data" / "digits-demo" / "solution.csv")
-    assert summary["test_score"] == (sub["Label"].astype(str) == solution["label"].astype(str)).mean()
+    assert record["test_score"] == (sub["Label"].astype(str) == solution["label"].astype(str)).mean()
     assert "test accuracy" in out
 
 

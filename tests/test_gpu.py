@@ -18,7 +18,7 @@ def test_smoke_training_and_submit_on_the_gpu(digits):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["device"] == "cuda"
     assert main(["submit", "--comp", "digits-demo"]) == 0
-    assert "test_score" in json.loads((run / "summary.json").read_text())
+    assert "test_score" in json.loads((digits / "submissions" / f"digits-demo-{run.name}.json").read_text())
 
 
 def test_autocast_dtype_matches_the_card():

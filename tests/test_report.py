@@ -209,17 +209,23 @@ def test_cli_report_reprints_tables(colour_run, capsys, monkeypatch):
     assert main(["report", run_dir.name, "--comp", "colours"]) == 0
     out = capsys.readouterr().out
     assert "CV" in out and "OOF" in out and "most confused pairs" in out and "report ->" in out
-    assert "red" in out and "blue" in out
+    # the pairs table shows each confused pair with the count the confusion matrix holds
+    cm = pd.read_csv(run_dir / "confusion_matrix.csv", index_col=0)
+    for true, pred in (("blue", "red"), ("red", "blue")):
+        found = re.search(rf"│ {true}\s+│ {pred}\s+│\s+(\d+) │", out)
+        assert found and int(found.group(1)) == cm.loc[true, pred], out
     assert (run_dir / "suspect_labels.csv").read_text() == before  # same run, same answer
 
 
-def write_synthetic_run(run_dir: Path, n_classes: int, per_class: int = 5, seed: int = 0) -> None:
+def write_synthetic_run(
+    run_dir: Path, n_classes: int, per_class: int = 5, seed: int = 0, classes=None, signal: float = 3.0
+) -> None:
     """A run folder as train writes it, with fixed LR (no lr_find.json), no test score and no images."""
     rng = np.random.default_rng(seed)
-    classes = [f"breed_{i:03d}" for i in range(n_classes)]
+    classes = classes or [f"breed_{i:03d}" for i in range(n_classes)]
     y = np.repeat(np.arange(n_classes), per_class)
     logits = rng.normal(0, 1, (len(y), n_classes))
-    logits[np.arange(len(y)), y] += 3
+    logits[np.arange(len(y)), y] += signal
     logits[np.arange(len(y)), (y + 1) % n_classes] += 2.5 * (y % 7 == 0)  # some classes get confused
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     oof = pd.DataFrame(
@@ -352,3 +358,83 @@ def test_weak_model_gets_a_caution_not_just_accusations(workdir, capsys):
     write_report(run, workdir / "data" / "toy")
     assert "caution:" in " ".join(capsys.readouterr().out.split())
     assert "Caution:" in (run / "report.html").read_text()
+
+
+def test_class_names_print_literally_in_every_table(tmp_path, capsys):
+    """rich markup in a class name ('[old]', '[/x]') is text, not a style or a crash."""
+    from kagglecv.report import write_report
+
+    run_dir = tmp_path / "runs" / "dogs" / "r[1]"
+    classes = ["dogs [old]", "cats[/x]", "[bold]birds"]
+    write_synthetic_run(run_dir, 3, per_class=8, classes=classes, signal=0.5)
+    write_report(run_dir, data_dir=tmp_path / "nowhere")
+    out = capsys.readouterr().out
+    for name in (*classes, "r[1]"):
+        assert name in out, name
+    page = (run_dir / "report.html").read_text()
+    assert "dogs [old]" in page and "[bold]birds" in page
+
+
+def _glyph_warnings(classes: list[str]) -> list[str]:
+    import warnings
+
+    from kagglecv.figures import fig_confusion, png, use_fonts
+
+    use_fonts(classes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png(fig_confusion(np.array([[3, 1], [2, 4]]), classes, np.arange(2), normalize=False))
+    return [str(w.message) for w in caught if "Glyph" in str(w.message)]
+
+
+def test_cjk_class_names_are_drawn(monkeypatch):
+    from kagglecv import figures
+
+    if not figures.cjk_fonts():
+        pytest.skip(f"no CJK font installed (`{figures.CJK_INSTALL}`; .ci/run installs it)")
+    assert _glyph_warnings(["猫 cat", "犬 dog"]) == []
+    # the check is real: the same figure without the fallback font misses the glyphs
+    monkeypatch.setitem(figures._state, "cjk", [])
+    monkeypatch.setitem(figures._state, "warned", True)
+    assert _glyph_warnings(["猫 cat", "犬 dog"])
+
+
+def test_no_cjk_font_is_one_warning(monkeypatch, capsys):
+    from kagglecv import figures
+
+    monkeypatch.setitem(figures._state, "cjk", [])
+    monkeypatch.delitem(figures._state, "warned", raising=False)
+    figures.use_fonts(["alpha", "beta"])
+    assert capsys.readouterr().out == ""  # Latin names need no CJK font
+    figures.use_fonts(["猫", "犬"])
+    figures.use_fonts(["猫", "犬"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("no CJK font is installed") == 1 and figures.CJK_INSTALL in out
+
+
+def test_near_chance_compares_with_the_majority_baseline(tmp_path, capsys):
+    """40 classes at ~41% accuracy are far above the majority baseline (2.5%): no caution. A fixed
+    halfway mark between that baseline and 100% flagged it."""
+    from kagglecv.analysis import load_run, near_chance
+    from kagglecv.metrics import baseline_score
+    from kagglecv.report import write_report
+
+    assert baseline_score("accuracy", np.array([0, 0, 0, 1]), 2) == 0.75  # always the majority class
+    assert baseline_score("roc_auc", np.array([0, 0, 0, 1]), 2) == 0.5
+
+    run_dir = tmp_path / "runs" / "dogs" / "many"
+    write_synthetic_run(run_dir, 40, per_class=10, signal=2.0)
+    run = load_run(run_dir)
+    acc = float((run.pred == run.y).mean())
+    assert 0.3 < acc < 0.5, acc
+    assert near_chance(run) is None
+    write_report(run_dir, data_dir=tmp_path / "nowhere")
+    assert "caution" not in capsys.readouterr().out.lower()
+    assert "Caution" not in (run_dir / "report.html").read_text()
+    # under log loss the baseline is the class prior's loss: a model no better than it is near chance
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "metric": "log_loss"}))
+    flat = load_run(run_dir)
+    flat.probs = np.full_like(flat.probs, 1 / 40) * 0.9 + 0.1 * flat.probs
+    ours, base = near_chance(flat)
+    assert base == pytest.approx(np.log(40)) and ours < base

@@ -39,9 +39,9 @@ def test_scrape_train_submit(workdir, web, monkeypatch, capsys):  # noqa: F811
     out = capsys.readouterr().out
     assert "test accuracy:" in out
     (run_dir,) = (workdir / "runs" / "bjj-vs-aikido").iterdir()
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert 0.0 <= summary["test_score"] <= 1.0
-    sub = pd.read_csv(summary["submission"])
+    record = json.loads((workdir / "submissions" / f"bjj-vs-aikido-{run_dir.name}.json").read_text())
+    assert 0.0 <= record["test_score"] <= 1.0
+    sub = pd.read_csv(record["file"])
     assert list(sub.columns) == ["id", "label"] and set(sub["label"]) <= {"bjj", "aikido"}
 
     assert main(["inspect"]) == 0

@@ -1,7 +1,20 @@
+"""Submission files (format, check, score) and `kagglecv submit` end to end on a run folder made
+without training: its own record, a read-only run folder, the prediction cache, unreadable test
+images, folds copied in, disks that fail."""
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from conftest import REPO, cli_text
+from kagglecv.cli import main
 from kagglecv.competition import Submission, load_competition
 from kagglecv.errors import UserError
 from kagglecv.submit import format_submission, score_submission, validate_submission
@@ -98,3 +111,258 @@ def test_catches_wrong_values(comp):
     df.loc[0, "label"] = 2
     with pytest.raises(UserError, match=r"class indices 0..1"):
         validate_submission(df, _sample(), comp, CLASSES)
+
+
+# ---- submit through the CLI, on a run folder made without training -----------------------------
+
+MADE_RUN = "made"
+
+
+def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
+    """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
+    randomly initialised test_resnet folds: no training, so it takes a second."""
+    import torch
+
+    from kagglecv.config import load_config
+    from kagglecv.model import create_model
+    from kagglecv.runs import gather, save_checkpoint
+
+    comp = load_competition(slug)
+    info = json.loads((root / "data" / slug / "prepared.json").read_text())
+    classes = [str(c) for c in info["classes"]]
+    folds = pd.read_csv(root / "data" / slug / "folds.csv")
+    cfg = load_config(root / "configs" / "smoke.yaml", list(recipe))
+    run = root / "runs" / slug / MADE_RUN
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    rng = np.random.default_rng(0)
+    for k in fold_ids:
+        torch.manual_seed(k)
+        model = create_model("test_resnet", len(classes), in_chans=3)
+        meta = {"competition": slug, "model": "test_resnet", "num_classes": len(classes),
+                "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
+                "ema": False, "config": cfg.to_dict()}  # fmt: skip
+        save_checkpoint(run / f"fold{k}.pt", model.state_dict(), meta)
+        part = folds[folds["fold"] == k].copy()
+        probs = rng.dirichlet(np.ones(len(classes)), size=len(part))
+        for j, c in enumerate(classes):
+            part[f"p_{c}"] = probs[:, j]
+        part["pred"] = [classes[j] for j in probs.argmax(1)]
+        part.to_csv(run / f"oof_fold{k}.csv", index=True, index_label="row")
+    gather(run, comp)
+    if listed is not None:  # a summary gathered before the other folds were copied in
+        summary = json.loads((run / "summary.json").read_text())
+        summary["fold_ids"], summary["folds"] = list(listed), len(listed)
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture(scope="module")
+def made_run(tmp_path_factory, digits_prepared):
+    root = tmp_path_factory.mktemp("made")
+    shutil.copytree(REPO / "configs", root / "configs")
+    shutil.copytree(REPO / "competitions", root / "competitions")
+    shutil.copytree(digits_prepared, root / "data")
+    return make_run(root)
+
+
+@pytest.fixture
+def made(digits, made_run):
+    """The working folder with the prepared digits and a copy of the made run."""
+    shutil.copytree(made_run, digits / "runs" / "digits-demo" / MADE_RUN)
+    return digits
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys):
+    run = made / "runs" / "digits-demo" / MADE_RUN
+    before = snapshot(run)
+    assert main(["submit", "--comp", "digits-demo"]) == 0
+    text = cli_text(capsys)
+    after = snapshot(run)
+    assert set(after) - set(before) == {"test_probs.npz"}  # the prediction cache, nothing else
+    assert {k: after[k] for k in before} == before  # summary.json and the rest untouched
+    csv = made / "submissions" / f"digits-demo-{MADE_RUN}.csv"
+    record = json.loads(csv.with_suffix(".json").read_text())
+    sub = pd.read_csv(csv)
+    solution = pd.read_csv(made / "data" / "digits-demo" / "solution.csv")
+    expected = (sub["Label"].astype(str) == solution["label"].astype(str)).mean()
+    assert record["test_score"] == pytest.approx(expected) and f"test accuracy: {expected:.4f}" in text
+    summary = json.loads((run / "summary.json").read_text())
+    assert record["run"] == MADE_RUN and record["folds"] == [0, 1] and record["tta"] == []
+    assert (record["cv_mean"], record["cv_std"]) == (summary["cv_mean"], summary["cv_std"])
+    assert record["file"] == f"submissions/digits-demo-{MADE_RUN}.csv" and record["uploads"] == []
+    assert record["prior_rows"] == [] and record["model"] == "test_resnet"
+
+    from kagglecv.predict import read_cache
+
+    cached = read_cache(run)
+    assert cached["folds"] == [0, 1] and cached["classes"] == [str(d) for d in range(10)]
+    assert cached["probs"].shape == (len(sub), 10) and len(cached["images"]) == len(sub)
+    assert (np.array(cached["classes"])[cached["probs"].argmax(1)] == sub["Label"].astype(str)).all()
+
+    # the report (and `kagglecv report`) finds the test score in the record
+    assert main(["report", MADE_RUN, "--comp", "digits-demo"]) == 0
+    assert f"test {expected:.4f}" in " ".join(cli_text(capsys).replace("│", " ").split())
+    assert f"test accuracy <b>{expected:.4f}</b>" in (run / "report.html").read_text()
+
+
+def test_prediction_cache_is_used_only_while_it_matches(made, capsys):
+    run = made / "runs" / "digits-demo" / MADE_RUN
+    assert main(["submit", "--comp", "digits-demo"]) == 0
+    first = (made / "submissions" / f"digits-demo-{MADE_RUN}.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["submit", "--comp", "digits-demo"]) == 0
+    assert "read from its cache" in cli_text(capsys)
+    assert (made / "submissions" / f"digits-demo-{MADE_RUN}.csv").read_bytes() == first
+    # a test image replaced after prediction: the cache is stale and is not used
+    some = sorted((made / "data" / "digits-demo" / "test").iterdir())[0]
+    os.utime(some, ns=(some.stat().st_atime_ns, some.stat().st_mtime_ns + 10**9))
+    assert main(["submit", "--comp", "digits-demo"]) == 0
+    text = cli_text(capsys)
+    assert "read from its cache" not in text and "predicting 360 test images" in text
+    from kagglecv.predict import read_cache
+
+    assert read_cache(run, key="not the key") is None and read_cache(run) is not None
+    assert not list(run.glob("*.tmp*"))
+
+
+def test_folds_copied_in_but_not_gathered_are_refused(digits, capsys):
+    run = make_run(digits, fold_ids=(0, 1), listed=[0])
+    before = (run / "summary.json").read_bytes()
+    assert main(["submit", "--comp", "digits-demo", "--run", MADE_RUN]) == 2
+    text = cli_text(capsys)
+    assert f"run {MADE_RUN} has finished fold(s) [1] that its summary.json does not list" in text
+    assert f"`make train RUN={MADE_RUN} RESUME=1`" in text
+    assert (run / "summary.json").read_bytes() == before and not (digits / "submissions").exists()
+
+
+def test_a_run_being_trained_is_not_submitted(made, capsys):
+    from kagglecv.locks import run_lock
+
+    with run_lock(made / "runs" / "digits-demo" / MADE_RUN, "make train"):
+        assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert f"run {MADE_RUN} is being trained right now" in cli_text(capsys)
+
+
+def test_submit_waits_for_make_data(made, capsys):
+    from kagglecv.locks import data_lock
+
+    with data_lock(made / "data" / "digits-demo", exclusive=True, what="make data"):
+        assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "is being written by `make data`" in cli_text(capsys)
+    assert not (made / "submissions").exists()
+
+
+def test_uploads_are_recorded_and_kept_for_the_same_file(fake, workdir, capsys):
+    slug = "digit-recognizer"
+    assert main(["data", slug]) == 0
+    make_run(workdir, slug=slug)
+    assert main(["submit", "--upload", "--message", "first"]) == 0
+    (sent,) = fake.submissions
+    record_path = workdir / "submissions" / f"{slug}-{MADE_RUN}.json"
+    (up,) = json.loads(record_path.read_text())["uploads"]
+    assert up["ref"] == sent["ref"] and up["message"] == sent["description"]
+    assert up["response"] == f"Successfully submitted to {slug}"
+    capsys.readouterr()
+    assert main(["submit"]) == 0  # the same file again, not uploaded: the record keeps its upload
+    assert "not uploaded; to send it to Kaggle: make submit UPLOAD=1 RUN=made" in cli_text(capsys)
+    assert json.loads(record_path.read_text())["uploads"] == [up]
+
+
+def test_deleted_test_folder_is_one_line(made, capsys):
+    shutil.rmtree(made / "data" / "digits-demo" / "test")
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    text = cli_text(capsys)
+    assert "data/digits-demo/test/ is missing" in text and "`make data COMP=digits-demo FORCE=1`" in text
+
+
+@pytest.mark.parametrize("how", ["listed by make data", "corrupted after make data", "corrupted, disk cache"])
+def test_unreadable_test_images_keep_their_rows_with_the_class_prior(made, capsys, how):
+    data = made / "data" / "digits-demo"
+    if how == "corrupted, disk cache":  # the other decode path: resized copies on disk, not in RAM
+        shutil.rmtree(made / "runs")
+        make_run(made, recipe=["cache=disk"])
+    bad = ["7.png", "42.png"]
+    if how == "listed by make data":
+        info = json.loads((data / "prepared.json").read_text())
+        info["unreadable_test"] = bad
+        (data / "prepared.json").write_text(json.dumps(info))
+        (data / "test" / bad[0]).unlink()  # one left out of test/, one still there
+        (data / "test" / bad[1]).write_bytes(b"\x89PNG broken")
+    else:
+        for name in bad:
+            (data / "test" / name).write_bytes((data / "test" / name).read_bytes()[:40])  # truncated
+    assert main(["submit", "--comp", "digits-demo"]) == 0
+    text = cli_text(capsys)
+    assert "2 test image(s) could not be read (ids 7, 42)" in text and "training class prior" in text
+    sub = pd.read_csv(made / "submissions" / f"digits-demo-{MADE_RUN}.csv")
+    sample = pd.read_csv(data / "sample_submission.csv")
+    assert sub["ImageId"].tolist() == sample["ImageId"].tolist()  # every id keeps its row
+    counts = pd.read_csv(data / "folds.csv")["label"].value_counts()
+    majority = int(counts.idxmax())  # the prior's most likely class
+    assert sub.set_index("ImageId").loc[[7, 42], "Label"].tolist() == [majority, majority]
+    record = json.loads((made / "submissions" / f"digits-demo-{MADE_RUN}.json").read_text())
+    assert record["prior_rows"] == ["7", "42"]
+    cached = (data / "cache" / "32").exists()
+    assert cached == (how == "corrupted, disk cache")
+
+
+def test_class_prior_fills_probability_rows(comp):
+    probs = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8]])
+    from kagglecv.submit import class_prior, fill_unreadable
+
+    prior = class_prior(comp, {"train_counts": {"cat": 30, "dog": 10}}, CLASSES)
+    filled, ids = fill_unreadable(probs, prior, pd.Series(["a", "b", "c"]))
+    assert ids == ["b"] and filled[1].tolist() == [0.75, 0.25] and filled[0].tolist() == [0.9, 0.1]
+
+
+def _failing_write_text(monkeypatch, err: int, suffix: str):
+    """Path.write_text that writes half the text into a file ending in `suffix`, then fails like a
+    full or read-only disk."""
+    real = Path.write_text
+
+    def write_text(self, text, *args, **kwargs):
+        if self.name.endswith(suffix):
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(err, os.strerror(err), str(self))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_full_or_read_only_submissions_leave_no_half_file(made, capsys, monkeypatch):
+    out = made / "submissions" / f"digits-demo-{MADE_RUN}.csv"
+    _failing_write_text(monkeypatch, errno.ENOSPC, ".csv")
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    text = cli_text(capsys)
+    assert f"cannot write submissions/digits-demo-{MADE_RUN}.csv: the disk is full" in text
+    assert ".tmp" not in text and list((made / "submissions").iterdir()) == []  # no half CSV, no record
+    monkeypatch.undo()
+    monkeypatch.chdir(made)
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    shutil.rmtree(made / "submissions")
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["submit", "--comp", "digits-demo"]) == 2
+    assert "cannot write submissions: it is on a read-only file system" in cli_text(capsys)
+    assert not out.exists()
+
+
+def test_read_only_run_folder_only_costs_the_cache(made, capsys, monkeypatch):
+    def savez(path, **arrays):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(np, "savez", savez)
+    assert main(["submit", "--comp", "digits-demo"]) == 0
+    text = cli_text(capsys)
+    assert "warning: test predictions not cached (cannot write runs/digits-demo/made/" in text
+    assert "read-only file system" in text
+    assert (made / "submissions" / f"digits-demo-{MADE_RUN}.csv").exists()
+    assert not list((made / "runs" / "digits-demo" / MADE_RUN).glob("test_probs*"))

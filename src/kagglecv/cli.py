@@ -185,22 +185,7 @@ def cmd_lr_find(args) -> None:
 def cmd_submit(args) -> None:
     from .submit import submit
 
-    comp = _comp(args.comp)
-    result = submit(comp, args.run or None)
-    if args.upload:
-        from pathlib import Path
-
-        from .upload import upload
-
-        upload(comp, Path(result["file"]), result["run"], result["cv_mean"], args.message or None)
-    elif args.message:
-        console.print(
-            "[yellow]note:[/] MSG is the upload's description; nothing was uploaded without UPLOAD=1"
-        )
-    elif comp.source_kind == "kaggle" and comp.submission.upload:
-        console.print(
-            f"not uploaded; to send it to Kaggle: make submit UPLOAD=1 RUN={result['run']} [MSG=...]"
-        )
+    submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None)
 
 
 def cmd_report(args) -> None:

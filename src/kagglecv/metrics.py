@@ -32,6 +32,14 @@ def score(metric: str, y_true: np.ndarray, probs: np.ndarray, positive: int = 1)
     raise ValueError(f"unknown metric {metric}")
 
 
+def baseline_score(metric: str, y_true: np.ndarray, n_classes: int) -> float:
+    """The score of always predicting the class frequencies of y_true, the bar any model must clear:
+    the majority class under accuracy and F1, 0.5 under ROC AUC, the prior's entropy under log loss."""
+    y_true = np.asarray(y_true)
+    prior = np.bincount(y_true, minlength=n_classes) / max(len(y_true), 1)
+    return score(metric, y_true, np.tile(prior, (len(y_true), 1)))
+
+
 def is_better(metric: str, new: float, old: float | None) -> bool:
     if old is None or np.isnan(old):
         return True

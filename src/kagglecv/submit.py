@@ -1,68 +1,84 @@
-"""Predict the test set with a run's fold models (TTA + fold ensemble), write the competition's exact
-CSV, check it against sample_submission.csv, and score it where test labels are known.
+"""Submissions: the competition's exact CSV from a run's test predictions, checked against
+sample_submission.csv, scored where the test labels are known, uploaded when asked, and recorded.
 
-    kagglecv submit --comp digits-demo [--run <run-id>]
+    kagglecv submit --comp digits-demo [--run <run-id>] [--upload [--message "..."]]
+
+Writes only its own files: submissions/<comp>-<run>.csv and its record submissions/<comp>-<run>.json
+(source run, folds, TTA, CV, local test score, upload refs). The run folder is read, never edited;
+prediction (predict.py) fills the run's test-prediction cache; records.py reads and writes the
+records. torch is imported only when predicting.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+from rich.markup import escape
 
 from .competition import Competition
 from .console import console
-from .data import ImageDataset, cached_images, default_workers, make_loader
-from .engine import Stepper, pick_device, predict
 from .errors import UserError
-from .files import atomic_write
 from .layout import IMAGE_EXTS, read_prepared
+from .locks import LOCK_NAME, data_lock, is_locked
 from .metrics import score
-from .model import create_model, place
-from .runs import find_run, finished_folds, gather, load_checkpoint, read_summary, write_summary
+from .records import SUBMISSIONS_DIR, earlier_uploads, write_file, write_record
+from .runs import find_run, finished_folds, read_summary
 from .tables import read_csv
 
-SUBMISSIONS_DIR = Path("submissions")
 
-
-def load_fold_models(
-    run_dir: Path, summary: dict, device: torch.device
-) -> list[tuple[torch.nn.Module, dict]]:
-    models = []
-    for fold in summary.get("fold_ids", range(summary["folds"])):
-        path = run_dir / f"fold{fold}.pt"
-        if not path.exists():
-            raise UserError(
-                f"run {run_dir.name} is missing {path.name} (its summary lists folds {summary.get('fold_ids')}); "
-                "retrain it or copy the fold back"
-            )
-        state, meta = load_checkpoint(path)
-        model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
-        try:
-            model.load_state_dict(state)
-        except RuntimeError:
-            raise UserError(
-                f"{path}: weights do not fit {meta['model']}; the checkpoint is damaged, retrain"
-            ) from None
-        models.append((place(model, device).eval(), meta))
-    return models
-
-
-def test_images(comp: Competition, sample: pd.DataFrame) -> list[Path]:
-    """The test image for each id of sample_submission.csv, in its order."""
+def test_images(comp: Competition, sample: pd.DataFrame, info: dict) -> list[Path | None]:
+    """The test image for each id of sample_submission.csv, in its order; None for an image that
+    `make data` found unreadable (prepared.json's unreadable_test): its row still goes in."""
     test_dir = comp.data_dir / "test"
+    redo = f"rerun `make data COMP={comp.slug} FORCE=1`"
+    if not test_dir.is_dir():
+        raise UserError(f"{test_dir}/ is missing (the test images were moved or deleted): {redo}")
     key = (lambda p: p.stem) if comp.submission.id_is == "stem" else (lambda p: p.name)
-    by_id = {key(p): p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    by_id: dict[str, Path | None] = {key(p): p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+    unreadable = {key(Path(name)) for name in info.get("unreadable_test") or []}
+    by_id.update(dict.fromkeys(unreadable))
     ids = sample[comp.submission.id_column].astype(str)
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise UserError(
-            f"{len(missing)} ids of sample_submission.csv have no image in {test_dir}/ (e.g. {missing[0]}); "
-            f"rerun `make data COMP={comp.slug} FORCE=1`"
+            f"{len(missing)} ids of sample_submission.csv have no image in {test_dir}/ (e.g. {missing[0]}); {redo}"
+        )
+    unlisted = set(by_id) - set(ids)
+    if unlisted:
+        console.print(
+            f"[yellow]warning:[/] test/ holds {len(unlisted)} images whose ids sample_submission.csv does not "
+            f"list; only its {len(ids)} ids are predicted (Kaggle scores exactly those)"
         )
     return [by_id[i] for i in ids]
+
+
+def class_prior(comp: Competition, info: dict, classes: list[str]) -> np.ndarray:
+    """The training class frequencies (prepared.json's train_counts, else folds.csv), in `classes` order."""
+    counts = info.get("train_counts")
+    if not counts:
+        counts = read_csv(comp.data_dir / "folds.csv", "folds")["label"].astype(str).value_counts().to_dict()
+    prior = np.array([float(counts.get(c, 0)) for c in classes])
+    return prior / prior.sum() if prior.sum() > 0 else np.full(len(classes), 1 / len(classes))
+
+
+def fill_unreadable(probs: np.ndarray, prior: np.ndarray, ids: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Rows without a prediction (NaN: the image could not be read) get the class prior; Kaggle
+    scores every id, so the row stays. Returns the probabilities and the ids filled."""
+    empty = np.isnan(probs).any(axis=1)
+    probs = probs.copy()
+    probs[empty] = prior
+    filled = [str(i) for i in ids[empty]]
+    if filled:
+        shown = ", ".join(filled[:10]) + (f" … ({len(filled)} in all)" if len(filled) > 10 else "")
+        console.print(
+            f"[yellow]warning:[/] {len(filled)} test image(s) could not be read (ids {escape(shown)}): their "
+            "rows hold the training class prior (the class frequencies)"
+        )
+    return probs, filled
 
 
 def class_order(comp: Competition, classes: list[str]) -> list[str]:
@@ -213,75 +229,126 @@ def read_sample(comp: Competition) -> pd.DataFrame:
     return sample
 
 
-def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> dict:
-    info = read_prepared(comp)
-    run_dir = find_run(comp.slug, run)
-    summary = read_summary(run_dir)
-    if set(finished_folds(run_dir)) - set(summary.get("fold_ids", [])):
-        summary = gather(run_dir, comp)  # folds trained elsewhere were copied in: fold them into the summary
-        console.print(f"gathered the finished folds of {run_dir.name} into its summary")
-    device = pick_device("auto")
-    models = load_fold_models(run_dir, summary, device)
-    meta = models[0][1]
-    classes = meta["classes"]
+def check_run(run_dir: Path, summary: dict) -> list[int]:
+    """The run's fold ids, once the run is settled: not being trained, every finished fold gathered."""
+    name = run_dir.name
+    if is_locked(run_dir / LOCK_NAME):
+        raise UserError(f"run {name} is being trained right now; submit it once training has finished")
+    listed = [int(k) for k in summary.get("fold_ids", range(summary.get("folds", 0)))]
+    extra = sorted(set(finished_folds(run_dir)) - set(listed))
+    if extra:
+        raise UserError(
+            f"run {name} has finished fold(s) {extra} that its summary.json does not list (trained elsewhere "
+            f"and copied in?): gather them with `make train RUN={name} RESUME=1`, then submit"
+        )
+    return listed
+
+
+def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int]):
+    """(submission frame, run classes, what prediction did) for a checked run."""
+    from .engine import pick_device
+    from .predict import load_fold_models, predict_test
+
+    models = load_fold_models(run_dir, fold_ids, pick_device("auto"))
+    classes = models[0].meta["classes"]
     if classes != [str(c) for c in info["classes"]]:
         raise UserError(
             f"run {run_dir.name} was trained on classes {classes[:5]}…, the prepared data has others; retrain"
         )
     sample = read_sample(comp)
     check_classes(comp, sample, classes)
-    paths = test_images(comp, sample)
-    n_test = sum(1 for p in (comp.data_dir / "test").iterdir() if p.suffix.lower() in IMAGE_EXTS)
-    if n_test != len(paths):
-        console.print(
-            f"[yellow]warning:[/] sample_submission.csv lists {len(paths)} ids but test/ holds {n_test} images; "
-            "only the listed ids are predicted (Kaggle scores exactly those)"
+    paths = test_images(comp, sample, info)
+    readable = [p for p in paths if p is not None]
+    probs = np.full((len(paths), len(classes)), np.nan)
+    pred = {"flips": [], "unreadable": []}
+    if readable:
+        pred = predict_test(
+            models,
+            run_dir=run_dir,
+            paths=readable,
+            data_root=comp.data_dir,
+            hflip=comp.hflip,
+            vflip=comp.vflip,
         )
-    console.print(
-        f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
+        probs[[i for i, p in enumerate(paths) if p is not None]] = pred["probs"]
+    probs, filled = fill_unreadable(
+        probs, class_prior(comp, info, classes), sample[comp.submission.id_column]
     )
-    cfg = meta["config"]
-    tta = cfg.get("tta", True)
-    flips = [f for f, ok in (("hflip", comp.hflip), ("vflip", comp.vflip)) if ok and tta]
-    # decode + resize every test image once, not once per fold model
-    paths, images = cached_images(
-        paths,
-        comp.data_dir,
-        meta["img_size"],
-        cfg.get("cache", "auto"),
-        cfg.get("cache_mb", 2048),
-        "decoding test images",
-    )
-    ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"], images)
-    workers = default_workers(cfg.get("workers"), images is not None, device.type == "cuda")
-    loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
-    probs = 0
-    for model, m in models:
-        stepper = Stepper(
-            model, None, device, m["mean"], m["std"], cfg.get("amp", True), 0.0, cfg.get("amp_dtype", "auto")
-        )
-        probs = probs + predict(stepper, loader, flips)
-    probs = probs / len(models)
-
     df = format_submission(comp, sample, probs, classes)
     validate_submission(df, sample, comp, classes)
-    SUBMISSIONS_DIR.mkdir(exist_ok=True)
-    out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
-    atomic_write(out, lambda p: df.to_csv(p, index=False))
-    np.save(run_dir / "test_probs.npy", probs)
-    result = {"file": str(out), "run": run_dir.name, "cv_mean": summary["cv_mean"], "tta": flips}
-    console.print(f"[green]✓[/] wrote {out} ({len(df)} rows, checked against sample_submission.csv)")
+    return df, classes, {"tta": pred["flips"], "prior_rows": filled, "model": models[0].meta["model"]}
+
+
+def submit(
+    comp: Competition, run: str | None = None, *, upload: bool = False, message: str | None = None
+) -> dict:
+    """Predict the test set with a run, write submissions/<comp>-<run>.csv and its record (.json
+    beside it), score it where labels are known, upload it when asked. The run folder is only read
+    (and its test-prediction cache filled). Returns the record."""
+    with data_lock(comp.data_dir, exclusive=False, what="make submit"):
+        info = read_prepared(comp)
+        run_dir = find_run(comp.slug, run)
+        summary = read_summary(run_dir)
+        fold_ids = check_run(run_dir, summary)
+        df, classes, pred = predict_and_format(comp, info, run_dir, fold_ids)
+        text = df.to_csv(index=False)
+        SUBMISSIONS_DIR.mkdir(exist_ok=True)
+        out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        uploads = earlier_uploads(out, sha)
+        write_file(out, lambda p: p.write_text(text))
+        console.print(f"[green]✓[/] wrote {out} ({len(df)} rows, checked against sample_submission.csv)")
+        record = {
+            "competition": comp.slug,
+            "file": str(out),
+            "sha256": sha,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "run": run_dir.name,
+            "folds": fold_ids,
+            "metric": comp.metric,
+            "cv_mean": summary["cv_mean"],
+            "cv_std": summary.get("cv_std"),
+            **pred,
+            "test_score": None,
+            "uploads": uploads,
+        }
+        write_record(record)  # before scoring: a solution.csv that cannot score it still leaves the record
+        record["test_score"] = local_score(comp, df, classes, out)
+        if record["test_score"] is not None:
+            write_record(record)
+            console.print(
+                f"[bold]test {comp.metric}: {record['test_score']:.4f}[/]  "
+                f"(CV {summary['cv_mean']:.4f} ± {summary.get('cv_std', 0):.4f})"
+            )
+    _upload(comp, record, upload, message)
+    return record
+
+
+def local_score(comp: Competition, df: pd.DataFrame, classes: list[str], out: Path) -> float | None:
+    """The test score where the test labels are known (solution.csv), else None."""
     solution_path = comp.data_dir / "solution.csv"
-    if solution_path.exists():
-        try:
-            test_score = score_submission(df, read_csv(solution_path, "solution"), comp, classes)
-        except UserError as e:
-            raise UserError(f"{out} is written and checked, but cannot be scored: {e}") from None
-        summary["test_score"] = test_score
-        summary["submission"] = str(out)
-        write_summary(run_dir, summary)
-        result["test_score"] = test_score
+    if not solution_path.exists():
+        return None
+    try:
+        return score_submission(df, read_csv(solution_path, "solution"), comp, classes)
+    except UserError as e:
+        raise UserError(f"{out} is written and checked, but cannot be scored: {e}") from None
+
+
+def _upload(comp: Competition, record: dict, upload: bool, message: str | None) -> None:
+    """Send the file when asked (and record Kaggle's answer), else say how."""
+    if upload:
+        from .upload import upload as send
+
+        row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message)
+        if row is not None:
+            record["uploads"].append(row)
+            write_record(record)
+    elif message:
         console.print(
-            f"[bold]test {comp.metric}: {test_score:.4f}[/]  (CV {summary['cv_mean']:.4f} ± {summary['cv_std']:.4f})"
+            "[yellow]note:[/] MSG is the upload's description; nothing was uploaded without UPLOAD=1"
         )
-    return result
+    elif comp.source_kind == "kaggle" and comp.submission.upload:
+        console.print(
+            f"not uploaded; to send it to Kaggle: make submit UPLOAD=1 RUN={escape(record['run'])} [MSG=...]"
+        )

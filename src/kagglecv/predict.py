@@ -1,0 +1,205 @@
+"""Test-set prediction for a finished run: every fold model, averaged, with test-time flips, cached.
+
+    models = load_fold_models(run_dir, [0, 1, 2, 3, 4], pick_device("auto"))
+    out = predict_test(models, run_dir=run_dir, paths=paths, data_root=comp.data_dir, hflip=True, vflip=False)
+    cached = read_cache(run_dir)     # a later stage (blend) reads out["probs"] without predicting
+
+Owns loading a run's fold models (each checkpoint carries its model name, classes, input size,
+mean/std and its typed config, so nothing is guessed), decoding the test images once for all folds,
+TTA, and the prediction cache runs/<comp>/<run>/test_probs.npz. The cache is keyed by the test
+images (names, sizes, times), the flips and the fold checkpoints, so a changed test set, other TTA
+or a retrained fold never reads a stale cache; it is written atomically. An image that cannot be
+decoded gets no model prediction: its row is NaN and the caller decides what stands in for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, config_from_dict
+from .console import console, track
+from .data import ImageDataset, cached_images, default_workers, make_loader, read_image
+from .engine import Stepper, predict
+from .errors import UserError
+from .files import atomic_write, disk_error
+from .model import create_model, place
+from .runs import load_checkpoint
+
+CACHE = "test_probs.npz"
+
+
+@dataclass
+class FoldModel:
+    """One fold's network, ready to predict, with what its checkpoint says about it."""
+
+    fold: int
+    model: torch.nn.Module
+    meta: dict
+    config: TrainConfig
+
+
+def load_fold_models(run_dir: Path, fold_ids: list[int], device: torch.device) -> list[FoldModel]:
+    """fold<k>.pt for each fold id, rebuilt from the checkpoint's own model name and config."""
+    models = []
+    for fold in fold_ids:
+        path = run_dir / f"fold{fold}.pt"
+        if not path.exists():
+            raise UserError(
+                f"run {run_dir.name} is missing {path.name} (its summary lists folds {list(fold_ids)}); "
+                f"copy the fold back, or retrain it with `make train RUN={run_dir.name} RESUME=1`"
+            )
+        state, meta = load_checkpoint(path)
+        try:
+            cfg = config_from_dict(meta.get("config") or {})
+        except UserError as e:
+            raise UserError(f"{path}: {e} (the checkpoint's recipe is not one this kagglecv reads)") from None
+        model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError:
+            raise UserError(
+                f"{path}: weights do not fit {meta['model']}; the checkpoint is damaged, retrain"
+            ) from None
+        models.append(FoldModel(fold, place(model, device).eval(), meta, cfg))
+    return models
+
+
+def tta_flips(cfg: TrainConfig, hflip: bool, vflip: bool) -> list[str]:
+    """The flips averaged at test time: those the competition allows, when the recipe asks for TTA."""
+    return [f for f, ok in (("hflip", hflip), ("vflip", vflip)) if ok and cfg.tta]
+
+
+def cache_key(
+    paths: list[Path], data_root: Path, flips: list[str], run_dir: Path, fold_ids: list[int]
+) -> str:
+    """A digest of everything the predictions depend on: a different key means the cache is stale."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(data_root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for fold in fold_ids:
+        st = (run_dir / f"fold{fold}.pt").stat()
+        h.update(f"fold{fold}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(flips).encode())
+    return h.hexdigest()
+
+
+def read_cache(run_dir: Path, key: str | None = None) -> dict | None:
+    """The cached test predictions (probs, images, classes, flips, folds), or None when absent,
+    unreadable or (given `key`) made for other images, flips or folds."""
+    try:
+        with np.load(run_dir / CACHE, allow_pickle=False) as z:
+            cached = {k: z[k] for k in z.files}
+        meta = json.loads(str(cached.pop("meta")))
+    except (OSError, ValueError, KeyError):
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    return {**meta, "probs": cached["probs"]}
+
+
+def write_cache(run_dir: Path, probs: np.ndarray, meta: dict) -> None:
+    """Atomically; a run folder that cannot take it (read-only, full) only costs the cache."""
+    try:
+        atomic_write(run_dir / CACHE, lambda p: np.savez(p, probs=probs, meta=np.array(json.dumps(meta))))
+    except OSError as e:
+        why = disk_error(e)
+        if why is None:
+            raise
+        console.print(f"[yellow]warning:[/] test predictions not cached ({why})")
+
+
+def _decode_one(path: Path, size: int) -> np.ndarray | None:
+    try:
+        return read_image(path, size)
+    except UserError:
+        return None
+
+
+def decode_test(paths: list[Path], size: int, cfg: TrainConfig, data_root: Path):
+    """(paths to read, images in RAM or None, indices that failed to decode). Every image is decoded
+    once here, in parallel; one that fails is left out of what the models see instead of ending the run."""
+    fits = len(paths) * size * size * 3 <= cfg.cache_mb * 2**20
+    in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and fits)
+    images = np.zeros((len(paths), size, size, 3), np.uint8) if in_memory else None
+    bad = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # cv2 releases the GIL
+        jobs = [pool.submit(_decode_one, p, size) for p in paths]
+        for i, job in track(list(enumerate(jobs)), "decoding test images"):
+            img = job.result()
+            if img is None:
+                bad.append(i)
+            elif images is not None:
+                images[i] = img
+    if images is not None:
+        return paths, images, bad
+    skip = set(bad)
+    good = [p for i, p in enumerate(paths) if i not in skip]
+    read, _ = cached_images(good, data_root, size, cfg.cache, cfg.cache_mb, "caching test images")
+    fill = iter(read)  # unreadable rows read a good image; their predictions are dropped
+    read_paths = [read[0] if i in skip else next(fill) for i in range(len(paths))] if read else paths
+    return read_paths, None, bad
+
+
+def _ensemble(models: list[FoldModel], ds: ImageDataset, flips: list[str], batch_size: int) -> np.ndarray:
+    cfg = models[0].config
+    device = next(models[0].model.parameters()).device
+    workers = default_workers(cfg.workers, ds.images is not None, device.type == "cuda")
+    loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
+    probs = np.zeros((len(ds), models[0].meta["num_classes"]), np.float32)
+    for fm in models:
+        stepper = Stepper(
+            fm.model, None, device, fm.meta["mean"], fm.meta["std"], fm.config.amp, 0.0, fm.config.amp_dtype
+        )
+        probs = probs + predict(stepper, loader, flips)
+    return probs / len(models)
+
+
+def predict_test(
+    models: list[FoldModel],
+    *,
+    run_dir: Path,
+    paths: list[Path],
+    data_root: Path,
+    hflip: bool,
+    vflip: bool,
+    batch_size: int = 128,
+) -> dict:
+    """N x C probabilities for `paths` (rows of undecodable images are NaN), from the cache when it
+    matches, else predicted with every fold model and cached. Returns the cache's fields."""
+    meta, cfg = models[0].meta, models[0].config
+    fold_ids = [fm.fold for fm in models]
+    flips = tta_flips(cfg, hflip, vflip)
+    key = cache_key(paths, data_root, flips, run_dir, fold_ids)
+    cached = read_cache(run_dir, key)
+    if cached is not None:
+        console.print(f"test predictions of {run_dir.name} read from its cache ({CACHE})")
+        return cached
+    console.print(
+        f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
+        + (f", TTA {'+'.join(flips)}" if flips else "")
+    )
+    read_paths, images, bad = decode_test(paths, meta["img_size"], cfg, data_root)
+    probs = np.full((len(paths), meta["num_classes"]), np.nan)
+    if len(bad) < len(paths):
+        ds = ImageDataset(read_paths, np.zeros(len(paths)), meta["img_size"], images)
+        probs = _ensemble(models, ds, flips, batch_size)
+        probs[bad] = np.nan
+    result = {
+        "key": key,
+        "images": [str(p.relative_to(data_root)) for p in paths],
+        "classes": meta["classes"],
+        "flips": flips,
+        "folds": list(fold_ids),
+        "unreadable": [str(paths[i].relative_to(data_root)) for i in bad],
+    }
+    write_cache(run_dir, probs, result)
+    return {**result, "probs": probs}
