@@ -227,3 +227,24 @@ def test_log_on_a_full_or_read_only_disk_says_what_was_sent(fake, checked_file, 
     else:
         assert said.startswith("cannot write submissions/log.csv: the disk is full") and "free in" in said
         assert "Kaggle took it as ref 1; the row stays pending" in said and len(fake.submissions) == 1
+
+
+def test_upload_whose_fate_is_unknown_stays_pending(fake, checked_file, capsys):
+    """Kaggle down even for the listing: nobody can tell whether the file arrived, so the row stays
+    pending, and the next upload looks it up before sending."""
+    comp, file = checked_file
+    fake.flaky["digit-recognizer"] = 100
+    with pytest.raises(UserError, match="whether it arrived is unknown"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert read_log()[0]["status"] == "pending"
+    fake.flaky["digit-recognizer"] = 0
+    upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert [r["status"] for r in read_log()] == ["not sent", "done"] and len(fake.submissions) == 1
+
+
+def test_refused_upload_is_logged_not_sent(fake, checked_file):
+    comp, file = checked_file
+    fake.status["digit-recognizer"] = 403
+    with pytest.raises(UserError, match="Late Submission"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert [r["status"] for r in read_log()] == ["not sent"] and fake.submissions == []

@@ -24,7 +24,7 @@ from .competition import Competition
 from .console import console
 from .errors import UserError
 from .files import atomic_write, disk_error
-from .sources.kaggle import competition_url, connect, with_retries
+from .sources.kaggle import competition_url, connect, http_status, with_retries
 
 LOG = Path("submissions") / "log.csv"
 LOG_COLUMNS = [
@@ -146,7 +146,7 @@ def _send(api, slug: str, file: Path, description: str, token: str):
     """competition_submit with retries. A 5xx may come back although Kaggle kept the submission (the
     answer was lost, not the upload): before any retry, and after the last failure, we look for our
     token, so a retry never submits twice."""
-    tries = {"n": 0}
+    tries: dict = {"n": 0}
 
     def call():
         if tries["n"]:
@@ -156,12 +156,20 @@ def _send(api, slug: str, file: Path, description: str, token: str):
                 return SimpleNamespace(ref=max(landed), message="Submitted (the first answer was lost)")
         tries["n"] += 1
         # the client print()s upload errors even when quiet; its answer is what we report
-        with contextlib.redirect_stdout(io.StringIO()):
-            return api.competition_submit(str(file), description, slug, quiet=True)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return api.competition_submit(str(file), description, slug, quiet=True)
+        except Exception as e:
+            tries["status"] = http_status(e)
+            raise
 
     try:
         return with_retries(call, f"submitting to {slug}", slug=slug, api=api)
     except UserError as e:
+        status = tries.get("status") or 0
+        if 400 <= status < 500 and status != 429:  # refused (rules not accepted, ...): nothing arrived
+            _settle(token, "nothing was submitted", status=NOT_SENT, response=str(e)[:300])
+            raise
         # the last attempt's answer may be the one lost: if Kaggle kept it, that is a success
         landed = _landed_quietly(api, slug, token)
         if landed:
