@@ -73,9 +73,8 @@ def _label_column(frame: pd.DataFrame, exclude: str) -> str | None:
     return min(candidates, key=lambda c: frame[c].nunique()) if candidates else None
 
 
-def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict, list[str] | None]:
-    """(layout dict, class names or None) from what the download holds."""
-    csvs = [p for p in raw.rglob("*.csv") if p != sample_path]
+def _pixels_layout(raw: Path, csvs: list[Path], checks: list[str]) -> tuple[dict, list[str]] | None:
+    """A CSV of pixel rows (pixel0, pixel1, ... and one label column), as digit-recognizer ships."""
     for path in csvs:
         head = pd.read_csv(path, nrows=5)
         pixels = [c for c in head.columns if re.fullmatch(r"pixel\d+", str(c))]
@@ -91,23 +90,14 @@ def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict
                 "label_column": label,
                 "id_start": 1,
             }, classes
+    return None
 
-    dirs = _image_dirs(raw)
-    train = next((d for d in dirs if "train" in _rel(d, raw).lower()), None)
-    test = next((d for d in dirs if "test" in _rel(d, raw).lower()), None)
-    if train is not None and train.parent.name.lower().startswith("train") and train.parent != raw:
-        # train/<class>/*.png: every image folder under the train folder is a class
-        root = train.parent
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images(d))
-        if len(classes) >= 2:
-            checks.append(f"layout: one folder per class under {_rel(root, raw)}/ ({len(classes)} classes)")
-            return {
-                "kind": "class_folders",
-                "train_dir": _rel(root, raw),
-                "test_dir": _rel(test, raw),
-            }, classes
-    if train is None:
-        return {"kind": "TODO"}, None
+
+def _labels_layout(
+    raw: Path, csvs: list[Path], folders: tuple[Path, Path | None], checks: list[str]
+) -> tuple[dict, list[str]] | None:
+    """A CSV whose ids match the training images' names, with a label-like column."""
+    train, test = folders
     images = _images(train)
     names, stems = {p.name for p in images}, {p.stem for p in images}
     for path in csvs:
@@ -130,6 +120,35 @@ def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict
                     layout["image_ext"] = images[0].suffix
                 checks.append(f"layout: labels from {path.name}, id '{col}', label '{label}'")
                 return layout, sorted(frame[label].astype(str).unique())
+    return None
+
+
+def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict, list[str] | None]:
+    """(layout dict, class names or None) from what the download holds."""
+    csvs = [p for p in raw.rglob("*.csv") if p != sample_path]
+    found = _pixels_layout(raw, csvs, checks)
+    if found:
+        return found
+    dirs = _image_dirs(raw)
+    train = next((d for d in dirs if "train" in _rel(d, raw).lower()), None)
+    test = next((d for d in dirs if "test" in _rel(d, raw).lower()), None)
+    if train is not None and train.parent.name.lower().startswith("train") and train.parent != raw:
+        # train/<class>/*.png: every image folder under the train folder is a class
+        root = train.parent
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images(d))
+        if len(classes) >= 2:
+            checks.append(f"layout: one folder per class under {_rel(root, raw)}/ ({len(classes)} classes)")
+            return {
+                "kind": "class_folders",
+                "train_dir": _rel(root, raw),
+                "test_dir": _rel(test, raw),
+            }, classes
+    if train is None:
+        return {"kind": "TODO"}, None
+    found = _labels_layout(raw, csvs, (train, test), checks)
+    if found:
+        return found
+    images = _images(train)
     words = [re.match(NAME_PATTERN, p.name) for p in images]
     if all(words):
         classes = sorted({m.group(1) for m in words})
