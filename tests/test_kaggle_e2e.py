@@ -248,3 +248,14 @@ def test_refused_upload_is_logged_not_sent(fake, checked_file):
     with pytest.raises(UserError, match="Late Submission"):
         upload_mod.upload(comp, file, "run1", 0.9, None)
     assert [r["status"] for r in read_log()] == ["not sent"] and fake.submissions == []
+
+
+def test_two_uploads_at_once_the_second_waits_its_turn(fake, checked_file):
+    """The second would take the first's pending row for an interrupted upload."""
+    from kagglecv.locks import hold
+
+    comp, file = checked_file
+    with hold(file.parent / ".upload.lock", True, "the first upload", "busy"):
+        with pytest.raises(UserError, match="another upload is running .*the first upload"):
+            upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert fake.submissions == [] and read_log() == []

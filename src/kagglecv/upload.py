@@ -17,6 +17,7 @@ import csv
 import io
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from .competition import Competition
 from .console import console
 from .errors import UserError
 from .files import atomic_write, disk_error
+from .locks import hold
 from .sources.kaggle import competition_url, connect, http_status, with_retries
 
 LOG = Path("submissions") / "log.csv"
@@ -75,10 +77,26 @@ def _write_log(rows: list[dict], after: str) -> None:
         LOG.parent.mkdir(exist_ok=True)
         atomic_write(LOG, write)
     except OSError as e:
-        why = disk_error(OSError(e.errno, e.strerror, str(LOG)))  # the log's name, not its temporary one
-        if why is None:
-            raise
-        raise UserError(f"{why} ({after})") from None
+        raise _disk(e, LOG, after) from None
+
+
+def _disk(e: OSError, path: Path, after: str) -> OSError | UserError:
+    """A full or read-only disk in one line naming `path` (not a temporary name) and what it means
+    for the upload; any other OSError as it was."""
+    why = disk_error(OSError(e.errno, e.strerror, str(path)))
+    return e if why is None else UserError(f"{why} ({after})")
+
+
+@contextlib.contextmanager
+def _one_upload_at_a_time() -> Iterator[None]:
+    """Two uploads at once would each take the other's pending row for an interrupted one."""
+    with contextlib.ExitStack() as stack:
+        lock = LOG.with_name(".upload.lock")
+        try:
+            stack.enter_context(hold(lock, True, "kagglecv submit --upload", "another upload is running"))
+        except OSError as e:
+            raise _disk(e, lock, "nothing was uploaded") from None
+        yield
 
 
 def append_log(row: dict, after: str = "nothing was uploaded") -> None:
@@ -201,14 +219,18 @@ def upload(
         )
         return None
     api = connect()
-    for row in settle_pending(api, slug):
-        if (row["file"], row["message"]) == (str(file), describe(comp, run, cv_mean, message, row["token"])):
-            console.print(
-                f"[yellow]an earlier upload of {file} was interrupted after Kaggle took it (ref {row['ref']})[/]: "
-                "not submitting it again; submissions/log.csv now says so"
-            )
-            return row
-    return _upload_new(api, slug, file, describe_as=(comp, run, cv_mean, message))
+    with _one_upload_at_a_time():
+        for row in settle_pending(api, slug):
+            if (row["file"], row["message"]) == (
+                str(file),
+                describe(comp, run, cv_mean, message, row["token"]),
+            ):
+                console.print(
+                    f"[yellow]an earlier upload of {file} was interrupted after Kaggle took it "
+                    f"(ref {row['ref']})[/]: not submitting it again; submissions/log.csv now says so"
+                )
+                return row
+        return _upload_new(api, slug, file, describe_as=(comp, run, cv_mean, message))
 
 
 def _upload_new(api, slug: str, file: Path, describe_as: tuple) -> dict:
