@@ -82,45 +82,37 @@ def test_submit_rejected_403_points_at_late_submission(fake, workdir, capsys):
     assert [r["status"] for r in read_log()] == ["not sent"]
 
 
-def test_failed_upload_is_not_success(fake, workdir, monkeypatch, capsys):
+def test_failed_upload_is_not_success(fake, checked_file, monkeypatch, capsys):
     """kaggle 2.x returns ref 0 instead of raising when the file PUT fails."""
-    slug = "digit-recognizer"
-    assert main(["data", slug]) == 0
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    comp, file = checked_file
     monkeypatch.setattr(fake, "_uploads", _NoUploads())
-    capsys.readouterr()
-    assert main(["submit", "--upload"]) == 2
-    assert "Kaggle did not accept the upload" in cli_text(capsys)
-    log = pd.read_csv(workdir / "submissions" / "log.csv")
-    assert log.loc[0, "ref"] == 0 and fake.submissions == []
+    with pytest.raises(UserError, match="Kaggle did not accept the upload"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    log = pd.read_csv(file.parent / "log.csv")
+    assert log.loc[0, "ref"] == 0 and log.loc[0, "status"] == "not sent" and fake.submissions == []
 
 
-def test_lost_answer_is_not_submitted_twice(fake, workdir, capsys):
+def test_lost_answer_is_not_submitted_twice(fake, checked_file, capsys):
     """Kaggle kept the submission but the answer came back 502: the retry finds it instead of resubmitting."""
-    slug = "digit-recognizer"
-    assert main(["data", slug]) == 0
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
-    assert main(["submit", "--upload", "--message", "first"]) == 0  # an earlier, unrelated submission
-    fake.lost_answers[slug] = 1
+    comp, file = checked_file
+    upload_mod.upload(comp, file, "run1", 0.9, "first")  # an earlier, unrelated submission
+    fake.lost_answers[comp.slug] = 1
     capsys.readouterr()
-    assert main(["submit", "--upload", "--message", "second"]) == 0
+    upload_mod.upload(comp, file, "run1", 0.9, "second")
     text = cli_text(capsys)
     assert "retrying" in text and "the last attempt did arrive; not submitting again" in text
     assert [s["description"].split(" (")[0] for s in fake.submissions] == ["first", "second"]
-    log = pd.read_csv(workdir / "submissions" / "log.csv")
+    log = pd.read_csv(file.parent / "log.csv")
     assert log["ref"].tolist() == [1, 2]
 
 
-def test_lost_answer_on_the_last_attempt_is_found_too(fake, workdir, monkeypatch, capsys):
+def test_lost_answer_on_the_last_attempt_is_found_too(fake, checked_file, monkeypatch, capsys):
     from kagglecv.sources import kaggle as ksrc
 
-    slug = "digit-recognizer"
-    assert main(["data", slug]) == 0
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    comp, file = checked_file
     monkeypatch.setattr(ksrc, "RETRY_DELAYS", ())  # no retries: the first answer is the last
-    fake.lost_answers[slug] = 1
-    capsys.readouterr()
-    assert main(["submit", "--upload"]) == 0
+    fake.lost_answers[comp.slug] = 1
+    upload_mod.upload(comp, file, "run1", 0.9, None)
     assert "the last attempt did arrive" in cli_text(capsys)
     assert len(fake.submissions) == 1
 
