@@ -124,11 +124,12 @@ class _NoUploads(dict):
         return default
 
 
-def test_upload_of_builtin_competition_is_refused(digits, capsys):
-    assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
-    capsys.readouterr()
-    assert main(["submit", "--comp", "digits-demo", "--upload"]) == 2
-    assert "not a Kaggle competition (source: builtin)" in cli_text(capsys)
+def test_upload_of_builtin_competition_is_refused(workdir):
+    from kagglecv.competition import load_competition
+
+    file = workdir / "submissions" / "digits-demo-run1.csv"
+    with pytest.raises(UserError, match=r"not a Kaggle competition \(source: builtin\)"):
+        upload_mod.upload(load_competition("digits-demo"), file, "run1", 0.9, None)
 
 
 # --- crash-safe upload, without training: a checked file, sent as make submit UPLOAD=1 sends it ---------
