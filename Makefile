@@ -1,7 +1,9 @@
 # kagglecv: `make` lists the targets. Every target that runs Python depends on `install`,
 # so `make demo` and `make test` work straight from a fresh clone.
+# The variables below reach each command through the environment and are read there as "$$NAME":
+# a value is never pasted into the shell's text, so `make data COMP='; rm -rf ~ #'` runs nothing.
 .DEFAULT_GOAL := help
-.PHONY: help install data inspect train lr-find submit report bench demo list test lint format
+.PHONY: help install data inspect train lr-find submit report config bench demo list test lint format
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,6 +18,8 @@ RESUME ?=
 ARGS ?=
 UPLOAD ?=
 MSG ?=
+FORCE ?=
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,7 +27,7 @@ help: ## show this help
 install: $(VENV)/.installed ## create .venv with plain pip and install kagglecv (idempotent)
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	"$$PYTHON" -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
@@ -31,28 +35,31 @@ list: install ## list known competitions (competitions/*.yaml)
 	$(KCV) list
 
 data: install ## fetch + lay out a competition: make data COMP=<slug> [FORCE=1] [SRC=dir/of/class/folders]
-	$(KCV) data $(COMP) $(if $(FORCE),--force) $(if $(SRC),--src "$(SRC)")
+	$(KCV) data -c "$$COMP" $${FORCE:+--force} --src "$$SRC"
 
 inspect: install ## what the prepared data holds (counts, sizes, duplicates, contact sheet): make inspect [COMP=..]
-	$(KCV) inspect --comp "$(COMP)"
+	$(KCV) inspect -c "$$COMP"
 
 train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=..] [ARGS="epochs=3"] [RESUME=1] [GPUS=N] [RUN=name FOLDS=0,1]
-	$(KCV) train --comp "$(COMP)" --config $(CONFIG) --run "$(RUN)" --folds "$(FOLDS)" --gpus $(GPUS) $(if $(RESUME),--resume) $(ARGS)
+	set -f; $(KCV) train -c "$$COMP" --config "$$CONFIG" -r "$$RUN" --folds "$$FOLDS" --gpus "$$GPUS" $${RESUME:+--resume} $$ARGS
 
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
-	$(KCV) lr-find --comp "$(COMP)" --config $(CONFIG) $(ARGS)
+	set -f; $(KCV) lr-find -c "$$COMP" --config "$$CONFIG" $$ARGS
 
 submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]]
-	$(KCV) submit --comp "$(COMP)" --run "$(RUN)" $(if $(UPLOAD),--upload) --message "$(MSG)"
+	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} -m "$$MSG"
 
 report: install ## HTML run report (curves, confusion, top losses, suspect labels): make report [COMP=..] [RUN=..]
-	$(KCV) report $(RUN) --comp "$(COMP)"
+	$(KCV) report -c "$$COMP" -r "$$RUN"
+
+config: install ## every recipe key: default, type, meaning, and its value in CONFIG: make config [CONFIG=..] [ARGS=..]
+	set -f; $(KCV) config --config "$$CONFIG" $$ARGS
 
 bench: install ## throughput: model alone vs data alone vs full training: make bench [ARGS="--models resnet50 --img-size 224"]
-	$(KCV) bench $(ARGS)
+	set -f; $(KCV) bench $$ARGS
 
 demo: install ## the whole workflow offline on built-in digits: data -> train -> submit, with scores
-	$(KCV) demo $(ARGS)
+	set -f; $(KCV) demo $$ARGS
 
 test: install ## run the test suite (CPU only; GPU tests skip without CUDA)
 	$(VENV)/bin/python -m pytest -q

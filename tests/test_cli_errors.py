@@ -1,11 +1,12 @@
 """User errors end in one or two clear lines and exit code 2 -- never a traceback."""
 
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from conftest import cli_text, interrupted_at_validation
+from conftest import REPO, cli_text, interrupted_at_validation
 from kagglecv.cli import main
 
 
@@ -191,9 +192,7 @@ def test_resume_prefers_the_run_that_trained_something(digits, monkeypatch, caps
     stub = digits / "runs" / "digits-demo" / "zz-stub"  # sorts last: an OOM-killed start, say
     stub.mkdir()
     (stub / "config.yaml").write_text((begun / "config.yaml").read_text())
-    assert (
-        main(["train", "--missing-weights"] if False else ["train", *SMOKE, "pretrained_file=nope.pth"]) == 2
-    )
+    assert main(["train", *SMOKE, "pretrained_file=nope.pth"]) == 2
     assert "pretrained_file nope.pth not found" in cli_text(capsys)
     assert sorted(p.name for p in (digits / "runs" / "digits-demo").iterdir()) == [begun.name, "zz-stub"]
     assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
@@ -219,3 +218,97 @@ def test_cli_rough_edges(workdir, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path / "..")
     assert main(["list"]) == 2
     assert "no competitions/ folder in" in cli_text(capsys)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_variables_cannot_inject_shell(tmp_path):
+    """Each variable reaches kagglecv as one word, whatever it holds; nothing in it runs."""
+    kcv = tmp_path / "kcv"  # stands in for .venv/bin/kagglecv: prints the words it was given
+    kcv.write_text('#!/bin/sh\nfor a in "$@"; do printf "[%s]\\n" "$a"; done\n')
+    kcv.chmod(0o755)
+    evil = {
+        "COMP": f"; touch {tmp_path}/pwned #",
+        "RUN": f"$$(touch {tmp_path}/pwned)",
+        "MSG": f'x" ; touch {tmp_path}/pwned; echo "',
+        "CONFIG": f"`touch {tmp_path}/pwned`",
+        "FOLDS": f"0' ; touch {tmp_path}/pwned ; '",
+        "ARGS": f"epochs=3 ; touch {tmp_path}/pwned",
+    }
+    uses = {
+        "data": ["COMP"],
+        "inspect": ["COMP"],
+        "train": ["COMP", "CONFIG", "RUN", "FOLDS"],
+        "lr-find": ["COMP", "CONFIG"],
+        "submit": ["COMP", "RUN", "MSG"],
+        "report": ["COMP", "RUN"],
+        "config": ["CONFIG"],
+    }
+    for target, names in uses.items():
+        cmd = ["make", "-s", "-C", str(REPO), "-o", "install", target, f"KCV={kcv}"]
+        out = subprocess.run(cmd + [f"{k}={v}" for k, v in evil.items()], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert not (tmp_path / "pwned").exists(), target
+        words = out.stdout.splitlines()
+        assert words[0] == f"[{target}]"
+        for name in names:  # make turns $$ into $
+            assert f"[{evil[name].replace('$$', '$')}]" in words, (target, name, words)
+
+
+def test_one_grammar_old_spellings_kept():
+    """-c/--comp and -r/--run everywhere (-m for the message, as the kaggle CLI spells them); the
+    older positional forms of data and report still work."""
+    from kagglecv.cli_parser import parse
+
+    assert parse(["data", "-c", "pets"]).comp == parse(["data", "pets"]).comp == "pets"
+    assert parse(["data", "--comp", "pets", "--force"]).force
+    for command in ("inspect", "train", "lr-find", "submit", "report"):
+        assert parse([command, "-c", "pets"]).comp == "pets"
+    for command in ("train", "submit", "report"):
+        assert parse([command, "-r", "exp1"]).run == "exp1"
+    assert parse(["report", "exp1", "--comp", "pets"]).run == "exp1"
+    assert parse(["train", "--run-name", "exp1"]).run == "exp1"  # as the torchrun relaunch spells it
+    args = parse(["submit", "-c", "pets", "-r", "exp1", "--upload", "-m", "bigger images"])
+    assert (args.comp, args.run, args.upload, args.message) == ("pets", "exp1", True, "bigger images")
+
+
+def test_two_different_names_for_one_thing(capsys):
+    from kagglecv.cli_parser import parse
+
+    with pytest.raises(SystemExit) as e:
+        parse(["data", "pets", "-c", "dogs"])
+    assert (
+        e.value.code == 2
+        and "two different comps given ('pets' and --comp 'dogs')" in capsys.readouterr().err
+    )
+
+
+def test_config_lists_every_key_with_its_meaning(workdir, capsys):
+    import dataclasses
+
+    from kagglecv.config import TrainConfig
+
+    assert main(["config", "--config", "configs/default.yaml", "epochs=3"]) == 0
+    text = cli_text(capsys)
+    for f in dataclasses.fields(TrainConfig):  # one source: every key carries its meaning
+        assert f.metadata["help"] and f.name in text, f.name
+    for words in (
+        "pct_start",
+        "one-cycle warm-up",
+        "workers",
+        "cache",
+        "amp",
+        "configs/default.yaml + epochs=3",
+    ):
+        assert words in text
+    assert main(["config", "--config", "configs/default.yaml", "epoch=3"]) == 2
+    assert "unknown config key 'epoch'. Did you mean 'epochs'?" in cli_text(capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find", "demo"])
+def test_config_typo_is_reported_before_torch_loads(workdir, command):
+    code = (
+        "import sys; from kagglecv.cli import main; "
+        f"rc = main([{command!r}, 'epoch=2']); print('exit', rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert "unknown config key 'epoch'" in out.stdout and out.stdout.strip().endswith("exit 2 False"), out

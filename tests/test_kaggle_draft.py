@@ -70,3 +70,32 @@ def test_wrong_case_slug_does_not_download(fake, workdir, capsys):
     assert main(["data", "Dogs-Vs-Cats"]) == 2
     assert "Did you mean 'dogs-vs-cats'? (Kaggle slugs are lower-case)" in cli_text(capsys)
     assert fake.requests == []
+
+
+def test_draft_never_replaces_an_existing_yaml(fake, workdir, capsys):
+    """`--draft` on a YAML the user edited writes <slug>.draft.yaml beside it and says what differs."""
+    fake.competitions[SLUG] = competition_zip("dogs-vs-cats")
+    assert main(["data", SLUG]) == 0, cli_text(capsys)
+    path = workdir / "competitions" / f"{SLUG}.yaml"
+    edited = path.read_text().replace("hflip: true", "hflip: false") + "# my own note\n"
+    path.write_text(edited)
+    capsys.readouterr()
+    assert main(["data", SLUG, "--draft"]) == 0
+    text = cli_text(capsys)
+    assert path.read_text() == edited and "no competitions/" not in text
+    draft = yaml.safe_load((workdir / "competitions" / f"{SLUG}.draft.yaml").read_text())
+    assert draft["hflip"] is True
+    assert f"kept your competitions/{SLUG}.yaml" in text and "hflip: yours False, draft True" in text
+    assert main(["list"]) == 0 and f"{SLUG}.draft" not in cli_text(capsys)  # a draft is no competition
+
+
+def test_no_sample_submission_names_the_yaml_to_write(fake, workdir, capsys):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("train/cat.1.jpg", b"1")
+    fake.competitions[SLUG] = buf.getvalue()
+    assert main(["data", SLUG]) == 2
+    assert f"write competitions/{SLUG}.yaml by hand" in cli_text(capsys)

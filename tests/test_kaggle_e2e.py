@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import cli_text
+from kagglecv import upload as upload_mod
 from kagglecv.cli import main
+from kagglecv.errors import UserError
+from kagglecv.upload import read_log
 
 # slug -> (columns of the file Kaggle receives, check on the value columns)
 FORMATS = {
@@ -74,48 +79,40 @@ def test_submit_rejected_403_points_at_late_submission(fake, workdir, capsys):
     text = cli_text(capsys)
     assert "https://www.kaggle.com/competitions/dogs-vs-cats/rules" in text and "Late Submission" in text
     assert list((workdir / "submissions").glob("dogs-vs-cats-*.csv"))  # the file itself is written
-    assert not (workdir / "submissions" / "log.csv").exists()
+    assert [r["status"] for r in read_log()] == ["not sent"]
 
 
-def test_failed_upload_is_not_success(fake, workdir, monkeypatch, capsys):
+def test_failed_upload_is_not_success(fake, checked_file, monkeypatch, capsys):
     """kaggle 2.x returns ref 0 instead of raising when the file PUT fails."""
-    slug = "digit-recognizer"
-    assert main(["data", slug]) == 0
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    comp, file = checked_file
     monkeypatch.setattr(fake, "_uploads", _NoUploads())
-    capsys.readouterr()
-    assert main(["submit", "--upload"]) == 2
-    assert "Kaggle did not accept the upload" in cli_text(capsys)
-    log = pd.read_csv(workdir / "submissions" / "log.csv")
-    assert log.loc[0, "ref"] == 0 and fake.submissions == []
+    with pytest.raises(UserError, match="Kaggle did not accept the upload"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    log = pd.read_csv(file.parent / "log.csv")
+    assert log.loc[0, "ref"] == 0 and log.loc[0, "status"] == "not sent" and fake.submissions == []
 
 
-def test_lost_answer_is_not_submitted_twice(fake, workdir, capsys):
+def test_lost_answer_is_not_submitted_twice(fake, checked_file, capsys):
     """Kaggle kept the submission but the answer came back 502: the retry finds it instead of resubmitting."""
-    slug = "digit-recognizer"
-    assert main(["data", slug]) == 0
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
-    assert main(["submit", "--upload", "--message", "first"]) == 0  # an earlier, unrelated submission
-    fake.lost_answers[slug] = 1
+    comp, file = checked_file
+    upload_mod.upload(comp, file, "run1", 0.9, "first")  # an earlier, unrelated submission
+    fake.lost_answers[comp.slug] = 1
     capsys.readouterr()
-    assert main(["submit", "--upload", "--message", "second"]) == 0
+    upload_mod.upload(comp, file, "run1", 0.9, "second")
     text = cli_text(capsys)
     assert "retrying" in text and "the last attempt did arrive; not submitting again" in text
     assert [s["description"].split(" (")[0] for s in fake.submissions] == ["first", "second"]
-    log = pd.read_csv(workdir / "submissions" / "log.csv")
+    log = pd.read_csv(file.parent / "log.csv")
     assert log["ref"].tolist() == [1, 2]
 
 
-def test_lost_answer_on_the_last_attempt_is_found_too(fake, workdir, monkeypatch, capsys):
+def test_lost_answer_on_the_last_attempt_is_found_too(fake, checked_file, monkeypatch, capsys):
     from kagglecv.sources import kaggle as ksrc
 
-    slug = "digit-recognizer"
-    assert main(["data", slug]) == 0
-    assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
+    comp, file = checked_file
     monkeypatch.setattr(ksrc, "RETRY_DELAYS", ())  # no retries: the first answer is the last
-    fake.lost_answers[slug] = 1
-    capsys.readouterr()
-    assert main(["submit", "--upload"]) == 0
+    fake.lost_answers[comp.slug] = 1
+    upload_mod.upload(comp, file, "run1", 0.9, None)
     assert "the last attempt did arrive" in cli_text(capsys)
     assert len(fake.submissions) == 1
 
@@ -127,8 +124,131 @@ class _NoUploads(dict):
         return default
 
 
-def test_upload_of_builtin_competition_is_refused(digits, capsys):
-    assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
-    capsys.readouterr()
-    assert main(["submit", "--comp", "digits-demo", "--upload"]) == 2
-    assert "not a Kaggle competition (source: builtin)" in cli_text(capsys)
+def test_upload_of_builtin_competition_is_refused(workdir):
+    from kagglecv.competition import load_competition
+
+    file = workdir / "submissions" / "digits-demo-run1.csv"
+    with pytest.raises(UserError, match=r"not a Kaggle competition \(source: builtin\)"):
+        upload_mod.upload(load_competition("digits-demo"), file, "run1", 0.9, None)
+
+
+# --- crash-safe upload, without training: a checked file, sent as make submit UPLOAD=1 sends it ---------
+
+KILLED_AFTER_KAGGLE_TOOK_IT = """
+import os, signal, sys
+from pathlib import Path
+from kagglecv import upload
+from kagglecv.competition import load_competition
+
+real = upload._settle
+def killed(token, after, **changes):  # kill -9 between Kaggle's answer and the log row
+    if changes.get("status") == upload.DONE:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(token, after, **changes)
+upload._settle = killed
+upload.upload(load_competition("digit-recognizer"), Path(sys.argv[1]), "run1", 0.9, "first")
+"""
+
+
+@pytest.fixture
+def checked_file(fake, workdir):
+    from kagglecv.competition import load_competition
+
+    file = workdir / "submissions" / "digit-recognizer-run1.csv"
+    file.parent.mkdir()
+    file.write_text("ImageId,Label\n1,0\n")
+    return load_competition("digit-recognizer"), file
+
+
+def test_killed_between_accept_and_log_is_not_sent_twice(fake, checked_file, workdir, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from kaggle_fake import client_env
+
+    comp, file = checked_file
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
+    env = {**base, **client_env(fake, workdir / "home2")}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_KAGGLE_TOOK_IT, str(file.relative_to(workdir))], env=env
+    )
+    assert proc.returncode == -9 and len(fake.submissions) == 1
+    (row,) = read_log()
+    assert row["status"] == "pending" and row["token"] in fake.submissions[0]["description"]
+    # the rerun finds the token on Kaggle: the row is settled, nothing is sent again
+    again = upload_mod.upload(comp, Path(row["file"]), "run1", 0.9, "first")
+    assert len(fake.submissions) == 1 and again["ref"] == "1"
+    assert "interrupted after Kaggle took it (ref 1)" in cli_text(capsys)
+    assert [(r["status"], r["ref"]) for r in read_log()] == [("done", "1")]
+
+
+def test_killed_before_sending_is_sent_on_the_rerun(fake, checked_file, monkeypatch, capsys):
+    comp, file = checked_file
+    real = upload_mod._send
+    monkeypatch.setattr(upload_mod, "_send", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        upload_mod.upload(comp, file, "run1", 0.9, "first")
+    assert fake.submissions == [] and read_log()[0]["status"] == "pending"
+    monkeypatch.setattr(upload_mod, "_send", real)
+    upload_mod.upload(comp, file, "run1", 0.9, "first")
+    assert len(fake.submissions) == 1
+    assert [(r["status"], r["ref"]) for r in read_log()] == [("not sent", "0"), ("done", "1")]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_log_on_a_full_or_read_only_disk_says_what_was_sent(fake, checked_file, monkeypatch, capsys, when):
+    import errno
+
+    comp, file = checked_file
+    real, calls = upload_mod.atomic_write, {"n": 0}
+
+    def refuse(path, write):
+        calls["n"] += 1
+        if (when == "before") == (calls["n"] == 1):
+            code = errno.EROFS if when == "before" else errno.ENOSPC
+            raise OSError(code, os.strerror(code), f"{path}.123.tmp.csv")
+        return real(path, write)
+
+    monkeypatch.setattr(upload_mod, "atomic_write", refuse)
+    with pytest.raises(UserError) as e:
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    said = str(e.value)
+    if when == "before":
+        assert said.startswith("cannot write submissions/log.csv: it is on a read-only file system")
+        assert said.endswith("(nothing was uploaded)") and fake.submissions == []
+    else:
+        assert said.startswith("cannot write submissions/log.csv: the disk is full") and "free in" in said
+        assert "Kaggle took it as ref 1; the row stays pending" in said and len(fake.submissions) == 1
+
+
+def test_upload_whose_fate_is_unknown_stays_pending(fake, checked_file, capsys):
+    """Kaggle down even for the listing: nobody can tell whether the file arrived, so the row stays
+    pending, and the next upload looks it up before sending."""
+    comp, file = checked_file
+    fake.flaky["digit-recognizer"] = 100
+    with pytest.raises(UserError, match="whether it arrived is unknown"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert read_log()[0]["status"] == "pending"
+    fake.flaky["digit-recognizer"] = 0
+    upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert [r["status"] for r in read_log()] == ["not sent", "done"] and len(fake.submissions) == 1
+
+
+def test_refused_upload_is_logged_not_sent(fake, checked_file):
+    comp, file = checked_file
+    fake.status["digit-recognizer"] = 403
+    with pytest.raises(UserError, match="Late Submission"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert [r["status"] for r in read_log()] == ["not sent"] and fake.submissions == []
+
+
+def test_two_uploads_at_once_the_second_waits_its_turn(fake, checked_file):
+    """The second would take the first's pending row for an interrupted upload."""
+    from kagglecv.locks import hold
+
+    comp, file = checked_file
+    with hold(file.parent / ".upload.lock", True, "the first upload", "busy"):
+        with pytest.raises(UserError, match="another upload is running .*the first upload"):
+            upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert fake.submissions == [] and read_log() == []

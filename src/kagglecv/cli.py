@@ -1,47 +1,25 @@
-"""The `kagglecv` command: one sub-command per stage.
+"""The `kagglecv` command: what each sub-command does (its grammar is in cli_parser.py).
 
-kagglecv data digits-demo          # source -> raw/ -> class folders + folds.csv
+kagglecv data -c digits-demo       # source -> raw/ -> class folders + folds.csv
 kagglecv train --config configs/demo.yaml epochs=10
 kagglecv submit                    # latest run of the competition prepared last
-kagglecv report                    # runs/<comp>/<run>/report.html for the latest run
+kagglecv report -r <run>           # runs/<comp>/<run>/report.html (default: the latest run)
+kagglecv config                    # every recipe key: default, type, meaning
 kagglecv demo                      # all three on the built-in digits, offline
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
 from pathlib import Path
 
+from .cli_parser import parse
 from .competition import COMPETITIONS_DIR
 from .console import console
 from .errors import UserError
 from .files import disk_error
-
-CONFIG_HELP = "recipe overrides, any key of the --config YAML, e.g. epochs=3 lr=auto model=resnet18"
-LR_FIND_HELP = "recipe overrides, e.g. model=resnet18 img_size=224 batch_size=32 lr_find_iters=200"
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        if "unrecognized arguments: --" in message:
-            message += " (recipe settings are key=value words, e.g. epochs=3, not --epochs 3)"
-        super().error(message)
-
-
-def _int_at_least(low: int):
-    def check(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
-        return value
-
-    return check
 
 
 def _comp(slug: str | None):
@@ -79,7 +57,9 @@ def cmd_data(args) -> None:
     from .layout import prepare
 
     if not args.comp:
-        raise UserError("which competition? `make data COMP=<slug>` (see `kagglecv list`)")
+        raise UserError(
+            "which competition? `make data COMP=<slug>` or `kagglecv data -c <slug>` (see `kagglecv list`)"
+        )
     if args.src:  # your own folder of class folders: write competitions/<comp>.yaml for it first
         from pathlib import Path
 
@@ -207,14 +187,15 @@ def cmd_demo(args) -> None:
     """data -> train -> submit on digits-demo, in one process (one import of torch, not three)."""
     import time
 
-    from .competition import load_competition
     from .config import load_config
+
+    t0 = time.time()
+    cfg = load_config(args.config, args.overrides)  # a typo is reported before torch is imported
+    from .competition import load_competition
     from .layout import prepare
     from .submit import submit
     from .train import train
 
-    t0 = time.time()
-    cfg = load_config(args.config, args.overrides)
     comp = load_competition("digits-demo")
     prepare(comp)
     run_dir = train(comp, cfg)
@@ -226,6 +207,38 @@ def cmd_demo(args) -> None:
         f"[bold green]demo done[/] in {time.time() - t0:.0f} s: CV {result['cv_mean']:.4f}, "
         f"test {result.get('test_score', float('nan')):.4f} -> {result['file']}"
     )
+
+
+def cmd_config(args) -> None:
+    """Every recipe key as a table: default, type, meaning, and the value in --config (+ overrides)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .config import describe_config, load_config
+
+    chosen = load_config(args.config, args.overrides).to_dict() if args.config or args.overrides else None
+    where = " + ".join(x for x in (args.config, " ".join(args.overrides)) if x)
+    table = Table(title="recipe keys (configs/*.yaml, or key=value words after the command)")
+    table.add_column("key", no_wrap=True)
+    table.add_column("default")
+    if chosen is not None:
+        table.add_column(escape(where))
+    table.add_column("type")
+    table.add_column("meaning")
+    for key, default, type_name, meaning in describe_config():
+        value = [] if chosen is None else [_yaml(chosen[key], bold=chosen[key] != default)]
+        table.add_row(key, _yaml(default), *value, escape(type_name), escape(meaning))
+    console.print(table)
+
+
+def _yaml(value, bold: bool = False) -> str:
+    """A value as the YAML recipe spells it (null, true, 1e-07), bold where it is not the default."""
+    from rich.markup import escape
+
+    if value is None or isinstance(value, bool):
+        value = {None: "null", True: "true", False: "false"}[value]
+    text = escape(str(value))
+    return f"[bold]{text}[/]" if bold else text
 
 
 def cmd_bench(args) -> None:
@@ -252,177 +265,6 @@ def cmd_bench(args) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    p = Parser(
-        prog="kagglecv",
-        description="Kaggle image competitions: prepare data, k-fold fine-tune a timm model, write a checked submission.",
-        epilog="Typical flow: kagglecv data dogs-vs-cats && kagglecv train && kagglecv submit. "
-        "Without --comp, train, lr-find, submit, report and inspect use the competition prepared last. "
-        "`kagglecv <command> --help` explains each one.",
-    )
-    p.add_argument("--version", action="version", version=f"kagglecv {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="command")
-
-    helptext = "show the competitions kagglecv knows (competitions/*.yaml) and which are prepared"
-    s = sub.add_parser("list", help=helptext, description=helptext)
-    s.set_defaults(func=cmd_list)
-
-    s = sub.add_parser(
-        "data",
-        help="fetch a competition's files into data/<comp>/raw and lay out class folders + folds",
-        description="Fetch raw files (once), lay them out as train/<class>/, test/, folds.csv. "
-        "Idempotent: a prepared competition is not redone unless --force.",
-    )
-    s.add_argument(
-        "comp",
-        nargs="?",
-        help="competition slug: competitions/<slug>.yaml, or a new Kaggle slug (its YAML is drafted)",
-    )
-    s.add_argument("--force", action="store_true", help="fetch and lay out again even if already prepared")
-    s.add_argument(
-        "--draft",
-        action="store_true",
-        help="(re)draft competitions/<comp>.yaml from the Kaggle download, even if the name is close to a known one",
-    )
-    s.add_argument(
-        "--src",
-        default="",
-        metavar="DIR",
-        help="your own images: DIR/<class>/** (writes competitions/<comp>.yaml if there is none)",
-    )
-    s.set_defaults(func=cmd_data)
-
-    helptext = (
-        "what the prepared data holds: class counts, sizes, dropped files, near duplicates, contact sheet"
-    )
-    s = sub.add_parser("inspect", help=helptext, description=helptext)
-    s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
-    s.add_argument(
-        "--samples",
-        type=_int_at_least(1),
-        default=8,
-        help="images per class on the contact sheet (default: 8)",
-    )
-    s.set_defaults(func=cmd_inspect)
-
-    for name, func, helptext in (
-        (
-            "train",
-            cmd_train,
-            "k-fold fine-tune: LR range test (lr=auto), one model per fold, out-of-fold predictions",
-        ),
-        ("lr-find", cmd_lr_find, "run only the LR range test and save lr_find.png/json"),
-    ):
-        s = sub.add_parser(name, help=helptext, description=helptext)
-        s.add_argument(
-            "--comp", default="", help="competition slug (default: the one `make data` prepared last)"
-        )
-        s.add_argument(
-            "--config",
-            default="configs/default.yaml",
-            help="training recipe YAML (default: %(default)s, a pretrained resnet50)",
-        )
-        s.add_argument(
-            "overrides", nargs="*", metavar="key=value", help=CONFIG_HELP if name == "train" else LR_FIND_HELP
-        )
-        s.set_defaults(func=func)
-        if name == "train":
-            s.add_argument(
-                "--resume",
-                action="store_true",
-                help="continue the latest unfinished run (or --run NAME) from its last completed epoch",
-            )
-            s.add_argument(
-                "--run",
-                "--run-name",
-                dest="run",
-                default="",
-                help="name the run folder (to split folds across machines or resume it)",
-            )
-            s.add_argument(
-                "--gpus",
-                type=int,
-                default=1,
-                help="data-parallel processes via torchrun (GPUs; CPU processes with gloo when no CUDA)",
-            )
-            s.add_argument(
-                "--folds",
-                default="",
-                help="train only these folds, e.g. 0,1 (others elsewhere; submit gathers)",
-            )
-
-    helptext = "predict the test set with a run's folds (+TTA), write and check the CSV, score it, upload it"
-    s = sub.add_parser("submit", help=helptext, description=helptext)
-    s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
-    s.add_argument("--run", default="", help="run id under runs/<comp>/ (default: the latest finished run)")
-    s.add_argument(
-        "--upload", action="store_true", help="also upload the file to Kaggle (logged in submissions/log.csv)"
-    )
-    s.add_argument(
-        "--message", default="", help="words for the submission's description (run id and CV are added)"
-    )
-    s.set_defaults(func=cmd_submit)
-
-    helptext = (
-        "write runs/<comp>/<run>/report.html: LR plot, curves, confusion matrix, top losses, suspect labels"
-    )
-    s = sub.add_parser("report", help=helptext, description=helptext)
-    s.add_argument(
-        "run", nargs="?", help="run id under runs/<comp>/ or a run folder (default: the latest finished)"
-    )
-    s.add_argument("--comp", default="", help="competition slug (default: the one prepared last)")
-    s.set_defaults(func=cmd_report)
-
-    s = sub.add_parser(
-        "bench",
-        help="images/s of (a) the model alone, (b) the data pipeline alone, (c) full training; (c)/(a), (c)/(b)",
-        description="Throughput on a synthetic dogs-vs-cats-sized JPEG set. CPU default: resnet18 at 128 px; "
-        "on a GPU try --models resnet50,convnext_tiny --img-size 224. Writes runs/bench/latest.json.",
-    )
-    s.add_argument("--models", default="resnet18", help="comma-separated timm model names")
-    s.add_argument(
-        "--img-size", type=_int_at_least(8), default=128, help="training resolution (default: 128)"
-    )
-    s.add_argument("--batch-size", type=_int_at_least(1), default=32, help="images per batch (default: 32)")
-    s.add_argument(
-        "--images",
-        type=_int_at_least(1),
-        default=512,
-        help="synthetic JPEGs to generate, once (default: 512)",
-    )
-    s.add_argument(
-        "--batches", type=_int_at_least(1), default=10, help="timed batches per measurement (default: 10)"
-    )
-    s.add_argument(
-        "--workers",
-        type=_int_at_least(0),
-        default=None,
-        help="DataLoader workers (default: as training picks)",
-    )
-    s.add_argument("--compile", action="store_true", help="torch.compile the model")
-    s.add_argument(
-        "--fastai",
-        action="store_true",
-        help="instead: digits-demo k-fold training through kagglecv and through fastai (bench extra), timed",
-    )
-    s.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="recipe overrides for --fastai (configs/demo.yaml)"
-    )
-    s.set_defaults(func=cmd_bench)
-
-    s = sub.add_parser(
-        "demo", help="data -> train -> submit on the built-in digits-demo, offline, on the CPU"
-    )
-    s.add_argument(
-        "--config", default="configs/demo.yaml", help="training recipe YAML (default: %(default)s)"
-    )
-    s.add_argument("overrides", nargs="*", metavar="key=value", help=CONFIG_HELP)
-    s.set_defaults(func=cmd_demo)
-    return p
-
-
 INTERRUPTED = {
     "train": "`make train RESUME=1 RUN=<the run above>` continues it from its last finished epoch "
     "(a plain rerun starts a new run)",
@@ -431,18 +273,42 @@ INTERRUPTED = {
 }
 
 
+COMMANDS = {
+    "list": cmd_list,
+    "data": cmd_data,
+    "inspect": cmd_inspect,
+    "train": cmd_train,
+    "lr-find": cmd_lr_find,
+    "submit": cmd_submit,
+    "report": cmd_report,
+    "config": cmd_config,
+    "bench": cmd_bench,
+    "demo": cmd_demo,
+}
+
+
+def _check_first(args) -> None:
+    """What can fail before any heavy import: the checkout, and the recipe (a typo in it is found in
+    milliseconds, before torch loads)."""
+    run_folder = args.command == "report" and args.run and Path(args.run).is_dir()
+    if args.command not in ("bench", "config") and not run_folder and not COMPETITIONS_DIR.is_dir():
+        raise UserError(
+            f"no {COMPETITIONS_DIR}/ folder in {Path.cwd()}: run kagglecv from your kagglecv checkout "
+            "(the folder with the Makefile)"
+        )
+    if args.command in ("train", "lr-find", "demo"):
+        from .config import load_config
+
+        load_config(args.config, args.overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
-        run_folder = args.command == "report" and args.run and Path(args.run).is_dir()
-        if args.command != "bench" and not run_folder and not COMPETITIONS_DIR.is_dir():
-            raise UserError(
-                f"no {COMPETITIONS_DIR}/ folder in {Path.cwd()}: run kagglecv from your kagglecv checkout "
-                "(the folder with the Makefile)"
-            )
-        args.func(args)
+        _check_first(args)
+        COMMANDS[args.command](args)
     except UserError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2

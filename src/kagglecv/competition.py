@@ -185,7 +185,7 @@ def layout_options(layout: dict[str, Any], path: Path | None) -> Any:
 
 def known_competitions(root: Path | None = None) -> list[str]:
     root = root or COMPETITIONS_DIR
-    return sorted(p.stem for p in root.glob("*.yaml"))
+    return sorted(p.stem for p in root.glob("*.yaml") if not p.name.endswith(".draft.yaml"))
 
 
 def parse_competition(data: dict[str, Any], path: Path) -> Competition:

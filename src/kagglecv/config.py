@@ -3,7 +3,9 @@
     cfg = load_config("configs/demo.yaml", ["epochs=3", "lr=auto"])
 
 An unknown key is an error that names the closest valid key, so a typo fails when the config
-loads rather than silently training with a default.
+loads rather than silently training with a default. Each key's default and one-line meaning live in
+one place, the TrainConfig field, which `kagglecv config` prints. Only yaml is imported here (no
+torch), so a recipe is checked in milliseconds before any training module loads.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,57 +25,60 @@ from .errors import UserError
 T = TypeVar("T")
 
 
+def key(default: Any, help: str) -> Any:
+    """A recipe key: its default and its one-line meaning (`kagglecv config` prints both)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # model
-    model: str = "resnet50"
-    pretrained: bool = True
-    pretrained_file: str | None = None  # local weights file instead of the hub
-    img_size: int | None = None  # None: the model's own pretrained input size
-    mean: list[float] | None = None  # None: the model's pretrained mean/std
-    std: list[float] | None = None
-    in_chans: int = 3
-    drop_rate: float = 0.0
+    model: str = key("resnet50", "timm model name (see timm.list_models())")
+    pretrained: bool = key(True, "start from timm's pretrained weights (Hugging Face hub or its cache)")
+    pretrained_file: str | None = key(None, "local weights file (.safetensors/.pth) instead of the hub")
+    img_size: int | None = key(None, "training and prediction size in pixels; null: the model's own")
+    mean: list[float] | None = key(None, "per-channel normalisation mean; null: the model's pretrained one")
+    std: list[float] | None = key(None, "per-channel normalisation std; null: the model's pretrained one")
+    in_chans: int = key(3, "input channels")
+    drop_rate: float = key(0.0, "dropout before the classifier")
     # optimisation (fastai-style fine_tune: freeze_epochs on the head, then `epochs` on everything)
-    freeze_epochs: int = 0
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float | str = "auto"  # a number, or "auto" for the LR range test
-    weight_decay: float = 0.05
-    pct_start: float = 0.25  # one-cycle warm-up fraction
-    layer_decay: float | None = (
-        None  # discriminative LRs: each earlier layer group gets lr x this (timm groups)
-    )
-    label_smoothing: float = 0.1
-    mixup: float = 0.0  # mixup alpha (0: off)
-    cutmix: float = 0.0  # cutmix alpha (0: off)
-    accum_steps: int = 1  # gradient accumulation
-    ema: bool = False  # validate and submit with an exponential moving average of the weights
-    ema_decay: float = 0.998
+    freeze_epochs: int = key(0, "epochs training only the head, body frozen, before `epochs`")
+    epochs: int = key(5, "epochs training everything (one-cycle schedule)")
+    batch_size: int = key(64, "images per batch")
+    lr: float | str = key("auto", "peak learning rate, or auto: the LR range test picks it")
+    weight_decay: float = key(0.05, "AdamW weight decay")
+    pct_start: float = key(0.25, "one-cycle warm-up: fraction of the steps spent raising the LR")
+    layer_decay: float | None = key(None, "discriminative LRs: each earlier layer group gets lr x this")
+    label_smoothing: float = key(0.1, "label smoothing of the cross-entropy loss")
+    mixup: float = key(0.0, "mixup alpha (0: off)")
+    cutmix: float = key(0.0, "cutmix alpha (0: off)")
+    accum_steps: int = key(1, "batches whose gradients add up before each optimizer step")
+    ema: bool = key(False, "validate and submit with an exponential moving average of the weights")
+    ema_decay: float = key(0.998, "decay of that moving average per step")
     # LR range test
-    lr_find_iters: int = 100
-    lr_find_start: float = 1e-7
-    lr_find_end: float = 10.0
+    lr_find_iters: int = key(100, "steps of the LR range test")
+    lr_find_start: float = key(1e-7, "first LR the range test tries")
+    lr_find_end: float = key(10.0, "last LR the range test tries")
     # cross-validation
-    folds: int = 5  # train the first N folds of folds.csv (all when N >= k)
+    folds: int = key(5, "train the first N folds of folds.csv (all when N >= k)")
     # augmentation (flips only where the competition allows them)
-    rotate: float = 10.0  # degrees
-    shift: float = 0.1  # fraction of the image
-    scale: float = 0.1  # +- zoom fraction
-    tta: bool = True  # average over the flips the competition allows
+    rotate: float = key(10.0, "random rotation, degrees")
+    shift: float = key(0.1, "random shift, fraction of the image")
+    scale: float = key(0.1, "random zoom, +- fraction")
+    tta: bool = key(True, "predict also on the flips the competition allows, and average")
     # runtime
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision: autocast in amp_dtype (false: full fp32 everywhere)
-    amp_dtype: str = (
-        "auto"  # auto (bf16 where the GPU has it, else fp16 + loss scaling; fp32 on CPU) | bf16 | fp16
+    device: str = key("auto", "auto | cpu | cuda")
+    amp: bool = key(True, "mixed precision: autocast in amp_dtype (false: fp32 everywhere)")
+    amp_dtype: str = key("auto", "auto (bf16 where the GPU has it, else fp16; fp32 on CPU) | bf16 | fp16")
+    compile: bool = key(False, "torch.compile the model (worth it for long GPU runs)")
+    cache: str = key(
+        "auto", "resized images kept: auto (RAM if within cache_mb, else disk) | memory | disk | none"
     )
-    compile: bool = False  # torch.compile the model (worth it for long GPU runs)
-    cache: str = (
-        "auto"  # images resized once: auto (RAM if it fits cache_mb, else disk) | memory | disk | none
+    workers: int | None = key(
+        None, "DataLoader workers; null: min(cores, 8), 0 for in-memory data on the CPU"
     )
-    workers: int | None = None  # None: min(cores, 8); 0 for in-memory data on the CPU
-    cache_mb: int = 2048  # decode+resize images once into RAM when they fit in this budget
-    seed: int = 42
+    cache_mb: int = key(2048, "RAM budget (MB) for decoded, resized images")
+    seed: int = key(42, "random seed (folds' models, augmentation, shuffling)")
 
     def __post_init__(self) -> None:
         if isinstance(self.lr, str) and self.lr != "auto":
@@ -261,9 +266,26 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return build_config(values, where)
 
 
+def describe_config() -> list[tuple[str, Any, str, str]]:
+    """(key, default, type, meaning) of every recipe key, in the dataclass's order."""
+    hints = typing.get_type_hints(TrainConfig)
+    return [
+        (f.name, f.default, _type_name(hints[f.name]), f.metadata.get("help", ""))
+        for f in dataclasses.fields(TrainConfig)
+    ]
+
+
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Rebuild a config saved with a run (checkpoints carry their config)."""
     return build_config(values, "saved config")
 
 
-__all__ = ["TrainConfig", "build_spec", "check_fields", "load_config", "config_from_dict", "read_yaml"]
+__all__ = [
+    "TrainConfig",
+    "build_spec",
+    "check_fields",
+    "config_from_dict",
+    "describe_config",
+    "load_config",
+    "read_yaml",
+]

@@ -7,6 +7,8 @@ would: the sample submission's columns (id, one label column or one column per c
 (class names, indices or probabilities), a CSV of pixel rows, image folders per class, a CSV whose
 ids match the training images plus a label-like column, or a class word at the start of each file
 name. Every guess that could be wrong is listed at the top of the file, marked CHECK.
+A YAML that exists already is never replaced (`--draft` on it writes <slug>.draft.yaml beside it
+and lists what differs).
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from rich.markup import escape
 
-from .competition import COMPETITIONS_DIR, Competition, Submission, load_competition, similar_competition
+from .competition import (
+    COMPETITIONS_DIR,
+    Competition,
+    Submission,
+    load_competition,
+    parse_competition,
+    similar_competition,
+)
 from .console import console
 from .errors import UserError
+from .files import atomic_write
 from .layout import IMAGE_EXTS, fetch_raw
 
 LABEL_WORDS = ("label", "class", "target", "category", "breed", "species", "has_", "is_", "y")
@@ -40,7 +51,7 @@ def _rel(path: Path, raw: Path) -> str:
     return path.relative_to(raw).as_posix() or "."
 
 
-def _sample_submission(raw: Path) -> Path:
+def _sample_submission(raw: Path, slug: str) -> Path:
     found = sorted(
         (p for p in raw.rglob("*.csv") if re.search(r"sample.?submission", p.name, re.I)),
         key=lambda p: len(p.parts),
@@ -48,7 +59,7 @@ def _sample_submission(raw: Path) -> Path:
     if not found:
         raise UserError(
             f"{raw}/ has no sample submission CSV, so kagglecv cannot tell the submission format; "
-            "write competitions/<slug>.yaml by hand (see the shipped ones)"
+            f"write competitions/{slug}.yaml by hand (see the shipped ones)"
         )
     return found[0]
 
@@ -62,9 +73,8 @@ def _label_column(frame: pd.DataFrame, exclude: str) -> str | None:
     return min(candidates, key=lambda c: frame[c].nunique()) if candidates else None
 
 
-def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict, list[str] | None]:
-    """(layout dict, class names or None) from what the download holds."""
-    csvs = [p for p in raw.rglob("*.csv") if p != sample_path]
+def _pixels_layout(raw: Path, csvs: list[Path], checks: list[str]) -> tuple[dict, list[str]] | None:
+    """A CSV of pixel rows (pixel0, pixel1, ... and one label column), as digit-recognizer ships."""
     for path in csvs:
         head = pd.read_csv(path, nrows=5)
         pixels = [c for c in head.columns if re.fullmatch(r"pixel\d+", str(c))]
@@ -80,23 +90,14 @@ def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict
                 "label_column": label,
                 "id_start": 1,
             }, classes
+    return None
 
-    dirs = _image_dirs(raw)
-    train = next((d for d in dirs if "train" in _rel(d, raw).lower()), None)
-    test = next((d for d in dirs if "test" in _rel(d, raw).lower()), None)
-    if train is not None and train.parent.name.lower().startswith("train") and train.parent != raw:
-        # train/<class>/*.png: every image folder under the train folder is a class
-        root = train.parent
-        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images(d))
-        if len(classes) >= 2:
-            checks.append(f"layout: one folder per class under {_rel(root, raw)}/ ({len(classes)} classes)")
-            return {
-                "kind": "class_folders",
-                "train_dir": _rel(root, raw),
-                "test_dir": _rel(test, raw),
-            }, classes
-    if train is None:
-        return {"kind": "TODO"}, None
+
+def _labels_layout(
+    raw: Path, csvs: list[Path], folders: tuple[Path, Path | None], checks: list[str]
+) -> tuple[dict, list[str]] | None:
+    """A CSV whose ids match the training images' names, with a label-like column."""
+    train, test = folders
     images = _images(train)
     names, stems = {p.name for p in images}, {p.stem for p in images}
     for path in csvs:
@@ -119,6 +120,35 @@ def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict
                     layout["image_ext"] = images[0].suffix
                 checks.append(f"layout: labels from {path.name}, id '{col}', label '{label}'")
                 return layout, sorted(frame[label].astype(str).unique())
+    return None
+
+
+def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict, list[str] | None]:
+    """(layout dict, class names or None) from what the download holds."""
+    csvs = [p for p in raw.rglob("*.csv") if p != sample_path]
+    found = _pixels_layout(raw, csvs, checks)
+    if found:
+        return found
+    dirs = _image_dirs(raw)
+    train = next((d for d in dirs if "train" in _rel(d, raw).lower()), None)
+    test = next((d for d in dirs if "test" in _rel(d, raw).lower()), None)
+    if train is not None and train.parent.name.lower().startswith("train") and train.parent != raw:
+        # train/<class>/*.png: every image folder under the train folder is a class
+        root = train.parent
+        classes = sorted(d.name for d in root.iterdir() if d.is_dir() and _images(d))
+        if len(classes) >= 2:
+            checks.append(f"layout: one folder per class under {_rel(root, raw)}/ ({len(classes)} classes)")
+            return {
+                "kind": "class_folders",
+                "train_dir": _rel(root, raw),
+                "test_dir": _rel(test, raw),
+            }, classes
+    if train is None:
+        return {"kind": "TODO"}, None
+    found = _labels_layout(raw, csvs, (train, test), checks)
+    if found:
+        return found
+    images = _images(train)
     words = [re.match(NAME_PATTERN, p.name) for p in images]
     if all(words):
         classes = sorted({m.group(1) for m in words})
@@ -168,9 +198,8 @@ def _guess_submission(sample: pd.DataFrame, classes: list[str] | None, checks: l
     return sub, "accuracy"
 
 
-def draft_competition(slug: str, allow_similar: bool = False, root: Path | None = None) -> Path:
-    """Download `slug` from Kaggle and write competitions/<slug>.yaml from what came."""
-    root = root or COMPETITIONS_DIR
+def _check_slug(slug: str, allow_similar: bool, root: Path) -> None:
+    """A slug Kaggle could have, and not a typo of a known one (a typo must not start a download)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", slug):
         raise UserError(f"unknown competition '{slug}': a Kaggle slug has only letters, digits and '-'")
     if slug != slug.lower():  # Kaggle slugs are lower-case: never download for a capitalised one
@@ -179,28 +208,17 @@ def draft_competition(slug: str, allow_similar: bool = False, root: Path | None 
             f"unknown competition '{slug}'. Did you mean '{close}'? (Kaggle slugs are lower-case)"
         )
     close = similar_competition(slug, root, cutoff=0.8)
-    if close and not allow_similar:  # a typo should not start a multi-GB download
+    if close and close != slug and not allow_similar:
         raise UserError(
             f"unknown competition '{slug}'. Did you mean '{close}'? (If '{slug}' is a new Kaggle "
-            f"competition, `kagglecv data {slug} --draft` downloads it and drafts its YAML)"
+            f"competition, `kagglecv data -c {slug} --draft` downloads it and drafts its YAML)"
         )
-    path = root / f"{slug}.yaml"
-    stub = Competition(
-        slug=slug,
-        title=slug,
-        source={"kind": "kaggle"},
-        layout={"kind": "TODO"},
-        submission=Submission(id_column="id"),
-        metric="accuracy",
-        path=path,
-    )
-    console.print(f"no {path} yet: downloading {slug} from Kaggle to draft one")
-    try:
-        raw = fetch_raw(stub)
-    except UserError as e:
-        raise UserError(f"unknown competition '{slug}' (no {path}), and Kaggle could not help: {e}") from None
+
+
+def _draft_text(slug: str, raw: Path) -> tuple[str, dict, list[str]]:
+    """(the YAML text with its CHECK header, the spec, the checks) from the downloaded files."""
     checks: list[str] = []
-    sample_path = _sample_submission(raw)
+    sample_path = _sample_submission(raw, slug)
     layout, classes = _guess_layout(raw, sample_path, checks)
     if sample_path.name != "sample_submission.csv" or sample_path.parent != raw:
         layout["sample_submission"] = _rel(sample_path, raw)
@@ -225,13 +243,86 @@ def draft_competition(slug: str, allow_similar: bool = False, root: Path | None 
         header.append("# TODO layout.kind: one of csv_pixels, label_in_name, csv_labels, class_folders")
     header.append("# Compare with the competition's Data and Evaluation pages. After changing layout:")
     header.append(f"# rm data/{slug}/prepared.json && make data COMP={slug}   (lays out again, no download)")
-    text = "\n".join(header) + "\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    return "\n".join(header) + "\n" + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), spec, checks
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    """{'layout.kind': 'class_folders', ...}: nested mappings as dotted keys."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, object] = {}
+    for key, inner in value.items():
+        out.update(_flat(inner, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def differences(yours: dict, draft: dict, limit: int = 20) -> list[str]:
+    """Key by key, what the draft would change in your YAML (its notes aside)."""
+    mine, new = _flat(yours), _flat(draft)
+    keys = [k for k in dict.fromkeys([*mine, *new]) if k != "notes" and mine.get(k) != new.get(k)]
+    lines = [f"{k}: yours {mine.get(k, '(not set)')!r}, draft {new.get(k, '(not set)')!r}" for k in keys]
+    return lines[:limit] + ([f"... and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def _beside(path: Path, text: str, spec: dict) -> Path:
+    """Write the draft as <slug>.draft.yaml next to the user's YAML, which is never replaced, and
+    say what differs."""
+    out = path.with_name(f"{path.stem}.draft.yaml")
+    atomic_write(out, lambda tmp: tmp.write_text(text))
+    try:  # the draft must at least be a valid competition file (checked as the YAML it would replace)
+        parse_competition(yaml.safe_load(text), path)
+    except UserError as e:
+        raise UserError(str(e).replace(str(path), str(out), 1)) from None
+    try:
+        yours = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        yours = {}
+    diff = differences(yours if isinstance(yours, dict) else {}, spec)
+    console.print(
+        f"[yellow]kept your {escape(str(path))}[/]; wrote the new DRAFT beside it, {escape(str(out))}: "
+        + ("it differs in:" if diff else "it says the same."),
+        soft_wrap=True,
+    )
+    for line in diff:
+        console.print(f"  {escape(line)}", soft_wrap=True)
+    return out
+
+
+def draft_competition(slug: str, allow_similar: bool = False, root: Path | None = None) -> Path:
+    """Download `slug` from Kaggle and draft competitions/<slug>.yaml from what came. An existing
+    YAML is never replaced: the draft goes beside it as <slug>.draft.yaml, with what differs."""
+    root = root or COMPETITIONS_DIR
+    _check_slug(slug, allow_similar, root)
+    path = root / f"{slug}.yaml"
+    existing = path.exists()
+    stub = Competition(
+        slug=slug,
+        title=slug,
+        source={"kind": "kaggle"},
+        layout={"kind": "TODO"},
+        submission=Submission(id_column="id"),
+        metric="accuracy",
+        path=path,
+    )
+    if existing:
+        console.print(f"drafting {slug} again from its Kaggle files; your {path} is kept as it is")
+    else:
+        console.print(f"no {path} yet: downloading {slug} from Kaggle to draft one")
+    try:
+        raw = fetch_raw(stub)
+    except UserError as e:
+        if existing:
+            raise
+        raise UserError(f"unknown competition '{slug}' (no {path}), and Kaggle could not help: {e}") from None
+    text, spec, checks = _draft_text(slug, raw)
     root.mkdir(exist_ok=True)
-    path.write_text(text)
+    if existing:
+        return _beside(path, text, spec)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     console.print(f"[yellow]wrote a DRAFT {path}[/]: please check it against {spec['url']}")
     for c in checks:
         console.print(f"  CHECK {c}", soft_wrap=True)
-    if layout["kind"] == "TODO":
+    if spec["layout"]["kind"] == "TODO":
         raise UserError(
             f"{path}: could not tell how the images in data/{slug}/raw/ map to classes; fill in "
             f"layout (see the other files in {root}/) and rerun `make data COMP={slug}`"

@@ -2,8 +2,10 @@
 
 Kaggle serves a competition as one zip, and inside it often more archives: dogs-vs-cats ships
 train.zip, CIFAR-10 ships train.7z, others .tar.gz. Every archive is checked before anything is
-written: no absolute or `..` paths, no links, enough free disk. Then it is unpacked, and the
-archives found inside are unpacked in place too.
+written: no absolute or `..` paths, no links, no name twice, enough free disk, and caps that keep a
+zip bomb out (nesting depth, member count, unpacked size and its ratio to the archive's size, all
+archives of one download together). Then it is unpacked, and the archives found inside are
+unpacked in place too.
 """
 
 from __future__ import annotations
@@ -23,11 +25,25 @@ from ..errors import UserError
 from ..files import human_bytes
 
 SPACE_MARGIN = 1.1  # unpacking needs the archive's uncompressed size plus 10%
+# Caps against archive bombs, far above any real competition (the largest ship ~1.5 M files, ~1 TB):
+MAX_DEPTH = 3  # archives inside archives inside the download
+MAX_MEMBERS = 5_000_000  # files, all archives of one download together
+MAX_TOTAL = 2 * 1024**4  # unpacked bytes, all archives of one download together
+MAX_RATIO = 200  # unpacked size / archive size: images barely compress, a bomb compresses ~1000x
+RATIO_FLOOR = 1 << 30  # ... checked above this unpacked size only (a small CSV may compress 200x)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
 class DamagedArchive(UserError):
     """The archive does not open or fails its checksums: a bad download, to be fetched again."""
+
+
+@dataclass
+class Budget:
+    """What the archives of one download have unpacked so far, against the caps."""
+
+    members: int = 0
+    size: int = 0
 
 
 @dataclass
@@ -127,12 +143,60 @@ def _member_path(name: str, archive: Path) -> PurePosixPath:
     return path
 
 
-def _check(archive: Path, members: list[Member], dest: Path) -> list[PurePosixPath]:
-    """Every path and link checked, and the free space, before anything is written."""
+def _check_unique(archive: Path, members: list[Member], paths: list[PurePosixPath], dest: Path) -> None:
+    """No file named twice (one would silently replace the other), none that is also a folder,
+    and none over a file an earlier archive of the download unpacked."""
+    files: set[str] = set()
+    dirs: set[str] = set()
+    look = dest.is_dir() and any(dest.iterdir())  # a fresh folder holds nothing to clash with
+    for m, path in zip(members, paths, strict=True):
+        key = "/".join(p for p in path.parts if p != ".")
+        if m.is_dir:
+            dirs.add(key)
+            continue
+        if key in files or key in dirs or (look and dest.joinpath(*path.parts).exists()):
+            raise UserError(
+                f"{archive.name} holds {m.name!r} twice (or over a file already unpacked); refusing to "
+                "unpack it, as one copy would silently replace the other"
+            )
+        files.add(key)
+        dirs.update("/".join(path.parts[:i]) for i in range(1, len(path.parts)))
+    clash = files & dirs
+    if clash:
+        raise UserError(
+            f"{archive.name} holds {sorted(clash)[0]!r} as a file and as a folder; refusing to unpack it"
+        )
+
+
+def _check_caps(archive: Path, members: list[Member], budget: Budget) -> None:
+    """The archive-bomb caps, counted over the whole download."""
+    size = sum(m.size for m in members)
+    budget.members += sum(not m.is_dir for m in members)
+    budget.size += size
+    refuse = f"{archive.name} looks like an archive bomb, not a competition: refusing to unpack it"
+    if budget.members > MAX_MEMBERS:
+        raise UserError(f"{refuse} ({budget.members:,} files, over the cap of {MAX_MEMBERS:,})")
+    if budget.size > MAX_TOTAL:
+        raise UserError(
+            f"{refuse} (unpacks to {human_bytes(budget.size)}, over the cap of {human_bytes(MAX_TOTAL)})"
+        )
+    packed = max(archive.stat().st_size, 1)
+    if size > RATIO_FLOOR and size / packed > MAX_RATIO:
+        raise UserError(
+            f"{refuse} ({human_bytes(packed)} unpacks to {human_bytes(size)}, {size / packed:.0f}x; the cap "
+            f"is {MAX_RATIO}x above {human_bytes(RATIO_FLOOR)})"
+        )
+
+
+def _check(archive: Path, members: list[Member], dest: Path, budget: Budget) -> list[PurePosixPath]:
+    """Every path and link checked, names unique, the caps and the free space, before anything is
+    written."""
     paths = [_member_path(m.name, archive) for m in members]
     for m in members:
         if m.is_link:
             raise UserError(f"{archive.name} holds a link {m.name!r}; refusing to unpack it")
+    _check_unique(archive, members, paths, dest)
+    _check_caps(archive, members, budget)
     need = sum(m.size for m in members) * SPACE_MARGIN
     probe = dest if dest.exists() else next(p for p in dest.parents if p.exists())
     free = shutil.disk_usage(probe).free
@@ -144,14 +208,15 @@ def _check(archive: Path, members: list[Member], dest: Path) -> list[PurePosixPa
     return paths
 
 
-def extract(archive: Path, dest: Path) -> list[Path]:
-    """Unpack `archive` into `dest` after checking it; returns the files written."""
+def extract(archive: Path, dest: Path, budget: Budget | None = None) -> list[Path]:
+    """Unpack `archive` into `dest` after checking it; returns the files written. `budget` counts
+    the caps over several archives (a download and the archives inside it)."""
     try:
         with _open(archive) as opened:
             members = [
                 m for m in _members(archive, opened) if not m.name.startswith("__MACOSX/")
             ]  # macOS litter
-            paths = _check(archive, members, dest)
+            paths = _check(archive, members, dest, budget or Budget())
             files = [
                 (m, dest.joinpath(*rel.parts)) for m, rel in zip(members, paths, strict=True) if not m.is_dir
             ]
@@ -176,14 +241,18 @@ def extract_nested(archive: Path, dest: Path) -> None:
     """Unpack `archive`, then every archive found inside it, in place (inner ones are removed once
     unpacked). An inner archive whose members share one top folder (train.zip -> train/...) unpacks
     beside itself; one with loose files unpacks into a folder named after it."""
-    pending = [(archive, dest)]
+    pending, budget = [(archive, dest, 0)], Budget()
     while pending:
-        path, into = pending.pop()
-        for inner in extract(path, into):
-            if kind(inner):
-                pending.append((inner, _inner_dest(inner)))
+        path, into, depth = pending.pop()
+        inners = [inner for inner in extract(path, into, budget) if kind(inner)]
         if path != archive:
             path.unlink()
+        if inners and depth == MAX_DEPTH:
+            raise UserError(
+                f"{inners[0].name} is an archive nested {depth + 1} deep in {archive.name}; the cap is "
+                f"{MAX_DEPTH} (an archive bomb?): refusing to unpack it"
+            )
+        pending += [(inner, _inner_dest(inner), depth + 1) for inner in inners]
 
 
 def _inner_dest(inner: Path) -> Path:

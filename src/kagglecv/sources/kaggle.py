@@ -201,7 +201,7 @@ def connect():
 # --- errors and retries ----------------------------------------------------------------------
 
 
-def _status(e: BaseException) -> int | None:
+def http_status(e: BaseException) -> int | None:
     response = getattr(e, "response", None)
     return getattr(response, "status_code", None)
 
@@ -210,7 +210,7 @@ def _retriable(e: BaseException) -> bool:
     import requests
 
     if isinstance(e, requests.HTTPError):
-        code = _status(e)
+        code = http_status(e)
         return code is not None and (code >= 500 or code == 429)
     return isinstance(
         e, requests.ConnectionError | requests.Timeout | requests.exceptions.ChunkedEncodingError
@@ -230,7 +230,7 @@ def explain(e: BaseException, action: str, slug: str | None, api=None) -> UserEr
     """An API exception -> the message that says what to do next."""
     import requests
 
-    code = _status(e)
+    code = http_status(e)
     said = _server_said(e)
     if code == 401:
         where = f" (from {_credential_source(api)})" if api is not None else ""
@@ -305,7 +305,7 @@ def with_retries(
                 raise explain(e, action, slug, api) from None
             wait = delays[attempt]
             console.print(
-                f"[yellow]Kaggle:[/] {escape(action)} failed ({_status(e) or type(e).__name__}); "
+                f"[yellow]Kaggle:[/] {escape(action)} failed ({http_status(e) or type(e).__name__}); "
                 f"retrying in {wait:.0f} s ({attempt + 1}/{len(delays)})"
             )
             sleep(wait)
