@@ -3,7 +3,7 @@
 # The variables below reach each command through the environment and are read there as "$$NAME":
 # a value is never pasted into the shell's text, so `make data COMP='; rm -rf ~ #'` runs nothing.
 .DEFAULT_GOAL := help
-.PHONY: help install data inspect train lr-find submit report config bench demo list test lint format
+.PHONY: help install data inspect train lr-find submit report runs blend lb config bench demo list test lint format
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,7 +19,8 @@ ARGS ?=
 UPLOAD ?=
 MSG ?=
 FORCE ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE
+RUNS ?=
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +52,15 @@ submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<r
 
 report: install ## HTML run report (curves, confusion, top losses, suspect labels): make report [COMP=..] [RUN=..]
 	$(KCV) report -c "$$COMP" -r "$$RUN"
+
+runs: install ## every run of a competition, best CV first (+ runs.csv, runs.html): make runs [COMP=..]
+	$(KCV) runs -c "$$COMP"
+
+blend: install ## blend finished runs on their OOF (honest nested CV): make blend [COMP=..] [RUNS="a b c"]
+	set -f; $(KCV) blend -c "$$COMP" --runs $$RUNS
+
+lb: install ## public LB score of every upload from Kaggle, CV vs LB, the two finals: make lb [COMP=..]
+	$(KCV) lb -c "$$COMP"
 
 config: install ## every recipe key: default, type, meaning, and its value in CONFIG: make config [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) config --config "$$CONFIG" $$ARGS

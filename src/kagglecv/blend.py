@@ -217,6 +217,8 @@ def blend(slug: str, names: list[str] | None = None) -> Path:
         "classes": first.classes,
     }
     atomic_write(out / BLEND_FILE, lambda p: p.write_text(json.dumps(spec, indent=2)))
+    # config.yaml marks a run folder (runs.find_run); a blend's says what it is made of
+    atomic_write(out / "config.yaml", lambda p: p.write_text(json.dumps({"blend": spec["members"]}) + "\n"))
     summary = {
         "competition": slug,
         "run": out.name,

@@ -170,6 +170,33 @@ def _add_bench(sub) -> None:
     )
 
 
+def _add_compete(sub) -> None:
+    helptext = "every run of a competition in one table, best CV first (also runs/<comp>/runs.csv, runs.html)"
+    s = sub.add_parser("runs", help=helptext, description=helptext)
+    _comp_option(s)
+
+    helptext = (
+        "blend finished runs with weights fitted on their out-of-fold predictions (honest nested CV) "
+        "-> runs/<comp>/blend-<id>/; submit it with --run blend-<id>"
+    )
+    s = sub.add_parser("blend", help=helptext, description=helptext)
+    _comp_option(s)
+    s.add_argument(
+        "--runs",
+        nargs="*",
+        default=[],
+        metavar="RUN",
+        help="run ids to blend (default: every finished run with the same folds as the best one)",
+    )
+
+    helptext = (
+        "fetch the public leaderboard score of every upload (submissions/log.csv) from Kaggle and show "
+        "CV against public LB, with the two best-CV submissions to pick as finals"
+    )
+    s = sub.add_parser("lb", help=helptext, description=helptext)
+    _comp_option(s)
+
+
 def build_parser() -> Parser:
     from . import __version__
 
@@ -199,6 +226,7 @@ def build_parser() -> Parser:
     )
     _add_train(sub)
     _add_submit_report(sub)
+    _add_compete(sub)
     helptext = "every recipe key: its default, type and meaning, and its value in --config X (with overrides)"
     s = sub.add_parser("config", help=helptext, description=helptext)
     s.add_argument(

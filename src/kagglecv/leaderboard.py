@@ -153,3 +153,42 @@ def write_runs_csv(slug: str, frame: pd.DataFrame) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: frame.to_csv(p, index=False))
     return path
+
+
+def write_runs_html(slug: str, frame: pd.DataFrame, metric: str, scatter: bytes | None, corr: dict) -> Path:
+    """runs/<comp>/runs.html: the runs table, and CV against public LB where `make lb` fetched it."""
+    import base64
+    import html
+
+    cols = [c for c in COLUMNS if c != "pseudo"]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in cols) + "</tr>"
+        for r in frame.to_dict("records")
+    )
+    if scatter:
+        img = base64.b64encode(scatter).decode()
+        said = (
+            f"Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f} over {corr['n']} submissions"
+            if "pearson" in corr
+            else f"{corr.get('n', 0)} scored submission(s): too few for a correlation"
+        )
+        lb = f'<h2>CV vs public LB</h2><p>{html.escape(said)}</p><img alt="CV vs public LB" src="data:image/png;base64,{img}">'
+    else:
+        lb = "<p>No public scores yet: `make submit UPLOAD=1`, then `make lb`.</p>"
+    page = (
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(slug)} runs</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
+        "text-align:right}th{background:#f4f4f4}</style>"
+        f"<h1>{html.escape(slug)}: runs, best CV first ({html.escape(metric)})</h1>"
+        f"<table><tr>{head}</tr>{body}</table>{lb}"
+    )
+    path = RUNS_DIR / slug / "runs.html"
+    atomic_write(path, lambda p: p.write_text(page))
+    return path
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -12,9 +12,13 @@ under these monotone maps, so nothing is applied there.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 
+from .console import console
 from .metrics import score
 
 CLIP_GRID = (1e-3, 3e-3, 1e-2, 2e-2, 5e-2)
@@ -83,4 +87,21 @@ def choose_postprocess(metric: str, y: np.ndarray, probs: np.ndarray, folds: np.
     best = min(KINDS, key=lambda k: (round(scores[k], 6), KINDS.index(k)))
     plan = fit(best, y, probs)
     plan["nested_log_loss"] = {k: round(v, 6) for k, v in scores.items()}
+    return plan
+
+
+def postprocess_for_run(metric: str, run_dir: Path, classes: list[str]) -> dict:
+    """The plan for a run's (or blend's) test predictions, chosen on its oof.csv; said in one line."""
+    if metric != "log_loss":
+        return {"kind": "none"}
+    oof = pd.read_csv(run_dir / "oof.csv", dtype={"label": str})
+    y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    probs = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
+    plan = choose_postprocess(metric, y, probs, oof["fold"].to_numpy())
+    fitted = ", ".join(f"{k} = {plan[k]:.4g}" for k in ("T", "eps") if k in plan)
+    gain = plan["nested_log_loss"]["none"] - plan["nested_log_loss"][plan["kind"]]
+    console.print(
+        f"post-processing chosen on OOF log loss by nested CV: {plan['kind']}"
+        + (f" ({fitted}; OOF log loss {gain:+.4f} better)" if fitted else " (nothing improved it)")
+    )
     return plan

@@ -244,8 +244,9 @@ def check_run(run_dir: Path, summary: dict) -> list[int]:
     return listed
 
 
-def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int]):
-    """(submission frame, run classes, what prediction did) for a checked run."""
+def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], paths: list) -> tuple:
+    """(N x C probabilities, NaN rows for unreadable images; the run's classes; what prediction did)
+    for one training run: its fold models, TTA, through the run's prediction cache."""
     from .engine import pick_device
     from .predict import load_fold_models, predict_test
 
@@ -255,9 +256,6 @@ def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: l
         raise UserError(
             f"run {run_dir.name} was trained on classes {classes[:5]}…, the prepared data has others; retrain"
         )
-    sample = read_sample(comp)
-    check_classes(comp, sample, classes)
-    paths = test_images(comp, sample, info)
     readable = [p for p in paths if p is not None]
     probs = np.full((len(paths), len(classes)), np.nan)
     pred = {"flips": [], "unreadable": []}
@@ -271,12 +269,54 @@ def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: l
             vflip=comp.vflip,
         )
         probs[[i for i, p in enumerate(paths) if p is not None]] = pred["probs"]
+    return probs, classes, {"tta": pred["flips"], "model": models[0].meta["model"]}
+
+
+def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list) -> tuple:
+    """A blend's test probabilities: each member run predicted once (its cache serves every later
+    submit), combined with the weights fitted on the OOF predictions."""
+    from .blend import blend_test_probs as combine
+    from .blend import read_blend
+
+    spec = read_blend(blend_dir)
+    member_probs, tta = [], {}
+    for name in spec["members"]:
+        member = blend_dir.parent / name
+        if not member.is_dir():
+            raise UserError(
+                f"blend {blend_dir.name} needs run {name}, which is gone from {blend_dir.parent}/"
+            )
+        fold_ids = check_run(member, read_summary(member))
+        probs, classes, pred = run_test_probs(comp, info, member, fold_ids, paths)
+        if classes != spec["classes"]:
+            raise UserError(f"run {name} predicts other classes than blend {blend_dir.name} was fitted on")
+        member_probs.append(probs)
+        tta[name] = pred["tta"]
+    probs = combine(spec, member_probs)  # a NaN row (unreadable image) stays NaN
+    return probs, spec["classes"], {"tta": tta, "model": "blend of " + ", ".join(spec["members"])}
+
+
+def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int]):
+    """(submission frame, run classes, what prediction did) for a checked run or blend."""
+    from .blend import is_blend
+    from .postprocess import apply_postprocess, postprocess_for_run
+
+    sample = read_sample(comp)
+    paths = test_images(comp, sample, info)
+    if is_blend(run_dir):
+        probs, classes, pred = blend_test_probs(comp, info, run_dir, paths)
+    else:
+        probs, classes, pred = run_test_probs(comp, info, run_dir, fold_ids, paths)
+    check_classes(comp, sample, classes)
+    plan = postprocess_for_run(comp.metric, run_dir, classes)
+    ok = ~np.isnan(probs).any(1)
+    probs[ok] = apply_postprocess(plan, probs[ok])
     probs, filled = fill_unreadable(
         probs, class_prior(comp, info, classes), sample[comp.submission.id_column]
     )
     df = format_submission(comp, sample, probs, classes)
     validate_submission(df, sample, comp, classes)
-    return df, classes, {"tta": pred["flips"], "prior_rows": filled, "model": models[0].meta["model"]}
+    return df, classes, {**pred, "prior_rows": filled, "postprocess": plan}
 
 
 def submit(
