@@ -81,6 +81,7 @@ class FakeKaggle:
         self.last_modified = email.utils.formatdate(last_modified, usegmt=True)
         self.requests: list[dict] = []
         self.submissions: list[dict] = []
+        self.public_scores: dict[int, str] = {}  # ref -> public LB score, once "scored"
         self._uploads: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._server = None
@@ -173,7 +174,15 @@ class FakeKaggle:
             return 200, {"message": f"Successfully submitted to {slug}", "ref": ref}, {}
         if name == "ListSubmissions":  # newest first, as Kaggle sorts by date
             mine = [s for s in reversed(self.submissions) if s["slug"] == slug]
-            rows = [{"ref": s["ref"], "description": s["description"], "status": "PENDING"} for s in mine]
+            rows = [
+                {
+                    "ref": s["ref"],
+                    "description": s["description"],
+                    "status": "COMPLETE" if s["ref"] in self.public_scores else "PENDING",
+                    "publicScore": self.public_scores.get(s["ref"], ""),
+                }
+                for s in mine
+            ]
             return 200, {"submissions": rows}, {}
         return _err(404, f"Unknown RPC {name}")
 

@@ -2,8 +2,9 @@
 
     kagglecv runs -c digits-small
 
-Reads run folders (config.yaml, summary.json, finished folds, the run lock), blend folders and the
-submission records in submissions/ (local test score, public LB score once `make lb` fetched it);
+Reads run folders (config.yaml, summary.json, finished folds, the run lock), blend folders, the
+submission records in submissions/ (local test score) and runs/<comp>/ledger.csv (public LB score,
+once `make lb` fetched it);
 writes nothing but runs/<comp>/runs.csv, the same table as a CSV. No torch here: it starts fast.
 """
 
@@ -65,7 +66,12 @@ def _state(run_dir: Path, summary: dict | None, n_folds: int | None) -> str:
     return "finished"
 
 
-def run_row(run_dir: Path, records: list[dict], n_folds: int | None) -> dict:
+def _public(ledger: pd.DataFrame, run: str):
+    scored = ledger[(ledger["run"] == run) & ledger["public_score"].notna()] if not ledger.empty else ledger
+    return None if scored.empty else float(scored.sort_values("ref")["public_score"].iloc[-1])
+
+
+def run_row(run_dir: Path, records: list[dict], n_folds: int | None, ledger: pd.DataFrame) -> dict:
     summary = None
     if (run_dir / SUMMARY).exists():
         try:
@@ -87,7 +93,7 @@ def run_row(run_dir: Path, records: list[dict], n_folds: int | None) -> dict:
         "cv_std": s.get("cv_std"),
         "oof_score": s.get("oof_score"),
         "test_score": _latest(records, run_dir.name, "test_score"),
-        "public_lb": _latest(records, run_dir.name, "public_score"),
+        "public_lb": _public(ledger, run_dir.name),
         "seconds": s.get("seconds"),
         "state": _state(run_dir, summary, n_folds),
         "pseudo": cfg.get("pseudo") or "",
@@ -97,13 +103,15 @@ def run_row(run_dir: Path, records: list[dict], n_folds: int | None) -> dict:
 def runs_frame(slug: str, higher_is_better: bool, n_folds: int | None = None) -> pd.DataFrame:
     """One row per run folder of `slug`, best CV first (runs without a CV last)."""
     base = RUNS_DIR / slug
-    records = submission_records(slug)
+    from .ledger import read_ledger
+
+    records, ledger = submission_records(slug), read_ledger(slug)
     dirs = (
         [p for p in base.iterdir() if p.is_dir() and ((p / "config.yaml").exists() or (p / SUMMARY).exists())]
         if base.exists()
         else []
     )
-    frame = pd.DataFrame([run_row(p, records, n_folds) for p in dirs], columns=COLUMNS)
+    frame = pd.DataFrame([run_row(p, records, n_folds, ledger) for p in dirs], columns=COLUMNS)
     if frame.empty:
         return frame
     key = frame["cv_mean"].astype(float)
