@@ -26,7 +26,7 @@ import pandas as pd
 from ..console import console
 from ..files import atomic_write
 from .datamap import OOD_RATIO, fig_map, map_frame, ood_line, ood_ratio, procrustes, project
-from .galleries import fig_grid, gallery_rows, top_loss_rows
+from .galleries import MAX_CLASSES, fig_grid, gallery_rows, top_loss_rows
 from .passes import Context, cost_per_image, fold_passes, open_context
 
 TSNE_S_PER_POINT = 0.008  # s per point at 2,000 points, measured on digits-demo (2 busy cores); ~ n log n
@@ -59,7 +59,13 @@ def estimate_seconds(ctx: Context, n_cam: int, n_figures: int) -> float:
 
 
 def build_look(
-    run_dir: Path, data_dir: Path, out_dir: Path, *, budget_s: float = 60.0, force: bool = False
+    run_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    budget_s: float = 60.0,
+    force: bool = False,
+    max_classes: int = MAX_CLASSES,
 ) -> LookResult:
     """Galleries, heatmaps and the data map of a finished run (see the module docstring)."""
     from ..report import load_run
@@ -67,7 +73,7 @@ def build_look(
     t0 = time.perf_counter()
     run = load_run(Path(run_dir))
     ctx = open_context(run, Path(data_dir))
-    gallery, top = gallery_rows(run), top_loss_rows(run)
+    gallery, top = gallery_rows(run, cap=max_classes), top_loss_rows(run)
     cam_rows = pd.concat([gallery, top]).drop_duplicates("row")
     n_classes = gallery["class"].nunique()
     # what is spent already (imports, the first model, the probe) + the rest, from measured costs

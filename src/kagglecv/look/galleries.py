@@ -109,8 +109,10 @@ def fig_grid(rows: pd.DataFrame, images: dict, cams: dict, title: str, by_kind: 
             x0 = label_w + j * cell_w
             if r.row in images:
                 canvas[y0 : y0 + CELL, x0 : x0 + CELL] = _fit(images[r.row])
-            if per == 2 and r.row in cams:
+            if per == 2 and cams.get(r.row) is not None:
                 canvas[y0 : y0 + CELL, x0 + CELL : x0 + 2 * CELL] = _fit(cams[r.row])
+            elif per == 2 and r.row in cams:
+                texts.append((x0 + 1.5 * CELL, y0 + CELL / 2, "no positive\nevidence", dict(fontsize=6.5)))
             color = "C3" if r.pred != r.label else "black"
             texts.append((x0 + 2, y0 + CELL + 2, _caption(r), dict(fontsize=6.5, color=color, va="top")))
     dpi = 100

@@ -138,7 +138,7 @@ class FoldPasses:
     train_feats: dict  # fold -> features of the rows it held out, in oof.csv order
     test_feats: dict  # fold -> features of every test image
     images: dict  # oof row -> RGB uint8 as the model saw it (gallery and top-loss images)
-    cams: dict  # oof row -> heatmap overlaid on that image
+    cams: dict  # oof row -> heatmap overlaid on that image (None: no positive evidence anywhere)
     heat: dict = field(default_factory=dict)  # oof row -> the heatmap itself (H x W, 0..1)
     cam_what: str = ""
     notes: list[str] = field(default_factory=list)
@@ -199,5 +199,6 @@ def _cams(ctx: Context, model, target: CamTarget, rows: pd.DataFrame, fp: FoldPa
         pred = [ctx.run.classes.index(p) for p in part["pred"]]
         heat = heatmaps(model, target, x, pred)
         for r, img, h in zip(part["row"], rgb, heat, strict=True):
-            fp.cams[int(r)] = overlay(img, h)
+            # all zero: Grad-CAM's ReLU found no positive evidence for the class anywhere (said in the grid)
+            fp.cams[int(r)] = overlay(img, h) if h.max() > 0 else None
             fp.heat[int(r)] = h
