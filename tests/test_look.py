@@ -149,3 +149,16 @@ def test_missing_pieces_are_one_line(looked, tmp_path):
     oof.to_csv(copy / "oof.csv", index=False)
     with pytest.raises(UserError, match="no fold column"):
         build_look(copy, data_dir, tmp_path / "look")
+
+
+def test_fold_spaces_aligned_and_test_shift_measured():
+    from kagglecv.look.datamap import OOD_RATIO, ood_ratio, procrustes
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 8))
+    rot, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    other = 3.0 * ref @ rot + 5.0  # another fold model's space: rotated, scaled, shifted
+    assert np.allclose(procrustes(other, ref)(other), ref, atol=1e-6)
+    heldout = rng.normal(size=(300, 8))
+    assert ood_ratio(heldout, rng.normal(size=(200, 8))) < OOD_RATIO  # same distribution
+    assert ood_ratio(heldout, rng.normal(size=(200, 8)) + 4.0) > OOD_RATIO  # test set apart

@@ -27,7 +27,7 @@ from ..console import console
 from ..files import atomic_write
 from .datamap import OOD_RATIO, fig_map, map_frame, ood_line, ood_ratio, procrustes, project
 from .galleries import MAX_CLASSES, fig_grid, gallery_rows, top_loss_rows
-from .passes import Context, cost_per_image, fold_passes, open_context
+from .passes import Context, anchor_rows, cost_per_image, fold_passes, open_context
 
 TSNE_S_PER_POINT = 0.008  # s per point at 2,000 points, measured on digits-demo (2 busy cores); ~ n log n
 FIGURE_S = 0.8
@@ -51,9 +51,10 @@ def estimate_seconds(ctx: Context, n_cam: int, n_figures: int) -> float:
     c = cost_per_image(ctx)
     n_train, n_test, k = len(ctx.train_paths), len(ctx.test_paths), len(ctx.fold_ids)
     n = n_train + n_test
+    embedded = n + (k - 1) * len(anchor_rows(n_test))
     tsne = TSNE_S_PER_POINT * n * max(np.log2(max(n, 2)) / np.log2(2000), 0.1)
     return (
-        n * c["decode"] + (n_train + k * n_test) * c["features"] + n_cam * c["cam"]
+        n * c["decode"] + embedded * c["features"] + n_cam * c["cam"]
         + k * c["load"] + tsne + n_figures * FIGURE_S
     )  # fmt: skip
 
@@ -154,16 +155,16 @@ def _galleries_html(ctx: Context, gallery: pd.DataFrame, top: pd.DataFrame, fp, 
 
 def _map_html(ctx: Context, fp, result) -> list[str]:
     k0 = ctx.fold_ids[0]
-    anchors = fp.test_feats[k0]
-    aligned_train = np.zeros((len(ctx.train_paths), fp.train_feats[k0].shape[1]), dtype=np.float32)
-    aligned_test = []
+    test = fp.test_feats[k0]
+    anchors = test[anchor_rows(len(test))]
+    train = np.zeros((len(ctx.train_paths), fp.train_feats[k0].shape[1]), dtype=np.float32)
     for k in ctx.fold_ids:
         own = ctx.folds == k
-        to_k0 = procrustes(fp.test_feats[k], anchors) if k != k0 and len(anchors) >= 2 else (lambda f: f)
-        aligned_train[own] = to_k0(fp.train_feats[k])
-        aligned_test.append(to_k0(fp.test_feats[k]))
-    test = np.mean(aligned_test, axis=0) if len(anchors) else np.zeros((0, aligned_train.shape[1]))
-    coords = project(np.concatenate([aligned_train, test]))
+        aligned = k == k0 or len(anchors) < 2
+        train[own] = (
+            fp.train_feats[k] if aligned else procrustes(fp.test_feats[k], anchors)(fp.train_feats[k])
+        )
+    coords = project(np.concatenate([train, test]))
     train_df = pd.DataFrame({
         "image": ctx.run.oof["image"], "label": ctx.run.oof["label"],
         "pred": [ctx.run.classes[j] for j in ctx.run.pred], "fold": ctx.folds,
@@ -176,8 +177,10 @@ def _map_html(ctx: Context, fp, result) -> list[str]:
     if ratio is not None and ratio > OOD_RATIO:
         result.notes.append(line)
     how = (
-        f"train: out-of-fold features, each fold's mapped onto fold {k0}'s; test: the fold models' "
-        "features averaged"
+        f"train: out-of-fold features, each fold model's mapped onto fold {k0}'s on {len(anchors)} test "
+        f"images; test: fold {k0}'s features"
+        if len(anchors) >= 2 or len(ctx.fold_ids) == 1
+        else "train: out-of-fold features; no test images to align the fold models' spaces on"
     )
     return [
         "<h3>A map of the data</h3><p class='note'>Penultimate-layer features projected to 2-D by t-SNE "

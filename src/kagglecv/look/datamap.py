@@ -2,10 +2,10 @@
 forward_features + forward_head(pre_logits=True)) projected to 2-D with scikit-learn's t-SNE.
 
 Training images: out-of-fold, each by the fold model that held it out, so a mislabelled image sits
-among the images it looks like, not where training pulled it. Test images: every fold model's
-features, averaged. Fold models do not share one feature space (from scratch, not even roughly), so
-each fold's features are first mapped onto the first fold's by an orthogonal Procrustes fit (rotation
-+ scale) on the test images, which every fold model sees.
+among the images it looks like, not where training pulled it. Test images: by the first fold's
+model. Fold models do not share one feature space (from scratch, not even roughly), so each other
+fold's features are mapped onto the first fold's by an orthogonal Procrustes fit (rotation + scale)
+on up to 512 test images that every fold model embeds (the anchors).
 
 Whether the test set sits apart from train is measured in the first fold model's space alone, on
 images it never trained on: the median distance from each test image to its nearest held-out

@@ -23,6 +23,18 @@ from .cam import CamTarget, cam_target, heatmaps, overlay
 from .datamap import features
 
 BATCH = 64
+ANCHORS = 512  # test images every fold model embeds, to map its feature space onto the first fold's
+
+
+def anchor_rows(n_test: int) -> np.ndarray:
+    """Evenly spaced test rows: the images each fold's feature space is aligned on."""
+    return (
+        np.unique(np.linspace(0, n_test - 1, min(ANCHORS, n_test)).astype(int))
+        if n_test
+        else np.zeros(0, int)
+    )
+
+
 CAM_BATCH = 16
 
 
@@ -136,7 +148,7 @@ def cost_per_image(ctx: Context, n: int = 16) -> dict:
 @dataclass
 class FoldPasses:
     train_feats: dict  # fold -> features of the rows it held out, in oof.csv order
-    test_feats: dict  # fold -> features of every test image
+    test_feats: dict  # first fold -> features of every test image; other folds -> of the anchors
     images: dict  # oof row -> RGB uint8 as the model saw it (gallery and top-loss images)
     cams: dict  # oof row -> heatmap overlaid on that image (None: no positive evidence anywhere)
     heat: dict = field(default_factory=dict)  # oof row -> the heatmap itself (H x W, 0..1)
@@ -168,13 +180,19 @@ def fold_passes(ctx: Context, cam_rows: pd.DataFrame) -> FoldPasses:
     train_ds = _dataset(ctx, ctx.train_paths, "decoding train images")
     test_ds = _dataset(ctx, ctx.test_paths, "decoding test images") if ctx.test_paths else None
     fp = FoldPasses({}, {}, {}, {})
+    anchors = anchor_rows(len(ctx.test_paths))
     cam_ok = True
     for k in ctx.fold_ids:
         model, meta = load_fold(ctx, k)
         idx = np.flatnonzero(ctx.folds == k)
         fp.train_feats[k] = _features_of(ctx, model, train_ds.subset(idx))
         dim = fp.train_feats[k].shape[1]
-        fp.test_feats[k] = _features_of(ctx, model, test_ds) if test_ds else np.zeros((0, dim), np.float32)
+        if test_ds is None:
+            fp.test_feats[k] = np.zeros((0, dim), np.float32)
+        else:  # the first fold model embeds every test image; the others only the anchors
+            fp.test_feats[k] = _features_of(
+                ctx, model, test_ds if k == ctx.fold_ids[0] else test_ds.subset(anchors)
+            )
         rows = cam_rows[cam_rows["fold"] == k]
         for r in rows["row"]:
             fp.images[int(r)] = train_ds[int(r)][0].permute(1, 2, 0).numpy()
