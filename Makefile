@@ -20,7 +20,8 @@ UPLOAD ?=
 MSG ?=
 FORCE ?=
 RUNS ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS
+LOOK ?=
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,8 +51,8 @@ lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [
 submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]]
 	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} -m "$$MSG"
 
-report: install ## HTML run report (curves, confusion, top losses, suspect labels): make report [COMP=..] [RUN=..]
-	$(KCV) report -c "$$COMP" -r "$$RUN"
+report: install ## HTML run report (curves, confusion, suspects, galleries, heatmaps, data map): make report [COMP=..] [RUN=..] [LOOK=1]
+	$(KCV) report -c "$$COMP" -r "$$RUN" $${LOOK:+--look}
 
 runs: install ## every run of a competition, best CV first (+ runs.csv, runs.html): make runs [COMP=..]
 	$(KCV) runs -c "$$COMP"

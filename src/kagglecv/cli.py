@@ -143,7 +143,7 @@ def cmd_train(args) -> None:
     from .report import write_report
 
     if is_main() and (run_dir / "summary.json").exists():
-        write_report(run_dir, comp.data_dir, show_cv=False)  # train just printed the CV table
+        write_report(run_dir, comp.data_dir, show_cv=False, look=False)  # train just printed the CV table
 
 
 def _fold_list(text: str) -> list[int] | None:
@@ -174,13 +174,14 @@ def cmd_report(args) -> None:
     from .report import write_report
 
     run = args.run or ""
+    look = True if args.look else None
     if run and (Path(run) / "summary.json").exists():  # a run folder's path: no competition needed
-        write_report(Path(run))
+        write_report(Path(run), look=look)
         return
     from .runs import find_run
 
     comp = _comp(args.comp)
-    write_report(find_run(comp.slug, run or None), comp.data_dir)
+    write_report(find_run(comp.slug, run or None), comp.data_dir, look=look)
 
 
 def cmd_demo(args) -> None:
@@ -202,7 +203,7 @@ def cmd_demo(args) -> None:
     result = submit(comp, run_dir.name)
     from .report import write_report
 
-    write_report(run_dir, comp.data_dir, show_cv=False)  # after submit, so it shows the test score
+    write_report(run_dir, comp.data_dir, show_cv=False, look=False)  # after submit: shows the test score
     console.print(
         f"[bold green]demo done[/] in {time.time() - t0:.0f} s: CV {result['cv_mean']:.4f}, "
         f"test {result.get('test_score', float('nan')):.4f} -> {result['file']}"

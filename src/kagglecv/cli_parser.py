@@ -130,6 +130,12 @@ def _add_submit_report(sub) -> None:
     s.add_argument("-r", "--run", default="", help=run)
     s.add_argument("run_pos", nargs="?", metavar="RUN", help="the same, as a word (older spelling)")
     _comp_option(s)
+    s.add_argument(
+        "--look",
+        action="store_true",
+        help="always build the look-inside section (galleries, Grad-CAM heatmaps, data map); by default "
+        "it is built only when it takes under a minute, and the time is printed either way",
+    )
 
 
 def _add_bench(sub) -> None:

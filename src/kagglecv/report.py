@@ -53,6 +53,7 @@ from .files import atomic_write
 __all__ = ["CM_MAX_CLASSES", "cv_table", "load_run", "write_report", "confusion_subset", "most_confused"]
 
 REPORT = "report.html"
+LOOK_BUDGET_S = 60  # `make report` builds the look-inside section by default when it fits this
 SUSPECTS = "suspect_labels.csv"
 FIGURES = "figures"
 
@@ -249,9 +250,30 @@ def _page(run: Run, sections: list[str]) -> str:
     )
 
 
-def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = True) -> Path:
+def _look(run: Run, data_dir: Path, look: bool | None) -> str:
+    """The look-inside section (galleries, heatmaps, data map): built when `look`, or when None and
+    the run is small enough to take under a minute here; otherwise a line saying how to get it."""
+    if look is False:
+        return ""
+    from .errors import UserError
+    from .look import build_look  # imports torch: only when the section is wanted
+
+    try:
+        res = build_look(run.dir, data_dir, run.dir / "look", budget_s=LOOK_BUDGET_S, force=bool(look))
+    except UserError as e:
+        if look:
+            raise
+        console.print(f"[yellow]look inside skipped:[/] {escape(str(e))}")
+        return f"<h2>Look inside the model</h2><p>Skipped: {html.escape(str(e))}</p>"
+    return res.html
+
+
+def write_report(
+    run_dir: Path, data_dir: Path | None = None, show_cv: bool = True, look: bool | None = False
+) -> Path:
     """Write report.html, figures/*.png, confusion_matrix.csv and suspect_labels.csv into run_dir;
-    print the key tables."""
+    print the key tables. `look`: True builds the look-inside section whatever it costs, None only
+    when it fits a minute, False never."""
     run = load_run(Path(run_dir))
     data_dir = Path(data_dir) if data_dir else Path("data") / run.summary.get("competition", "")
     use_fonts(run.classes)
@@ -267,6 +289,7 @@ def write_report(run_dir: Path, data_dir: Path | None = None, show_cv: bool = Tr
         _lr_and_curves(run, save),
         _confusion(run, cm, pairs, save),
         _images(run, data_dir, suspects, weak, save),
+        _look(run, data_dir, look),
     ]
     out = run.dir / REPORT
     page = _page(run, sections)
