@@ -38,7 +38,7 @@ def load_fold_models(
                 "retrain it or copy the fold back"
             )
         state, meta = load_checkpoint(path)
-        model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
+        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
         try:
             model.load_state_dict(state)
         except RuntimeError:
@@ -253,11 +253,16 @@ def submit(comp: Competition, run: str | None = None, batch_size: int = 128) -> 
     )
     ds = ImageDataset(paths, np.zeros(len(paths)), meta["img_size"], images)
     workers = default_workers(cfg.get("workers"), images is not None, device.type == "cuda")
-    loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, pin=device.type == "cuda")
     probs = 0
     for model, m in models:
         stepper = Stepper(
-            model, None, device, m["mean"], m["std"], cfg.get("amp", True), 0.0, cfg.get("amp_dtype", "auto")
+            model,
+            device=device,
+            mean=m["mean"],
+            std=m["std"],
+            amp=cfg.get("amp", True),
+            amp_dtype_name=cfg.get("amp_dtype", "auto"),
         )
         probs = probs + predict(stepper, loader, flips)
     probs = probs / len(models)
