@@ -108,11 +108,16 @@ def build_stepper(
         compile=cfg.compile,
         ddp=ddp,
     )
-    pin = device.type == "cuda"
-    comp = run.comp
+    return stepper, *fold_loaders(run, fold, tr_idx, va_idx, ddp)
+
+
+def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
+    """The training loader (augmented; under DDP each rank its own shard) and the validation loader."""
+    cfg, data, comp = run.cfg, run.data, run.comp
+    pin = run.device.type == "cuda"
     train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
     sampler = None
-    if ddp:  # each rank trains on its own shard of the fold
+    if ddp:
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(train_ds, seed=cfg.seed + fold, drop_last=True)
@@ -133,7 +138,7 @@ def build_stepper(
         workers=data.workers,
         pin=pin,
     )
-    return stepper, train_dl, val_dl
+    return train_dl, val_dl
 
 
 # ---- the steps ------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Where runs live and what marks them finished: runs/<comp>/<run-id>/ with config.yaml from the
 start, fold<k>.pt + oof_fold<k>.csv per finished fold, and summary.json once folds are gathered.
+Which run a command means when none is named: the latest finished (by summary.json's finished_at)
+or, for RESUME, the unfinished one that wrote something last; never by name.
 
 Checkpoints (fold<k>.pt: weights + the JSON needed to rebuild the model) and `gather` (oof.csv +
 summary.json from the finished folds) live here too, beside the rules that say what is finished.
@@ -177,7 +179,8 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 
 def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None = None) -> dict:
     """oof.csv + summary.json from the finished folds in a run folder (also folds trained elsewhere
-    and copied in: train FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then gather)."""
+    and copied in: FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then `make train RESUME=1 RUN=x`).
+    Only train calls it: the run folder is train's to write."""
     from .metrics import HIGHER_IS_BETTER, score
 
     done = finished_folds(run_dir)
