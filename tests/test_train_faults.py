@@ -185,18 +185,21 @@ def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):
     Any other failure's traceback is shown."""
     from kagglecv.dist import _run_quiet_on_user_error
 
-    wall = (
+    wall = (  # as torch 2.x's torchrun writes it (rank 1 stopped by torchrun once rank 0 had exited)
         "import sys; print('W torchrun warning', file=sys.stderr); "
+        "print('W1201 14:40:26.476000 27458 torch/distributed/elastic/multiprocessing/api.py:1028] "
+        "Sending process 27569 closing signal SIGTERM', file=sys.stderr); "
         "print('Traceback (most recent call last):\\n  File x\\n"
         "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\\n"
-        "[0]:\\n  exitcode  : {code} (pid: 1)\\n[1]:\\n  exitcode  : 2 (pid: 2)', file=sys.stderr); sys.exit(1)"
+        "[1]:\\n  exitcode  : -15 (pid: 2)  (SIGTERM)\\nRoot Cause (first observed failure):\\n"
+        "[0]:\\n  exitcode  : {code} (pid: 1)', file=sys.stderr); sys.exit(1)"
     )
     assert _run_quiet_on_user_error([sys.executable, "-c", wall.format(code=2)], dict(os.environ)) == (
         1,
         True,
     )
     err = capfd.readouterr().err
-    assert "W torchrun warning" in err and "Traceback" not in err
+    assert "W torchrun warning" in err and "Traceback" not in err and "SIGTERM" not in err
     assert _run_quiet_on_user_error([sys.executable, "-c", wall.format(code=1)], dict(os.environ)) == (
         1,
         False,

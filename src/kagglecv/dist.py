@@ -132,8 +132,8 @@ def relaunch_train(
     checked everything that can fail first; a rank that still stops on a user error has said why in
     one line, so torchrun's own traceback is kept out of it."""
     # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
-    argv = ["train", f"--comp={comp}", f"--config={config}", f"--run-name={run}", f"--folds={folds}"]
-    argv += ["--resume"] * resume + list(overrides)
+    argv = ["train", f"--comp={comp}", f"--config={config}", f"--run-name={run}"]
+    argv += [f"--folds={folds}"] * bool(folds) + ["--resume"] * resume + list(overrides)
     rc, user_error = launch(n, argv, cpu=cpu)
     if user_error:
         raise UserError("distributed training stopped on the error above")
@@ -165,26 +165,33 @@ def launch(n: int, argv: list[str], cpu: bool = False) -> tuple[int, bool]:
         *argv,
     ]
     console.print(
-        f"launching {n} processes: torchrun --nproc_per_node {n} {' '.join(extra)} kagglecv {' '.join(argv)}"
+        f"launching {n} processes: torchrun --nproc_per_node {n} {' '.join(extra)} kagglecv {' '.join(argv)}",
+        soft_wrap=True,
     )
     return _run_quiet_on_user_error(cmd, env)
 
 
 def _run_quiet_on_user_error(cmd: list[str], env: dict) -> tuple[int, bool]:
-    """Run torchrun, passing its stderr through, but hold back tracebacks: torchrun's ChildFailedError
-    wall after ranks that stopped on a user error (exit code 2, the line already printed) is dropped;
-    any other traceback is shown. Returns (exit code, stopped on a user error)."""
+    """Run torchrun, passing its stderr through, but hold back torchrun's own reports (its log lines
+    and tracebacks): after ranks that stopped on a user error (exit code 2, the line already printed;
+    the other ranks then get SIGTERM) they are dropped; after any other failure they are shown.
+    Returns (exit code, stopped on a user error)."""
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     held: list[str] = []
     for line in proc.stderr:
-        if held or line.startswith("Traceback (most recent call last)"):
+        if held or ELASTIC_LOG.match(line) or line.startswith("Traceback (most recent call last)"):
             held.append(line)
         else:
             sys.stderr.write(line)
     rc = proc.wait()
     text = "".join(held)
-    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", text)
-    user_error = rc != 0 and "ChildFailedError" in text and bool(codes) and set(codes) == {"2"}
+    codes = set(re.findall(r"exitcode\s*:\s*(-?\d+)", text))
+    # torchrun stops the other ranks with SIGTERM (-15) once one has exited
+    user_error = rc != 0 and "ChildFailedError" in text and "2" in codes and codes <= {"2", "-15"}
     if not user_error:
         sys.stderr.write(text)
     return rc, user_error
+
+
+# torchrun's own log lines, e.g. "W1201 14:40:26.476000 27458 torch/distributed/elastic/...: Sending process ..."
+ELASTIC_LOG = re.compile(r"^[WEI]\d{4} .*torch/distributed/elastic/")
