@@ -114,7 +114,9 @@ def test_lr_find_json_is_written_atomically(tmp_path, monkeypatch):
 def test_the_lr_find_command_writes_its_own_folder(digits):
     from kagglecv.cli import main
 
-    assert main(["lr-find", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr_find_iters=10"]) == 0
+    assert (
+        main(["lr-find", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr_find_iters=10"]) == 0
+    )
     (out,) = (digits / "runs" / "digits-demo" / "lr-find").iterdir()
     result = json.loads((out / "lr_find.json").read_text())
     assert result["chosen"] == result["suggestion"] and len(result["lrs"]) <= 10
