@@ -53,12 +53,49 @@ def digits(workdir, digits_prepared):
     return workdir
 
 
+# what `finished_run` trained: configs/smoke.yaml as it is (LR range test, 2 folds x 1 epoch) on the CPU
+FINISHED_RUN_ARGS = ["device=cpu"]
+
+
+@pytest.fixture(scope="session")
+def finished_run_built(tmp_path_factory, digits_prepared):
+    """One smoke training on digits-demo, once per session (see `finished_run`)."""
+    import os
+
+    root = tmp_path_factory.mktemp("finished")
+    for name in ("competitions", "configs"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copytree(digits_prepared, root / "data")
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        from kagglecv.competition import load_competition
+        from kagglecv.config import load_config
+        from kagglecv.train import train
+
+        run_dir = train(load_competition("digits-demo"), load_config("configs/smoke.yaml", FINISHED_RUN_ARGS))
+    finally:
+        os.chdir(old)
+    return root, Path(run_dir)  # relative to root
+
+
+@pytest.fixture
+def finished_run(digits, finished_run_built) -> Path:
+    """A finished run in this test's own working folder (prepared digits-demo, as `digits`):
+    runs/digits-demo/<run>/ with config.yaml, plan.json, lr_find.json/png, metrics.csv, fold0/1.pt,
+    oof_fold0/1.csv, oof.csv and summary.json, trained once per session with configs/smoke.yaml +
+    FINISHED_RUN_ARGS and copied here. Returns the run folder's absolute path (cwd is `digits`)."""
+    root, rel = finished_run_built
+    shutil.copytree(root / rel, digits / rel)
+    return digits / rel
+
+
 @contextlib.contextmanager
 def interrupted_at_validation(monkeypatch, n: int):
     """Ctrl-C at training's n-th validation (the end of epoch n), as train() sees a user's interrupt."""
-    import kagglecv.train as train_mod
+    import kagglecv.fold as fold_mod
 
-    real, calls = train_mod.validate, {"n": 0}
+    real, calls = fold_mod.validate, {"n": 0}
 
     def validate(*args, **kwargs):
         calls["n"] += 1
@@ -66,11 +103,11 @@ def interrupted_at_validation(monkeypatch, n: int):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "validate", validate)
+    monkeypatch.setattr(fold_mod, "validate", validate)
     try:
         yield
     finally:
-        monkeypatch.setattr(train_mod, "validate", real)
+        monkeypatch.setattr(fold_mod, "validate", real)
 
 
 def cli_text(capsys) -> str:

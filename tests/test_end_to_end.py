@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 
+from conftest import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 
 
@@ -58,13 +59,31 @@ def test_data_train_submit(workdir, capsys):
     assert "test accuracy" in out
 
 
-def test_same_seed_same_cv(digits):
+def test_same_seed_same_cv(finished_run):
     from kagglecv.competition import load_competition
     from kagglecv.config import load_config
     from kagglecv.train import train
 
-    comp = load_competition("digits-demo")
-    cfg = load_config("configs/smoke.yaml", ["lr=0.002", "folds=2"])
-    a = json.loads((train(comp, cfg) / "summary.json").read_text())
-    b = json.loads((train(comp, cfg) / "summary.json").read_text())
-    assert a["fold_scores"] == b["fold_scores"]
+    cfg = load_config("configs/smoke.yaml", FINISHED_RUN_ARGS)
+    a = json.loads((finished_run / "summary.json").read_text())
+    b = json.loads((train(load_competition("digits-demo"), cfg) / "summary.json").read_text())
+    assert a["fold_scores"] == b["fold_scores"] and len(a["fold_scores"]) == 2
+
+
+def test_the_default_recipe_shrunk_trains_on_the_cpu(digits):
+    """configs/default.yaml as a GPU run uses it (head-only epoch with frozen BatchNorm, then layer-decayed
+    LRs for everything, LR range test), shrunk: a tiny model, 32 px, 1+1 epochs, 2 folds, on the CPU."""
+    from kagglecv.competition import load_competition
+    from kagglecv.config import load_config
+    from kagglecv.train import train
+
+    shrink = ["model=test_resnet", "pretrained=false", "img_size=32", "epochs=1", "train_folds=2"]
+    shrink += ["batch_size=32", "lr_find_iters=20", "device=cpu", "workers=0"]
+    cfg = load_config("configs/default.yaml", shrink)
+    assert cfg.freeze_epochs == 1 and cfg.layer_decay == 0.8 and cfg.lr == "auto"  # the recipe's own
+    run = train(load_competition("digits-demo"), cfg)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fold_ids"] == [0, 1] and summary["device"] == "cpu"
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics.groupby("fold")["epoch"].apply(list).tolist() == [[0, 1], [0, 1]]  # head, then all
+    assert (run / "lr_find.json").exists()

@@ -2,26 +2,25 @@
 exact resume after an interruption, folds trained apart and gathered, the disk image cache."""
 
 import json
-import shutil
 
 import pytest
 import timm
 import torch
 
 import kagglecv.train as train_mod
-from conftest import interrupted_at_validation
+from conftest import FINISHED_RUN_ARGS, cli_text, interrupted_at_validation
 from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.config import load_config
 from kagglecv.engine import Stepper, train_one_epoch
 from kagglecv.errors import UserError
 from kagglecv.model import create_model
-from kagglecv.runs import load_checkpoint
+from kagglecv.runs import gather, load_checkpoint
 from kagglecv.train import train
 
 RECIPE = [
     "device=cpu",  # bit-identical resume needs deterministic kernels; the GPU's may not be
-    "folds=1",
+    "train_folds=1",
     "lr=0.003",
     "freeze_epochs=1",
     "epochs=2",
@@ -52,33 +51,45 @@ def test_pretrained_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch
         create_model("test_resnet", num_classes=2, pretrained_file=str(tmp_path / "missing.pth"))
 
 
+def _without_saved_schedule(last_pt):
+    """fold<k>.last.pt as kagglecv wrote it before schedules were saved (they were replayed)."""
+    state = torch.load(last_pt, weights_only=True)
+    del state["scheduler"]
+    torch.save(state, last_pt)
+
+
 def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
+    """Interrupted mid-phase, at the head/body boundary, and mid-phase from an older resume file:
+    each resumed run ends bit-identical to the uninterrupted one."""
     comp = load_competition("digits-demo")
     cfg = load_config("configs/smoke.yaml", RECIPE)
     straight = train(comp, cfg)
-
-    with interrupted_at_validation(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
-        train(comp, cfg)
-    (interrupted,) = [p for p in straight.parent.iterdir() if p != straight]
-    assert (interrupted / "fold0.last.pt").exists()
-    assert not (interrupted / "fold0.pt").exists() and not (interrupted / "summary.json").exists()
-
-    assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
     a, meta_a = load_checkpoint(straight / "fold0.pt")
-    b, meta_b = load_checkpoint(interrupted / "fold0.pt")
-    assert meta_a["best_epoch"] == meta_b["best_epoch"] and meta_a["score"] == meta_b["score"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    assert not (interrupted / "fold0.last.pt").exists()
-    rows = (interrupted / "metrics.csv").read_text().splitlines()
-    assert rows == (straight / "metrics.csv").read_text().splitlines() and len(rows) == 1 + 3
+
+    for at, old_file in ((3, False), (2, False), (3, True)):
+        with interrupted_at_validation(monkeypatch, at), pytest.raises(KeyboardInterrupt):
+            train(comp, cfg)
+        (interrupted,) = [p for p in straight.parent.iterdir() if not (p / "summary.json").exists()]
+        assert (interrupted / "fold0.last.pt").exists()
+        assert not (interrupted / "fold0.pt").exists()
+        if old_file:
+            _without_saved_schedule(interrupted / "fold0.last.pt")
+
+        assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
+        b, meta_b = load_checkpoint(interrupted / "fold0.pt")
+        assert meta_a["best_epoch"] == meta_b["best_epoch"] and meta_a["score"] == meta_b["score"], at
+        for k in a:
+            assert torch.equal(a[k], b[k]), (at, old_file, k)
+        assert not (interrupted / "fold0.last.pt").exists()
+        rows = (interrupted / "metrics.csv").read_text().splitlines()
+        assert rows == (straight / "metrics.csv").read_text().splitlines() and len(rows) == 1 + 3
 
 
 @pytest.mark.slow
 def test_ddp_resumes_the_latest_unfinished_run(digits, monkeypatch):
     """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
     comp = load_competition("digits-demo")
-    cfg = load_config("configs/smoke.yaml", ["folds=1", "lr=0.003", "epochs=2", "device=cpu"])
+    cfg = load_config("configs/smoke.yaml", ["train_folds=1", "lr=0.003", "epochs=2", "device=cpu"])
     with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train(comp, cfg)
     (run,) = (digits / "runs" / "digits-demo").iterdir()
@@ -99,7 +110,15 @@ def test_fp16_loss_scaling_with_accumulation():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    stepper = Stepper(model, opt, torch.device("cpu"), [0.5] * 3, [0.25] * 3, True, 0.0, "fp16", accum=3)
+    stepper = Stepper(
+        model,
+        optimizer=opt,
+        device=torch.device("cpu"),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        amp_dtype_name="fp16",
+        accum=3,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     assert stepper.dtype == torch.float16 and stepper.scaler.is_enabled()
 
@@ -109,36 +128,57 @@ def test_fp16_loss_scaling_with_accumulation():
     assert train_one_epoch(stepper, batches, sched)["train_loss"] < first
 
 
-def test_folds_split_across_machines_are_gathered_by_submit(digits, tmp_path):
-    common = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "exp", "lr=0.003"]
-    assert main(["train", *common, "--folds", "0"]) == 0
-    run = digits / "runs" / "digits-demo" / "exp"
-    # "another machine": a copy of the project trains fold 1 of the same run, and its files are copied back
-    other = tmp_path / "machine2"
-    shutil.copytree(digits, other, ignore=shutil.ignore_patterns("runs"))
-    import os
+def _as_if_trained_on_this_machine_only(run, folds: list[int]):
+    """The finished run as the machine that trained only `folds` left it; the other folds' files are
+    returned (as another machine would have them), to be copied in."""
+    away = {}
+    for k in {0, 1} - set(folds):
+        for name in (f"fold{k}.pt", f"oof_fold{k}.csv"):
+            away[name] = (run / name).read_bytes()
+            (run / name).unlink()
+    (run / "plan.json").write_text(json.dumps({"fold_ids": folds}))
+    gather(run, load_competition("digits-demo"))
+    return away
 
-    os.chdir(other)
-    assert main(["train", *common, "--folds", "1"]) == 0
-    for name in ("fold1.pt", "oof_fold1.csv"):
-        shutil.copy(other / "runs" / "digits-demo" / "exp" / name, run / name)
-    os.chdir(digits)
+
+def test_folds_split_across_machines_are_gathered_by_train_resume(finished_run, capsys):
+    """FOLDS=0 here, FOLDS=1 on another machine, its files copied in: RESUME gathers them without
+    training anything (train owns the run folder), then submit predicts with both folds."""
+    run = finished_run
+    copied = _as_if_trained_on_this_machine_only(run, [0])
     assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
-    assert main(["submit", "--comp", "digits-demo", "--run", "exp"]) == 0
+    for name, data in copied.items():
+        (run / name).write_bytes(data)
+    metrics = (run / "metrics.csv").read_text()
+    capsys.readouterr()
+    assert main(["train", "--comp", "digits-demo", "--run", run.name, "--resume"]) == 0
+    out = cli_text(capsys)
+    assert f"every fold of run {run.name} is finished (0,1): nothing to train" in out
+    assert "lr range test" not in out and (run / "metrics.csv").read_text() == metrics
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["fold_ids"] == [0, 1] and len(summary["fold_scores"]) == 2 and "test_score" in summary
+    assert summary["fold_ids"] == [0, 1] and len(summary["fold_scores"]) == 2
+    assert main(["submit", "--comp", "digits-demo", "--run", run.name]) == 0
 
 
-def test_a_run_saved_before_a_new_config_key_still_continues(digits):
-    """config.yaml of an older run lacks keys added since (amp_dtype): they take their defaults."""
-    common = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "--run", "old", "lr=0.003"]
-    assert main(["train", *common, "--folds", "0"]) == 0
-    cfg_path = digits / "runs" / "digits-demo" / "old" / "config.yaml"
-    cfg_path.write_text(
-        "".join(line for line in cfg_path.read_text().splitlines(True) if "amp_dtype" not in line)
-    )
+def test_a_run_saved_before_a_new_config_key_still_continues(finished_run):
+    """config.yaml of an older run lacks keys added since (amp_dtype) and names train_folds `folds`:
+    FOLDS=1 of it still trains, with the missing keys at their defaults."""
+    run = finished_run
+    _as_if_trained_on_this_machine_only(run, [0])
+    cfg_path = run / "config.yaml"
+    lines = [line for line in cfg_path.read_text().splitlines(True) if "amp_dtype" not in line]
+    cfg_path.write_text("".join(line.replace("train_folds:", "folds:") for line in lines))
+    common = [
+        "--comp",
+        "digits-demo",
+        "--config",
+        "configs/smoke.yaml",
+        "--run",
+        run.name,
+        *FINISHED_RUN_ARGS,
+    ]
     assert main(["train", *common, "--folds", "1"]) == 0
-    assert json.loads((cfg_path.parent / "summary.json").read_text())["fold_ids"] == [0, 1]
+    assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0, 1]
 
 
 def test_disk_cache_is_built_once(digits):
@@ -168,7 +208,7 @@ def test_ddp_with_gloo_on_two_cpu_processes(digits):
             "2",
             "--run",
             "ddp",
-            "folds=1",
+            "train_folds=1",
             "lr=0.003",
             "freeze_epochs=1",
             "epochs=2",
@@ -197,5 +237,5 @@ def test_unreachable_hub_fails_fast_and_a_bad_weights_file_is_named(tmp_path, mo
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored for whatever runs next
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x80\x02this is not a checkpoint" * 100)
-    with pytest.raises(UserError, match="junk.pth holds no weights for 'test_resnet'"):
+    with pytest.raises(UserError, match="junk.pth is not a weights file"):
         create_model("test_resnet", num_classes=2, pretrained_file=str(junk))

@@ -46,7 +46,9 @@ def test_resume_on_the_gpu_finishes_the_run(digits, monkeypatch):
     from kagglecv.competition import load_competition
     from kagglecv.config import load_config
 
-    cfg = load_config("configs/smoke.yaml", ["device=cuda", "folds=1", "epochs=3", "ema=true", "lr=0.003"])
+    cfg = load_config(
+        "configs/smoke.yaml", ["device=cuda", "train_folds=1", "epochs=3", "ema=true", "lr=0.003"]
+    )
     with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         train_mod.train(load_competition("digits-demo"), cfg)
     assert main(["train", "--resume", "--comp", "digits-demo"]) == 0

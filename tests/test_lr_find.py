@@ -2,12 +2,14 @@ import json
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import FINISHED_RUN_ARGS
 from kagglecv.config import load_config
 from kagglecv.engine import Stepper
-from kagglecv.lr_find import lr_find, valley
+from kagglecv.lr_find import range_test, valley
 from kagglecv.runs import load_checkpoint
 from kagglecv.train import train
 
@@ -22,7 +24,7 @@ def _toy(seed=0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    stepper = Stepper(model, opt, torch.device("cpu"), [0.5], [0.25], amp=False, label_smoothing=0.0)
+    stepper = Stepper(model, optimizer=opt, device=torch.device("cpu"), mean=[0.5], std=[0.25], amp=False)
     loader = DataLoader(
         TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1)
     )
@@ -37,7 +39,7 @@ def test_lr_find_restores_everything_and_suggests_a_sane_lr():
     torch.manual_seed(123)
     np.random.seed(123)
     random.seed(123)
-    result = lr_find(stepper, loader, iters=100)
+    result = range_test(stepper, loader, iters=100)
     for k, v in stepper.model.state_dict().items():
         assert torch.equal(v, before[k]), k
     for k, v in stepper.optimizer.state_dict()["state"][0].items():
@@ -51,7 +53,7 @@ def test_lr_find_restores_everything_and_suggests_a_sane_lr():
     torch.manual_seed(123)
     np.random.seed(123)
     random.seed(123)
-    lr_find(stepper, loader, iters=100)
+    range_test(stepper, loader, iters=100)
     assert (torch.rand(1).item(), np.random.rand(), random.random()) == expected
     # the loss on this toy falls between ~1e-3 and ~1 for AdamW; the valley must lie inside
     assert 1e-4 < result["suggestion"] < 1.0
@@ -66,19 +68,56 @@ def test_valley_picks_the_middle_of_the_descent():
     assert lrs[30] <= lr <= lrs[40]
 
 
-def test_training_after_lr_find_equals_training_with_that_lr(digits):
-    # on the CPU: bit-identical weights need deterministic kernels, which a GPU's may not be
-    cfg = load_config("configs/smoke.yaml", ["folds=1", "epochs=1", "lr=auto", "device=cpu"])
+def test_training_after_lr_find_equals_training_with_that_lr(finished_run):
+    """The finished run trained with lr=auto; fold 0 trained again with the LR it found typed in is
+    bit-identical. On the CPU: bit-identical weights need deterministic kernels."""
     from kagglecv.competition import load_competition
 
-    comp = load_competition("digits-demo")
-    run_auto = train(comp, cfg)
-    found = json.loads((run_auto / "lr_find.json").read_text())["suggestion"]
-    cfg_fixed = load_config("configs/smoke.yaml", ["folds=1", "epochs=1", f"lr={found!r}", "device=cpu"])
-    run_fixed = train(comp, cfg_fixed)
-    a, meta_a = load_checkpoint(run_auto / "fold0.pt")
+    found = json.loads((finished_run / "lr_find.json").read_text())["suggestion"]
+    cfg_fixed = load_config("configs/smoke.yaml", [*FINISHED_RUN_ARGS, "train_folds=1", f"lr={found!r}"])
+    run_fixed = train(load_competition("digits-demo"), cfg_fixed)
+    a, meta_a = load_checkpoint(finished_run / "fold0.pt")
     b, _ = load_checkpoint(run_fixed / "fold0.pt")
     assert meta_a["lr"] == found
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert (run_auto / "lr_find.png").stat().st_size > 1000
+    assert (finished_run / "lr_find.png").stat().st_size > 1000
+
+
+def test_lr_find_json_is_written_atomically(tmp_path, monkeypatch):
+    """A disk that fills up halfway through leaves no half lr_find.json for a resumed run to read."""
+    from pathlib import Path
+
+    from kagglecv.lr_find import save_range_test
+
+    result = {
+        "lrs": [1e-4, 1e-3, 1e-2],
+        "losses": [1.0, 0.5, 2.0],
+        "raw_losses": [1, 0.5, 2],
+        "suggestion": 1e-3,
+    }
+    real_write_text = Path.write_text
+
+    def disk_fills_up(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2])
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", disk_fills_up)
+    with pytest.raises(OSError):
+        save_range_test(result, tmp_path)
+    monkeypatch.setattr(Path, "write_text", real_write_text)
+    assert list(tmp_path.iterdir()) == []  # neither a half lr_find.json nor a temporary file
+    save_range_test(result, tmp_path)
+    assert json.loads((tmp_path / "lr_find.json").read_text())["chosen"] == 1e-3
+
+
+def test_the_lr_find_command_writes_its_own_folder(digits):
+    from kagglecv.cli import main
+
+    assert (
+        main(["lr-find", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr_find_iters=10"]) == 0
+    )
+    (out,) = (digits / "runs" / "digits-demo" / "lr-find").iterdir()
+    result = json.loads((out / "lr_find.json").read_text())
+    assert result["chosen"] == result["suggestion"] and len(result["lrs"]) <= 10
+    assert (out / "lr_find.png").exists()

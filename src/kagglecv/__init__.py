@@ -5,6 +5,10 @@ make data COMP=<slug>  ->  make train  ->  make submit
 
 import os
 
+# albumentations asks the internet for its latest version on import; kagglecv never phones home
+# (the offline demo makes no network call). Set before any module imports albumentations.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 __version__ = "0.1.0"
 
 # A 20000 x 20000 picture is no photo worth training on, and decoding it costs gigabytes. OpenCV

@@ -85,10 +85,18 @@ def bench_model(
     device = pick_device("auto")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = load_config(None, [f"model={model_name}", "pretrained=false", f"img_size={img_size}"])
-    model = place(create_model(model_name, 2), device)
+    model = place(create_model(model_name, num_classes=2), device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    net = torch.compile(model) if compile_ else model
-    stepper = Stepper(model, opt, device, [0.5] * 3, [0.25] * 3, amp, 0.1, net=net)
+    stepper = Stepper(
+        model,
+        optimizer=opt,
+        device=device,
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        amp=amp,
+        label_smoothing=0.1,
+        compile=compile_,
+    )
     model.train()
 
     # (a) the model alone: one fixed uint8 batch, already in memory
@@ -102,7 +110,7 @@ def bench_model(
     cached = disk_cache(paths, data_root, img_size)
     labels = np.arange(len(cached)) % 2
     ds = ImageDataset(cached, labels, img_size, transform=train_transform(cfg, True, False, 0))
-    loader = make_loader(ds, batch, True, workers, 0, device.type == "cuda")
+    loader = make_loader(ds, batch_size=batch, shuffle=True, workers=workers, pin=device.type == "cuda")
     need = batches + 2
 
     def drain(consume):

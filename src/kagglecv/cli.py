@@ -97,35 +97,9 @@ def cmd_train(args) -> None:
         raise UserError(f"RUN must be a plain name (letters, digits, - _ .), got {args.run!r}")
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
+    fold_ids = _fold_list(args.folds)
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        from .dist import launch
-        from .runs import RUNS_DIR, latest_unfinished, run_name
-
-        if not args.run and "--nnodes" in os.environ.get("TORCHRUN", ""):
-            raise UserError(
-                "several machines need one run name: add RUN=<name> (the same on every machine), and keep "
-                "runs/ and data/ on storage all machines share"
-            )
-        # one name for all ranks: the run to resume, or a new one
-        run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
-        # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
-        argv = [
-            "train",
-            f"--comp={comp.slug}",
-            f"--config={args.config}",
-            f"--run-name={run}",
-            f"--folds={args.folds}",
-        ]
-        argv += ["--resume"] * args.resume + list(args.overrides)
-        device = cfg.device
-        saved = RUNS_DIR / comp.slug / run / "config.yaml"
-        if args.resume and saved.exists():  # a resumed run keeps its own device, as it keeps its config
-            import yaml
-
-            device = (yaml.safe_load(saved.read_text()) or {}).get("device", device)
-        rc = launch(args.gpus, argv, cpu=device == "cpu")
-        if rc:
-            raise UserError(f"distributed training failed (exit code {rc}); see the messages above")
+        _relaunch_train(args, cfg, comp, fold_ids)
         return
     run_dir = None
     if args.run:
@@ -138,12 +112,61 @@ def cmd_train(args) -> None:
         console.print(
             "[yellow]note:[/] a resumed run keeps the config it started with; CONFIG/ARGS are ignored"
         )
-    run_dir = train(comp, cfg, run_dir=run_dir, fold_ids=_fold_list(args.folds), resume=args.resume)
+    run_dir = train(comp, cfg, run_dir=run_dir, fold_ids=fold_ids, resume=args.resume)
     from .dist import is_main
-    from .report import write_report
 
     if is_main() and (run_dir / "summary.json").exists():
-        write_report(run_dir, comp.data_dir, show_cv=False, look=False)  # train just printed the CV table
+        _print_cv(run_dir)
+        from .report import write_report
+
+        write_report(run_dir, comp.data_dir, show_cv=False, look=False)  # the CV table was just printed
+
+
+def _print_cv(run_dir) -> None:
+    from .report import cv_table, load_run  # one CV table for the terminal, the report and `report`
+    from .runs import read_summary
+
+    console.print(cv_table(load_run(run_dir)))
+    summary = read_summary(run_dir)
+    console.print(f"trained in {summary['seconds']:.0f} s on {summary['device']}")
+
+
+def _relaunch_train(args, cfg, comp, fold_ids) -> None:
+    """GPUS=N: every check that can fail runs here, once, before torchrun starts N processes."""
+    from .dist import relaunch_train
+    from .locks import LOCK_NAME, is_locked
+    from .runs import RUNS_DIR, latest_unfinished, run_name
+    from .train import preflight
+
+    if not args.run and "--nnodes" in os.environ.get("TORCHRUN", ""):
+        raise UserError(
+            "several machines need one run name: add RUN=<name> (the same on every machine), and keep "
+            "runs/ and data/ on storage all machines share"
+        )
+    # one name for all ranks: the run to resume, or a new one
+    run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
+    run_dir = RUNS_DIR / comp.slug / run
+    if args.resume:
+        from .config import config_from_dict, read_yaml
+
+        if not (run_dir / "config.yaml").exists():
+            raise UserError(f"no run '{run}' to resume in {RUNS_DIR / comp.slug}/")
+        cfg = config_from_dict(read_yaml(run_dir / "config.yaml", "run config"))  # its own recipe and device
+    if is_locked(run_dir / LOCK_NAME):
+        raise UserError(
+            f"run {run} is already being trained (see {run_dir / LOCK_NAME}); wait for it to finish"
+        )
+    preflight(comp, cfg, fold_ids)
+    relaunch_train(
+        args.gpus,
+        comp=comp.slug,
+        config=args.config,
+        run=run,
+        folds=args.folds,
+        resume=args.resume,
+        overrides=args.overrides,
+        cpu=cfg.device == "cpu",
+    )
 
 
 def _fold_list(text: str) -> list[int] | None:
@@ -156,10 +179,10 @@ def _fold_list(text: str) -> list[int] | None:
 
 
 def cmd_lr_find(args) -> None:
-    from .train import lr_find_only
+    from .train import lr_find_command
 
     cfg = _config(args)
-    lr_find_only(_comp(args.comp), cfg)
+    lr_find_command(_comp(args.comp), cfg)
 
 
 def cmd_submit(args) -> None:
@@ -200,6 +223,7 @@ def cmd_demo(args) -> None:
     comp = load_competition("digits-demo")
     prepare(comp)
     run_dir = train(comp, cfg)
+    _print_cv(run_dir)
     result = submit(comp, run_dir.name)
     from .report import write_report
 

@@ -104,7 +104,10 @@ def _add_train(sub) -> None:
             help="data-parallel processes via torchrun (GPUs; CPU processes with gloo when no CUDA)",
         )
         s.add_argument(
-            "--folds", default="", help="train only these folds, e.g. 0,1 (others elsewhere; submit gathers)"
+            "--folds",
+            default="",
+            help="train only these fold ids, e.g. 0,1 (others elsewhere; RESUME then gathers them). "
+            "The recipe key train_folds=N (called folds=N in older YAMLs) trains the first N",
         )
 
 

@@ -60,7 +60,9 @@ class TrainConfig:
     lr_find_start: float = key(1e-7, "first LR the range test tries")
     lr_find_end: float = key(10.0, "last LR the range test tries")
     # cross-validation
-    folds: int = key(5, "train the first N folds of folds.csv (all when N >= k)")
+    train_folds: int = key(
+        5, "train the first N folds of folds.csv (all when N >= k); `folds` in older YAMLs"
+    )
     # augmentation (flips only where the competition allows them)
     rotate: float = key(10.0, "random rotation, degrees")
     shift: float = key(0.1, "random shift, fraction of the image")
@@ -93,7 +95,7 @@ class TrainConfig:
             raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"config: workers must be 0 or more (or null for automatic), got {self.workers}")
-        for name in ("epochs", "batch_size", "folds", "lr_find_iters", "accum_steps", "in_chans"):
+        for name in ("epochs", "batch_size", "train_folds", "lr_find_iters", "accum_steps", "in_chans"):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 8:
@@ -207,11 +209,24 @@ def build_spec(cls: type[T], values: dict[str, Any] | None, where: str, what: st
     return cls(**check_fields(cls, values or {}, where, what=what))
 
 
+def renamed_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Old key names still read: `folds` (older YAMLs and runs) is `train_folds`."""
+    if "folds" not in values:
+        return values
+    if "train_folds" in values:
+        raise UserError(f"{where}: 'folds' is the old name of 'train_folds'; give only train_folds")
+    values = dict(values)
+    values["train_folds"] = values.pop("folds")
+    return values
+
+
 def build_config(values: dict[str, Any], where: str) -> TrainConfig:
     """Validate keys and types of a flat dict and build the config."""
-    if isinstance(values.get("folds"), (str, list)):
+    values = renamed_keys(values, where)
+    if isinstance(values.get("train_folds"), (str, list)):
         raise UserError(
-            f"{where}: 'folds' is how many folds to train (a number); to pick fold ids use --folds 0,1 (make: FOLDS=0,1)"
+            f"{where}: 'train_folds' is how many folds to train (a number); to pick fold ids use "
+            "--folds 0,1 (make: FOLDS=0,1)"
         )
     fields = check_fields(TrainConfig, values, where, what="config key")
     try:
@@ -257,11 +272,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     values: dict[str, Any] = {}
     where = "config"
     if path:
-        values.update(read_yaml(Path(path), "config file"))
+        values.update(renamed_keys(read_yaml(Path(path), "config file"), str(path)))
         where = str(path)
         build_config(values, where)  # report file errors against the file
     if overrides:
-        values.update(parse_overrides(overrides))
+        values.update(renamed_keys(parse_overrides(overrides), "override"))
         where = "override"
     return build_config(values, where)
 

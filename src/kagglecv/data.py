@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import dist
-from .console import track
+from .console import console, track
 from .errors import UserError
 from .files import atomic_write
 
@@ -41,11 +41,17 @@ def read_image(path: Path, size: int) -> np.ndarray:
     return img
 
 
-def preload(paths: list[Path], size: int, desc: str) -> np.ndarray:
-    """Decode every image once into one array (the caller has checked that it fits in RAM)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+def preload(paths: list[Path], size: int, desc: str, bad: list[int] | None = None) -> np.ndarray:
+    """Decode every image once into one array (the caller has checked that it fits in RAM). With a
+    `bad` list, an unreadable image is left black and its index appended, instead of an error."""
+    out = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     for i, p in track(list(enumerate(paths)), desc):
-        out[i] = read_image(p, size)
+        try:
+            out[i] = read_image(p, size)
+        except UserError:
+            if bad is None:
+                raise
+            bad.append(i)
     return out
 
 
@@ -65,33 +71,61 @@ def _cache_one(src: Path, dst: Path, size: int) -> None:
     write_jpeg(dst, read_image(src, size))
 
 
-def disk_cache(paths: list[Path], data_root: Path, size: int) -> list[Path]:
-    """Resized JPEG copies under data/<comp>/cache/<size>/, built once (in parallel) and reused."""
+def disk_cache(paths: list[Path], data_root: Path, size: int, bad: list[int] | None = None) -> list[Path]:
+    """Resized JPEG copies under data/<comp>/cache/<size>/, built once (in parallel) and reused.
+    With a `bad` list, the index of an unreadable image is appended instead of an error."""
     root = data_root / "cache" / str(size)
     out, todo = [], []
-    for p in paths:
+    for i, p in enumerate(paths):
         dst = root / Path(p).relative_to(data_root).with_suffix(".jpg")
         out.append(dst)
         if not dst.exists():
-            todo.append((Path(p), dst))
+            todo.append((i, Path(p), dst))
     if todo:
-        for d in {dst.parent for _, dst in todo}:
+        for d in {dst.parent for _, _, dst in todo}:
             d.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # cv2 releases the GIL
-            jobs = [pool.submit(_cache_one, src, dst, size) for src, dst in todo]
-            for job in track(jobs, f"caching {len(todo)} images at {size}px"):
-                job.result()
+            jobs = [(i, pool.submit(_cache_one, src, dst, size)) for i, src, dst in todo]
+            for i, job in track(jobs, f"caching {len(todo)} images at {size}px"):
+                try:
+                    job.result()
+                except UserError:
+                    if bad is None:
+                        raise
+                    bad.append(i)
     return out
 
 
-def cached_images(paths: list[Path], data_root: Path, size: int, mode: str, cache_mb: int, desc: str):
-    """(paths to read, preloaded array or None) according to the cache mode."""
+def cached_images(
+    paths: list[Path],
+    data_root: Path,
+    size: int,
+    mode: str,
+    cache_mb: int,
+    desc: str,
+    bad: list[int] | None = None,
+):
+    """(paths to read, preloaded array or None) according to the cache mode. With a `bad` list,
+    unreadable images are listed there (by index) instead of stopping everything."""
     fits = len(paths) * size * size * 3 <= cache_mb * 2**20
     if mode == "memory" or (mode == "auto" and fits):
-        return paths, preload(paths, size, desc)
+        return paths, preload(paths, size, desc, bad)
     if mode in ("disk", "auto"):
-        return disk_cache(paths, data_root, size), None
+        return disk_cache(paths, data_root, size, bad), None
     return paths, None
+
+
+def stand_ins(labels: np.ndarray, unreadable: set[int]) -> dict[int, int]:
+    """For each unreadable image, a readable one of the same class to train on in its place (the
+    next one in order), so one image that broke after `make data` never stops a training."""
+    out = {}
+    for i in sorted(unreadable):
+        same = np.flatnonzero(labels == labels[i])
+        good = [j for j in np.roll(same, -int(np.searchsorted(same, i))) if j not in unreadable]
+        if not good:
+            raise UserError(f"no readable image of class index {labels[i]} is left; rerun `make data`")
+        out[i] = int(good[0])
+    return out
 
 
 def train_transform(cfg, hflip: bool, vflip: bool, seed: int) -> A.Compose:
@@ -115,27 +149,63 @@ def train_transform(cfg, hflip: bool, vflip: bool, seed: int) -> A.Compose:
 
 
 class ImageDataset(Dataset):
-    """(uint8 CHW tensor, label) pairs from image files or a preloaded array."""
+    """(uint8 CHW tensor, label) pairs from image files or a preloaded array.
 
-    def __init__(self, paths, labels, size: int, images: np.ndarray | None = None, transform=None):
+    With `stand_in=True` (training), an image that cannot be decoded any more is replaced by the
+    next image of its class, with one warning naming it, instead of a DataLoader worker traceback."""
+
+    def __init__(
+        self, paths, labels, size: int, images: np.ndarray | None = None, transform=None, stand_in=False
+    ):
         self.paths = [Path(p) for p in paths]
         self.labels = np.asarray(labels, dtype=np.int64)
         self.size = size
         self.images = images
         self.transform = transform
+        self.stand_in = stand_in
+        self._warned: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _read(self, i: int) -> np.ndarray:
+        if self.images is not None:
+            return self.images[i]
+        if not self.stand_in:
+            return read_image(self.paths[i], self.size)
+        tried: set[int] = set()
+        while True:
+            try:
+                return read_image(self.paths[i], self.size)
+            except UserError:
+                if self.paths[i] not in self._warned:
+                    self._warned.add(self.paths[i])
+                    warn_unreadable(self.paths[i])
+                tried.add(i)
+                same = [j for j in np.flatnonzero(self.labels == self.labels[i]) if j not in tried]
+                if not same:
+                    raise
+                i = int(same[0])
+
     def __getitem__(self, i: int):
-        img = self.images[i] if self.images is not None else read_image(self.paths[i], self.size)
+        img = self._read(i)
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[i])
 
     def subset(self, idx, transform=None) -> ImageDataset:
         images = self.images[idx] if self.images is not None else None
-        return ImageDataset([self.paths[i] for i in idx], self.labels[idx], self.size, images, transform)
+        return ImageDataset(
+            [self.paths[i] for i in idx], self.labels[idx], self.size, images, transform, self.stand_in
+        )
+
+
+def warn_unreadable(path: Path) -> None:
+    console.print(
+        f"[yellow]warning:[/] cannot decode {path} (changed since `make data`?): training uses another "
+        "image of its class in its place; `make data FORCE=1` leaves it out for good",
+        soft_wrap=True,
+    )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -157,11 +227,12 @@ def default_workers(workers: int | None, in_memory: bool, cuda: bool = False) ->
 
 def make_loader(
     ds: ImageDataset,
+    *,
     batch_size: int,
     shuffle: bool,
     workers: int,
-    seed: int,
-    pin: bool,
+    seed: int = 0,
+    pin: bool = False,
     persistent: bool = True,
     sampler=None,
 ) -> DataLoader:

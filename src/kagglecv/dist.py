@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -39,15 +40,17 @@ def is_main() -> bool:
 
 
 def init_from_env() -> torch.device | None:
-    """Join the process group torchrun describes in the environment; returns this rank's CUDA device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    """Join the process group torchrun describes in the environment (once); returns this rank's CUDA
+    device, or None outside torchrun and for CPU ranks."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     cuda = torch.cuda.is_available()
-    # ranks wait for rank 0's lr-find and for the image cache of a first run: allow them time
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=TIMEOUT_MIN))
-    atexit.register(_leave)
-    if not is_main():
-        console.quiet = True  # rank 0 speaks for everyone
+    if not dist.is_initialized():
+        # ranks wait for rank 0's lr-find and for the image cache of a first run: allow them time
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=TIMEOUT_MIN))
+        atexit.register(_leave)
+        if not is_main():
+            console.quiet = True  # rank 0 speaks for everyone
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -103,7 +106,42 @@ def broadcast(value):
     return box[0]
 
 
-def launch(n: int, argv: list[str], cpu: bool = False) -> int:
+def all_or_none(step) -> None:
+    """Run `step()` on every rank; if it raised a UserError on any rank, raise it on all of them
+    (a lock refused to rank 0 must stop ranks 1..N-1 too, not leave them waiting at a barrier)."""
+    error = None
+    try:
+        step()
+    except UserError as e:
+        error = str(e)
+    if dist.is_initialized():
+        errors: list[str | None] = [None] * world_size()
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise UserError(error)
+
+
+# ---- the relaunch under torchrun --------------------------------------------------------------
+
+
+def relaunch_train(
+    n: int, *, comp: str, config: str, run: str, folds: str, resume: bool, overrides: list[str], cpu: bool
+) -> None:
+    """Re-run this `kagglecv train` command under torchrun with n processes per node. The caller has
+    checked everything that can fail first; a rank that still stops on a user error has said why in
+    one line, so torchrun's own traceback is kept out of it."""
+    # spelled so torchrun's own parser takes none of them for its options (--run would match --run-path)
+    argv = ["train", f"--comp={comp}", f"--config={config}", f"--run-name={run}"]
+    argv += [f"--folds={folds}"] * bool(folds) + ["--resume"] * resume + list(overrides)
+    rc, user_error = launch(n, argv, cpu=cpu)
+    if user_error:
+        raise UserError("distributed training stopped on the error above")
+    if rc:
+        raise UserError(f"distributed training failed (exit code {rc}); see the messages above")
+
+
+def launch(n: int, argv: list[str], cpu: bool = False) -> tuple[int, bool]:
     """Re-run this `kagglecv train` command under torchrun with n processes per node (CPU processes
     with gloo where `cpu` is asked for or no GPU is visible)."""
     env = dict(os.environ)
@@ -127,6 +165,33 @@ def launch(n: int, argv: list[str], cpu: bool = False) -> int:
         *argv,
     ]
     console.print(
-        f"launching {n} processes: torchrun --nproc_per_node {n} {' '.join(extra)} kagglecv {' '.join(argv)}"
+        f"launching {n} processes: torchrun --nproc_per_node {n} {' '.join(extra)} kagglecv {' '.join(argv)}",
+        soft_wrap=True,
     )
-    return subprocess.call(cmd, env=env)
+    return _run_quiet_on_user_error(cmd, env)
+
+
+def _run_quiet_on_user_error(cmd: list[str], env: dict) -> tuple[int, bool]:
+    """Run torchrun, passing its stderr through, but hold back torchrun's own reports (its log lines
+    and tracebacks): after ranks that stopped on a user error (exit code 2, the line already printed;
+    the other ranks then get SIGTERM) they are dropped; after any other failure they are shown.
+    Returns (exit code, stopped on a user error)."""
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    held: list[str] = []
+    for line in proc.stderr:
+        if held or ELASTIC_LOG.match(line) or line.startswith("Traceback (most recent call last)"):
+            held.append(line)
+        else:
+            sys.stderr.write(line)
+    rc = proc.wait()
+    text = "".join(held)
+    codes = set(re.findall(r"exitcode\s*:\s*(-?\d+)", text))
+    # torchrun stops the other ranks with SIGTERM (-15) once one has exited
+    user_error = rc != 0 and "ChildFailedError" in text and "2" in codes and codes <= {"2", "-15"}
+    if not user_error:
+        sys.stderr.write(text)
+    return rc, user_error
+
+
+# torchrun's own log lines, e.g. "W1201 14:40:26.476000 27458 torch/distributed/elastic/...: Sending process ..."
+ELASTIC_LOG = re.compile(r"^[WEI]\d{4} .*torch/distributed/elastic/")

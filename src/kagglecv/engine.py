@@ -63,30 +63,34 @@ def freeze_bn_stats(model: torch.nn.Module) -> None:
 class Stepper:
     """What a training step needs, bundled so lr-find and the epoch loop share one step.
 
-    `model` is the plain module (its state_dict is what we save); `net` is what runs the forward
-    pass (the same module, or its torch.compile'd wrapper). Gradients are accumulated over
-    `accum` batches; `mixup` (timm's Mixup) turns labels into soft targets; `ema` (ModelEmaV3)
-    follows the weights after every optimizer step. With `ddp`, `net` is wrapped in
-    DistributedDataParallel by `set_phase`, and gradients are all-reduced once per optimizer step.
+    Two names for the model: `model` is the plain module (its state_dict is what we save, EMA
+    follows it); `net` is what runs the forward pass: the same module, torch.compile'd with
+    `compile`, and wrapped in DistributedDataParallel by `set_phase` with `ddp` (gradients are then
+    all-reduced once per optimizer step). Gradients are accumulated over `accum` batches; `mixup`
+    (timm's Mixup) turns labels into soft targets; `ema` (ModelEmaV3) follows the weights after
+    every optimizer step. Prediction needs no optimizer (None).
     """
 
     def __init__(
         self,
         model,
-        optimizer,
+        *,
         device,
         mean,
         std,
-        amp: bool,
-        label_smoothing: float,
+        optimizer=None,
+        amp: bool = True,
         amp_dtype_name: str = "auto",
+        label_smoothing: float = 0.0,
         accum: int = 1,
         mixup=None,
-        net=None,
+        compile: bool = False,
         ddp: bool = False,
     ):
         self.model, self.optimizer, self.device = model, optimizer, device
-        self.body = self.net = net or model  # body: what DDP wraps (the module or its compiled form)
+        # what DDP wraps, anew for each phase: the module, or its compiled form
+        self._compiled = torch.compile(model) if compile else model
+        self.net = self._compiled
         self.ddp = ddp
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
@@ -109,7 +113,7 @@ class Stepper:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.body, device_ids=ids)
+            self.net = DistributedDataParallel(self._compiled, device_ids=ids)
 
     def inputs(self, x):
         return to_input(x, self.mean, self.std, self.device, self.channels_last)

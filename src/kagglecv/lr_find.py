@@ -12,51 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .console import progress
-
-
-def get_rng_state() -> dict:
-    """Every random stream training draws from (torch, CUDA, numpy, random), as tensors and JSON, so
-    the same dict restores lr-find's detour and loads with torch.load(weights_only=True) on resume."""
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_rest": json.dumps([np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]),
-        "random": json.dumps(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    name, pos, has_gauss, gauss = json.loads(state["numpy_rest"])
-    np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = json.loads(state["random"])
-    random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available():
-        # resumed on another machine: restore as many GPUs' streams as both have
-        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-
-
-def to_cpu(obj):
-    """A deep copy with every tensor on the CPU (load_state_dict moves them back)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return copy.deepcopy(obj)
+from .files import atomic_write
+from .state import get_rng_state, set_rng_state, to_cpu
 
 
 def smooth_centered(values: list[float], window: int = 9) -> list[float]:
@@ -87,7 +49,7 @@ def valley(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[(start + end) // 2])
 
 
-def lr_find(
+def range_test(
     stepper,
     loader,
     start_lr: float = 1e-7,
@@ -149,16 +111,16 @@ def lr_find(
     return {"lrs": lrs[:stop], "losses": centred, "raw_losses": raw[:stop], "suggestion": suggestion}
 
 
-def save_lr_find(result: dict, out_dir: Path, chosen: float | None = None) -> None:
+def save_range_test(result: dict, out_dir: Path, chosen: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "lr_find.json").write_text(
-        json.dumps({**result, "chosen": chosen or result["suggestion"]}, indent=1)
-    )
+    text = json.dumps({**result, "chosen": chosen or result["suggestion"]}, indent=1)
+    # atomic: a resumed run reads "chosen" from it, so a half-written file must never exist
+    atomic_write(out_dir / "lr_find.json", lambda p: p.write_text(text))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.plot(result["lrs"], result["raw_losses"], color="0.8", lw=1, label="loss")
     ax.plot(result["lrs"], result["losses"], color="C0", lw=2, label="smoothed loss")
@@ -172,5 +134,5 @@ def save_lr_find(result: dict, out_dir: Path, chosen: float | None = None) -> No
     ax.set_title("LR range test")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "lr_find.png")
+    atomic_write(out_dir / "lr_find.png", lambda p: fig.savefig(p))
     plt.close(fig)

@@ -19,47 +19,36 @@ from .errors import UserError
 
 def create_model(
     name: str,
+    *,
     num_classes: int,
     pretrained: bool = False,
     pretrained_file: str | None = None,
     in_chans: int = 3,
     drop_rate: float = 0.0,
 ) -> torch.nn.Module:
+    """A timm model with `num_classes` outputs: random weights, timm's pretrained ones (hub or its
+    cache), or a user's weights file, which kagglecv loads itself, weights-only, whatever timm does."""
     if name not in timm.list_models() and not timm.is_model(name):
         close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
         raise UserError(f"unknown timm model '{name}'" + (f"; similar: {', '.join(close)}" if close else ""))
-    kwargs = {}
-    if pretrained_file and not Path(pretrained_file).is_file():
-        raise UserError(
-            f"pretrained_file {pretrained_file} not found: give the path of a .safetensors/.pth file"
-        )
+    build = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if pretrained_file:
-        kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
+        model = timm.create_model(name, pretrained=False, **build)
+        load_weights_file(model, Path(pretrained_file), name)
+        return model
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **build)
     import huggingface_hub.constants as hub
 
     was_offline, offline_note = hub.HF_HUB_OFFLINE, ""
-    if pretrained and not pretrained_file and not _hub_reachable():
+    if not _hub_reachable():
         # no network: read only the local cache, at once, instead of minutes of hub retries
         hub.HF_HUB_OFFLINE = True
         offline_note = f"{hub.ENDPOINT} is unreachable, so only the local cache was tried. "
     try:
-        return timm.create_model(
-            name,
-            pretrained=pretrained or bool(pretrained_file),
-            num_classes=num_classes,
-            in_chans=in_chans,
-            drop_rate=drop_rate,
-            **kwargs,
-        )
-    except Exception as e:  # hub unreachable, no cached copy, a file that is no checkpoint
-        if not (pretrained or pretrained_file):
-            raise
+        return timm.create_model(name, pretrained=True, **build)
+    except Exception as e:  # hub unreachable, no cached copy
         said = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
-        if pretrained_file:
-            raise UserError(
-                f"pretrained_file {pretrained_file} holds no weights for '{name}' ({said}); give a "
-                ".safetensors/.pth state dict saved from that model, or pretrained=true / false"
-            ) from None
         raise UserError(
             f"could not load pretrained weights for '{name}' ({said}). {offline_note}"
             "Offline? Put the weights in the Hugging Face cache (HF_HUB_OFFLINE=1 then reads only the cache), "
@@ -67,6 +56,66 @@ def create_model(
         ) from None
     finally:
         hub.HF_HUB_OFFLINE = was_offline
+
+
+def read_weights_file(path: Path) -> dict:
+    """A state dict from a .safetensors file, or from a torch file loaded weights-only: a pickle that
+    would run code is refused, never executed."""
+    import pickle
+
+    if not path.is_file():
+        raise UserError(f"pretrained_file {path} not found: give the path of a .safetensors/.pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise UserError(
+                f"refused pretrained_file {path}: it holds pickled code, not just weights; save it with "
+                "torch.save(model.state_dict(), path) or as .safetensors"
+            ) from None
+        raise UserError(f"pretrained_file {path} is not a weights file ({type(e).__name__})") from None
+    except Exception as e:  # truncated, not a torch file, a safetensors header error
+        raise UserError(f"pretrained_file {path} is not a weights file ({type(e).__name__})") from None
+    for key in ("state_dict", "model", "state_dict_ema"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"pretrained_file {path} holds no state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights_file(model: torch.nn.Module, path: Path, name: str) -> None:
+    """Load a user's weights into `model` the way timm loads pretrained ones: a classifier head of
+    another size is dropped (the model keeps its fresh head), every other weight must fit."""
+    state = read_weights_file(path)
+    own = model.state_dict()
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    for head in heads:
+        for key in (f"{head}.weight", f"{head}.bias"):
+            if key in state and key in own and state[key].shape != own[key].shape:
+                del state[key]
+    wrong = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state and not k.startswith(heads or ("\0",))]
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        what = (
+            f"{len(wrong)} of another shape, e.g. {wrong[0]}"
+            if wrong
+            else f"{len(missing)} missing, e.g. {missing[0]}"
+            if missing
+            else f"{len(unexpected)} unknown, e.g. {unexpected[0]}"
+        )
+        raise UserError(
+            f"pretrained_file {path} holds no weights for '{name}' ({what}); give a .safetensors/.pth "
+            "state dict saved from that model, or pretrained=true / false"
+        )
+    model.load_state_dict(state, strict=False)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

@@ -61,7 +61,7 @@ def load_fold_models(run_dir: Path, fold_ids: list[int], device: torch.device) -
             cfg = config_from_dict(meta.get("config") or {})
         except UserError as e:
             raise UserError(f"{path}: {e} (the checkpoint's recipe is not one this kagglecv reads)") from None
-        model = create_model(meta["model"], meta["num_classes"], pretrained=False, in_chans=meta["in_chans"])
+        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
         try:
             model.load_state_dict(state)
         except RuntimeError:
@@ -153,11 +153,16 @@ def _ensemble(models: list[FoldModel], ds: ImageDataset, flips: list[str], batch
     cfg = models[0].config
     device = next(models[0].model.parameters()).device
     workers = default_workers(cfg.workers, ds.images is not None, device.type == "cuda")
-    loader = make_loader(ds, batch_size, False, workers, 0, device.type == "cuda")
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, pin=device.type == "cuda")
     probs = np.zeros((len(ds), models[0].meta["num_classes"]), np.float32)
     for fm in models:
         stepper = Stepper(
-            fm.model, None, device, fm.meta["mean"], fm.meta["std"], fm.config.amp, 0.0, fm.config.amp_dtype
+            fm.model,
+            device=device,
+            mean=fm.meta["mean"],
+            std=fm.meta["std"],
+            amp=fm.config.amp,
+            amp_dtype_name=fm.config.amp_dtype,
         )
         probs = probs + predict(stepper, loader, flips)
     return probs / len(models)

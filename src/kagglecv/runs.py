@@ -1,5 +1,7 @@
 """Where runs live and what marks them finished: runs/<comp>/<run-id>/ with config.yaml from the
 start, fold<k>.pt + oof_fold<k>.csv per finished fold, and summary.json once folds are gathered.
+Which run a command means when none is named: the latest finished (by summary.json's finished_at)
+or, for RESUME, the unfinished one that wrote something last; never by name.
 
 Checkpoints (fold<k>.pt: weights + the JSON needed to rebuild the model) and `gather` (oof.csv +
 summary.json from the finished folds) live here too, beside the rules that say what is finished.
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .console import console
 from .errors import UserError
 from .files import atomic_write
 
@@ -65,7 +68,10 @@ def read_summary(run_dir: Path) -> dict:
 
 
 def _unfinished(run_dir: Path) -> UserError:
-    return UserError(f"run {run_dir} did not finish (no {SUMMARY}); train again or pick another RUN=")
+    return UserError(
+        f"run {run_dir} did not finish (no {SUMMARY}): `make train RESUME=1 RUN={run_dir.name}` continues it, "
+        "or pick another RUN="
+    )
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
@@ -77,20 +83,45 @@ def has_progress(run_dir: Path) -> bool:
     return any(run_dir.glob("fold*.last.pt")) or bool(finished_folds(run_dir))
 
 
+def finished_at(run_dir: Path) -> float:
+    """When the run was last gathered: summary.json's finished_at, or (runs from before it was
+    recorded) the file's modification time."""
+    path = run_dir / SUMMARY
+    try:
+        return float(json.loads(path.read_text())["finished_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return path.stat().st_mtime if path.exists() else 0.0
+
+
+def last_activity(run_dir: Path) -> float:
+    """When the run last wrote something (an epoch's metrics, a resume file, a finished fold)."""
+    names = ("config.yaml", "metrics.csv", SUMMARY, "fold*.pt", "fold*.last.pt")
+    times = [p.stat().st_mtime for name in names for p in run_dir.glob(name)]
+    return max(times, default=0.0)
+
+
+def _clock(t: float) -> str:
+    same_day = time.strftime("%Y%m%d", time.localtime(t)) == time.strftime("%Y%m%d")
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(t))
+
+
 def latest_unfinished(slug: str) -> Path:
-    """The run RESUME=1 continues: the latest unfinished one that trained something, else the latest."""
+    """The run RESUME=1 continues: of the unfinished runs, the one that wrote something last (one that
+    trained something before one that did not)."""
     base = RUNS_DIR / slug
-    runs = (
-        sorted(p for p in base.glob("*") if p.is_dir() and (p / "config.yaml").exists())
-        if base.exists()
-        else []
-    )
+    runs = [p for p in base.glob("*") if p.is_dir() and (p / "config.yaml").exists()] if base.exists() else []
     open_runs = [p for p in runs if list(p.glob("fold*.last.pt")) or not (p / SUMMARY).exists()]
     if not open_runs:
         what = f"every run in {base}/ finished" if runs else "there is no run yet"
         raise UserError(f"nothing to resume for {slug}: {what} (start one with `make train`)")
     begun = [p for p in open_runs if has_progress(p)]
-    return (begun or open_runs)[-1]
+    pick = max(begun or open_runs, key=lambda p: (last_activity(p), p.name))
+    n = len(begun or open_runs)
+    console.print(
+        f"resuming run {pick.name} (last active {_clock(last_activity(pick))}, the latest of {n} unfinished "
+        f"run{'s' * (n != 1)}; RUN= picks another)"
+    )
+    return pick
 
 
 def find_run(slug: str, run: str | None) -> Path:
@@ -113,10 +144,17 @@ def find_run(slug: str, run: str | None) -> Path:
         if not (run_dir / SUMMARY).exists():
             raise _unfinished(run_dir)
         return run_dir
-    done = sorted(p.parent for p in base.glob(f"*/{SUMMARY}")) if base.exists() else []
+    done = [p.parent for p in base.glob(f"*/{SUMMARY}")] if base.exists() else []
     if not done:
         raise UserError(f"no finished training run for {slug} in {base}/: run `make train` first")
-    return done[-1]
+    # by when it finished, not by name: RUN=exp1 must not win over a newer timestamped run
+    pick = max(done, key=lambda p: (finished_at(p), p.name))
+    n = len(done)
+    console.print(
+        f"using run {pick.name} (finished {_clock(finished_at(pick))}, the latest of {n} finished "
+        f"run{'s' * (n != 1)}; RUN= picks another)"
+    )
+    return pick
 
 
 # ---- checkpoints and the summary gathered from the finished folds ---------------------------
@@ -141,7 +179,8 @@ def load_checkpoint(path: Path) -> tuple[dict, dict]:
 
 def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None = None) -> dict:
     """oof.csv + summary.json from the finished folds in a run folder (also folds trained elsewhere
-    and copied in: train FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then gather)."""
+    and copied in: FOLDS=0,1 on one machine, FOLDS=2,3,4 on another, then `make train RESUME=1 RUN=x`).
+    Only train calls it: the run folder is train's to write."""
     from .metrics import HIGHER_IS_BETTER, score
 
     done = finished_folds(run_dir)
@@ -175,6 +214,7 @@ def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None
         summary["seconds"] = round(old.get("seconds", 0.0) + seconds, 1)
     if device is not None:  # the device the run really trained on (device=cpu on a GPU machine is cpu)
         summary["device"] = device
+    summary["finished_at"] = time.time()  # which run is the latest goes by this, not by name
     summary.setdefault("seconds", 0.0)
     summary.setdefault("device", "?")
     write_summary(run_dir, summary)

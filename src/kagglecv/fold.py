@@ -1,0 +1,346 @@
+"""One fold of a run, in named steps over a small context: start (or load the resume state), one
+epoch, save the resume state, write the fold's outputs.
+
+    train_fold(run, fold=2)   # called by train.train for every fold the run trains
+
+Writes runs/<comp>/<run>/fold<k>.last.pt after every epoch (everything needed to resume: weights,
+optimizer, scheduler, grad scaler, EMA, best so far, every RNG stream), and when the fold is done
+fold<k>.pt (the best epoch's weights + the JSON to rebuild the model) and oof_fold<k>.csv.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import dist
+from .console import console, progress
+from .data import make_loader, train_transform
+from .engine import Stepper, steps_per_epoch, train_one_epoch, validate
+from .files import atomic_write
+from .metrics import is_better, score
+from .model import create_model, place
+from .runs import save_checkpoint
+from .state import get_rng_state, seed_everything, set_rng_state, to_cpu
+
+
+@dataclass
+class RunContext:
+    """What every fold of a run shares: the competition, recipe, data, input spec, device, LR."""
+
+    comp: object
+    cfg: object
+    data: object  # train.TrainData
+    inp: dict
+    device: torch.device
+    run_dir: Path
+    lr: float = 0.0
+    rows: list[dict] = field(default_factory=list)  # metrics.csv, one row per epoch
+
+
+@dataclass
+class Fold:
+    """One fold under way: its split, stepper, loaders, the best epoch so far and where it resumes."""
+
+    fold: int
+    tr_idx: np.ndarray
+    va_idx: np.ndarray
+    stepper: Stepper
+    train_dl: object
+    val_dl: object
+    best: float | None = None
+    best_epoch: int = -1
+    best_state: dict | None = None
+    best_probs: np.ndarray | None = None
+    start: int = 0  # the first epoch still to train
+    resume: dict | None = None  # fold<k>.last.pt's contents until the optimizer and schedule are restored
+
+    @property
+    def last_path_name(self) -> str:
+        return f"fold{self.fold}.last.pt"
+
+
+def build_stepper(
+    run: RunContext, fold: int, tr_idx, va_idx, ddp: bool = True
+) -> tuple[Stepper, object, object]:
+    """A fresh model, optimizer (layer-decayed param groups) and loaders for one split."""
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+
+    cfg, data, device = run.cfg, run.data, run.device
+    model = create_model(
+        cfg.model,
+        num_classes=len(data.classes),
+        pretrained=cfg.pretrained,
+        pretrained_file=cfg.pretrained_file,
+        in_chans=cfg.in_chans,
+        drop_rate=cfg.drop_rate,
+    )
+    place(model, device)
+    opt = create_optimizer_v2(
+        model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+    )
+    mixup = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=len(data.classes),
+        )
+    ddp = ddp and dist.world_size() > 1
+    stepper = Stepper(
+        model,
+        optimizer=opt,
+        device=device,
+        mean=run.inp["mean"],
+        std=run.inp["std"],
+        amp=cfg.amp,
+        amp_dtype_name=cfg.amp_dtype,
+        label_smoothing=cfg.label_smoothing,
+        accum=cfg.accum_steps,
+        mixup=mixup,
+        compile=cfg.compile,
+        ddp=ddp,
+    )
+    return stepper, *fold_loaders(run, fold, tr_idx, va_idx, ddp)
+
+
+def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
+    """The training loader (augmented; under DDP each rank its own shard) and the validation loader."""
+    cfg, data, comp = run.cfg, run.data, run.comp
+    pin = run.device.type == "cuda"
+    train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
+    sampler = None
+    if ddp:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, seed=cfg.seed + fold, drop_last=True)
+    train_dl = make_loader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        workers=data.workers,
+        seed=cfg.seed + fold,
+        pin=pin,
+        persistent=False,
+        sampler=sampler,
+    )
+    val_dl = make_loader(
+        data.dataset.subset(va_idx),
+        batch_size=cfg.batch_size * 2,
+        shuffle=False,
+        workers=data.workers,
+        pin=pin,
+    )
+    return train_dl, val_dl
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+
+def start_fold(run: RunContext, fold: int) -> Fold:
+    """A fresh fold, or the one fold<k>.last.pt describes (weights, EMA, scaler, best so far, RNG)."""
+    seed_everything(run.cfg.seed + fold)
+    folds = run.data.folds["fold"].to_numpy()
+    tr_idx, va_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
+    stepper, train_dl, val_dl = build_stepper(run, fold, tr_idx, va_idx)
+    if run.cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        stepper.ema = ModelEmaV3(stepper.model, decay=run.cfg.ema_decay)
+    f = Fold(fold, tr_idx, va_idx, stepper, train_dl, val_dl)
+    last_path = run.run_dir / f.last_path_name
+    if dist.broadcast(last_path.exists() if dist.is_main() else None):
+        st = torch.load(last_path, map_location="cpu", weights_only=True)
+        stepper.model.load_state_dict(st["model"])
+        if st["scaler"]:  # empty when saved without fp16 (a CPU or bf16 run resumed on an fp16-only GPU)
+            stepper.scaler.load_state_dict(st["scaler"])
+        if stepper.ema is not None:
+            stepper.ema.module.load_state_dict(st["ema"])
+        f.best, f.best_epoch, f.best_state = st["best"], st["best_epoch"], st["best_state"]
+        f.best_probs = st["best_probs"].numpy()
+        f.start, f.resume = st["epoch"] + 1, st
+        set_rng_state(st["rng"])
+        console.print(f"[yellow]resuming fold {fold}[/] after epoch {st['epoch']} of {total_epochs(run.cfg)}")
+    run.rows[:] = [r for r in run.rows if r["fold"] != fold or r["epoch"] < f.start]
+    return f
+
+
+def total_epochs(cfg) -> int:
+    return cfg.freeze_epochs + cfg.epochs
+
+
+def phases(cfg) -> list[tuple[str, int, int]]:
+    """(name, first epoch, epochs): the head alone first (fastai's freeze) where asked, then everything."""
+    out = [("head", 0, cfg.freeze_epochs)] if cfg.freeze_epochs > 0 else []
+    return out + [("all", cfg.freeze_epochs, cfg.epochs)]
+
+
+def start_phase(run: RunContext, f: Fold, phase: str, first: int, n_epochs: int):
+    """One one-cycle schedule per phase (it sets each group's LR). On resume the optimizer and,
+    inside the phase it stopped in, the schedule continue from their saved state."""
+    opt = f.stepper.optimizer
+    n_steps = steps_per_epoch(len(f.train_dl), run.cfg.accum_steps)
+    base_lrs = [run.lr * g.get("lr_scale", 1.0) for g in opt.param_groups]
+
+    def schedule():
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=base_lrs, total_steps=n_epochs * n_steps, pct_start=run.cfg.pct_start
+        )
+
+    st, f.resume = f.resume, None
+    saved = (st or {}).get("scheduler")
+    if st is not None and saved is not None and saved["phase"] == phase:
+        sched = schedule()  # then the saved state overwrites what the new schedule set
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(saved["state"])
+    else:
+        if st is not None:
+            opt.load_state_dict(st["optimizer"])  # the new phase's schedule then sets its own LRs
+        sched = schedule()
+        if st is not None and saved is None:  # a resume file from before schedules were saved: replay
+            with warnings.catch_warnings():  # the schedule alone moves here, not the weights
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(max(0, f.start - first) * n_steps):
+                    sched.step()
+    f.stepper.set_phase(frozen=phase == "head")
+    return sched
+
+
+def run_epoch(run: RunContext, f: Fold, epoch: int, sched, on_batch) -> dict:
+    """Train one epoch and validate it; returns the metrics.csv row (and remembers the best epoch)."""
+    cfg, stepper, train_dl = run.cfg, f.stepper, f.train_dl
+    # every epoch's shuffling and augmentation follow from (seed, fold, epoch) alone,
+    # so a resumed run draws exactly what an uninterrupted one would have
+    epoch_seed = cfg.seed * 1_000_003 + f.fold * 1009 + epoch
+    # (under DDP the sampler shuffles; the generator seeds the loader's workers, per rank)
+    rank_seed = epoch_seed + 7919 * dist.rank()
+    train_dl.generator.manual_seed(rank_seed)
+    train_dl.dataset.transform.set_random_seed(rank_seed % 2**32)
+    if train_dl.sampler is not None and hasattr(train_dl.sampler, "set_epoch"):
+        train_dl.sampler.set_epoch(epoch)
+    tr = train_one_epoch(stepper, train_dl, sched, on_batch=on_batch)
+    tr["train_loss"] = dist.mean_across_ranks(tr["train_loss"])
+    eval_model = stepper.ema.module if stepper.ema is not None else stepper.model
+    labels = run.data.labels[f.va_idx]
+    va = validate(stepper, f.val_dl, labels, model=eval_model)
+    m = score(run.comp.metric, labels, va["probs"])
+    improved = is_better(run.comp.metric, m, f.best)
+    if improved:
+        f.best, f.best_epoch, f.best_probs = m, epoch, va["probs"]
+        f.best_state = to_cpu(eval_model.state_dict())
+    row = {
+        "fold": f.fold,
+        "epoch": epoch,
+        "lr": sched.get_last_lr()[-1],
+        "train_loss": tr["train_loss"],
+        "val_loss": va["val_loss"],
+        "metric": m,
+    }
+    run.rows.append(row)
+    return {**row, "improved": improved}
+
+
+def save_resume_state(run: RunContext, f: Fold, epoch: int, phase: str, sched) -> None:
+    """fold<k>.last.pt and metrics.csv after an epoch: a Ctrl-C or kill -9 loses at most this epoch."""
+    stepper = f.stepper
+    state = {
+        "model": stepper.model.state_dict(),
+        "optimizer": stepper.optimizer.state_dict(),
+        "scheduler": {"phase": phase, "state": sched.state_dict()},
+        "scaler": stepper.scaler.state_dict(),
+        "best": f.best,
+        "best_epoch": f.best_epoch,
+        "best_state": f.best_state,
+        "best_probs": torch.from_numpy(f.best_probs),
+        "epoch": epoch,
+        "rng": get_rng_state(),
+    }
+    if stepper.ema is not None:
+        state["ema"] = stepper.ema.module.state_dict()
+    if dist.is_main():
+        atomic_write(run.run_dir / f.last_path_name, lambda p: torch.save(state, p))
+        write_rows(run.run_dir, run.rows)
+
+
+def write_fold_outputs(run: RunContext, f: Fold) -> None:
+    """fold<k>.pt (best weights + the JSON to rebuild the model) and oof_fold<k>.csv; then the resume
+    file goes. Rank 0 writes; the others wait for it."""
+    cfg, data = run.cfg, run.data
+    meta = {
+        "competition": run.comp.slug,
+        "model": cfg.model,
+        "num_classes": len(data.classes),
+        "classes": data.classes,
+        "in_chans": cfg.in_chans,
+        **run.inp,
+        "fold": f.fold,
+        "best_epoch": f.best_epoch,
+        "metric": run.comp.metric,
+        "score": f.best,
+        "lr": run.lr,
+        "ema": cfg.ema,
+        "config": cfg.to_dict(),
+    }
+    dist.barrier()
+    if not dist.is_main():
+        return
+    save_checkpoint(run.run_dir / f"fold{f.fold}.pt", f.best_state, meta)
+    part = data.folds.iloc[f.va_idx][["image", "label", "fold"]].copy()
+    probs = pd.DataFrame(f.best_probs, columns=[f"p_{c}" for c in data.classes], index=part.index)
+    part = pd.concat([part, probs], axis=1)
+    part["pred"] = [data.classes[i] for i in f.best_probs.argmax(1)]
+    atomic_write(
+        run.run_dir / f"oof_fold{f.fold}.csv", lambda p: part.to_csv(p, index=True, index_label="row")
+    )
+    (run.run_dir / f.last_path_name).unlink(missing_ok=True)
+
+
+def train_fold(run: RunContext, fold: int) -> float:
+    """Train one fold (resuming from fold<k>.last.pt if present); returns its best score."""
+    f = start_fold(run, fold)
+    metric = run.comp.metric
+    with progress() as bar:
+        fold_task = bar.add_task(f"fold {fold}", total=total_epochs(run.cfg), completed=f.start, info="")
+        batch_task = bar.add_task("  batches", total=len(f.train_dl), info="")
+
+        def on_batch(loss):
+            bar.update(batch_task, advance=1, **({} if loss is None else {"info": f"loss {loss:.3f}"}))
+
+        for phase, first, n_epochs in phases(run.cfg):
+            if f.start >= first + n_epochs:
+                continue  # finished before the interruption
+            sched = start_phase(run, f, phase, first, n_epochs)
+            for epoch in range(max(f.start, first), first + n_epochs):
+                bar.reset(batch_task, total=len(f.train_dl))
+                row = run_epoch(run, f, epoch, sched, on_batch)
+                save_resume_state(run, f, epoch, phase, sched)
+                bar.update(fold_task, advance=1, info=f"best {metric} {f.best:.4f}")
+                console.print(
+                    f"[dim]fold {fold} epoch {epoch:>2}{' (head)' if phase == 'head' else ''}  "
+                    f"train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                    f"{metric} {row['metric']:.4f}{' *' if row['improved'] else ''}[/]"
+                )
+    write_fold_outputs(run, f)
+    console.print(f"[green]fold {fold}[/]: best {metric} {f.best:.4f} at epoch {f.best_epoch}")
+    return f.best
+
+
+# ---- metrics.csv ------------------------------------------------------------------------------
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.csv"
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
+
+
+def write_rows(run_dir: Path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows, columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"])
+    df = df.sort_values(["fold", "epoch"], kind="stable")
+    atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))

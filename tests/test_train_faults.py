@@ -1,0 +1,227 @@
+"""Faults around training (issue 10): locks, which run is picked, weights files with code in them,
+an image that broke after `make data`, GPUS=N errors before torchrun starts, no network at all."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import FINISHED_RUN_ARGS, REPO, cli_text
+from kagglecv import locks
+from kagglecv.cli import main
+from kagglecv.errors import UserError
+from kagglecv.runs import find_run, latest_unfinished
+
+TINY = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "train_folds=1", "lr=0.003", "device=cpu"]
+
+
+# ---- locks -----------------------------------------------------------------------------------
+
+
+def test_a_second_resume_of_the_same_run_refuses_in_one_line(finished_run, capsys):
+    (finished_run / "summary.json").unlink()
+    with locks.run_lock(finished_run, what="make train RESUME=1"):
+        assert main(["train", "--comp", "digits-demo", "--run", finished_run.name, "--resume"]) == 2
+    out = cli_text(capsys)
+    assert (
+        f"error: run {finished_run.name} is already being trained (pid {os.getpid()}: make train RESUME=1"
+        in out
+    )
+    assert not (finished_run / "summary.json").exists()  # nothing gathered, nothing trained
+
+
+def test_training_refuses_while_make_data_writes_the_data(digits, capsys):
+    with locks.data_lock(digits / "data" / "digits-demo", exclusive=True, what="make data"):
+        assert main(["train", *TINY]) == 2
+    out = cli_text(capsys)
+    assert "is being written by `make data`" in out and f"pid {os.getpid()}: make data" in out
+    assert not (digits / "runs").exists()
+
+
+def test_gpus_2_refuses_a_run_being_trained_before_launching(finished_run, capsys):
+    (finished_run / "summary.json").unlink()
+    with locks.run_lock(finished_run, what="make train"):
+        rc = main(["train", "--comp", "digits-demo", "--run", finished_run.name, "--resume", "--gpus", "2"])
+    out = cli_text(capsys)
+    assert rc == 2 and f"run {finished_run.name} is already being trained" in out and "launching" not in out
+
+
+# ---- which run -------------------------------------------------------------------------------
+
+
+def _run(base, name, finished_at=None, mtime=None):
+    run = base / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: test_resnet\n")
+    if finished_at is not None:
+        (run / "summary.json").write_text(json.dumps({"finished_at": finished_at}))
+    if mtime is not None:
+        (run / "fold0.last.pt").write_bytes(b"")
+        for p in run.iterdir():
+            os.utime(p, (mtime, mtime))
+    return run
+
+
+def test_the_latest_finished_run_is_chosen_by_finish_time_not_by_name(workdir, capsys):
+    base = workdir / "runs" / "c"
+    _run(base, "exp1", finished_at=time.time() - 3600)
+    newer = _run(base, "20260101-120000-resnet50", finished_at=time.time() - 60)
+    older = _run(base, "20250101-120000-resnet50")  # before finished_at was recorded: the file's time
+    (older / "summary.json").write_text("{}")
+    os.utime(older / "summary.json", (1, 1))
+    assert find_run("c", None).name == newer.name
+    out = cli_text(capsys)
+    assert (
+        f"using run {newer.name} (finished " in out
+        and "the latest of 3 finished runs; RUN= picks another" in out
+    )
+
+
+def test_resume_picks_the_run_active_last_not_the_last_name(workdir, capsys):
+    base = workdir / "runs" / "c"
+    _run(base, "exp1", mtime=time.time() - 3600)
+    newer = _run(base, "20250101-120000-resnet50", mtime=time.time() - 60)
+    assert latest_unfinished("c").name == newer.name
+    assert f"resuming run {newer.name} (last active" in cli_text(capsys)
+
+
+def test_an_unfinished_run_points_to_resume(workdir):
+    _run(workdir / "runs" / "c", "exp1")
+    with pytest.raises(UserError, match=r"did not finish .*`make train RESUME=1 RUN=exp1` continues it"):
+        find_run("c", "exp1")
+
+
+def test_the_recorded_device_is_the_one_trained_on(finished_run, monkeypatch):
+    from kagglecv.engine import pick_device
+
+    assert json.loads((finished_run / "summary.json").read_text())["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, device=cpu asked
+    assert pick_device("cpu").type == "cpu" and pick_device("auto").type == "cuda"
+
+
+# ---- weights files ---------------------------------------------------------------------------
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.getcwd()}/pwned",))
+
+
+def test_a_weights_file_with_code_in_its_pickle_is_refused(workdir):
+    from kagglecv.model import create_model
+
+    evil = workdir / "evil.pt"
+    torch.save({"conv1.0.weight": torch.zeros(1), "x": _RunsCode()}, evil)
+    with pytest.raises(UserError, match=r"refused pretrained_file .*evil.pt: it holds pickled code"):
+        create_model("test_resnet", num_classes=2, pretrained_file=str(evil))
+    assert not (workdir / "pwned").exists()
+
+
+def test_a_weights_file_for_another_model_is_named(workdir):
+    import timm
+
+    from kagglecv.model import create_model
+
+    path = workdir / "resnet.pth"
+    torch.save(timm.create_model("test_efficientnet", num_classes=3).state_dict(), path)
+    with pytest.raises(UserError, match="resnet.pth holds no weights for 'test_resnet'"):
+        create_model("test_resnet", num_classes=2, pretrained_file=str(path))
+
+
+# ---- an image that broke after `make data` -------------------------------------------------
+
+
+def test_an_image_broken_after_make_data_is_replaced_with_one_warning(digits, capsys):
+    import pandas as pd
+
+    folds = pd.read_csv(digits / "data" / "digits-demo" / "folds.csv")
+    broken = digits / "data" / "digits-demo" / folds["image"].iloc[5]
+    broken.write_bytes(b"not an image any more")
+    assert main(["train", *TINY, "cache=none"]) == 0
+    out = cli_text(capsys)
+    assert out.count(f"warning: cannot decode {broken.relative_to(digits)}") == 1, out
+    (run,) = (digits / "runs" / "digits-demo").iterdir()
+    assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
+
+
+def test_a_broken_image_in_the_memory_cache_is_replaced_by_one_of_its_class(digits, capsys):
+    from kagglecv.competition import load_competition
+    from kagglecv.config import load_config
+    from kagglecv.train import TrainData
+
+    comp = load_competition("digits-demo")
+    probe = TrainData(comp, load_config("configs/smoke.yaml", ["cache=memory"]), 32)
+    i = 7
+    (comp.data_dir / probe.folds["image"].iloc[i]).write_bytes(b"")
+    data = TrainData(comp, load_config("configs/smoke.yaml", ["cache=memory"]), 32)
+    assert "warning: cannot decode" in cli_text(capsys)
+    j = [k for k in range(i + 1, len(data.labels)) if data.labels[k] == data.labels[i]][0]  # the next one
+    assert torch.equal(data.dataset[i][0], probe.dataset[j][0]) and data.dataset[i][1] == probe.labels[i]
+
+
+# ---- GPUS=N: the errors come before torchrun ---------------------------------------------
+
+
+def test_gpus_2_on_an_unprepared_competition_is_one_line_before_launching(workdir, capsys):
+    assert main(["train", "--comp", "digits-demo", "--gpus", "2", "device=cpu"]) == 2
+    out = cli_text(capsys)
+    assert "error: digits-demo is not prepared yet: run `make data COMP=digits-demo` first" in out
+    assert "launching" not in out and "ChildFailedError" not in out
+
+
+def test_gpus_2_with_a_fold_that_does_not_exist_is_one_line_before_launching(digits, capsys):
+    assert main(["train", *TINY, "--gpus", "2", "--folds", "7"]) == 2
+    out = cli_text(capsys)
+    assert "error: folds [7] do not exist: folds.csv has folds 0..4" in out and "launching" not in out
+
+
+def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):
+    """A rank that stops on a user error (exit 2) has said why; torchrun's ChildFailedError wall is dropped.
+    Any other failure's traceback is shown."""
+    from kagglecv.dist import _run_quiet_on_user_error
+
+    wall = (  # as torch 2.x's torchrun writes it (rank 1 stopped by torchrun once rank 0 had exited)
+        "import sys; print('W torchrun warning', file=sys.stderr); "
+        "print('W1201 14:40:26.476000 27458 torch/distributed/elastic/multiprocessing/api.py:1028] "
+        "Sending process 27569 closing signal SIGTERM', file=sys.stderr); "
+        "print('Traceback (most recent call last):\\n  File x\\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\\n"
+        "[1]:\\n  exitcode  : -15 (pid: 2)  (SIGTERM)\\nRoot Cause (first observed failure):\\n"
+        "[0]:\\n  exitcode  : {code} (pid: 1)', file=sys.stderr); sys.exit(1)"
+    )
+    assert _run_quiet_on_user_error([sys.executable, "-c", wall.format(code=2)], dict(os.environ)) == (
+        1,
+        True,
+    )
+    err = capfd.readouterr().err
+    assert "W torchrun warning" in err and "Traceback" not in err and "SIGTERM" not in err
+    assert _run_quiet_on_user_error([sys.executable, "-c", wall.format(code=1)], dict(os.environ)) == (
+        1,
+        False,
+    )
+    assert "ChildFailedError" in capfd.readouterr().err
+
+
+# ---- no network ------------------------------------------------------------------------------
+
+
+def test_the_offline_demo_makes_no_network_call_and_prints_no_warning(tmp_path):
+    """`kagglecv demo`, shrunk, in a network namespace with no interfaces: albumentations' version check
+    (or anything else that phones home) would fail there, and say so in a warning."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-n", "true"]).returncode != 0:
+        pytest.skip("unshare -n (a network namespace) is not available here")
+    for name in ("competitions", "configs"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KAGGLECV_NO_PROGRESS": "1"}
+    env.pop("NO_ALBUMENTATIONS_UPDATE", None)
+    shrunk = ["epochs=1", "train_folds=1", "lr=0.003", "workers=0", *FINISHED_RUN_ARGS]
+    cmd = ["unshare", "-n", sys.executable, "-W", "default", "-m", "kagglecv.cli", "demo", *shrunk]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "demo done" in text and "warn" not in text.lower(), text
