@@ -225,3 +225,29 @@ def test_the_offline_demo_makes_no_network_call_and_prints_no_warning(tmp_path):
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     assert "demo done" in text and "warn" not in text.lower(), text
+
+
+def test_messages_name_the_real_competition_and_are_never_cut_mid_word(tmp_path, monkeypatch):
+    """Two wording faults from the catalogue: the decode advice printed a literal `<slug>`, and the
+    offline-weights message cut the library's text mid-word ("...try aga)")."""
+    import timm
+
+    from kagglecv import model as model_mod
+    from kagglecv.data import read_image
+    from kagglecv.errors import UserError
+
+    bad = tmp_path / "data" / "my-comp" / "train" / "cat" / "x.png"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not an image")
+    with pytest.raises(UserError, match=r"COMP=my-comp FORCE=1"):
+        read_image(bad, 32)
+
+    long = "We couldn't connect to the hub to load this model, and it was not found in the cache. " * 3
+    monkeypatch.setattr(model_mod, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(
+        timm, "create_model", lambda *a, **k: (_ for _ in ()).throw(OSError(long + "Please try again"))
+    )
+    with pytest.raises(UserError) as e:
+        model_mod.create_model("resnet18", num_classes=2, pretrained=True)
+    said = str(e.value).split("(OSError: ", 1)[1].split(")", 1)[0]
+    assert said.endswith(" …") and all(w in long for w in said[:-2].split())

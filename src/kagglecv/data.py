@@ -26,13 +26,20 @@ from .files import atomic_write
 cv2.setNumThreads(1)  # the DataLoader parallelises across images; nested threads only fight
 
 
+def _competition_of(path: Path) -> str:
+    """The <slug> of data/<slug>/..., for advice that names the command to run."""
+    parts = Path(path).parts
+    found = [parts[i + 1] for i in range(len(parts) - 2) if parts[i] == "data"]
+    return found[-1] if found else "<slug>"
+
+
 def read_image(path: Path, size: int) -> np.ndarray:
     """Decode an image as RGB uint8, resized (squashed) to size x size."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise UserError(
             f"cannot decode image {path} (corrupt or not an image): delete it (and its copy under raw/), "
-            "then rerun `make data COMP=<slug> FORCE=1`"
+            f"then rerun `make data COMP={_competition_of(path)} FORCE=1`"
         )
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img.shape[0] != size or img.shape[1] != size:

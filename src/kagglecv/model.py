@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import textwrap
 from pathlib import Path
 
 import timm
@@ -48,7 +49,7 @@ def create_model(
     try:
         return timm.create_model(name, pretrained=True, **build)
     except Exception as e:  # hub unreachable, no cached copy
-        said = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+        said = f"{type(e).__name__}: {textwrap.shorten(str(e), width=240, placeholder=' …')}"
         raise UserError(
             f"could not load pretrained weights for '{name}' ({said}). {offline_note}"
             "Offline? Put the weights in the Hugging Face cache (HF_HUB_OFFLINE=1 then reads only the cache), "
