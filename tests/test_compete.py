@@ -1,0 +1,45 @@
+"""The competitor's loop on real tiny runs of digits-demo: two runs -> blend -> submit the blend
+(each member predicted once, through its own cache) -> the runs table lists all three."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from conftest import FINISHED_RUN_ARGS, cli_text
+from kagglecv.cli import main
+
+
+def test_blend_of_two_runs_submits_like_a_run_and_reuses_the_members_caches(finished_run, capsys):
+    assert (
+        main(["train", "-c", "digits-demo", "--config", "configs/smoke.yaml", *FINISHED_RUN_ARGS, "seed=7"])
+        == 0
+    )
+    runs = sorted(p.name for p in finished_run.parent.iterdir() if (p / "summary.json").exists())
+    assert len(runs) == 2
+    for run in runs:  # each member predicted once here; the blend's submit must not predict again
+        assert main(["submit", "-c", "digits-demo", "-r", run]) == 0
+    capsys.readouterr()
+
+    assert main(["blend", "-c", "digits-demo"]) == 0
+    said = cli_text(capsys)
+    blend_dir = next(p for p in finished_run.parent.iterdir() if p.name.startswith("blend-"))
+    summary = json.loads((blend_dir / "summary.json").read_text())
+    assert sorted(summary["members"]) == runs and abs(sum(summary["weights"]) - 1) < 1e-9
+    assert f"honest CV accuracy {summary['cv_mean']:.4f}" in said
+
+    assert main(["submit", "-c", "digits-demo", "-r", blend_dir.name]) == 0
+    said = cli_text(capsys)
+    assert said.count("read from its cache") == 2 and "predicting" not in said
+    record = json.loads(
+        (finished_run.parents[2] / "submissions" / f"digits-demo-{blend_dir.name}.json").read_text()
+    )
+    assert record["run"] == blend_dir.name and record["test_score"] is not None
+    csv = pd.read_csv(record["file"])
+    assert list(csv.columns) == ["ImageId", "Label"] and len(csv) == 360
+
+    assert main(["runs", "-c", "digits-demo"]) == 0
+    table = pd.read_csv(finished_run.parent / "runs.csv")
+    assert set(table["run"]) == {*runs, blend_dir.name}
+    assert table.set_index("run").loc[blend_dir.name, "test_score"] == record["test_score"]
