@@ -138,7 +138,7 @@ def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo"
     rng = np.random.default_rng(0)
     for k in fold_ids:
         torch.manual_seed(k)
-        model = create_model("test_resnet", len(classes), in_chans=3)
+        model = create_model("test_resnet", num_classes=len(classes), in_chans=3)
         meta = {"competition": slug, "model": "test_resnet", "num_classes": len(classes),
                 "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                 "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
@@ -184,7 +184,7 @@ def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys):
     assert main(["submit", "--comp", "digits-demo"]) == 0
     text = cli_text(capsys)
     after = snapshot(run)
-    assert set(after) - set(before) == {"test_probs.npz"}  # the prediction cache, nothing else
+    assert set(after) - set(before) == {"test_probs.npz", "tta_oof.json"}  # prediction caches, nothing else
     assert {k: after[k] for k in before} == before  # summary.json and the rest untouched
     csv = made / "submissions" / f"digits-demo-{MADE_RUN}.csv"
     record = json.loads(csv.with_suffix(".json").read_text())
@@ -193,7 +193,8 @@ def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys):
     expected = (sub["Label"].astype(str) == solution["label"].astype(str)).mean()
     assert record["test_score"] == pytest.approx(expected) and f"test accuracy: {expected:.4f}" in text
     summary = json.loads((run / "summary.json").read_text())
-    assert record["run"] == MADE_RUN and record["folds"] == [0, 1] and record["tta"] == []
+    assert record["run"] == MADE_RUN and record["folds"] == [0, 1]
+    assert record["tta"]["name"] in record["tta"]["scores"] and "none" in record["tta"]["scores"]
     assert (record["cv_mean"], record["cv_std"]) == (summary["cv_mean"], summary["cv_std"])
     assert record["file"] == f"submissions/digits-demo-{MADE_RUN}.csv" and record["uploads"] == []
     assert record["prior_rows"] == [] and record["model"] == "test_resnet"

@@ -177,32 +177,43 @@ def predict_test(
     hflip: bool,
     vflip: bool,
     batch_size: int = 128,
+    tta: dict | None = None,
 ) -> dict:
     """N x C probabilities for `paths` (rows of undecodable images are NaN), from the cache when it
-    matches, else predicted with every fold model and cached. Returns the cache's fields."""
+    matches, else predicted with every fold model and cached. Returns the cache's fields. `tta`
+    (tta.choose_tta's plan) gives the flips and scales; without it, the flips the competition allows."""
     meta, cfg = models[0].meta, models[0].config
     fold_ids = [fm.fold for fm in models]
-    flips = tta_flips(cfg, hflip, vflip)
-    key = cache_key(paths, data_root, flips, run_dir, fold_ids)
+    flips = tta["flips"] if tta else tta_flips(cfg, hflip, vflip)
+    extra = [s for s in (tta or {}).get("scales", [1.0]) if s != 1.0]
+    key = cache_key(paths, data_root, flips + [f"scale{s:g}" for s in extra], run_dir, fold_ids)
     cached = read_cache(run_dir, key)
     if cached is not None:
         console.print(f"test predictions of {run_dir.name} read from its cache ({CACHE})")
         return cached
     console.print(
         f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
-        + (f", TTA {'+'.join(flips)}" if flips else "")
+        + (f", TTA {'+'.join(flips + [f'scale{s:g}' for s in extra])}" if flips or extra else "")
     )
     read_paths, images, bad = decode_test(paths, meta["img_size"], cfg, data_root)
     probs = np.full((len(paths), meta["num_classes"]), np.nan)
     if len(bad) < len(paths):
         ds = ImageDataset(read_paths, np.zeros(len(paths)), meta["img_size"], images)
         probs = _ensemble(models, ds, flips, batch_size)
+        for s in extra:  # a larger-scale view (FixRes): one more view in the average
+            size = int(round(meta["img_size"] * s))
+            read_s, images_s, _ = decode_test(paths, size, cfg, data_root)
+            scaled = _ensemble(
+                models, ImageDataset(read_s, np.zeros(len(paths)), size, images_s), [], batch_size
+            )
+            probs = (probs * (1 + len(flips)) + scaled) / (2 + len(flips))
         probs[bad] = np.nan
     result = {
         "key": key,
         "images": [str(p.relative_to(data_root)) for p in paths],
         "classes": meta["classes"],
         "flips": flips,
+        "scales": [1.0, *extra],
         "folds": list(fold_ids),
         "unreadable": [str(paths[i].relative_to(data_root)) for i in bad],
     }

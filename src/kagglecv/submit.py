@@ -249,6 +249,7 @@ def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[
     for one training run: its fold models, TTA, through the run's prediction cache."""
     from .engine import pick_device
     from .predict import load_fold_models, predict_test
+    from .tta import choose_tta
 
     models = load_fold_models(run_dir, fold_ids, pick_device("auto"))
     classes = models[0].meta["classes"]
@@ -258,7 +259,7 @@ def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[
         )
     readable = [p for p in paths if p is not None]
     probs = np.full((len(paths), len(classes)), np.nan)
-    pred = {"flips": [], "unreadable": []}
+    plan = choose_tta(comp, run_dir, models)
     if readable:
         pred = predict_test(
             models,
@@ -267,9 +268,11 @@ def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[
             data_root=comp.data_dir,
             hflip=comp.hflip,
             vflip=comp.vflip,
+            tta=plan,
         )
         probs[[i for i, p in enumerate(paths) if p is not None]] = pred["probs"]
-    return probs, classes, {"tta": pred["flips"], "model": models[0].meta["model"]}
+    tta = {k: plan[k] for k in ("name", "flips", "scales", "scores")}
+    return probs, classes, {"tta": tta, "model": models[0].meta["model"]}
 
 
 def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list) -> tuple:
@@ -382,7 +385,7 @@ def _upload(comp: Competition, record: dict, upload: bool, message: str | None) 
 
         row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message)
         if row is not None:
-            record["uploads"].append(row)
+            record["uploads"].append({**row, "ref": int(row.get("ref") or 0)})  # the log keeps text
             write_record(record)
     elif message:
         console.print(
