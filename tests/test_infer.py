@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tiny_run import copy_run, tiny_run
 
 from kagglecv.competition import load_competition
 from kagglecv.errors import UserError
 from kagglecv.infer import answer_frame, load_ensemble, predict_images, predict_paths, show_answers
+from tiny_run import copy_run, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,11 @@ def test_globs_files_and_folders_each_once(run, digits):
     comp = load_competition("digits-demo")
     test = digits / "data" / "digits-demo" / "test"
     df = predict_images(
-        comp, run, [str(test / "1.png"), str(test / "1?.png"), str(test / "1.png")], top_k=1, out=digits / "a.csv"
+        comp,
+        run,
+        [str(test / "1.png"), str(test / "1?.png"), str(test / "1.png")],
+        top_k=1,
+        out=digits / "a.csv",
     )
     assert [p.rsplit("/", 1)[1] for p in df["image"]] == ["1.png"] + [f"1{d}.png" for d in range(10)]
     assert list(df.columns) == ["image", "class", "prob", "error"]

@@ -114,7 +114,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             hits = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
             files = [p for h in hits for p in (_folder_images(h) if h.is_dir() else [h])]
             if not files:
-                raise UserError(f"{arg} matches no file (quote the pattern so the shell leaves it to kagglecv)")
+                raise UserError(
+                    f"{arg} matches no file (quote the pattern so the shell leaves it to kagglecv)"
+                )
         elif path.is_dir():
             files = _folder_images(path)
             if not files:
@@ -252,5 +254,7 @@ def predict_images(
         out = PREDICTIONS_DIR / f"{comp.slug}-{run_dir.name}-{stamp}.csv"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), lambda p: df.to_csv(p, index=False))
-    console.print(f"[green]✓[/] wrote {escape(str(out))} ({len(df) - len(errors)} predicted, {len(errors)} unreadable)")
+    console.print(
+        f"[green]✓[/] wrote {escape(str(out))} ({len(df) - len(errors)} predicted, {len(errors)} unreadable)"
+    )
     return df

@@ -128,7 +128,8 @@ def squash(rgb: np.ndarray, size: int) -> np.ndarray:
 
         return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
     except ImportError:
-        out = np.einsum("yh,hwc,xw->yxc", _weights(h, size, area), rgb.astype(np.float64), _weights(w, size, area))
+        rows = np.tensordot(_weights(h, size, area), rgb.astype(np.float64), axes=(1, 0))  # size x w x 3
+        out = np.tensordot(rows, _weights(w, size, area), axes=(1, 1)).transpose(0, 2, 1)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
