@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,9 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys):
     assert spec["submission"]["id_column"] == "ImageId" and spec["submission"]["kind"] == "class_name"
     assert spec["onnx"]["max_abs_diff_vs_torch"] <= 1e-4
     assert "max |Δprob|" in capsys.readouterr().out
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # shareable, not 0600
 
     images = digits / "few"
     images.mkdir()
@@ -173,6 +177,9 @@ def test_existing_export_needs_force_and_survives_a_failed_one(run, digits, monk
 def test_failed_parity_leaves_no_folder(run, digits, monkeypatch):
     monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
     monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 1.0)
+    (digits / "exp").mkdir()
+    killed = digits / "exp" / f".x.{2**22 + 1}.tmp"  # a half-export whose process was killed
+    killed.mkdir()
     with pytest.raises(UserError, match="nothing was exported"):
         export_run(_comp(), run, out_dir=digits / "exp" / "x")
     assert list((digits / "exp").iterdir()) == []

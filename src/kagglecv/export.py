@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
 from .console import console
 from .errors import UserError
@@ -174,10 +175,9 @@ def _need_onnx() -> None:
 
 
 def write_export(comp, ens: Ensemble, tmp: Path) -> float:
-    """Everything into `tmp`; returns the ONNX check's max |Δprob| (raising when it is too large)."""
+    """Everything into `tmp`, model.json last; returns the ONNX check's max |Δprob| (raising when it
+    is too large)."""
     weights = write_weights(ens, tmp)
-    spec = model_spec(comp, ens, weights)
-    (tmp / "model.json").write_text(json.dumps(spec, indent=2))
     template = resources.files("kagglecv") / "templates" / "export_predict.py"
     (tmp / "predict.py").write_text(template.read_text())
     write_onnx(ens, tmp / "model.onnx")
@@ -185,15 +185,41 @@ def write_export(comp, ens: Ensemble, tmp: Path) -> float:
     delta = onnx_parity(ens, tmp / "model.onnx", images)
     ok = delta <= PARITY_TOLERANCE
     console.print(
-        f"{'[green]✓[/]' if ok else '[red]✗[/]'} ONNX vs PyTorch on {len(paths)} images of {comp.data_dir}: "
-        f"max |Δprob| {delta:.2e} (limit {PARITY_TOLERANCE:.0e})"
+        f"{'[green]✓[/]' if ok else '[red]✗[/]'} ONNX vs PyTorch on {len(paths)} images of "
+        f"{escape(str(comp.data_dir))}: max |Δprob| {delta:.2e} (limit {PARITY_TOLERANCE:.0e})"
     )
     if not ok:
         raise UserError(
             f"the ONNX model disagrees with PyTorch (max |Δprob| {delta:.2e} > {PARITY_TOLERANCE:.0e}); "
             "nothing was exported. An operator of this model may export badly: try another opset or model"
         )
+    spec = model_spec(comp, ens, weights)
+    spec["onnx"]["max_abs_diff_vs_torch"] = delta
+    (tmp / "model.json").write_text(json.dumps(spec, indent=2))
     return delta
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Hidden half-exports of this folder left by a killed `make export` (its process is gone)."""
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):
+        try:
+            pid = int(stale.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue  # another export of this run is under way
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _readable(folder: Path) -> None:
+    """safetensors writes its files 0600; an export is made to be copied and shared: the umask's modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in folder.iterdir():
+        p.chmod(0o666 & ~umask)
 
 
 def export_run(comp, run_dir: Path, out_dir: Path | None = None, force: bool = False) -> Path:
@@ -204,14 +230,12 @@ def export_run(comp, run_dir: Path, out_dir: Path | None = None, force: bool = F
     _need_onnx()
     ens = load_ensemble(comp, run_dir)  # on the CPU: what the export is checked on
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        delta = write_export(comp, ens, tmp)
-        spec = json.loads((tmp / "model.json").read_text())
-        spec["onnx"]["max_abs_diff_vs_torch"] = delta
-        (tmp / "model.json").write_text(json.dumps(spec, indent=2))
+        write_export(comp, ens, tmp)
+        _readable(tmp)
         if out.exists():  # force: the old folder goes only once the new one is complete
             old = out.with_name(f".{out.name}.{os.getpid()}.old")
             out.rename(old)
@@ -224,7 +248,7 @@ def export_run(comp, run_dir: Path, out_dir: Path | None = None, force: bool = F
         raise
     size = sum(p.stat().st_size for p in out.iterdir())
     console.print(
-        f"[green]✓[/] exported {len(ens.models)} fold(s) of {run_dir.name} to {out}/ ({human_bytes(size)}): "
-        f"python {out}/predict.py <images> needs only torch, timm, numpy and Pillow"
+        f"[green]✓[/] exported {len(ens.models)} fold(s) of {escape(run_dir.name)} to {escape(str(out))}/ "
+        f"({human_bytes(size)}): python {escape(str(out))}/predict.py <images> needs only torch, timm, numpy, Pillow"
     )
     return out
