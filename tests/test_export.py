@@ -3,6 +3,7 @@ PyTorch; the folder predicts without kagglecv, and is never left looking complet
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -183,6 +184,17 @@ def test_failed_parity_leaves_no_folder(run, digits, monkeypatch):
     with pytest.raises(UserError, match="nothing was exported"):
         export_run(_comp(), run, out_dir=digits / "exp" / "x")
     assert list((digits / "exp").iterdir()) == []
+
+
+@pytest.mark.parametrize("stop", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_full_disk_or_ctrl_c_leaves_no_folder(run, digits, monkeypatch, stop):
+    def write_onnx(ens, path):
+        raise stop
+
+    monkeypatch.setattr(export_mod, "write_onnx", write_onnx)
+    with pytest.raises(type(stop)):
+        export_run(_comp(), run)
+    assert list((digits / "exports").iterdir()) == []
 
 
 def test_export_needs_real_images_and_a_finished_run(run, digits, monkeypatch):

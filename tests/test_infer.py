@@ -61,6 +61,7 @@ def _odd_images(folder):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
     (folder / "notes.txt").write_text("not an image")
     (folder / "empty.png").write_bytes(b"")
+    (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")  # a broken link
     (folder / "sub").mkdir()
     buf = io.BytesIO()
     rgb.save(buf, "WEBP", lossless=True)
@@ -71,11 +72,11 @@ def _odd_images(folder):
 def test_any_image_the_folder_source_takes_and_unreadable_listed(run, digits, capsys):
     comp = load_competition("digits-demo")
     _odd_images(digits / "odd")
-    files = sorted((digits / "odd").rglob("*"))
+    files = sorted(p for p in (digits / "odd").rglob("*") if not p.is_dir())
     ens = load_ensemble(comp, run)
-    probs, errors = predict_paths(ens, [p for p in files if p.is_file()])
-    names = [p.name for p in files if p.is_file()]
-    assert sorted(names[i] for i in errors) == ["broken.jpg", "empty.png", "notes.txt"]
+    probs, errors = predict_paths(ens, files)
+    names = [p.name for p in files]
+    assert sorted(names[i] for i in errors) == ["broken.jpg", "empty.png", "gone.jpg", "notes.txt"]
     by = {n: probs[i] for i, n in enumerate(names)}
     assert not np.isnan(probs[[i for i in range(len(names)) if i not in errors]]).any()
     for lossless in ("grey16.png", "palette.png", "rgba.png", "nested.webp"):
@@ -85,9 +86,13 @@ def test_any_image_the_folder_source_takes_and_unreadable_listed(run, digits, ca
     assert np.abs(by["cmyk.jpg"] - by["plain.png"]).max() < 0.05  # CMYK decoded as colour, not garbage
 
     # the whole folder through predict_images: one table, the unreadable ones named, not fatal
-    df = predict_images(comp, run, [str(digits / "odd")], top_k=2, out=digits / "odd.csv")
+    (digits / "answers").mkdir()
+    df = predict_images(comp, run, [str(digits / "odd")], top_k=2, out=digits / "answers")
     text = capsys.readouterr().out
-    assert "2 file(s) could not be read" in text and "broken.jpg" in text and "notes.txt" not in text
+    assert "3 file(s) could not be read" in text and "broken.jpg" in text and "notes.txt" not in text
+    assert "gone.jpg: No such file or directory" in text
+    (csv,) = (digits / "answers").glob(f"digits-demo-{run.name}-*.csv")  # --out a folder: the name inside
+    assert len(pd.read_csv(csv)) == len(df)
     assert len(df) == len(names) - 1  # the folder search keeps image extensions only
     assert df.loc[df["error"] != "", "class"].isna().all()
 

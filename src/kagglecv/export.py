@@ -222,7 +222,7 @@ def _readable(folder: Path) -> None:
         p.chmod(0o666 & ~umask)
 
 
-def export_run(comp, run_dir: Path, out_dir: Path | None = None, force: bool = False) -> Path:
+def export_run(comp, run_dir: Path, *, out_dir: Path | None = None, force: bool = False) -> Path:
     """exports/<comp>-<run>/ (or `out_dir`) from a finished run; see the module docstring."""
     out = Path(out_dir) if out_dir else export_dir(comp, run_dir)
     if out.exists() and not force:

@@ -234,10 +234,10 @@ def show_answers(df: pd.DataFrame, top_k: int) -> None:
 
 
 def predict_images(
-    comp, run_dir: Path, inputs: list[str], top_k: int = 3, out: Path | None = None
+    comp, run_dir: Path, inputs: list[str], *, top_k: int = 3, out: Path | None = None
 ) -> pd.DataFrame:
     """The run's answer for every image in `inputs` (files, folders, globs), shown as a table and
-    written to `out` (default predictions/<comp>-<run>-<time>.csv)."""
+    written to `out` (default predictions/<comp>-<run>-<time>.csv; a folder: that name inside it)."""
     paths = expand_inputs(inputs)
     from .engine import pick_device
 
@@ -249,9 +249,8 @@ def predict_images(
     probs, errors = predict_paths(ens, paths)
     df = answer_frame(paths, probs, errors, ens.classes, top_k)
     show_answers(df, top_k)
-    if out is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = PREDICTIONS_DIR / f"{comp.slug}-{run_dir.name}-{stamp}.csv"
+    name = f"{comp.slug}-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    out = PREDICTIONS_DIR / name if out is None else Path(out) / name if Path(out).is_dir() else Path(out)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(Path(out), lambda p: df.to_csv(p, index=False))
     console.print(
