@@ -143,6 +143,7 @@ def test_standalone_decodes_like_kagglecv_and_resizes_close_without_opencv(tmp_p
                 ep.decode(p)
             continue
         np.testing.assert_array_equal(ep.decode(p), want, err_msg=p.name)
+    assert ep.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]) == 2
     rng = np.random.default_rng(1)
     monkeypatch.setitem(sys.modules, "cv2", None)  # the NumPy resize that stands in for OpenCV
     for h, w, size in [(28, 28, 32), (100, 80, 32), (64, 64, 32), (20, 300, 32), (375, 500, 224)]:
