@@ -1,0 +1,236 @@
+"""`make export`: safetensors + model.json + a standalone predict.py + an ONNX model checked against
+PyTorch; the folder predicts without kagglecv, and is never left looking complete when it is not."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import kagglecv.export as export_mod
+from kagglecv.competition import load_competition
+from kagglecv.errors import UserError
+from kagglecv.export import export_run
+from kagglecv.images import decode
+from kagglecv.infer import ensemble_probs, load_ensemble, predict_paths, squash
+from tiny_run import copy_run, tiny_run
+
+TEMPLATE = Path(export_mod.__file__).parent / "templates" / "export_predict.py"
+# The exported script run as a user without kagglecv would: isolated mode (-I: no PYTHONPATH, no
+# cwd on sys.path), kagglecv made unimportable, and no src/ folder on the path either.
+STANDALONE = """
+import runpy, sys
+sys.path = [p for p in sys.path if not p.rstrip('/').endswith('src')]
+sys.modules['kagglecv'] = None
+{block_cv2}
+try:
+    import kagglecv
+    sys.exit('kagglecv is importable')
+except ImportError:
+    print('no kagglecv here')
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_prepared):
+    return tiny_run(tmp_path_factory, digits_prepared)
+
+
+@pytest.fixture
+def run(digits, trained):
+    return copy_run(trained, digits)
+
+
+def _comp(metric: str = "accuracy"):
+    comp = load_competition("digits-demo")
+    comp.hflip = True  # digits never flip; here TTA must travel into the export too
+    comp.metric = metric  # log_loss: submit's temperature/clip must travel too
+    return comp
+
+
+def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
+    code = STANDALONE.format(block_cv2="" if cv2 else "sys.modules['cv2'] = None")
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(script), str(images), "--out", str(out), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys):
+    comp = _comp("log_loss")
+    out = export_run(comp, run)
+    assert out == Path("exports") / f"digits-demo-{run.name}"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "fold0.safetensors",
+        "fold1.safetensors",
+        "model.json",
+        "model.onnx",
+        "predict.py",
+    ]
+    spec = json.loads((out / "model.json").read_text())
+    assert spec["model"] == "test_resnet" and spec["classes"] == [str(d) for d in range(10)]
+    assert spec["img_size"] == 32 and spec["tta"] == ["hflip"] and spec["folds"] == [0, 1]
+    assert spec["submission"]["id_column"] == "ImageId" and spec["submission"]["kind"] == "class_name"
+    assert spec["onnx"]["max_abs_diff_vs_torch"] <= 1e-4
+    assert "T" in spec["postprocess"]  # the tiny run is under-confident: a temperature fixes it
+    assert "max |Δprob|" in capsys.readouterr().out
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # shareable, not 0600
+
+    images = digits / "few"
+    images.mkdir()
+    test = sorted((digits / "data" / "digits-demo" / "test").glob("*.png"))[:10]
+    for p in test:
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    said = _standalone(out / "predict.py", images, digits / "mine.csv")
+    assert "no kagglecv here" in said and "1 unreadable" in said
+    theirs = pd.read_csv(digits / "mine.csv").set_index("image")
+    assert theirs.loc["broken.png", "error"] and pd.isna(theirs.loc["broken.png", "class"])
+    ours, errors = predict_paths(load_ensemble(comp, run), [images / p.name for p in test])
+    assert not errors
+    cols = [f"p_{c}" for c in range(10)]
+    np.testing.assert_allclose(theirs.loc[[p.name for p in test], cols].to_numpy(), ours, atol=1e-5, rtol=0)
+
+    import onnxruntime as ort
+
+    # the ONNX graph: any batch size, the same probabilities (before the post-processing)
+    ours = ensemble_probs(
+        load_ensemble(comp, run), np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test])
+    )
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test[:3]])
+    got = session.run(None, {"pixels": pixels.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    np.testing.assert_allclose(got, ours[:3], atol=1e-4, rtol=0)
+    one = session.run(None, {"pixels": pixels[:1].transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    np.testing.assert_allclose(one, ours[:1], atol=1e-4, rtol=0)
+
+
+def _template():
+    spec = importlib.util.spec_from_file_location("export_predict", TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_standalone_decodes_like_kagglecv_and_resizes_close_without_opencv(tmp_path, monkeypatch):
+    from test_infer import _odd_images
+
+    (tmp_path / "data" / "digits-demo" / "test").mkdir(parents=True)
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((28, 28, 3)) * 255).astype(np.uint8)).save(
+        tmp_path / "data" / "digits-demo" / "test" / "1.png"
+    )
+    _odd_images(tmp_path / "odd")
+    ep = _template()
+    for p in sorted((tmp_path / "odd").rglob("*.*")):
+        try:
+            want = np.asarray(decode(p.read_bytes())[0])
+        except Exception:  # noqa: BLE001
+            with pytest.raises((OSError, ValueError, SyntaxError)):
+                ep.decode(p)
+            continue
+        np.testing.assert_array_equal(ep.decode(p), want, err_msg=p.name)
+    assert ep.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.csv")]) == 2
+    rng = np.random.default_rng(1)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # the NumPy resize that stands in for OpenCV
+    for h, w, size in [(28, 28, 32), (100, 80, 32), (64, 64, 32), (20, 300, 32), (375, 500, 224)]:
+        img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+        monkeypatch.delitem(sys.modules, "cv2")
+        want = squash(img, size)
+        monkeypatch.setitem(sys.modules, "cv2", None)
+        assert np.abs(ep.squash(img, size).astype(int) - want).max() <= 1, (h, w, size)
+
+
+def test_existing_export_needs_force_and_survives_a_failed_one(run, digits, monkeypatch):
+    comp = _comp()
+    monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
+    monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 0.0)
+    out = export_run(comp, run)
+    (out / "model.json").write_text("{}")  # marks the first export
+    with pytest.raises(UserError, match="exists already: FORCE=1") as e:
+        export_run(comp, run)
+    assert "\n" not in str(e.value)
+
+    monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 3e-3)
+    with pytest.raises(UserError, match=r"max \|Δprob\| 3.00e-03 > 1e-04"):
+        export_run(comp, run, force=True)
+    assert (out / "model.json").read_text() == "{}"  # the old export is untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary folder left
+
+    monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 0.0)
+    export_run(comp, run, force=True)
+    assert json.loads((out / "model.json").read_text())["run"] == run.name
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]
+
+
+def test_failed_parity_leaves_no_folder(run, digits, monkeypatch):
+    monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
+    monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 1.0)
+    (digits / "exp").mkdir()
+    killed = digits / "exp" / f".x.{2**22 + 1}.tmp"  # a half-export whose process was killed
+    killed.mkdir()
+    with pytest.raises(UserError, match="nothing was exported"):
+        export_run(_comp(), run, out_dir=digits / "exp" / "x")
+    assert list((digits / "exp").iterdir()) == []
+
+
+@pytest.mark.parametrize("stop", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_full_disk_or_ctrl_c_leaves_no_folder(run, digits, monkeypatch, stop):
+    def write_onnx(ens, path):
+        raise stop
+
+    monkeypatch.setattr(export_mod, "write_onnx", write_onnx)
+    with pytest.raises(type(stop)):
+        export_run(_comp(), run)
+    assert list((digits / "exports").iterdir()) == []
+
+
+def test_export_needs_real_images_and_a_finished_run(run, digits, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
+    shutil.rmtree(digits / "data" / "digits-demo")
+    with pytest.raises(UserError, match="needs 8 readable images .* `make data COMP=digits-demo`"):
+        export_run(_comp(), run)
+    assert list((digits / "exports").iterdir()) == []
+    (run / "summary.json").unlink()
+    with pytest.raises(UserError, match="did not finish"):
+        export_run(_comp(), run)
+
+
+def test_missing_onnx_is_one_line(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(UserError, match=r"needs onnxruntime: pip install -e '.\[export\]'"):
+        export_run(_comp(), run)
+
+
+def test_model_onnx_cannot_express_is_one_line(run, digits, monkeypatch):
+    def refuse(net, example, path):
+        raise RuntimeError(
+            "Exporting the operator 'aten::fancy' to ONNX opset version 17 is not supported.\nmore"
+        )
+
+    monkeypatch.setattr(export_mod, "_onnx_export", refuse)
+    with pytest.raises(
+        UserError, match="test_resnet does not export to ONNX .*aten::fancy.*nothing was exported"
+    ):
+        export_run(_comp(), run)
+    assert list((digits / "exports").iterdir()) == []

@@ -1,0 +1,161 @@
+"""`kagglecv predict` on new images: the same answers as `make submit`, any image the folder
+source accepts, unreadable files listed, and one line for a path or a run that is not there."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kagglecv.competition import load_competition
+from kagglecv.errors import UserError
+from kagglecv.infer import answer_frame, load_ensemble, predict_images, predict_paths, show_answers
+from tiny_run import copy_run, tiny_run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_prepared):
+    return tiny_run(tmp_path_factory, digits_prepared)
+
+
+@pytest.fixture
+def run(digits, trained):
+    return copy_run(trained, digits)
+
+
+def test_predict_answers_as_submit_does(run, digits):
+    from kagglecv.submit import submit
+
+    comp = load_competition("digits-demo")
+    submit(comp, run.name)
+    sub = pd.read_csv(digits / "submissions" / f"digits-demo-{run.name}.csv")
+    test = digits / "data" / "digits-demo" / "test"
+    out = digits / "answers.csv"
+    df = predict_images(comp, run, [str(test)], top_k=3, out=out)
+    assert pd.read_csv(out).shape == df.shape and list(df.columns)[:3] == ["image", "class", "prob"]
+    by_id = {int(p.rsplit("/", 1)[1].split(".")[0]): c for p, c in zip(df["image"], df["class"], strict=True)}
+    assert [by_id[i] for i in sub["ImageId"]] == sub["Label"].astype(str).tolist()
+    assert (df["prob"] >= df["prob_2"]).all() and (df["prob_2"] >= df["prob_3"]).all()
+    assert (df["error"].fillna("") == "").all()
+
+    from kagglecv.predict import read_cache
+
+    cached = read_cache(run)  # what submit predicted, per test image: the same probabilities here
+    paths = [digits / "data" / "digits-demo" / p for p in cached["images"]]
+    probs, errors = predict_paths(load_ensemble(comp, run), paths)
+    assert not errors
+    np.testing.assert_allclose(probs, cached["probs"], atol=1e-5, rtol=0)
+
+
+def _odd_images(folder):
+    """The same digit saved the ways people's files come: CMYK, 16-bit, RGBA, palette, EXIF-rotated."""
+    folder.mkdir()
+    rgb = Image.open(next((folder.parent / "data" / "digits-demo" / "test").glob("1.png"))).convert("RGB")
+    rgb = rgb.resize((56, 40))
+    rgb.save(folder / "plain.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg", quality=100)
+    Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257).save(folder / "grey16.png")
+    rgb.convert("RGBA").save(folder / "rgba.png")
+    rgb.convert("P").save(folder / "palette.png")
+    rotated = rgb.transpose(Image.Transpose.ROTATE_270)  # stored sideways, EXIF says turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 8  # a viewer turns it 90° counter-clockwise
+    rotated.save(folder / "exif.png", exif=exif)  # lossless: only the turn differs
+    rgb.save(folder / "exif_twin.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")  # a broken link
+    (folder / "sub").mkdir()
+    buf = io.BytesIO()
+    rgb.save(buf, "WEBP", lossless=True)
+    (folder / "sub" / "nested.webp").write_bytes(buf.getvalue())
+    return rgb
+
+
+def test_any_image_the_folder_source_takes_and_unreadable_listed(run, digits, capsys):
+    comp = load_competition("digits-demo")
+    _odd_images(digits / "odd")
+    files = sorted(p for p in (digits / "odd").rglob("*") if not p.is_dir())
+    ens = load_ensemble(comp, run)
+    probs, errors = predict_paths(ens, files)
+    names = [p.name for p in files]
+    assert sorted(names[i] for i in errors) == ["broken.jpg", "empty.png", "gone.jpg", "notes.txt"]
+    by = {n: probs[i] for i, n in enumerate(names)}
+    assert not np.isnan(probs[[i for i in range(len(names)) if i not in errors]]).any()
+    for lossless in ("grey16.png", "palette.png", "rgba.png", "nested.webp"):
+        assert np.isfinite(by[lossless]).all()
+    np.testing.assert_allclose(by["rgba.png"], by["plain.png"], atol=1e-6)  # opaque alpha changes nothing
+    np.testing.assert_allclose(by["exif.png"], by["exif_twin.png"], atol=1e-6)  # turned upright first
+    assert np.abs(by["cmyk.jpg"] - by["plain.png"]).max() < 0.05  # CMYK decoded as colour, not garbage
+
+    # the whole folder through predict_images: one table, the unreadable ones named, not fatal
+    (digits / "answers").mkdir()
+    df = predict_images(comp, run, [str(digits / "odd")], top_k=2, out=digits / "answers")
+    text = capsys.readouterr().out
+    assert "3 file(s) could not be read" in text and "broken.jpg" in text and "notes.txt" not in text
+    assert "gone.jpg: No such file or directory" in text
+    (csv,) = (digits / "answers").glob(f"digits-demo-{run.name}-*.csv")  # --out a folder: the name inside
+    assert len(pd.read_csv(csv)) == len(df)
+    assert len(df) == len(names) - 1  # the folder search keeps image extensions only
+    assert df.loc[df["error"] != "", "class"].isna().all()
+
+
+def test_globs_files_and_folders_each_once(run, digits):
+    comp = load_competition("digits-demo")
+    test = digits / "data" / "digits-demo" / "test"
+    df = predict_images(
+        comp,
+        run,
+        [str(test / "1.png"), str(test / "1?.png"), str(test / "1.png")],
+        top_k=1,
+        out=digits / "a.csv",
+    )
+    assert [p.rsplit("/", 1)[1] for p in df["image"]] == ["1.png"] + [f"1{d}.png" for d in range(10)]
+    assert list(df.columns) == ["image", "class", "prob", "error"]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "says"),
+    [
+        (["nowhere/cat.jpg"], "nowhere/cat.jpg does not exist"),
+        (["nowhere/*.jpg"], "matches no file"),
+        (["empty"], "folder empty holds no image"),
+        ([], "no images given"),
+    ],
+)
+def test_bad_paths_are_one_line(run, digits, inputs, says):
+    (digits / "empty").mkdir()
+    with pytest.raises(UserError, match=says.replace("*", r"\*")) as e:
+        predict_images(load_competition("digits-demo"), run, inputs)
+    assert "\n" not in str(e.value)
+
+
+def test_run_without_finished_fold_is_one_line(run, digits):
+    comp = load_competition("digits-demo")
+    test = str(digits / "data" / "digits-demo" / "test" / "1.png")
+    for p in run.glob("fold*.pt"):
+        p.unlink()
+    with pytest.raises(UserError, match="no finished fold"):
+        predict_images(comp, run, [test])
+    (run / "summary.json").unlink()
+    with pytest.raises(UserError, match="did not finish"):
+        predict_images(comp, run, [test])
+    shutil.rmtree(run)
+    assert not (digits / "predictions").exists()
+
+
+def test_table_escapes_class_names_and_caps_top_k(capsys):
+    classes = ["[red]stop[/red]", "plain"]
+    probs = np.array([[0.9, 0.1], [np.nan, np.nan]])
+    from pathlib import Path
+
+    df = answer_frame([Path("a[b].jpg"), Path("bad.jpg")], probs, {1: "cannot decode"}, classes, top_k=5)
+    assert list(df.columns) == ["image", "class", "prob", "class_2", "prob_2", "error"]
+    show_answers(df, 5)
+    text = capsys.readouterr().out
+    assert "[red]stop[/red]" in text and "a[b].jpg" in text and "bad.jpg: cannot decode" in text
