@@ -3,7 +3,7 @@
 # The variables below reach each command through the environment and are read there as "$$NAME":
 # a value is never pasted into the shell's text, so `make data COMP='; rm -rf ~ #'` runs nothing.
 .DEFAULT_GOAL := help
-.PHONY: help install data inspect train lr-find submit report runs blend lb config bench demo list test lint format
+.PHONY: help install data inspect train lr-find submit report runs blend lb predict export config bench demo list test lint format
 
 PYTHON ?= python3
 VENV := .venv
@@ -21,7 +21,9 @@ MSG ?=
 FORCE ?=
 RUNS ?=
 LOOK ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK
+IMG ?=
+TOPK ?=
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +64,12 @@ blend: install ## blend finished runs on their OOF (honest nested CV): make blen
 
 lb: install ## public LB score of every upload from Kaggle, CV vs LB, the two finals: make lb [COMP=..]
 	$(KCV) lb -c "$$COMP"
+
+predict: install ## a run's answer for new images: make predict IMG="photo.jpg dir/ shots/*.png" (globs reach kagglecv unexpanded) [COMP=..] [RUN=..] [TOPK=3]
+	set -f; $(KCV) predict -c "$$COMP" -r "$$RUN" -k "$${TOPK:-3}" $$IMG
+
+export: install ## safetensors + model.json + standalone predict.py + ONNX (parity-checked): make export [COMP=..] [RUN=..] [FORCE=1]
+	$(KCV) export -c "$$COMP" -r "$$RUN" $${FORCE:+--force}
 
 config: install ## every recipe key: default, type, meaning, and its value in CONFIG: make config [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) config --config "$$CONFIG" $$ARGS

@@ -43,3 +43,24 @@ def test_blend_of_two_runs_submits_like_a_run_and_reuses_the_members_caches(fini
     table = pd.read_csv(finished_run.parent / "runs.csv")
     assert set(table["run"]) == {*runs, blend_dir.name}
     assert table.set_index("run").loc[blend_dir.name, "test_score"] == record["test_score"]
+
+
+def test_predict_and_export_through_the_cli(finished_run, capsys):
+    """The CLI wiring of issue 13: `kagglecv predict` on a folder and a glob, `kagglecv export`."""
+    import glob
+
+    imgs = sorted(glob.glob("data/digits-demo/test/*.png"))[:3]
+    assert main(["predict", "-c", "digits-demo", "-k", "2", imgs[0], "data/digits-demo/test/1*.png"]) == 0
+    said = cli_text(capsys)
+    out = sorted((finished_run.parents[2] / "predictions").glob("digits-demo-*.csv"))
+    assert len(out) == 1 and "wrote" in said
+    frame = pd.read_csv(out[0])
+    assert {"image", "class", "prob", "class_2", "prob_2"} <= set(frame.columns)
+    assert (frame["prob"] >= frame["prob_2"]).all() and len(frame) >= 2
+    assert main(["predict", "-c", "digits-demo", "nope.png"]) == 2
+    assert "nope.png does not exist" in cli_text(capsys)
+    assert main(["export", "-c", "digits-demo"]) == 0
+    folder = finished_run.parents[2] / "exports" / f"digits-demo-{finished_run.name}"
+    assert {"model.json", "predict.py", "model.onnx"} <= {p.name for p in folder.iterdir()}
+    assert main(["export", "-c", "digits-demo"]) == 2
+    assert "exists already" in cli_text(capsys)

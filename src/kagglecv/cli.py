@@ -351,7 +351,27 @@ def cmd_lb(args) -> None:
     console.print(f"-> {ledger_path(comp.slug)}  (`make runs` shows public LB beside CV)")
 
 
+def cmd_predict(args) -> None:
+    from .infer import predict_images
+    from .runs import find_run
+
+    comp = _comp(args.comp)
+    out = Path(args.out) if args.out else None
+    predict_images(comp, find_run(comp.slug, args.run or None), args.images, top_k=args.top_k, out=out)
+
+
+def cmd_export(args) -> None:
+    from .export import export_run
+    from .runs import find_run
+
+    comp = _comp(args.comp)
+    out = Path(args.out) if args.out else None
+    export_run(comp, find_run(comp.slug, args.run or None), out_dir=out, force=args.force)
+
+
 COMMANDS = {
+    "predict": cmd_predict,
+    "export": cmd_export,
     "runs": cmd_runs,
     "blend": cmd_blend,
     "lb": cmd_lb,

@@ -206,6 +206,37 @@ def _add_compete(sub) -> None:
     _comp_option(s)
 
 
+def _add_predict_export(sub) -> None:
+    helptext = (
+        "ask a run about new images (files, folders, globs): class and probability (top-k), with the "
+        "same decoding, fold ensemble, TTA and post-processing as submit; a table and a CSV"
+    )
+    s = sub.add_parser("predict", help=helptext, description=helptext)
+    _comp_option(s)
+    s.add_argument("-r", "--run", default="", help="run id (default: the latest finished run)")
+    s.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or quoted globs"
+    )
+    s.add_argument(
+        "-k", "--top-k", type=_int_at_least(1), default=3, help="classes shown per image (default: 3)"
+    )
+    s.add_argument(
+        "-o", "--out", default="", help="CSV file or folder (default: predictions/<comp>-<run>-<time>.csv)"
+    )
+
+    helptext = (
+        "export a run to exports/<comp>-<run>/: fold weights as safetensors, model.json, a standalone "
+        "predict.py (torch, timm, numpy, Pillow only) and an ONNX model checked against PyTorch"
+    )
+    s = sub.add_parser("export", help=helptext, description=helptext)
+    _comp_option(s)
+    s.add_argument("-r", "--run", default="", help="run id (default: the latest finished run)")
+    s.add_argument(
+        "--force", action="store_true", help="replace an existing export (kept until the new one is complete)"
+    )
+    s.add_argument("-o", "--out", default="", help="export folder (default: exports/<comp>-<run>/)")
+
+
 def build_parser() -> Parser:
     from . import __version__
 
@@ -236,6 +267,7 @@ def build_parser() -> Parser:
     _add_train(sub)
     _add_submit_report(sub)
     _add_compete(sub)
+    _add_predict_export(sub)
     helptext = "every recipe key: its default, type and meaning, and its value in --config X (with overrides)"
     s = sub.add_parser("config", help=helptext, description=helptext)
     s.add_argument(

@@ -84,6 +84,7 @@ def model_spec(comp, ens: Ensemble, weights: list[str]) -> dict:
         "mean": [float(m) for m in meta["mean"]],
         "std": [float(s) for s in meta["std"]],
         "tta": list(ens.flips),
+        "tta_scales_in_submit": list(ens.scales),  # submit may add a larger-scale view; the export does not
         "folds": list(ens.folds),
         "metric": comp.metric,
         "weights": weights,
@@ -244,6 +245,11 @@ def export_run(comp, run_dir: Path, *, out_dir: Path | None = None, force: bool 
         raise UserError(f"{out}/ exists already: FORCE=1 (--force) replaces it, or export elsewhere")
     _need_onnx()
     ens = load_ensemble(comp, run_dir)  # on the CPU: what the export is checked on
+    if any(s != 1.0 for s in ens.scales):
+        console.print(
+            "[yellow]note:[/] the OOF chose a larger-scale TTA view too; the export averages the flips "
+            "at one size (one fixed-size ONNX graph), so it can differ slightly from `make submit`"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -45,7 +45,8 @@ class Ensemble:
     folds: list[int]
     meta: dict  # the first fold's checkpoint meta: model, classes, img_size, mean, std
     config: object  # the run's TrainConfig (amp, amp_dtype, tta)
-    flips: list[str]  # test-time flips, as `make submit` averages them
+    flips: list[str]  # test-time flips, as `make submit` averages them (chosen on OOF: tta.py)
+    scales: list[float]  # 1.0, plus a larger scale where the OOF chose one
     postprocess: dict  # temperature/clip chosen on the run's OOF, as `make submit` applies it
 
     @property
@@ -63,8 +64,9 @@ def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
 
     from .blend import is_blend
     from .postprocess import postprocess_for_run
-    from .predict import load_fold_models, tta_flips
+    from .predict import load_fold_models
     from .submit import check_run
+    from .tta import choose_tta
 
     if is_blend(run_dir):
         raise UserError(
@@ -77,18 +79,20 @@ def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
     models = load_fold_models(run_dir, fold_ids, device or torch.device("cpu"))
     first = models[0]
     classes = [str(c) for c in first.meta["classes"]]
+    plan = choose_tta(comp, run_dir, models)
     return Ensemble(
         run_dir=run_dir,
         models=[fm.model for fm in models],
         folds=[fm.fold for fm in models],
         meta=first.meta,
         config=first.config,
-        flips=tta_flips(first.config, comp.hflip, comp.vflip),
+        flips=plan["flips"],
+        scales=plan["scales"],
         postprocess=postprocess_for_run(comp.metric, run_dir, classes),
     )
 
 
-def ensemble_probs(ens: Ensemble, images: np.ndarray) -> np.ndarray:
+def ensemble_probs(ens: Ensemble, images: np.ndarray, flips: list[str] | None = None) -> np.ndarray:
     """N x C softmax probabilities for uint8 N x H x W x 3 images at the run's size: each fold with
     its TTA flips (engine.predict, as `make submit`), averaged over the folds; no post-processing."""
     import torch
@@ -107,7 +111,7 @@ def ensemble_probs(ens: Ensemble, images: np.ndarray) -> np.ndarray:
             amp=ens.config.amp,
             amp_dtype_name=ens.config.amp_dtype,
         )
-        total = total + predict(stepper, batch, ens.flips)
+        total = total + predict(stepper, batch, ens.flips if flips is None else flips)
     return total / len(ens.models)
 
 
@@ -190,7 +194,7 @@ def predict_paths(ens: Ensemble, paths: list[Path]) -> tuple[np.ndarray, dict[in
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:  # cv2/PIL free the GIL
         for start in range(0, len(paths), CHUNK):
             rows = list(range(start, min(start + CHUNK, len(paths))))
-            loaded = pool.map(lambda i: load_image(paths[i], ens.img_size), rows)
+            loaded = list(pool.map(lambda i: load_image(paths[i], ens.img_size), rows))
             good, images = [], []
             for i, img in zip(rows, loaded, strict=True):
                 if isinstance(img, str):
@@ -199,7 +203,12 @@ def predict_paths(ens: Ensemble, paths: list[Path]) -> tuple[np.ndarray, dict[in
                     good.append(i)
                     images.append(img)
             if good:
-                probs[good] = apply_postprocess(ens.postprocess, ensemble_probs(ens, np.stack(images)))
+                p = ensemble_probs(ens, np.stack(images))
+                for s in [s for s in ens.scales if s != 1.0]:  # the larger-scale view, as submit adds it
+                    size = int(round(ens.img_size * s))
+                    bigger = np.stack(list(pool.map(lambda i, size=size: load_image(paths[i], size), good)))
+                    p = (p * (1 + len(ens.flips)) + ensemble_probs(ens, bigger, [])) / (2 + len(ens.flips))
+                probs[good] = apply_postprocess(ens.postprocess, p)
     return probs, errors
 
 
