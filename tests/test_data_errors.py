@@ -311,13 +311,3 @@ def test_read_only_data_folder_refuses_before_anything(digits, capsys, monkeypat
     assert (
         "make data digits-demo: cannot write data/.digits-demo.lock: it is on a read-only file system" in text
     )
-
-
-def test_room_to_unpack_is_said_in_units_people_read(tmp_path, monkeypatch):
-    """A small archive on a nearly full disk said "needs 0.0 GB but ... has 0.0 GB free"."""
-    from kagglecv.sources import archives
-
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 3000))
-    members = [archives.Member("train/a.jpg", 40_000, False, False, None)]
-    with pytest.raises(UserError, match=r"needs 43\.0 KB but .* has 2\.9 KB free: free some space"):
-        archives._check(tmp_path / "x.zip", members, tmp_path / "raw")

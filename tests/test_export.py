@@ -71,7 +71,11 @@ def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
     return done.stdout
 
 
-def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys):
+def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys, monkeypatch):
+    from kagglecv import tta
+
+    # a run whose OOF chose hflip, so the flips inside the ONNX graph and the script are exercised
+    monkeypatch.setattr(tta, "candidate_sets", lambda h, v: {"hflip": [(None, 1.0), ("hflip", 1.0)]})
     comp = _comp("log_loss")
     out = export_run(comp, run)
     assert out == Path("exports") / f"digits-demo-{run.name}"

@@ -111,11 +111,22 @@ def choose_tta(comp, run_dir: Path, models) -> dict:
     classes = models[0].meta["classes"]
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     try:
-        views = oof_views(models, oof, comp.data_dir, sets)
-    except (RuntimeError, UserError) as e:  # e.g. a ViT fixed to its input size: no scale views
-        console.print(f"[yellow]TTA:[/] larger-scale views skipped ({str(e).splitlines()[0][:120]})")
-        sets = {k: v for k, v in sets.items() if all(s == 1.0 for _, s in v)}
-        views = oof_views(models, oof, comp.data_dir, sets)
+        try:
+            views = oof_views(models, oof, comp.data_dir, sets)
+        except RuntimeError as e:  # e.g. a ViT fixed to its input size: no larger-scale views
+            console.print(f"[yellow]TTA:[/] larger-scale views skipped ({str(e).splitlines()[0][:120]})")
+            sets = {k: v for k, v in sets.items() if all(s == 1.0 for _, s in v)}
+            views = oof_views(models, oof, comp.data_dir, sets)
+    except UserError as e:  # the training images are gone or unreadable: the recipe's flips, unchosen
+        flips = [f for f, ok in (("hflip", comp.hflip), ("vflip", comp.vflip)) if ok and models[0].config.tta]
+        console.print(f"[yellow]TTA not chosen on OOF[/] ({e}); using the flips the competition allows")
+        return {
+            "name": "+".join(flips) or "none",
+            "flips": flips,
+            "scales": [1.0],
+            "scores": {},
+            "metric": comp.metric,
+        }
     scores = {
         name: score(comp.metric, y, np.mean([views[v] for v in vs], axis=0)) for name, vs in sets.items()
     }

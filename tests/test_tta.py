@@ -1,0 +1,52 @@
+"""TTA chosen on OOF: the candidate sets the competition allows, and the choice by the OOF metric."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kagglecv import tta
+from kagglecv.competition import load_competition
+
+
+def test_candidate_sets_follow_the_flips_the_competition_allows():
+    assert sorted(tta.candidate_sets(False, False)) == ["none", "scale1.15"]
+    both = tta.candidate_sets(True, True)
+    assert {"none", "hflip", "vflip", "hflip+vflip", "scale1.15", "hflip+vflip+scale1.15"} == set(both)
+    assert both["hflip+vflip+scale1.15"] == [(None, 1.0), ("hflip", 1.0), ("vflip", 1.0), (None, 1.15)]
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monkeypatch, helps):
+    """The real choose_tta over a real run's OOF rows; the views' probabilities are made up so that the
+    larger scale fixes (or breaks) a third of the rows."""
+    from kagglecv.engine import pick_device
+    from kagglecv.predict import load_fold_models
+
+    comp = load_competition("digits-demo")
+    models = load_fold_models(finished_run, [0, 1], pick_device("cpu"))
+    oof = json.loads((finished_run / "summary.json").read_text())
+    classes = models[0].meta["classes"]
+    import pandas as pd
+
+    frame = pd.read_csv(finished_run / "oof.csv", dtype={"label": str})
+    y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    truth = np.eye(len(classes))[y]
+    wrong = np.roll(truth, 1, axis=1)
+    third = np.arange(len(y)) % 3 == 0
+    plain = np.where(third[:, None], wrong, truth)
+    scaled = truth if helps else wrong
+
+    def fake_views(models, oof, data_root, sets):
+        return {(None, 1.0): plain, (None, 1.15): scaled}
+
+    monkeypatch.setattr(tta, "oof_views", fake_views)
+    plan = tta.choose_tta(comp, finished_run, models)
+    assert plan["name"] == ("scale1.15" if helps else "none")
+    assert plan["scales"] == ([1.0, 1.15] if helps else [1.0])
+    assert plan["scores"]["none"] == pytest.approx((~third).mean(), abs=1e-6)
+    again = tta.choose_tta(comp, finished_run, models)  # cached: no second pass over the views
+    assert again == plan and json.loads((finished_run / tta.CACHE).read_text())["name"] == plan["name"]
+    assert oof["metric"] == "accuracy"
