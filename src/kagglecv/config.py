@@ -81,6 +81,13 @@ class TrainConfig:
     )
     cache_mb: int = key(2048, "RAM budget (MB) for decoded, resized images")
     seed: int = key(42, "random seed (folds' models, augmentation, shuffling)")
+    # pseudo-labels: confident test predictions of an earlier run or blend join every training split
+    pseudo: str | None = key(
+        None, "run or blend whose cached test predictions give pseudo-labels (make submit it first)"
+    )
+    pseudo_threshold: float = key(
+        0.95, "a test image is pseudo-labelled when its top probability reaches this"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.lr, str) and self.lr != "auto":
@@ -124,6 +131,8 @@ class TrainConfig:
                 raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
         if not 0 < self.pct_start < 1 or not 0 <= self.label_smoothing < 1 or not 0 < self.ema_decay < 1:
             raise UserError("config: pct_start and ema_decay must lie in (0, 1), label_smoothing in [0, 1)")
+        if not 0.5 <= self.pseudo_threshold <= 1:
+            raise UserError(f"config: pseudo_threshold must lie in [0.5, 1], got {self.pseudo_threshold}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise UserError(f"config: layer_decay must lie in (0, 1], got {self.layer_decay}")
 

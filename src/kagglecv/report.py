@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from pathlib import Path
 
@@ -117,6 +118,20 @@ def latest_test_score(run: Run) -> float | None:
     return record.get("test_score") if record else None
 
 
+def _pseudo_note(run: Run) -> str:
+    """What pseudo-labels the run trained with (pseudo.json, written by train), or nothing."""
+    try:
+        p = json.loads((run.dir / "pseudo.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    per = ", ".join(f"{html.escape(str(c))} {n}" for c, n in p.get("per_class", {}).items() if n)
+    return (
+        f"<p class='note'>pseudo-labels: {p.get('added')} of {p.get('of')} test images predicted by "
+        f"{html.escape(str(p.get('source')))} with p ≥ {p.get('threshold')} joined every training split "
+        f"({per or 'none'}); the OOF is therefore not independent of that run.</p>"
+    )
+
+
 def _header(run: Run, test: float | None) -> str:
     s = run.summary
     metric = s.get("metric", "metric")
@@ -132,7 +147,8 @@ def _header(run: Run, test: float | None) -> str:
         f"<p class='note'>lr {_fmt(s.get('lr'), '.2e')} · {s.get('img_size')} px · {len(run.y)} out-of-fold "
         f"images · {len(run.classes)} classes · trained in {_fmt(s.get('seconds'), '.0f')} s on "
         f"{html.escape(str(s.get('device')))}</p>"
-        "<h2>Cross-validation</h2>"
+        + _pseudo_note(run)
+        + "<h2>Cross-validation</h2>"
         + _table(cv_rows(run))
         + "<h2>Config</h2>"
         + (

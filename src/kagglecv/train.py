@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 
@@ -55,6 +56,15 @@ class TrainData:
         info = read_prepared(comp)
         self.folds = read_folds(comp, info)
         self.classes: list[str] = [str(c) for c in info["classes"]]
+        self.pseudo = None
+        if cfg.pseudo:  # confident test predictions join every training split, never a validation one
+            from .pseudo import pseudo_rows, report_pseudo
+
+            rows = pseudo_rows(comp, cfg.pseudo, cfg.pseudo_threshold, self.classes)
+            self.pseudo = report_pseudo(
+                rows, cfg.pseudo, cfg.pseudo_threshold, int(info.get("n_test", 0)), self.classes
+            )
+            self.folds = pd.concat([self.folds, rows], ignore_index=True)
         self.labels = (
             self.folds["label"].astype(str).map({c: i for i, c in enumerate(self.classes)}).to_numpy()
         )
@@ -76,7 +86,7 @@ class TrainData:
                 paths[i] = paths[j]
         self.dataset = ImageDataset(paths, self.labels, size, images, stand_in=True)
         self.workers = default_workers(cfg.workers, images is not None, cuda)
-        self.n_folds = int(self.folds["fold"].nunique())
+        self.n_folds = int(self.folds.loc[self.folds["fold"] >= 0, "fold"].nunique())
 
 
 def check_fold_ids(fold_ids: list[int], n_folds: int) -> None:
@@ -260,6 +270,10 @@ def train(
             _lock(held, comp, run_dir, what)
         run_dir.mkdir(parents=True, exist_ok=True)
         started_here = _start_run_folder(run_dir, cfg, fold_ids)
+        if data.pseudo is not None and dist.is_main():
+            from .pseudo import write_pseudo_record
+
+            write_pseudo_record(run_dir, data.pseudo)
         console.print(
             f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
             f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
