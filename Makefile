@@ -83,9 +83,10 @@ demo: install ## the whole workflow offline on built-in digits: data -> train ->
 test: install ## run the test suite (CPU only; GPU tests skip without CUDA)
 	$(VENV)/bin/python -m pytest -q
 
-lint: install ## ruff: lint and format check
+lint: install ## ruff (lint + format check) and lint-imports (data flows one way: no stage imports a later one)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/lint-imports
 
 format: install ## ruff: apply formatting and safe fixes
 	$(VENV)/bin/ruff check --fix src tests
