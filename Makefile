@@ -23,7 +23,8 @@ RUNS ?=
 LOOK ?=
 IMG ?=
 TOPK ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK
+TTA ?=
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,8 +51,8 @@ train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=..] [ARGS="epoc
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) lr-find -c "$$COMP" --config "$$CONFIG" $$ARGS
 
-submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]]
-	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} -m "$$MSG"
+submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]] [TTA=none]
+	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} -m "$$MSG" --tta "$${TTA:-auto}"
 
 report: install ## HTML run report (curves, confusion, suspects, galleries, heatmaps, data map): make report [COMP=..] [RUN=..] [LOOK=1]
 	$(KCV) report -c "$$COMP" -r "$$RUN" $${LOOK:+--look}

@@ -188,7 +188,7 @@ def cmd_lr_find(args) -> None:
 def cmd_submit(args) -> None:
     from .submit import submit
 
-    submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None)
+    submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None, tta=args.tta)
 
 
 def cmd_report(args) -> None:

@@ -124,6 +124,13 @@ def _add_submit_report(sub) -> None:
     s.add_argument(
         "-m", "--message", default="", help="words for the submission's description (run id and CV are added)"
     )
+    s.add_argument(
+        "--tta",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto: the test-time augmentation that scores best on the out-of-fold images (flips the "
+        "competition allows, a 1.15x scale), plain prediction unless one helps; none: plain (default: auto)",
+    )
 
     helptext = (
         "write runs/<comp>/<run>/report.html: LR plot, curves, confusion matrix, top losses, suspect labels"

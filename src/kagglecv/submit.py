@@ -244,7 +244,12 @@ def check_run(run_dir: Path, summary: dict) -> list[int]:
     return listed
 
 
-def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], paths: list) -> tuple:
+NO_TTA = {"name": "none (TTA=none)", "flips": [], "scales": [1.0], "scores": {}}
+
+
+def run_test_probs(
+    comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], paths: list, tta: str = "auto"
+) -> tuple:
     """(N x C probabilities, NaN rows for unreadable images; the run's classes; what prediction did)
     for one training run: its fold models, TTA, through the run's prediction cache."""
     from .engine import pick_device
@@ -259,7 +264,7 @@ def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[
         )
     readable = [p for p in paths if p is not None]
     probs = np.full((len(paths), len(classes)), np.nan)
-    plan = choose_tta(comp, run_dir, models)
+    plan = choose_tta(comp, run_dir, models) if tta == "auto" else NO_TTA
     if readable:
         pred = predict_test(
             models,
@@ -275,7 +280,7 @@ def run_test_probs(comp: Competition, info: dict, run_dir: Path, fold_ids: list[
     return probs, classes, {"tta": tta, "model": models[0].meta["model"]}
 
 
-def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list) -> tuple:
+def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list, tta: str = "auto") -> tuple:
     """A blend's test probabilities: each member run predicted once (its cache serves every later
     submit), combined with the weights fitted on the OOF predictions."""
     from .blend import blend_test_probs as combine
@@ -290,7 +295,7 @@ def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list
                 f"blend {blend_dir.name} needs run {name}, which is gone from {blend_dir.parent}/"
             )
         fold_ids = check_run(member, read_summary(member))
-        probs, classes, pred = run_test_probs(comp, info, member, fold_ids, paths)
+        probs, classes, pred = run_test_probs(comp, info, member, fold_ids, paths, tta)
         if classes != spec["classes"]:
             raise UserError(f"run {name} predicts other classes than blend {blend_dir.name} was fitted on")
         member_probs.append(probs)
@@ -299,7 +304,7 @@ def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list
     return probs, spec["classes"], {"tta": tta, "model": "blend of " + ", ".join(spec["members"])}
 
 
-def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int]):
+def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], tta: str = "auto"):
     """(submission frame, run classes, what prediction did) for a checked run or blend."""
     from .blend import is_blend
     from .postprocess import apply_postprocess, postprocess_for_run
@@ -307,9 +312,9 @@ def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: l
     sample = read_sample(comp)
     paths = test_images(comp, sample, info)
     if is_blend(run_dir):
-        probs, classes, pred = blend_test_probs(comp, info, run_dir, paths)
+        probs, classes, pred = blend_test_probs(comp, info, run_dir, paths, tta)
     else:
-        probs, classes, pred = run_test_probs(comp, info, run_dir, fold_ids, paths)
+        probs, classes, pred = run_test_probs(comp, info, run_dir, fold_ids, paths, tta)
     check_classes(comp, sample, classes)
     plan = postprocess_for_run(comp.metric, run_dir, classes)
     ok = ~np.isnan(probs).any(1)
@@ -323,17 +328,22 @@ def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: l
 
 
 def submit(
-    comp: Competition, run: str | None = None, *, upload: bool = False, message: str | None = None
+    comp: Competition,
+    run: str | None = None,
+    *,
+    upload: bool = False,
+    message: str | None = None,
+    tta: str = "auto",
 ) -> dict:
     """Predict the test set with a run, write submissions/<comp>-<run>.csv and its record (.json
     beside it), score it where labels are known, upload it when asked. The run folder is only read
-    (and its test-prediction cache filled). Returns the record."""
+    (and its prediction caches filled). `tta`: auto (chosen on OOF) or none. Returns the record."""
     with data_lock(comp.data_dir, exclusive=False, what="make submit"):
         info = read_prepared(comp)
         run_dir = find_run(comp.slug, run)
         summary = read_summary(run_dir)
         fold_ids = check_run(run_dir, summary)
-        df, classes, pred = predict_and_format(comp, info, run_dir, fold_ids)
+        df, classes, pred = predict_and_format(comp, info, run_dir, fold_ids, tta)
         text = df.to_csv(index=False)
         SUBMISSIONS_DIR.mkdir(exist_ok=True)
         out = SUBMISSIONS_DIR / f"{comp.slug}-{run_dir.name}.csv"
