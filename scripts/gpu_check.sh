@@ -13,7 +13,7 @@
 #     --platform manylinux2014_x86_64 -d .whl albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 \
 #     stringzilla==5.3.2 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
 #     typing-inspection==0.4.5 typing_extensions==4.16.0 ImageHash==4.3.2 PyWavelets==1.9.0 \
-#     cleanlab==2.9.0 termcolor==3.3.0 tqdm==4.67.1
+#     cleanlab==2.9.0 termcolor==3.3.0 tqdm==4.70.1
 # (cleanlab: the report's suspect labels, which the demo writes)
 # then: run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
 set -uo pipefail
