@@ -255,3 +255,18 @@ def read_blend(run_dir: Path) -> dict:
 def blend_test_probs(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
     """The test-set blend from each member's test probabilities (same order as spec['members'])."""
     return combine(member_inputs(spec["metric"], member_probs), np.asarray(spec["weights"]))
+
+
+def blend_and_say(comp, names: list[str] | None) -> Path:
+    """`kagglecv blend`: fit, write, and say the honest CV and the weights."""
+    from .console import console
+
+    out = blend(comp.slug, names)
+    s = json.loads((out / SUMMARY).read_text())
+    weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(s["members"], s["weights"], strict=True))
+    console.print(
+        f"[green]✓[/] {out.name}: honest CV {comp.metric} [bold]{s['cv_mean']:.4f} ± {s['cv_std']:.4f}[/] "
+        f"(weights fitted on the other folds), OOF {s['oof_score']:.4f}; weights: {weights}"
+    )
+    console.print(f"-> {out}/  (`make submit RUN={out.name}` writes its submission)")
+    return out

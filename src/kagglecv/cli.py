@@ -299,56 +299,21 @@ INTERRUPTED = {
 
 
 def cmd_runs(args) -> None:
-    from .leaderboard import runs_frame, runs_table, write_runs_csv, write_runs_html
-    from .ledger import correlation, read_ledger, scatter_png
-    from .metrics import HIGHER_IS_BETTER
+    from .leaderboard import show_runs
 
-    comp = _comp(args.comp)
-    frame = runs_frame(comp.slug, HIGHER_IS_BETTER[comp.metric], comp.n_folds)
-    if frame.empty:
-        raise UserError(
-            f"no runs of {comp.slug} yet in runs/{comp.slug}/: `make train COMP={comp.slug}` starts one"
-        )
-    console.print(runs_table(comp.slug, frame, comp.metric))
-    ledger = read_ledger(comp.slug)
-    html = write_runs_html(
-        comp.slug, frame, comp.metric, scatter_png(ledger, comp.metric), correlation(ledger)
-    )
-    console.print(f"-> {write_runs_csv(comp.slug, frame)}, {html}")
+    show_runs(_comp(args.comp))
 
 
 def cmd_blend(args) -> None:
-    import json
+    from .blend import blend_and_say
 
-    from .blend import blend
-
-    comp = _comp(args.comp)
-    out = blend(comp.slug, args.runs or None)
-    s = json.loads((out / "summary.json").read_text())
-    weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(s["members"], s["weights"], strict=True))
-    console.print(
-        f"[green]✓[/] {out.name}: honest CV {comp.metric} [bold]{s['cv_mean']:.4f} ± {s['cv_std']:.4f}[/] "
-        f"(weights fitted on the other folds), OOF {s['oof_score']:.4f}; weights: {weights}"
-    )
-    console.print(f"-> {out}/  (`make submit RUN={out.name}` writes its submission)")
+    blend_and_say(_comp(args.comp), args.runs or None)
 
 
 def cmd_lb(args) -> None:
-    from .ledger import best_two, correlation, fetch_public_scores, ledger_path, ledger_table
-    from .metrics import HIGHER_IS_BETTER
+    from .ledger import show_lb
 
-    comp = _comp(args.comp)
-    ledger = fetch_public_scores(comp)
-    finals = best_two(ledger, HIGHER_IS_BETTER[comp.metric])
-    console.print(ledger_table(comp.slug, ledger, comp.metric, finals))
-    corr = correlation(ledger)
-    if "pearson" in corr:
-        console.print(
-            f"CV vs public LB: Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f} ({corr['n']} scored)"
-        )
-    refs = ", ".join(f"ref {r} ({run})" for r, run in zip(finals["ref"], finals["run"], strict=True))
-    console.print(f"best CV, to pick as your two finals on Kaggle: {refs}")
-    console.print(f"-> {ledger_path(comp.slug)}  (`make runs` shows public LB beside CV)")
+    show_lb(_comp(args.comp))
 
 
 def cmd_predict(args) -> None:

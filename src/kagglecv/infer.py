@@ -29,7 +29,7 @@ from .console import console
 from .errors import UserError
 from .files import atomic_write
 from .images import IMAGE_EXTS, decode
-from .runs import finished_folds, read_summary
+from .runs import check_run, finished_folds, read_summary
 
 PREDICTIONS_DIR = Path("predictions")
 CHUNK = 64  # images decoded and predicted at a time: memory stays flat on a folder of 100k
@@ -65,7 +65,6 @@ def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
     from .blend import is_blend
     from .postprocess import postprocess_for_run
     from .predict import load_fold_models
-    from .submit import check_run
     from .tta import choose_tta
 
     if is_blend(run_dir):

@@ -200,3 +200,23 @@ def _cell(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def show_runs(comp) -> None:
+    """`kagglecv runs`: the table in the terminal, runs.csv and runs.html beside the runs."""
+    from .console import console
+    from .errors import UserError
+    from .ledger import correlation, read_ledger, scatter_png
+    from .metrics import HIGHER_IS_BETTER
+
+    frame = runs_frame(comp.slug, HIGHER_IS_BETTER[comp.metric], comp.n_folds)
+    if frame.empty:
+        raise UserError(
+            f"no runs of {comp.slug} yet in runs/{comp.slug}/: `make train COMP={comp.slug}` starts one"
+        )
+    console.print(runs_table(comp.slug, frame, comp.metric))
+    ledger = read_ledger(comp.slug)
+    html = write_runs_html(
+        comp.slug, frame, comp.metric, scatter_png(ledger, comp.metric), correlation(ledger)
+    )
+    console.print(f"-> {write_runs_csv(comp.slug, frame)}, {html}")

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .competition import Competition
+from .console import console
 from .errors import UserError
 from .files import atomic_write
 from .runs import RUNS_DIR
@@ -183,3 +184,21 @@ def scatter_png(ledger: pd.DataFrame, metric: str) -> bytes | None:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def show_lb(comp: Competition) -> pd.DataFrame:
+    """`kagglecv lb`: fetch, then CV against public LB, the correlation and the two finals."""
+    from .metrics import HIGHER_IS_BETTER
+
+    ledger = fetch_public_scores(comp)
+    finals = best_two(ledger, HIGHER_IS_BETTER[comp.metric])
+    console.print(ledger_table(comp.slug, ledger, comp.metric, finals))
+    corr = correlation(ledger)
+    if "pearson" in corr:
+        console.print(
+            f"CV vs public LB: Pearson {corr['pearson']:.3f}, Spearman {corr['spearman']:.3f} ({corr['n']} scored)"
+        )
+    refs = ", ".join(f"ref {r} ({run})" for r, run in zip(finals["ref"], finals["run"], strict=True))
+    console.print(f"best CV, to pick as your two finals on Kaggle: {refs}")
+    console.print(f"-> {ledger_path(comp.slug)}  (`make runs` shows public LB beside CV)")
+    return ledger

@@ -24,6 +24,7 @@ import pandas as pd
 from .console import console
 from .errors import UserError
 from .files import atomic_write
+from .locks import LOCK_NAME, is_locked
 
 RUNS_DIR = Path("runs")
 SUMMARY = "summary.json"
@@ -219,3 +220,18 @@ def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None
     summary.setdefault("device", "?")
     write_summary(run_dir, summary)
     return summary
+
+
+def check_run(run_dir: Path, summary: dict) -> list[int]:
+    """The run's fold ids, once the run is settled: not being trained, every finished fold gathered."""
+    name = run_dir.name
+    if is_locked(run_dir / LOCK_NAME):
+        raise UserError(f"run {name} is being trained right now; submit it once training has finished")
+    listed = [int(k) for k in summary.get("fold_ids", range(summary.get("folds", 0)))]
+    extra = sorted(set(finished_folds(run_dir)) - set(listed))
+    if extra:
+        raise UserError(
+            f"run {name} has finished fold(s) {extra} that its summary.json does not list (trained elsewhere "
+            f"and copied in?): gather them with `make train RUN={name} RESUME=1`, then submit"
+        )
+    return listed

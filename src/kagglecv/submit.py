@@ -23,10 +23,10 @@ from .competition import Competition
 from .console import console
 from .errors import UserError
 from .layout import IMAGE_EXTS, read_prepared
-from .locks import LOCK_NAME, data_lock, is_locked
+from .locks import data_lock
 from .metrics import score
 from .records import SUBMISSIONS_DIR, earlier_uploads, write_file, write_record
-from .runs import find_run, finished_folds, read_summary
+from .runs import check_run, find_run, read_summary
 from .tables import read_csv
 
 
@@ -229,24 +229,6 @@ def read_sample(comp: Competition) -> pd.DataFrame:
     return sample
 
 
-def check_run(run_dir: Path, summary: dict) -> list[int]:
-    """The run's fold ids, once the run is settled: not being trained, every finished fold gathered."""
-    name = run_dir.name
-    if is_locked(run_dir / LOCK_NAME):
-        raise UserError(f"run {name} is being trained right now; submit it once training has finished")
-    listed = [int(k) for k in summary.get("fold_ids", range(summary.get("folds", 0)))]
-    extra = sorted(set(finished_folds(run_dir)) - set(listed))
-    if extra:
-        raise UserError(
-            f"run {name} has finished fold(s) {extra} that its summary.json does not list (trained elsewhere "
-            f"and copied in?): gather them with `make train RUN={name} RESUME=1`, then submit"
-        )
-    return listed
-
-
-NO_TTA = {"name": "none (TTA=none)", "flips": [], "scales": [1.0], "scores": {}}
-
-
 def run_test_probs(
     comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], paths: list, tta: str = "auto"
 ) -> tuple:
@@ -254,7 +236,7 @@ def run_test_probs(
     for one training run: its fold models, TTA, through the run's prediction cache."""
     from .engine import pick_device
     from .predict import load_fold_models, predict_test
-    from .tta import choose_tta
+    from .tta import NO_TTA, choose_tta
 
     models = load_fold_models(run_dir, fold_ids, pick_device("auto"))
     classes = models[0].meta["classes"]

@@ -29,6 +29,7 @@ from .metrics import HIGHER_IS_BETTER, score
 
 CACHE = "tta_oof.json"
 SCALE = 1.15
+NO_TTA = {"name": "none (TTA=none)", "flips": [], "scales": [1.0], "scores": {}}  # submit --tta none
 FLIP_DIMS = {"hflip": [3], "vflip": [2], "hvflip": [2, 3]}
 
 
