@@ -20,7 +20,7 @@ from kagglecv.competition import load_competition
 from kagglecv.errors import UserError
 from kagglecv.export import export_run
 from kagglecv.images import decode
-from kagglecv.infer import load_ensemble, predict_paths, squash
+from kagglecv.infer import ensemble_probs, load_ensemble, predict_paths, squash
 from tiny_run import copy_run, tiny_run
 
 TEMPLATE = Path(export_mod.__file__).parent / "templates" / "export_predict.py"
@@ -51,9 +51,10 @@ def run(digits, trained):
     return copy_run(trained, digits)
 
 
-def _comp():
+def _comp(metric: str = "accuracy"):
     comp = load_competition("digits-demo")
     comp.hflip = True  # digits never flip; here TTA must travel into the export too
+    comp.metric = metric  # log_loss: submit's temperature/clip must travel too
     return comp
 
 
@@ -71,7 +72,7 @@ def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
 
 
 def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys):
-    comp = _comp()
+    comp = _comp("log_loss")
     out = export_run(comp, run)
     assert out == Path("exports") / f"digits-demo-{run.name}"
     assert sorted(p.name for p in out.iterdir()) == [
@@ -86,6 +87,7 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys):
     assert spec["img_size"] == 32 and spec["tta"] == ["hflip"] and spec["folds"] == [0, 1]
     assert spec["submission"]["id_column"] == "ImageId" and spec["submission"]["kind"] == "class_name"
     assert spec["onnx"]["max_abs_diff_vs_torch"] <= 1e-4
+    assert "T" in spec["postprocess"]  # the tiny run is under-confident: a temperature fixes it
     assert "max |Δprob|" in capsys.readouterr().out
     umask = os.umask(0)
     os.umask(umask)
@@ -108,7 +110,10 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys):
 
     import onnxruntime as ort
 
-    # the ONNX graph: any batch size, the same probabilities
+    # the ONNX graph: any batch size, the same probabilities (before the post-processing)
+    ours = ensemble_probs(
+        load_ensemble(comp, run), np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test])
+    )
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     pixels = np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test[:3]])
     got = session.run(None, {"pixels": pixels.transpose(0, 3, 1, 2).astype(np.float32)})[0]

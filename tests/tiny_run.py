@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory, digits_prepared) -> Path:
             from kagglecv.config import load_config
             from kagglecv.train import train
 
-            cfg = load_config("configs/smoke.yaml", ["lr=0.002", "folds=2", "batch_size=64"])
+            cfg = load_config("configs/smoke.yaml", ["lr=0.002", "batch_size=64"])
             train(load_competition("digits-demo"), cfg)
         finally:
             os.chdir(old)

@@ -90,8 +90,11 @@ def model_spec(comp, ens: Ensemble, weights: list[str]) -> dict:
         "onnx": {
             "file": "model.onnx",
             "input": f"{ONNX_INPUT}: float32 N x {int(meta.get('in_chans', 3))} x {ens.img_size} x {ens.img_size}, RGB 0..255",
-            "output": f"{ONNX_OUTPUT}: float32 N x {int(meta['num_classes'])}, the folds' mean softmax (TTA inside)",
+            "output": f"{ONNX_OUTPUT}: float32 N x {int(meta['num_classes'])}, the folds' mean softmax "
+            "(TTA inside; postprocess below not applied)",
         },
+        # temperature T / clip eps chosen on the run's OOF (log-loss competitions), as make submit applies it
+        "postprocess": {k: v for k, v in ens.postprocess.items() if k in ("kind", "T", "eps")},
         "submission": dataclasses.asdict(comp.submission),
     }
 

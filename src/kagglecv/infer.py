@@ -43,8 +43,10 @@ class Ensemble:
     run_dir: Path
     models: list  # torch modules in eval mode
     folds: list[int]
-    meta: dict  # the first fold's checkpoint meta: model, classes, img_size, mean, std, config
+    meta: dict  # the first fold's checkpoint meta: model, classes, img_size, mean, std
+    config: object  # the run's TrainConfig (amp, amp_dtype, tta)
     flips: list[str]  # test-time flips, as `make submit` averages them
+    postprocess: dict  # temperature/clip chosen on the run's OOF, as `make submit` applies it
 
     @property
     def classes(self) -> list[str]:
@@ -59,41 +61,51 @@ def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
     """Every fold model of a finished run (the folds its summary lists), ready to predict."""
     import torch
 
-    from .submit import load_fold_models
+    from .blend import is_blend
+    from .postprocess import postprocess_for_run
+    from .predict import load_fold_models, tta_flips
+    from .submit import check_run
 
+    if is_blend(run_dir):
+        raise UserError(
+            f"{run_dir.name} is a blend of runs: predict and export take one training run (RUN=<one of its members>)"
+        )
     summary = read_summary(run_dir)  # a run that never finished says so in one line
-    if not finished_folds(run_dir) or not summary.get("fold_ids", [0]):
+    if not finished_folds(run_dir):
         raise UserError(f"run {run_dir} has no finished fold yet; train it (RESUME=1 continues it)")
-    device = device or torch.device("cpu")
-    loaded = load_fold_models(run_dir, summary, device)
-    meta = loaded[0][1]
-    tta = meta.get("config", {}).get("tta", True)
-    flips = [f for f, ok in (("hflip", comp.hflip), ("vflip", comp.vflip)) if ok and tta]
-    folds = [int(k) for k in summary.get("fold_ids", range(len(loaded)))]
-    return Ensemble(run_dir, [m for m, _ in loaded], folds, meta, flips)
+    fold_ids = check_run(run_dir, summary)
+    models = load_fold_models(run_dir, fold_ids, device or torch.device("cpu"))
+    first = models[0]
+    classes = [str(c) for c in first.meta["classes"]]
+    return Ensemble(
+        run_dir=run_dir,
+        models=[fm.model for fm in models],
+        folds=[fm.fold for fm in models],
+        meta=first.meta,
+        config=first.config,
+        flips=tta_flips(first.config, comp.hflip, comp.vflip),
+        postprocess=postprocess_for_run(comp.metric, run_dir, classes),
+    )
 
 
 def ensemble_probs(ens: Ensemble, images: np.ndarray) -> np.ndarray:
     """N x C softmax probabilities for uint8 N x H x W x 3 images at the run's size: each fold with
-    its TTA flips (engine.predict, as `make submit`), averaged over the folds."""
+    its TTA flips (engine.predict, as `make submit`), averaged over the folds; no post-processing."""
     import torch
 
     from .engine import Stepper, predict
 
-    cfg = ens.meta.get("config", {})
     device = next(ens.models[0].parameters()).device
     batch = [(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), None)]
     total = 0
-    for model, _ in zip(ens.models, ens.folds, strict=True):
+    for model in ens.models:
         stepper = Stepper(
             model,
-            optimizer=None,
             device=device,
             mean=ens.meta["mean"],
             std=ens.meta["std"],
-            amp=cfg.get("amp", True),
-            label_smoothing=0.0,
-            amp_dtype_name=cfg.get("amp_dtype", "auto"),
+            amp=ens.config.amp,
+            amp_dtype_name=ens.config.amp_dtype,
         )
         total = total + predict(stepper, batch, ens.flips)
     return total / len(ens.models)
@@ -169,7 +181,10 @@ def load_image(path: Path, size: int) -> np.ndarray | str:
 
 
 def predict_paths(ens: Ensemble, paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
-    """N x C probabilities (NaN rows for unreadable files) and {row: reason} for those files."""
+    """N x C probabilities as `make submit` computes them (ensemble, TTA, post-processing; NaN rows
+    for unreadable files) and {row: reason} for those files."""
+    from .postprocess import apply_postprocess
+
     probs = np.full((len(paths), len(ens.classes)), np.nan)
     errors: dict[int, str] = {}
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:  # cv2/PIL free the GIL
@@ -184,7 +199,7 @@ def predict_paths(ens: Ensemble, paths: list[Path]) -> tuple[np.ndarray, dict[in
                     good.append(i)
                     images.append(img)
             if good:
-                probs[good] = ensemble_probs(ens, np.stack(images))
+                probs[good] = apply_postprocess(ens.postprocess, ensemble_probs(ens, np.stack(images)))
     return probs, errors
 
 

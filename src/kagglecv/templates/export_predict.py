@@ -7,7 +7,8 @@ that differs by at most one grey level in a few pixels stands in).
 
 Reads model.json and the fold<k>.safetensors files beside this script; writes one CSV row per
 image: image, class, prob (the best class and its probability), then p_<class> for every class
-(the mean over the folds of the softmax, averaged over the test-time flips in model.json).
+(the mean over the folds of the softmax, averaged over the test-time flips in model.json, then
+model.json's postprocess: the temperature / clipping kagglecv's submit applies).
 Files that cannot be decoded get an error and no prediction. model.onnx holds the same ensemble
 (input: float32 N x 3 x H x W RGB pixels in 0..255 at img_size; output: N x C probabilities).
 """
@@ -159,6 +160,21 @@ def predict(spec: dict, models: list[torch.nn.Module], images: np.ndarray) -> np
     return (total / len(models)).cpu().numpy()
 
 
+def postprocess(spec: dict, probs: np.ndarray) -> np.ndarray:
+    """model.json's post-processing, as kagglecv's submit applies it: softmax(log p / T), then p
+    clipped to [eps, 1 - eps] and renormalised."""
+    plan = spec.get("postprocess") or {}
+    if "T" in plan:
+        logits = np.log(np.clip(probs, 1e-15, 1.0)) / plan["T"]
+        logits -= logits.max(1, keepdims=True)
+        e = np.exp(logits)
+        probs = e / e.sum(1, keepdims=True)
+    if "eps" in plan:
+        probs = np.clip(probs, plan["eps"], 1 - plan["eps"])
+        probs = probs / probs.sum(1, keepdims=True)
+    return probs
+
+
 def image_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
@@ -180,7 +196,7 @@ def predict_folder(root: Path, spec: dict, models, batch_size: int = 64):
             except (OSError, ValueError, SyntaxError) as e:
                 errors[names[i]] = str(e)[:100] or type(e).__name__
         if rows:
-            probs[rows] = predict(spec, models, np.stack(images))
+            probs[rows] = postprocess(spec, predict(spec, models, np.stack(images)))
     return names, probs, errors
 
 
