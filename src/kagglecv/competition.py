@@ -129,7 +129,9 @@ class Submission:
     positive_class: str | None = None  # for kind: probability
     id_is: str = "stem"  # the test image file's stem ("12") or full name ("12.jpg") is the id
     upload: bool = True  # false where Kaggle only takes submissions from notebooks
-    code_competition: bool = False  # Kaggle scores a notebook's output: make kernel PUSH=1, make submit KERNEL=1
+    code_competition: bool = (
+        False  # Kaggle scores a notebook's output: make kernel PUSH=1, make submit KERNEL=1
+    )
     notebook_minutes: int = 540  # the competition's notebook run-time limit (its Code Requirements)
 
 

@@ -46,16 +46,13 @@ NOTEBOOK_FILE = "kagglecv-notebook.py"
 VALUE_TOLERANCE = 1e-5  # max |Δ| between the notebook's and `make submit`'s probabilities
 LOG_TAIL = 15  # lines of a failed run's log shown
 # Wheels the notebook installs besides kagglecv, for packages Kaggle's Python image lacks. The dry
-# run lists every package the notebook imported; all are on the image (KAGGLE_IMAGE), so: none.
+# run lists which of kagglecv's dependencies the notebook imported; all are on the image: none.
 EXTRA_WHEELS: tuple[str, ...] = ()
-KAGGLE_IMAGE = {
-    "PIL", "albucore", "albumentations", "annotated_types", "certifi", "charset_normalizer", "cv2",
-    "dateutil", "filelock", "fsspec", "huggingface_hub", "idna", "jinja2", "joblib", "markdown_it",
-    "markupsafe", "mdurl", "mpmath", "networkx", "numpy", "packaging", "pandas", "pydantic",
-    "pydantic_core", "pygments", "pytz", "requests", "rich", "safetensors", "scipy", "simsimd",
-    "six", "sklearn", "stringzilla", "sympy", "threadpoolctl", "timm", "torch", "torchvision", "tqdm",
-    "typing_extensions", "typing_inspection", "tzdata", "urllib3", "yaml",
+ON_KAGGLE_IMAGE = {
+    "torch", "torchvision", "timm", "albumentations", "cv2", "sklearn", "pandas", "numpy", "scipy",
+    "PIL", "rich", "yaml", "safetensors", "matplotlib", "httpx", "httpcore", "six", "kaggle",
 }  # fmt: skip
+NOT_ON_KAGGLE_IMAGE = {"ddgs", "imagehash", "py7zr", "cleanlab", "pytorch_grad_cam"}  # kagglecv's other deps
 SKIP_FROM_EXPORT = {"model.onnx"}  # the notebook predicts with PyTorch: no need to upload it twice
 
 
@@ -168,7 +165,9 @@ def write_dataset(comp: Competition, run_dir: Path, export: Path, folder: Path, 
 def write_notebook(comp: Competition, spec: dict, folder: Path, dataset_id: str, user: str) -> None:
     folder.mkdir(parents=True)
     text = (resources.files("kagglecv") / "templates" / "kernel_notebook.py").read_text()
-    text = text.replace('"__RUN__"', json.dumps(spec["run"])).replace('["__WHEELS__"]', json.dumps(spec["wheels"]))
+    text = text.replace('"__RUN__"', json.dumps(spec["run"])).replace(
+        '["__WHEELS__"]', json.dumps(spec["wheels"])
+    )
     (folder / NOTEBOOK_FILE).write_text(text.replace("__RUN__", spec["run"]).replace("__COMP__", comp.slug))
     slug = short_slug(f"kagglecv {comp.slug}")
     meta = {
@@ -211,7 +210,9 @@ def build(comp: Competition, run_dir: Path, out: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     size = sum(p.stat().st_size for p in (out / "dataset").iterdir())
-    console.print(f"[green]✓[/] wrote {escape(str(out))}/ (dataset {human_bytes(size)}, notebook {NOTEBOOK_FILE})")
+    console.print(
+        f"[green]✓[/] wrote {escape(str(out))}/ (dataset {human_bytes(size)}, notebook {NOTEBOOK_FILE})"
+    )
 
 
 # --- the dry run ------------------------------------------------------------------------------------
@@ -278,7 +279,9 @@ def dry_run(comp: Competition, out: Path) -> dict:
         )
     from .notebook import TIMING_TAG
 
-    timing = next((json.loads(line.split(" ", 1)[1]) for line in log.splitlines() if line.startswith(TIMING_TAG)), {})
+    timing = next(
+        (json.loads(line.split(" ", 1)[1]) for line in log.splitlines() if line.startswith(TIMING_TAG)), {}
+    )
     if not (root / "working" / "submission.csv").exists():
         raise UserError(f"the dry run wrote no submission.csv in {root / 'working'}/; nothing was pushed")
     return {**timing, "wall_s": wall, "limit_s": limit}
@@ -290,11 +293,15 @@ def compare_submissions(got: Path, want: Path, comp: Competition) -> float:
     a, b = pd.read_csv(got, dtype=str), pd.read_csv(want, dtype=str)
     where = f"the notebook's submission.csv and {want}"
     if list(a.columns) != list(b.columns) or len(a) != len(b):
-        raise UserError(f"{where} differ in shape: {list(a.columns)} x {len(a)} vs {list(b.columns)} x {len(b)}")
+        raise UserError(
+            f"{where} differ in shape: {list(a.columns)} x {len(a)} vs {list(b.columns)} x {len(b)}"
+        )
     ids = comp.submission.id_column
     bad = np.flatnonzero(a[ids].to_numpy() != b[ids].to_numpy())
     if len(bad):
-        raise UserError(f"{where} list other ids at row {bad[0] + 2}: {a[ids][bad[0]]!r} vs {b[ids][bad[0]]!r}")
+        raise UserError(
+            f"{where} list other ids at row {bad[0] + 2}: {a[ids][bad[0]]!r} vs {b[ids][bad[0]]!r}"
+        )
     worst = 0.0
     for col in [c for c in a.columns if c != ids]:
         x, y = pd.to_numeric(a[col], errors="coerce"), pd.to_numeric(b[col], errors="coerce")
@@ -307,16 +314,19 @@ def compare_submissions(got: Path, want: Path, comp: Competition) -> float:
             i = wrong[0]
             raise UserError(f"{where} differ in {col} at row {i + 2} ({a[col][i]!r} vs {b[col][i]!r})")
     if worst > VALUE_TOLERANCE:
-        raise UserError(f"{where} differ by up to {worst:.2e} (limit {VALUE_TOLERANCE:.0e}); nothing was pushed")
+        raise UserError(
+            f"{where} differ by up to {worst:.2e} (limit {VALUE_TOLERANCE:.0e}); nothing was pushed"
+        )
     return worst
 
 
 def check_modules(timing: dict) -> None:
-    lacking = sorted(set(timing.get("modules", [])) - KAGGLE_IMAGE)
+    """The notebook may import only those of kagglecv's dependencies that Kaggle's image has."""
+    lacking = sorted(set(timing.get("modules", [])) & NOT_ON_KAGGLE_IMAGE)
     if lacking:
-        console.print(
-            f"[yellow]warning:[/] the notebook imported {', '.join(lacking)}, which Kaggle's image may lack: "
-            "add their wheels to kernel.EXTRA_WHEELS"
+        raise UserError(
+            f"the notebook imported {', '.join(lacking)}, which Kaggle's image lacks: nothing was pushed. "
+            "Put their wheels in kernel.EXTRA_WHEELS, or keep the import out of the notebook's path"
         )
 
 
@@ -346,7 +356,9 @@ def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force
     run_dir = find_run(comp.slug, run)
     check_run(run_dir)
     if push and comp.source_kind != "kaggle":
-        raise UserError(f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}): nothing to push to")
+        raise UserError(
+            f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}): nothing to push to"
+        )
     out = kernel_dir(comp, run_dir)
     if out.is_dir() and not force:
         console.print(f"using {escape(str(out))}/ as built before (FORCE=1 rebuilds it)")

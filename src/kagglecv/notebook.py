@@ -88,8 +88,8 @@ def lay_out_test(comp: Competition, raw: Path) -> None:
 
     import pandas as pd
 
-    from .layout_kinds import _pixel_rows_to_pngs, flat_name
     from .images import IMAGE_EXTS
+    from .layout_kinds import _pixel_rows_to_pngs, flat_name
 
     out, opts = comp.data_dir, comp.layout_options
     test = out / "test"
@@ -183,7 +183,9 @@ def imported_packages() -> list[str]:
     import sys
 
     names = {m.split(".")[0] for m in sys.modules}
-    return sorted(n for n in names - set(sys.stdlib_module_names) if not n.startswith("_") and n != "kagglecv")
+    return sorted(
+        n for n in names - set(sys.stdlib_module_names) if not n.startswith("_") and n != "kagglecv"
+    )
 
 
 def main(input_root: Path, working: Path, dataset: Path, started: float | None = None) -> Path:
@@ -196,6 +198,7 @@ def main(input_root: Path, working: Path, dataset: Path, started: float | None =
     kaggle_slug = comp.source.get("competition", comp.slug)
     source = find_competition_input(input_root, kaggle_slug, comp.layout_options.sample_submission)
     scratch = Path(os.environ.get("KAGGLECV_SCRATCH") or tempfile.mkdtemp(prefix="kagglecv-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     os.chdir(scratch)  # data/<comp>/ is relative: the test set is laid out here, not in working/
     raw = raw_view(comp, source, scratch / "raw")
     lay_out_test(comp, raw)
