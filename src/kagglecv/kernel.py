@@ -45,13 +45,11 @@ KERNELS_DIR = Path("kernels")
 NOTEBOOK_FILE = "kagglecv-notebook.py"
 VALUE_TOLERANCE = 1e-5  # max |Δ| between the notebook's and `make submit`'s probabilities
 LOG_TAIL = 15  # lines of a failed run's log shown
-# Wheels the notebook installs besides kagglecv, for packages Kaggle's Python image lacks. The dry
-# run lists which of kagglecv's dependencies the notebook imported; all are on the image: none.
+# Wheels the notebook installs besides kagglecv, for packages Kaggle's Python image lacks. The
+# notebook's path imports only kagglecv dependencies the image has (torch, torchvision, timm,
+# albumentations, cv2, sklearn, scipy, pandas, numpy, PIL, rich, yaml, safetensors), so: none. The
+# dry run refuses a notebook that imported one of the others (NOT_ON_KAGGLE_IMAGE).
 EXTRA_WHEELS: tuple[str, ...] = ()
-ON_KAGGLE_IMAGE = {
-    "torch", "torchvision", "timm", "albumentations", "cv2", "sklearn", "pandas", "numpy", "scipy",
-    "PIL", "rich", "yaml", "safetensors", "matplotlib", "httpx", "httpcore", "six", "kaggle",
-}  # fmt: skip
 NOT_ON_KAGGLE_IMAGE = {"ddgs", "imagehash", "py7zr", "cleanlab", "pytorch_grad_cam"}  # kagglecv's other deps
 SKIP_FROM_EXPORT = {"model.onnx"}  # the notebook predicts with PyTorch: no need to upload it twice
 
@@ -284,6 +282,9 @@ def dry_run(comp: Competition, out: Path) -> dict:
     )
     if not (root / "working" / "submission.csv").exists():
         raise UserError(f"the dry run wrote no submission.csv in {root / 'working'}/; nothing was pushed")
+    site = str((root / "site").resolve())
+    if not str(timing.get("kagglecv", "")).startswith(site):
+        raise UserError(f"the dry run imported kagglecv from {timing.get('kagglecv')}, not from its wheel")
     return {**timing, "wall_s": wall, "limit_s": limit}
 
 
@@ -314,9 +315,7 @@ def compare_submissions(got: Path, want: Path, comp: Competition) -> float:
             i = wrong[0]
             raise UserError(f"{where} differ in {col} at row {i + 2} ({a[col][i]!r} vs {b[col][i]!r})")
     if worst > VALUE_TOLERANCE:
-        raise UserError(
-            f"{where} differ by up to {worst:.2e} (limit {VALUE_TOLERANCE:.0e}); nothing was pushed"
-        )
+        raise UserError(f"{where} differ by up to {worst:.2e} (limit {VALUE_TOLERANCE:.0e})")
     return worst
 
 
@@ -366,10 +365,16 @@ def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force
         build(comp, run_dir, out)
     timing = dry_run(comp, out)
     record = submit(comp, run_dir.name)
-    worst = compare_submissions(out / "dryrun" / "working" / "submission.csv", Path(record["file"]), comp)
+    try:
+        worst = compare_submissions(out / "dryrun" / "working" / "submission.csv", Path(record["file"]), comp)
+    except UserError as e:
+        raise UserError(
+            f"{e}: the notebook does not write `make submit`'s file; nothing was pushed"
+        ) from None
+    numeric = comp.submission.kind in ("probability", "class_probabilities")
     console.print(
-        f"[green]✓[/] the notebook's submission.csv equals {escape(record['file'])} "
-        f"(ids and order exact, values within {worst:.1e})"
+        f"[green]✓[/] the notebook's submission.csv equals {escape(record['file'])} (ids and order exact, "
+        + (f"values within {worst:.1e})" if numeric else "labels identical)")
     )
     show_timing(comp, timing)
     check_modules(timing)

@@ -220,6 +220,7 @@ def main(input_root: Path, working: Path, dataset: Path, started: float | None =
         "predict_s": round(t_pred - t_data, 3),
         "total_s": round(time.time() - t0, 3),
         "modules": imported_packages(),
+        "kagglecv": str(Path(__file__).resolve().parent),
     }
     print(f"{TIMING_TAG} {json.dumps(timing)}", flush=True)
     console.print(f"[green]✓[/] wrote {out} ({len(df)} rows) in {timing['total_s']:.1f} s on {device.type}")
