@@ -11,15 +11,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import cli_text
+from conftest import FINISHED_RUN_ARGS, cli_text
 from kaggle_fake import competition_zip
 from kaggle_fake_kernels import dumps_log
 from kagglecv import kernel as kernel_mod
 from kagglecv import kernel_push
 from kagglecv.cli import main
 from kagglecv.competition import load_competition, parse_competition
-from kagglecv.config import read_yaml
+from kagglecv.config import load_config, read_yaml
 from kagglecv.errors import UserError
+from kagglecv.layout import prepare
+from kagglecv.train import train
 from kagglecv.upload import read_log
 
 USER = "kaggle-user"  # the fake's account
@@ -36,21 +38,24 @@ def as_kaggle(monkeypatch, comp):
     return comp
 
 
-def test_dry_run_equals_submit_then_push_and_submit_the_notebook(
-    finished_run, fake, quick, monkeypatch, capsys
-):
-    comp = as_kaggle(monkeypatch, load_competition("digits-demo"))
-    out = kernel_mod.kernel_dir(comp, finished_run)
+def test_aerial_cactus_dry_run_push_and_code_submission(fake, workdir, quick, capsys):
+    """The shipped code competition, through the CLI: data -> train -> make kernel PUSH=1 -> make
+    submit KERNEL=1, the notebook's file equal to make submit's."""
+    comp = load_competition("aerial-cactus-identification")
+    prepare(comp)
+    run_dir = train(comp, load_config("configs/smoke.yaml", FINISHED_RUN_ARGS))
+    out = kernel_mod.kernel_dir(comp, run_dir)
     ours = out / "dryrun" / "working" / "submission.csv"
     # Kaggle's run writes what the dry run wrote (read when Kaggle serves the output)
     fake.kernel_runs["*"] = {"files": {"submission.csv": ours}, "log": dumps_log(["ok"])}
-    kernel_mod.make_kernel(comp, finished_run.name, push=True)
+    capsys.readouterr()
+    assert main(["kernel", "-c", comp.slug, "-r", run_dir.name, "--push"]) == 0
     text = cli_text(capsys)
-    assert "the notebook's submission.csv equals submissions/digits-demo-" in text
-    assert "of the 540 min Kaggle allows" in text and "ms/image" in text
+    assert f"the notebook's submission.csv equals submissions/{comp.slug}-{run_dir.name}.csv" in text
+    assert "values within" in text and "of the 540 min Kaggle allows" in text and "ms/image" in text
     meta = json.loads((out / "notebook" / "kernel-metadata.json").read_text())
     assert meta["enable_internet"] is False and meta["enable_gpu"] is False  # the smoke recipe: cpu
-    assert meta["competition_sources"] == ["digit-recognizer"] and meta["kernel_type"] == "script"
+    assert meta["competition_sources"] == [comp.slug] and meta["kernel_type"] == "script"
     names = sorted(p.name for p in (out / "dataset").iterdir())
     assert "model.json" in names and "kernel.json" in names and "model.onnx" not in names
     assert any(n.startswith("kagglecv-") and n.endswith(".whl") for n in names)
@@ -66,20 +71,35 @@ def test_dry_run_equals_submit_then_push_and_submit_the_notebook(
     assert "submit it: make submit KERNEL=1" in text and "Kaggle's submission.csv equals" in text
 
     # a second push is a new dataset version and a new notebook version (no new dry run here)
-    record = {"run": finished_run.name, "cv_mean": push["cv_mean"], "file": push_file(finished_run)}
+    record = {
+        "run": run_dir.name,
+        "cv_mean": push["cv_mean"],
+        "file": f"submissions/{comp.slug}-{run_dir.name}.csv",
+    }
     kernel_push.push_kernel(comp, out, record)
     assert len(fake.datasets[ds_ref]["versions"]) == 2 and len(fake.kernels[kernel_ref]["versions"]) == 2
 
-    monkeypatch.setattr("kagglecv.cli._comp", lambda slug: comp)
-    assert main(["submit", "--kernel", "-r", finished_run.name, "-m", "notebook"]) == 0
+    assert main(["submit", "-c", comp.slug, "--kernel", "-r", run_dir.name, "-m", "notebook"]) == 0
     assert "submitted" in cli_text(capsys)
     sent = fake.code_submissions[-1]
     assert (sent["kernel"], sent["version"], sent["data"]) == (kernel_ref, 2, ours.read_bytes())
     assert read_log()[-1]["status"] == "done" and "notebook" in read_log()[-1]["message"]
 
 
-def push_file(run_dir: Path) -> str:
-    return f"submissions/digits-demo-{run_dir.name}.csv"
+def test_the_notebook_lays_out_pixel_rows_as_make_data_does(digits, monkeypatch, tmp_path):
+    from kagglecv import notebook
+
+    comp = load_competition("digits-demo")
+    raw = (comp.data_dir / "raw").resolve()
+    want = sorted(p.name for p in (comp.data_dir / "test").iterdir())
+    (tmp_path / "nb").mkdir()
+    monkeypatch.chdir(tmp_path / "nb")  # as the notebook does: its own scratch folder
+    notebook.lay_out_test(comp, notebook.raw_view(comp, raw, tmp_path / "nb" / "raw"))
+    assert sorted(p.name for p in (comp.data_dir / "test").iterdir()) == want
+    first = want[0]
+    assert (comp.data_dir / "test" / first).read_bytes() == (
+        digits / "data/digits-demo/test" / first
+    ).read_bytes()
 
 
 def test_a_failing_dry_run_shows_its_traceback_and_pushes_nothing(finished_run, fake, monkeypatch, capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -71,10 +72,6 @@ def call(api, fn, action: str, what: str, ref: str, *, retry: bool = True):
     return with_retries(once, action, slug=None, api=api, delays=None if retry else ())
 
 
-def _sleep(seconds: float) -> None:
-    time.sleep(seconds)
-
-
 # --- dataset, then notebook --------------------------------------------------------------------------
 
 
@@ -117,7 +114,7 @@ def push_dataset(api, folder: Path, ref: str, run: str) -> None:
             break
         if str(status).lower() == "failed" or time.time() - t0 > DATASET_READY_S:
             raise UserError(f"Kaggle did not get the dataset {ref} ready (status {status}); rerun later")
-        _sleep(POLL_SECONDS)
+        time.sleep(POLL_SECONDS)
     console.print(f"[green]✓[/] dataset {escape(ref)} ready")
 
 
@@ -145,8 +142,6 @@ def follow(api, ref: str, limit_s: float) -> tuple[str, str]:
     """Poll the notebook's run until it ends (or `limit_s` passes): (status, Kaggle's failure message)."""
     t0 = time.time()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    import os
-
     with Progress(
         *columns, console=console, transient=True, disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS"))
     ) as p:
@@ -161,7 +156,7 @@ def follow(api, ref: str, limit_s: float) -> tuple[str, str]:
                 return status, getattr(answer, "failure_message", None) or ""
             if time.time() - t0 > limit_s:
                 return "TIMEOUT", f"still {status.lower()} after {(time.time() - t0) / 60:.0f} min"
-            _sleep(POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
 
 
 def log_text(path: Path) -> str:
