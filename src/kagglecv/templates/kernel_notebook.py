@@ -10,6 +10,7 @@ KAGGLECV_INPUT (/kaggle/input), KAGGLECV_WORKING (/kaggle/working), KAGGLECV_SCR
 KAGGLECV_PIP_TARGET (unset: pip installs into the notebook's Python).
 """
 
+import importlib
 import os
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def install(folder):
         cmd += ["--target", target]
         sys.path.insert(0, target)
     subprocess.run(cmd + [str(folder / w) for w in WHEELS], check=True)
+    importlib.invalidate_caches()  # site-packages was listed before the install: look again
 
 
 if os.environ.get("KAGGLECV_NO_NETWORK"):
