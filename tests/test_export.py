@@ -220,3 +220,17 @@ def test_missing_onnx_is_one_line(run, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"needs onnxruntime: pip install -e '.\[export\]'"):
         export_run(_comp(), run)
+
+
+def test_model_onnx_cannot_express_is_one_line(run, digits, monkeypatch):
+    def refuse(net, example, path):
+        raise RuntimeError(
+            "Exporting the operator 'aten::fancy' to ONNX opset version 17 is not supported.\nmore"
+        )
+
+    monkeypatch.setattr(export_mod, "_onnx_export", refuse)
+    with pytest.raises(
+        UserError, match="test_resnet does not export to ONNX .*aten::fancy.*nothing was exported"
+    ):
+        export_run(_comp(), run)
+    assert list((digits / "exports").iterdir()) == []

@@ -42,6 +42,14 @@ def test_predict_answers_as_submit_does(run, digits):
     assert (df["prob"] >= df["prob_2"]).all() and (df["prob_2"] >= df["prob_3"]).all()
     assert (df["error"].fillna("") == "").all()
 
+    from kagglecv.predict import read_cache
+
+    cached = read_cache(run)  # what submit predicted, per test image: the same probabilities here
+    paths = [digits / "data" / "digits-demo" / p for p in cached["images"]]
+    probs, errors = predict_paths(load_ensemble(comp, run), paths)
+    assert not errors
+    np.testing.assert_allclose(probs, cached["probs"], atol=1e-5, rtol=0)
+
 
 def _odd_images(folder):
     """The same digit saved the ways people's files come: CMYK, 16-bit, RGBA, palette, EXIF-rotated."""

@@ -120,16 +120,28 @@ def write_onnx(ens: Ensemble, path: Path) -> None:
     example = torch.zeros(2, int(ens.meta.get("in_chans", 3)), ens.img_size, ens.img_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=[ONNX_INPUT],
-            output_names=[ONNX_OUTPUT],
-            dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+        try:
+            _onnx_export(net, example, path)
+        except (RuntimeError, ValueError, TypeError) as e:  # an operator ONNX lacks, a graph over 2 GB
+            said = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise UserError(
+                f"{ens.meta['model']} does not export to ONNX ({type(e).__name__}: {said}); nothing was exported"
+            ) from None
+
+
+def _onnx_export(net, example, path: Path) -> None:
+    import torch
+
+    torch.onnx.export(
+        net,
+        (example,),
+        str(path),
+        input_names=[ONNX_INPUT],
+        output_names=[ONNX_OUTPUT],
+        dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def parity_images(comp, size: int) -> tuple[list[Path], np.ndarray]:
