@@ -13,7 +13,8 @@ mixes them into FakeKaggle), as kaggle 2.2.5 / kagglesdk call them:
   the kernel's output submission.csv as its data, and in ``fake.code_submissions``.
 
 Knobs (plain dicts, changeable at any time):
-  service_status {"datasets"|"kernels"|"blobs": code}: every RPC of that service answers so.
+  service_status {"datasets"|"kernels"|"blobs" or "<service>/<Rpc>": code}: every RPC of that
+      service (or that one RPC) answers so.
   kernel_runs {"<owner>/<slug>" or "*": {"statuses": [...], "failure": str, "files": {name: bytes
       or a Path, read when served}, "log": str}}: what a pushed notebook's run does (the last
       status repeats).
@@ -58,9 +59,10 @@ class KernelServices:
     def _service_rpc(self, service: str, name: str, body: dict, auth):
         if auth is None:
             return _err(401, "Unauthenticated")
-        if service in self.service_status:
-            code = self.service_status[service]
-            return _err(code, f"Simulated HTTP {code} for {service}")
+        for key in (f"{service}/{name}", service):
+            if key in self.service_status:
+                code = self.service_status[key]
+                return _err(code, f"Simulated HTTP {code} for {key}")
         handler = getattr(self, f"_{service}_{name}", None)
         if handler is None:
             return _err(404, f"Unknown RPC {service}/{name}")

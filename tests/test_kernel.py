@@ -170,6 +170,7 @@ RECORD = {"run": "r1", "cv_mean": 0.5, "file": "submissions/none.csv"}
         ("blobs", 403, "must belong to the account of your token"),
         ("kernels", 403, "must belong to the account of your token"),
         ("kernels", 404, "Kaggle has no notebook"),
+        ("kernels/GetKernelSessionStatus", 403, "must belong to the account of your token"),
     ],
 )
 def test_refusals_of_the_datasets_and_kernels_endpoints(
@@ -177,7 +178,7 @@ def test_refusals_of_the_datasets_and_kernels_endpoints(
 ):
     comp = as_kaggle(monkeypatch, load_competition("digits-demo"))
     out = small_folder(workdir)
-    if service == "kernels":  # the dataset is there: the notebook's own endpoint refuses
+    if service.startswith("kernels"):  # the dataset is there: the notebook's own endpoint refuses
         kernel_push.set_owner(out, USER)
         kernel_push.push_dataset(kernel_push.connect(), out / "dataset", f"{USER}/kagglecv-digits", "r1")
     fake.service_status[service] = code
