@@ -38,6 +38,7 @@ def as_kaggle(monkeypatch, comp):
     return comp
 
 
+@pytest.mark.slow
 def test_aerial_cactus_dry_run_push_and_code_submission(fake, workdir, quick, capsys):
     """The shipped code competition, through the CLI: data -> train -> make kernel PUSH=1 -> make
     submit KERNEL=1, the notebook's file equal to make submit's."""
