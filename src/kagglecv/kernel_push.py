@@ -143,15 +143,21 @@ def follow(api, ref: str, limit_s: float) -> tuple[str, str]:
     t0 = time.time()
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(
-        *columns, console=console, transient=True, disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS"))
+        *columns,
+        console=console,
+        transient=True,
+        disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS")) or not console.is_terminal,
     ) as p:
-        task = p.add_task(f"{ref}: queued", total=None)
+        task, last = p.add_task(f"{ref}: queued", total=None), ""
         while True:
             answer = call(
                 api, lambda: api.kernels_status(ref), f"checking the notebook {ref}", "notebook", ref
             )
             status = getattr(answer.status, "name", str(answer.status))
             p.update(task, description=f"{ref}: {status.lower()}")
+            if status != last:  # a line per change: logs and pipes see the run's course too
+                p.console.print(f"{time.strftime('%H:%M:%S')} {escape(ref)}: {status.lower()}")
+                last = status
             if status in DONE:
                 return status, getattr(answer, "failure_message", None) or ""
             if time.time() - t0 > limit_s:
@@ -197,6 +203,11 @@ def push_kernel(comp: Competition, out: Path, record: dict) -> dict:
     """Dataset, notebook, the run followed to its end, output fetched; push.json written."""
     api = connect()
     user = api.config_values.get("username") or api.get_config_value("username")
+    if not user:
+        raise UserError(
+            "Kaggle did not say which account your token belongs to: set KAGGLE_USERNAME (the datasets "
+            "and notebooks are created under it)"
+        )
     dataset_ref, kernel_ref = set_owner(out, user)
     push_dataset(api, out / "dataset", dataset_ref, record["run"])
     version, url = push_notebook(api, out / "notebook", kernel_ref)
