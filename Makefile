@@ -3,7 +3,7 @@
 # The variables below reach each command through the environment and are read there as "$$NAME":
 # a value is never pasted into the shell's text, so `make data COMP='; rm -rf ~ #'` runs nothing.
 .DEFAULT_GOAL := help
-.PHONY: help install data inspect train lr-find submit report runs blend lb predict export config bench demo list test lint format
+.PHONY: help install data inspect train lr-find submit kernel report runs blend lb predict export config bench demo list test lint format
 
 PYTHON ?= python3
 VENV := .venv
@@ -19,12 +19,14 @@ ARGS ?=
 UPLOAD ?=
 MSG ?=
 FORCE ?=
+PUSH ?=
+KERNEL ?=
 RUNS ?=
 LOOK ?=
 IMG ?=
 TOPK ?=
 TTA ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,8 +53,11 @@ train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=..] [ARGS="epoc
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) lr-find -c "$$COMP" --config "$$CONFIG" $$ARGS
 
-submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]] [TTA=none]
-	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} -m "$$MSG" --tta "$${TTA:-auto}"
+submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]] [TTA=none] [KERNEL=1]
+	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} $${KERNEL:+--kernel} -m "$$MSG" --tta "$${TTA:-auto}"
+
+kernel: install ## code competitions: notebook + dataset, dry run here, then Kaggle: make kernel [COMP=..] [RUN=..] [PUSH=1] [FORCE=1]
+	$(KCV) kernel -c "$$COMP" -r "$$RUN" $${PUSH:+--push} $${FORCE:+--force}
 
 report: install ## HTML run report (curves, confusion, suspects, galleries, heatmaps, data map): make report [COMP=..] [RUN=..] [LOOK=1]
 	$(KCV) report -c "$$COMP" -r "$$RUN" $${LOOK:+--look}

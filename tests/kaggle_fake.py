@@ -35,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from kaggle_fake_kernels import KernelServices
+
 RPC = "/api/v1/competitions.CompetitionApiService/"
 INTROSPECT = "/api/v1/security.OAuthService/IntrospectToken"
 
@@ -43,8 +45,8 @@ def _err(code: int, message: str):
     return code, {"code": code, "message": message}, {}
 
 
-class FakeKaggle:
-    """Fake server; ``competitions`` maps slug -> zip bytes (a mutable dict).
+class FakeKaggle(KernelServices):
+    """Fake server (datasets, kernels and code submissions: kaggle_fake_kernels.py); ``competitions`` maps slug -> zip bytes (a mutable dict).
 
     Per-slug failure knobs are plain dicts, so tests may change them at any time:
       status   {slug: 401|403|404|500...}: every competition RPC for slug fails so.
@@ -85,6 +87,7 @@ class FakeKaggle:
         self._uploads: dict[str, dict] = {}
         self._lock = threading.Lock()
         self._server = None
+        self._init_kernels()
 
     def start(self) -> FakeKaggle:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)  # free random port
@@ -172,6 +175,8 @@ class FakeKaggle:
                     self.lost_answers[slug] -= 1
                     return _err(502, "Bad Gateway")
             return 200, {"message": f"Successfully submitted to {slug}", "ref": ref}, {}
+        if name == "CreateCodeSubmission":
+            return self._code_submission(slug, body)
         if name == "ListSubmissions":  # newest first, as Kaggle sorts by date
             mine = [s for s in reversed(self.submissions) if s["slug"] == slug]
             rows = [
@@ -244,6 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == INTROSPECT:
             ok = fake.token is not None and body.get("token") == fake.token
             return self._send(200, {"active": True, "username": fake.username or "kaggle-user"} if ok else {})
+        service = fake.service_for(path)
+        if service:
+            return self._send(*fake._service_rpc(*service, body, auth))
         if not path.startswith(RPC):
             return self._send(404, {"code": 404, "message": "Not found"})
         self._send(*fake._rpc(path[len(RPC) :], body, auth))
@@ -259,6 +267,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         fake, path, _ = self._record()
+        if path.startswith("/kernel-output/"):
+            data = fake.kernel_output_file(path)
+            if data is None:
+                return self._send(404, {"code": 404, "message": "No such output"})
+            return self._send(200, headers={"Last-Modified": fake.last_modified}, body=data)
         slug, data = fake._blob(path) if path.startswith("/blob/") else (None, None)
         if data is None:
             return self._send(404, {"code": 404, "message": "No such blob"})

@@ -188,7 +188,18 @@ def cmd_lr_find(args) -> None:
 def cmd_submit(args) -> None:
     from .submit import submit
 
+    if args.kernel:
+        from .kernel_push import submit_kernel
+
+        submit_kernel(_comp(args.comp), args.run or None, args.message or None)
+        return
     submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None, tta=args.tta)
+
+
+def cmd_kernel(args) -> None:
+    from .kernel import make_kernel
+
+    make_kernel(_comp(args.comp), args.run or None, push=args.push, force=args.force)
 
 
 def cmd_report(args) -> None:
@@ -346,6 +357,7 @@ COMMANDS = {
     "train": cmd_train,
     "lr-find": cmd_lr_find,
     "submit": cmd_submit,
+    "kernel": cmd_kernel,
     "report": cmd_report,
     "config": cmd_config,
     "bench": cmd_bench,

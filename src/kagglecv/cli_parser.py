@@ -131,6 +131,12 @@ def _add_submit_report(sub) -> None:
         help="auto: the test-time augmentation that scores best on the out-of-fold images (flips the "
         "competition allows, a 1.15x scale), plain prediction unless one helps; none: plain (default: auto)",
     )
+    s.add_argument(
+        "--kernel",
+        action="store_true",
+        help="code competitions: submit the run's notebook version pushed by `kagglecv kernel --push`",
+    )
+    _add_kernel(sub)
 
     helptext = (
         "write runs/<comp>/<run>/report.html: LR plot, curves, confusion matrix, top losses, suspect labels"
@@ -146,6 +152,27 @@ def _add_submit_report(sub) -> None:
         help="always build the look-inside section (galleries, Grad-CAM heatmaps, data map); by default "
         "it is built only when it takes under a minute, and the time is printed either way",
     )
+
+
+def _add_kernel(sub) -> None:
+    helptext = (
+        "code competitions: a Kaggle dataset (export + kagglecv wheel) and a notebook for a run in "
+        "kernels/<comp>-<run>/, run here first with no network and checked against `submit`'s file"
+    )
+    s = sub.add_parser(
+        "kernel",
+        help=helptext,
+        description=helptext + ". With --push: the dataset and notebook go to Kaggle, the run is followed "
+        "to its end and its output fetched; then `kagglecv submit --kernel` submits it.",
+    )
+    _comp_option(s)
+    s.add_argument(
+        "-r", "--run", default="", help="run id under runs/<comp>/ (default: the latest finished run)"
+    )
+    s.add_argument(
+        "--push", action="store_true", help="after a dry run that passes: push and run it on Kaggle"
+    )
+    s.add_argument("--force", action="store_true", help="rebuild kernels/<comp>-<run>/ when it exists")
 
 
 def _add_bench(sub) -> None:

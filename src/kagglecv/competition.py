@@ -129,6 +129,10 @@ class Submission:
     positive_class: str | None = None  # for kind: probability
     id_is: str = "stem"  # the test image file's stem ("12") or full name ("12.jpg") is the id
     upload: bool = True  # false where Kaggle only takes submissions from notebooks
+    code_competition: bool = (
+        False  # Kaggle scores a notebook's output: make kernel PUSH=1, make submit KERNEL=1
+    )
+    notebook_minutes: int = 540  # the competition's notebook run-time limit (its Code Requirements)
 
 
 @dataclass
@@ -215,6 +219,8 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
         )
     if submission.kind == "probability" and not submission.positive_class:
         raise UserError(f"{where}: submission.kind probability needs positive_class (the class it is P of)")
+    if submission.notebook_minutes < 1:
+        raise UserError(f"{where}: submission.notebook_minutes must be a positive number of minutes")
     if submission.id_is not in ("stem", "name"):
         raise UserError(f"{where}: submission.id_is must be 'stem' or 'name'")
     if data["metric"] not in METRICS:
