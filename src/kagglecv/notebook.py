@@ -156,8 +156,14 @@ def predict_files(spec: dict, models: list, how: dict, paths: list[Path], device
                 continue
             images = np.stack([img for img in loaded if not isinstance(img, str)])
             batch = [(torch.from_numpy(images).permute(0, 3, 1, 2), None)]
-            total = sum(predict(s, batch, spec["tta"]) for s in steppers)
-            probs[good] = total / len(steppers)
+            p = sum(predict(s, batch, spec["tta"]) for s in steppers) / len(steppers)
+            for scale in [s for s in spec.get("tta_scales_in_submit", [1.0]) if s != 1.0]:
+                size = int(round(spec["img_size"] * scale))  # the larger-scale view submit also averages
+                bigger = np.stack(list(pool.map(lambda i, size=size: load_image(paths[i], size), good)))
+                big = [(torch.from_numpy(bigger).permute(0, 3, 1, 2), None)]
+                scaled = sum(predict(s, big, []) for s in steppers) / len(steppers)
+                p = (p * (1 + len(spec["tta"])) + scaled) / (2 + len(spec["tta"]))
+            probs[good] = p
     return probs
 
 
