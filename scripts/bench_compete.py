@@ -85,7 +85,7 @@ def main() -> None:
         "-r",
         "d-pseudo",
         f"pseudo={blend}",
-        "pseudo_threshold=0.95",
+        "pseudo_threshold=0.7",
     )
     rows["d-pseudo"] = submit_both("d-pseudo")
     print(f"\n{'run':<22} {'CV':>16} {'OOF':>7} {'test plain':>10} {'test TTA':>9}  TTA chosen")
