@@ -98,6 +98,9 @@ def cmd_train(args) -> None:
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     fold_ids = _fold_list(args.folds)
+    if args.gpus > 1 and args.parallel == "folds":
+        _parallel_folds(args, cfg, comp, fold_ids)
+        return
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_train(args, cfg, comp, fold_ids)
         return
@@ -167,6 +170,30 @@ def _relaunch_train(args, cfg, comp, fold_ids) -> None:
         overrides=args.overrides,
         cpu=cfg.device == "cpu",
     )
+
+
+def _parallel_folds(args, cfg, comp, fold_ids) -> None:
+    """GPUS=N PARALLEL=folds: N trainers of one named run, each claiming whole folds (train.py)."""
+    from .dist import launch_fold_workers
+    from .runs import RUNS_DIR, latest_unfinished, run_name
+    from .train import preflight
+
+    run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
+    if args.resume:
+        from .config import config_from_dict, read_yaml
+
+        cfg = config_from_dict(read_yaml(RUNS_DIR / comp.slug / run / "config.yaml", "run config"))
+    preflight(comp, cfg, fold_ids)
+    argv = ["train", f"--comp={comp.slug}", f"--config={args.config}", f"--run-name={run}"]
+    argv += [f"--folds={args.folds}"] * bool(args.folds) + ["--resume"] * args.resume + list(args.overrides)
+    codes = launch_fold_workers(args.gpus, argv, cpu=cfg.device == "cpu")
+    run_dir = RUNS_DIR / comp.slug / run
+    if not any(codes) and (run_dir / "summary.json").exists():
+        _print_cv(run_dir)
+    elif any(codes):
+        raise UserError(
+            f"fold workers exited with codes {codes}; `make train RUN={run} RESUME=1` continues the folds left"
+        )
 
 
 def _fold_list(text: str) -> list[int] | None:

@@ -104,6 +104,13 @@ def _add_train(sub) -> None:
             help="data-parallel processes via torchrun (GPUs; CPU processes with gloo when no CUDA)",
         )
         s.add_argument(
+            "--parallel",
+            choices=("data", "folds"),
+            default="data",
+            help="with --gpus N: data = one fold at a time over N GPUs (DDP); folds = N folds at once, one "
+            "process per GPU (per CPU share with device=cpu), no gradient sync (default: %(default)s)",
+        )
+        s.add_argument(
             "--folds",
             default="",
             help="train only these fold ids, e.g. 0,1 (others elsewhere; RESUME then gathers them). "
