@@ -196,6 +196,21 @@ def _parallel_folds(args, cfg, comp, fold_ids) -> None:
         )
 
 
+def cmd_tune(args) -> None:
+    from .tune import parse_budget, run_tune
+
+    if args.trials and not args.trials.isdigit():
+        raise UserError(f"TRIALS must be a whole number, got {args.trials!r}")
+    run_tune(
+        _comp(args.comp),
+        args.config,
+        args.overrides,
+        trials=int(args.trials) if args.trials else None,
+        budget=parse_budget(args.budget),
+        storage=args.storage,
+    )
+
+
 def _fold_list(text: str) -> list[int] | None:
     if not text:
         return None
@@ -320,6 +335,7 @@ def cmd_bench(args) -> None:
 INTERRUPTED = {
     "train": "`make train RESUME=1 RUN=<the run above>` continues it from its last finished epoch "
     "(a plain rerun starts a new run)",
+    "tune": "rerun the same `make tune`: the study keeps its finished trials and continues",
     "data": "rerun the same `make data` command: a partial download resumes, and nothing unfinished is "
     "marked prepared",
 }
@@ -386,6 +402,7 @@ COMMANDS = {
     "data": cmd_data,
     "inspect": cmd_inspect,
     "train": cmd_train,
+    "tune": cmd_tune,
     "lr-find": cmd_lr_find,
     "submit": cmd_submit,
     "report": cmd_report,
@@ -408,6 +425,11 @@ def _check_first(args) -> None:
         from .config import load_config
 
         load_config(args.config, args.overrides)
+    if args.command == "tune":
+        from .tune import load_tune_recipe, parse_budget
+
+        load_tune_recipe(args.config, args.overrides)
+        parse_budget(args.budget)
 
 
 def main(argv: list[str] | None = None) -> int:

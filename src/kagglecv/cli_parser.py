@@ -118,6 +118,24 @@ def _add_train(sub) -> None:
         )
 
 
+def _add_tune(sub) -> None:
+    helptext = (
+        "Optuna search over the recipe's tune: block (see configs/tune-demo.yaml): short trainings on the "
+        "first tune_folds folds, pruned on per-epoch validation; the best trial -> configs/tuned-<comp>.yaml"
+    )
+    s = sub.add_parser("tune", help=helptext, description=helptext)
+    _comp_option(s)
+    _recipe(s, "configs/default.yaml", "; its tune: block is the search space")
+    s.add_argument("--trials", default="", help="stop when the study holds this many finished trials (all machines)")
+    s.add_argument("--budget", default="", help="stop starting trials after this long here: 600s, 30m, 2h")
+    s.add_argument(
+        "--storage",
+        default="",
+        help="database URL of the study (default: sqlite:///runs/<comp>/tune.db); one URL on several "
+        "machines: they work on one study",
+    )
+
+
 def _add_submit_report(sub) -> None:
     helptext = "predict the test set with a run's folds (+TTA), write and check the CSV, score it, upload it"
     s = sub.add_parser("submit", help=helptext, description=helptext)
@@ -241,6 +259,7 @@ def build_parser() -> Parser:
         help="images per class on the contact sheet (default: 8)",
     )
     _add_train(sub)
+    _add_tune(sub)
     _add_submit_report(sub)
     _add_compete(sub)
     helptext = "every recipe key: its default, type and meaning, and its value in --config X (with overrides)"
