@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import dist
+from . import batches, dist
 from .console import console, progress
 from .data import make_loader, train_transform
 from .engine import Stepper, steps_per_epoch, train_one_epoch, validate
@@ -116,6 +116,12 @@ def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
     """The training loader (augmented; under DDP each rank its own shard) and the validation loader."""
     cfg, data, comp = run.cfg, run.data, run.comp
     pin = run.device.type == "cuda"
+    if batches.fits(data.dataset, data.workers, ddp):  # in RAM: whole batches, augmented at once
+        kw = {"hflip": comp.hflip, "vflip": comp.vflip, "seed": cfg.seed + fold, "device": run.device}
+        return (
+            batches.memory_batches(data.dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw),
+            batches.memory_batches(data.dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw),
+        )
     train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
     sampler = None
     if ddp:
