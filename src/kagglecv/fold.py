@@ -119,8 +119,12 @@ def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
     if batches.fits(data.dataset, data.workers, ddp):  # in RAM: whole batches, augmented at once
         kw = {"hflip": comp.hflip, "vflip": comp.vflip, "seed": cfg.seed + fold, "device": run.device}
         return (
-            batches.memory_batches(data.dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw),
-            batches.memory_batches(data.dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw),
+            batches.memory_batches(
+                data.dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw
+            ),
+            batches.memory_batches(
+                data.dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw
+            ),
         )
     train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
     sampler = None
