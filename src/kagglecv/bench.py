@@ -103,7 +103,7 @@ def bench_model(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = load_config(None, [f"model={model_name}", "pretrained=false", f"img_size={img_size}"])
     model = place(create_model(model_name, num_classes=2), device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as training builds it
     stepper = Stepper(
         model,
         optimizer=opt,

@@ -83,8 +83,10 @@ def build_stepper(
         drop_rate=cfg.drop_rate,
     )
     place(model, device)
+    # fused: one kernel for every parameter's update, not a Python loop over them (a small model's
+    # optimizer step otherwise costs as much as a good part of its forward pass)
     opt = create_optimizer_v2(
-        model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+        model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, fused=True
     )
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
