@@ -69,6 +69,20 @@ def test_budgets_and_a_recipe_with_a_tune_block_still_trains():
     assert load_config(REPO / "configs" / "tune-demo.yaml").model == "test_resnet"  # tune: is not a key
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trials", "ten"], "TRIALS must be a whole number, got 'ten'"),
+        (["--budget", "soon"], "BUDGET must look like 600s, 30m or 2h, got 'soon'"),
+        ([], "give TRIALS=N or BUDGET=30m (or both)"),
+        (["--trials", "2", "mixup=-1"], "mixup must not be negative"),
+    ],
+)
+def test_tune_command_line_errors_are_one_line(workdir, capsys, args, message):
+    assert main(["tune", "--comp", "digits-demo", "--config", "configs/tune-demo.yaml", *args]) == 2
+    assert message in cli_text(capsys)
+
+
 def _tiny_recipe(workdir, **space):
     recipe = yaml.safe_load((workdir / "configs" / "smoke.yaml").read_text())
     recipe.update(device="cpu", train_folds=2, tune={"startup_trials": 1, "warmup_epochs": 0, **space})

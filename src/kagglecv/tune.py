@@ -263,9 +263,9 @@ def run_tune(
     from .tune_page import write_outputs
 
     base, settings, params = load_tune_recipe(config, overrides)
-    read_prepared(comp)  # not prepared: one line now, not a failed trial later
     if trials is None and budget is None:
         raise UserError("give TRIALS=N or BUDGET=30m (or both): the study needs a way to stop")
+    read_prepared(comp)  # not prepared: one line now, not a failed trial later
     root = RUNS_DIR / comp.slug
     root.mkdir(parents=True, exist_ok=True)
     name = f"{comp.slug}-{Path(config).stem if config else 'default'}"
