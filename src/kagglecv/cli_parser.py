@@ -126,7 +126,9 @@ def _add_tune(sub) -> None:
     s = sub.add_parser("tune", help=helptext, description=helptext)
     _comp_option(s)
     _recipe(s, "configs/default.yaml", "; its tune: block is the search space")
-    s.add_argument("--trials", default="", help="stop when the study holds this many finished trials (all machines)")
+    s.add_argument(
+        "--trials", default="", help="stop when the study holds this many finished trials (all machines)"
+    )
     s.add_argument("--budget", default="", help="stop starting trials after this long here: 600s, 30m, 2h")
     s.add_argument(
         "--storage",
