@@ -3,7 +3,7 @@
 # The variables below reach each command through the environment and are read there as "$$NAME":
 # a value is never pasted into the shell's text, so `make data COMP='; rm -rf ~ #'` runs nothing.
 .DEFAULT_GOAL := help
-.PHONY: help install data inspect train lr-find submit kernel report runs blend lb predict export config bench demo list test lint format
+.PHONY: help install data inspect train tune lr-find submit kernel report runs blend lb predict export config bench demo list test lint format
 
 PYTHON ?= python3
 VENV := .venv
@@ -26,7 +26,11 @@ LOOK ?=
 IMG ?=
 TOPK ?=
 TTA ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL
+PARALLEL ?= data
+TRIALS ?=
+BUDGET ?= 30m
+STORAGE ?=
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL PARALLEL TRIALS BUDGET STORAGE
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,8 +51,11 @@ data: install ## fetch + lay out a competition: make data COMP=<slug> [FORCE=1] 
 inspect: install ## what the prepared data holds (counts, sizes, duplicates, contact sheet): make inspect [COMP=..]
 	$(KCV) inspect -c "$$COMP"
 
-train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=..] [ARGS="epochs=3"] [RESUME=1] [GPUS=N] [RUN=name FOLDS=0,1]
-	set -f; $(KCV) train -c "$$COMP" --config "$$CONFIG" -r "$$RUN" --folds "$$FOLDS" --gpus "$$GPUS" $${RESUME:+--resume} $$ARGS
+train: install ## k-fold fine-tune: make train [COMP=..] [CONFIG=..] [ARGS="epochs=3"] [RESUME=1] [GPUS=N [PARALLEL=folds]] [RUN=name FOLDS=0,1]
+	set -f; $(KCV) train -c "$$COMP" --config "$$CONFIG" -r "$$RUN" --folds "$$FOLDS" --gpus "$$GPUS" --parallel "$$PARALLEL" $${RESUME:+--resume} $$ARGS
+
+tune: install ## Optuna search over the recipe's tune: block: make tune [COMP=..] [CONFIG=..] [TRIALS=N] [BUDGET=30m] [STORAGE=url]
+	set -f; $(KCV) tune -c "$$COMP" --config "$$CONFIG" --trials "$$TRIALS" --budget "$$BUDGET" --storage "$$STORAGE" $$ARGS
 
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) lr-find -c "$$COMP" --config "$$CONFIG" $$ARGS

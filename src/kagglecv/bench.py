@@ -5,7 +5,8 @@
 
 Generates a synthetic dogs-vs-cats-sized image set (JPEGs around 500x375) once, then measures
 images/s for (a) the model alone on synthetic tensors (forward + backward + step), (b) the data
-pipeline alone (cached decode + augmentation + collation), (c) full training steps, and reports
+pipeline alone as training builds it (from RAM with batch augmentation when the resized set fits
+`cache_mb`, else the disk cache through workers), (c) full training steps, and reports
 (c)/(a), (c)/(b) and (c)/min(a, b). Results go to the terminal and runs/bench/latest.json.
 """
 
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from .config import load_config
 from .console import console, track
-from .data import ImageDataset, default_workers, disk_cache, make_loader, train_transform, write_jpeg
+from .data import ImageDataset, default_workers, make_loader, train_transform, write_jpeg
 from .engine import Stepper, pick_device
 from .model import create_model, place
 
@@ -71,6 +72,22 @@ def _timed(fn, n_items: int, warmup: int, iters: int, sync) -> float:
     return n_items * iters / (time.perf_counter() - t)
 
 
+def training_loader(cfg, paths, data_root: Path, img_size: int, batch: int, workers: int | None, device):
+    """The loader `make train` would build for these images (cache=auto), and its name."""
+    from . import batches as memory
+    from .data import cached_images
+
+    cached, images = cached_images(paths, data_root, img_size, cfg.cache, cfg.cache_mb, "decoding")
+    labels = np.arange(len(cached)) % 2
+    workers = default_workers(workers, images is not None, device.type == "cuda")
+    ds = ImageDataset(cached, labels, img_size, images, transform=train_transform(cfg, True, False, 0))
+    if memory.fits(ds, workers, ddp=False):
+        kw = {"hflip": True, "vflip": False, "seed": 0, "device": device}
+        return memory.memory_batches(ds, cfg, batch_size=batch, shuffle=True, **kw), "RAM, batch aug"
+    loader = make_loader(ds, batch_size=batch, shuffle=True, workers=workers, pin=device.type == "cuda")
+    return loader, f"{'RAM' if images is not None else 'disk cache'}, {workers} workers"
+
+
 def bench_model(
     model_name: str,
     img_size: int,
@@ -86,7 +103,7 @@ def bench_model(
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     cfg = load_config(None, [f"model={model_name}", "pretrained=false", f"img_size={img_size}"])
     model = place(create_model(model_name, num_classes=2), device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as training builds it
     stepper = Stepper(
         model,
         optimizer=opt,
@@ -106,11 +123,9 @@ def bench_model(
         x = x.pin_memory()
     a = _timed(lambda: stepper.step(x, y), batch, 3, batches, sync)
 
-    # (b) the data pipeline alone, over the resized disk cache (built once, outside the timing)
-    cached = disk_cache(paths, data_root, img_size)
-    labels = np.arange(len(cached)) % 2
-    ds = ImageDataset(cached, labels, img_size, transform=train_transform(cfg, True, False, 0))
-    loader = make_loader(ds, batch_size=batch, shuffle=True, workers=workers, pin=device.type == "cuda")
+    # (b) the data pipeline alone, the way training reads these images: from RAM when they fit
+    # cache_mb (whole batches augmented at once), else from the resized disk cache through workers
+    loader, path = training_loader(cfg, paths, data_root, img_size, batch, workers, device)
     need = batches + 2
 
     def drain(consume):
@@ -138,6 +153,7 @@ def bench_model(
         "img_size": img_size,
         "batch": batch,
         "workers": workers,
+        "data_path": path,
         "device": device.type,
         "model_only": a,
         "data_only": b,
@@ -159,14 +175,11 @@ def run_bench(
     compile_: bool = False,
 ) -> dict:
     device = pick_device("auto")
-    workers = default_workers(workers, in_memory=False)
     data_root = BENCH_DIR / "data"
     paths = synthetic_images(data_root / "train", n_images)
     results = []
     for name in models:
-        console.print(
-            f"benchmarking {name} at {img_size}px, batch {batch}, {workers} workers on {device.type}"
-        )
+        console.print(f"benchmarking {name} at {img_size}px, batch {batch} on {device.type}")
         results.append(bench_model(name, img_size, batch, workers, paths, data_root, batches, amp, compile_))
     card = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     out = {
@@ -180,12 +193,23 @@ def run_bench(
     (BENCH_DIR / "latest.json").write_text(json.dumps(out, indent=2))
 
     table = Table(title=f"kagglecv bench · {card} · images/s", title_justify="left")
-    for col in ("model", "px", "(a) model", "(b) data", "(c) full", "(c)/(a)", "(c)/(b)", "(c)/min"):
+    for col in (
+        "model",
+        "px",
+        "data path",
+        "(a) model",
+        "(b) data",
+        "(c) full",
+        "(c)/(a)",
+        "(c)/(b)",
+        "(c)/min",
+    ):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(
             r["model"],
             str(r["img_size"]),
+            r["data_path"],
             f"{r['model_only']:.0f}",
             f"{r['data_only']:.0f}",
             f"{r['full']:.0f}",

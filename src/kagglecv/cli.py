@@ -98,6 +98,9 @@ def cmd_train(args) -> None:
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     fold_ids = _fold_list(args.folds)
+    if args.gpus > 1 and args.parallel == "folds":
+        _parallel_folds(args, cfg, comp, fold_ids)
+        return
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_train(args, cfg, comp, fold_ids)
         return
@@ -166,6 +169,45 @@ def _relaunch_train(args, cfg, comp, fold_ids) -> None:
         resume=args.resume,
         overrides=args.overrides,
         cpu=cfg.device == "cpu",
+    )
+
+
+def _parallel_folds(args, cfg, comp, fold_ids) -> None:
+    """GPUS=N PARALLEL=folds: N trainers of one named run, each claiming whole folds (train.py)."""
+    from .dist import launch_fold_workers
+    from .runs import RUNS_DIR, latest_unfinished, run_name
+    from .train import preflight
+
+    run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
+    if args.resume:
+        from .config import config_from_dict, read_yaml
+
+        cfg = config_from_dict(read_yaml(RUNS_DIR / comp.slug / run / "config.yaml", "run config"))
+    preflight(comp, cfg, fold_ids)
+    argv = ["train", f"--comp={comp.slug}", f"--config={args.config}", f"--run-name={run}"]
+    argv += [f"--folds={args.folds}"] * bool(args.folds) + ["--resume"] * args.resume + list(args.overrides)
+    codes = launch_fold_workers(args.gpus, argv, cpu=cfg.device == "cpu")
+    run_dir = RUNS_DIR / comp.slug / run
+    if not any(codes) and (run_dir / "summary.json").exists():
+        _print_cv(run_dir)
+    elif any(codes):
+        raise UserError(
+            f"fold workers exited with codes {codes}; `make train RUN={run} RESUME=1` continues the folds left"
+        )
+
+
+def cmd_tune(args) -> None:
+    from .tune import parse_budget, run_tune
+
+    if args.trials and not args.trials.isdigit():
+        raise UserError(f"TRIALS must be a whole number, got {args.trials!r}")
+    run_tune(
+        _comp(args.comp),
+        args.config,
+        args.overrides,
+        trials=int(args.trials) if args.trials else None,
+        budget=parse_budget(args.budget),
+        storage=args.storage,
     )
 
 
@@ -304,6 +346,7 @@ def cmd_bench(args) -> None:
 INTERRUPTED = {
     "train": "`make train RESUME=1 RUN=<the run above>` continues it from its last finished epoch "
     "(a plain rerun starts a new run)",
+    "tune": "rerun the same `make tune`: the study keeps its finished trials and continues",
     "data": "rerun the same `make data` command: a partial download resumes, and nothing unfinished is "
     "marked prepared",
 }
@@ -355,6 +398,7 @@ COMMANDS = {
     "data": cmd_data,
     "inspect": cmd_inspect,
     "train": cmd_train,
+    "tune": cmd_tune,
     "lr-find": cmd_lr_find,
     "submit": cmd_submit,
     "kernel": cmd_kernel,
@@ -378,6 +422,11 @@ def _check_first(args) -> None:
         from .config import load_config
 
         load_config(args.config, args.overrides)
+    if args.command == "tune":
+        from .tune import load_tune_recipe, parse_budget
+
+        load_tune_recipe(args.config, args.overrides)
+        parse_budget(args.budget)
 
 
 def main(argv: list[str] | None = None) -> int:

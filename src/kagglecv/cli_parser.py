@@ -104,11 +104,38 @@ def _add_train(sub) -> None:
             help="data-parallel processes via torchrun (GPUs; CPU processes with gloo when no CUDA)",
         )
         s.add_argument(
+            "--parallel",
+            choices=("data", "folds"),
+            default="data",
+            help="with --gpus N: data = one fold at a time over N GPUs (DDP); folds = N folds at once, one "
+            "process per GPU (per CPU share with device=cpu), no gradient sync (default: %(default)s)",
+        )
+        s.add_argument(
             "--folds",
             default="",
             help="train only these fold ids, e.g. 0,1 (others elsewhere; RESUME then gathers them). "
             "The recipe key train_folds=N (called folds=N in older YAMLs) trains the first N",
         )
+
+
+def _add_tune(sub) -> None:
+    helptext = (
+        "Optuna search over the recipe's tune: block (see configs/tune-demo.yaml): short trainings on the "
+        "first tune_folds folds, pruned on per-epoch validation; the best trial -> configs/tuned-<comp>.yaml"
+    )
+    s = sub.add_parser("tune", help=helptext, description=helptext)
+    _comp_option(s)
+    _recipe(s, "configs/default.yaml", "; its tune: block is the search space")
+    s.add_argument(
+        "--trials", default="", help="stop when the study holds this many finished trials (all machines)"
+    )
+    s.add_argument("--budget", default="", help="stop starting trials after this long here: 600s, 30m, 2h")
+    s.add_argument(
+        "--storage",
+        default="",
+        help="database URL of the study (default: sqlite:///runs/<comp>/tune.db); one URL on several "
+        "machines: they work on one study",
+    )
 
 
 def _add_submit_report(sub) -> None:
@@ -299,6 +326,7 @@ def build_parser() -> Parser:
         help="images per class on the contact sheet (default: 8)",
     )
     _add_train(sub)
+    _add_tune(sub)
     _add_submit_report(sub)
     _add_compete(sub)
     _add_predict_export(sub)

@@ -193,5 +193,35 @@ def _run_quiet_on_user_error(cmd: list[str], env: dict) -> tuple[int, bool]:
     return rc, user_error
 
 
+FOLD_WORKER = "KAGGLECV_FOLD_WORKER"  # set in PARALLEL=folds workers: finding no fold left is no error
+
+
+def launch_fold_workers(n: int, argv: list[str], cpu: bool) -> list[int]:
+    """PARALLEL=folds: n independent `kagglecv train` processes on one named run, one per GPU (each
+    sees only its own) or, on the CPU, each with its share of the cores. No process group and no
+    gradient sync: they claim the run's folds one by one (train.py) and the last to finish gathers.
+    Returns their exit codes."""
+    env = dict(os.environ)
+    gpus = 0 if cpu else torch.cuda.device_count()
+    if not cpu and gpus and gpus < n:
+        raise UserError(f"GPUS={n} but only {gpus} CUDA GPU(s) are visible; use fewer, or device=cpu")
+    threads = max(1, (os.cpu_count() or 1) // n)
+    procs = []
+    console.print(f"launching {n} fold workers: kagglecv {' '.join(argv)}", soft_wrap=True)
+    for i in range(n):
+        env_i = {**env, "KAGGLECV_NO_PROGRESS": "1", FOLD_WORKER: "1"}
+        if gpus:
+            env_i["CUDA_VISIBLE_DEVICES"] = str(i)
+        else:  # CPU workers: split the cores instead of each taking them all
+            env_i.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        procs.append(subprocess.Popen([sys.executable, "-m", "kagglecv.cli", *argv], env=env_i))
+    try:
+        return [p.wait() for p in procs]
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too (same process group); let them stop
+        for p in procs:
+            p.wait()
+        raise
+
+
 # torchrun's own log lines, e.g. "W1201 14:40:26.476000 27458 torch/distributed/elastic/...: Sending process ..."
 ELASTIC_LOG = re.compile(r"^[WEI]\d{4} .*torch/distributed/elastic/")

@@ -1,7 +1,8 @@
 """The same k-fold training through fastai, for `kagglecv bench --fastai` (needs the `bench` extra).
 
 Same prepared images, same folds.csv, same timm model (through fastai's vision_learner), same image
-size, epochs, LR and one-cycle policy; we report both wall times and CV scores.
+size, epochs, batch size, augmentation (as fastai's batch transforms), label smoothing and one-cycle
+policy; each side finds its own LR. We report both wall times and CV scores.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from .runs import read_summary
 FASTAI_MISSING = "fastai is not installed: `.venv/bin/pip install -e '.[bench]'` adds it"
 
 
-def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fold_ids: list[int]) -> dict:
+def fastai_cv(comp: Competition, cfg: TrainConfig, img_size: int, fold_ids: list[int]) -> dict:
+    """k-fold through fastai the way its users write it for images that already share one size: no
+    per-item Resize (the batch transforms resize on the batch), aug_transforms with our rotation,
+    zoom and flips, our label smoothing and weight decay, bs from the recipe, and fastai's own
+    lr_find (once, on fold 0, as ours runs its range test once per run)."""
     try:
         from fastai.vision.all import (
             CategoryBlock,
@@ -30,9 +35,11 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fol
             DataBlock,
             ImageBlock,
             IndexSplitter,
+            LabelSmoothingCrossEntropyFlat,
             Normalize,
             Resize,
             accuracy,
+            aug_transforms,
             vision_learner,
         )
     except ImportError:
@@ -40,24 +47,56 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, lr: float, img_size: int, fol
     read_prepared(comp)
     folds = pd.read_csv(comp.data_dir / FOLDS)
     folds["label"] = folds["label"].astype(str)
+    same_size = _one_size(comp.data_dir, folds["image"])
+    mean, std = cfg.mean or [0.5] * 3, cfg.std or [0.5] * 3
     t0 = time.time()
-    scores = []
+    scores, lr = [], None
     for k in fold_ids:
         block = DataBlock(
             blocks=(ImageBlock, CategoryBlock),
             get_x=ColReader("image", pref=f"{comp.data_dir}/"),
             get_y=ColReader("label"),
             splitter=IndexSplitter(np.flatnonzero(folds["fold"].to_numpy() == k)),
-            item_tfms=Resize(img_size),
-            batch_tfms=Normalize.from_stats([0.5] * 3, [0.5] * 3),
+            item_tfms=None if same_size else Resize(img_size),
+            batch_tfms=[
+                *aug_transforms(
+                    size=img_size,
+                    do_flip=comp.hflip,
+                    flip_vert=comp.vflip,
+                    max_rotate=cfg.rotate,
+                    min_zoom=1 - cfg.scale,
+                    max_zoom=1 + cfg.scale,
+                    max_lighting=0.0,
+                    max_warp=0.0,
+                    p_affine=1.0,
+                ),
+                Normalize.from_stats(mean, std),
+            ],
         )
         dls = block.dataloaders(folds, bs=cfg.batch_size, num_workers=0)
-        learn = vision_learner(dls, cfg.model, pretrained=False, metrics=accuracy)
+        learn = vision_learner(
+            dls,
+            cfg.model,
+            pretrained=cfg.pretrained,
+            metrics=accuracy,
+            loss_func=LabelSmoothingCrossEntropyFlat(eps=cfg.label_smoothing),
+            wd=cfg.weight_decay,
+        )
         with learn.no_bar(), learn.no_logging():
+            if lr is None:
+                lr = float(learn.lr_find(show_plot=False).valley)
             learn.fit_one_cycle(cfg.epochs, lr)
             scores.append(float(learn.validate()[1]))
-        console.print(f"fastai fold {k}: accuracy {scores[-1]:.4f}")
-    return {"seconds": time.time() - t0, "cv_mean": float(np.mean(scores)), "fold_scores": scores}
+        console.print(f"fastai fold {k}: accuracy {scores[-1]:.4f} (lr {lr:.2e})")
+    return {"seconds": time.time() - t0, "cv_mean": float(np.mean(scores)), "fold_scores": scores, "lr": lr}
+
+
+def _one_size(root, images) -> bool:
+    """Do the images share one size (then fastai needs no per-item Resize)? A sample of 50 says."""
+    from PIL import Image
+
+    sizes = {Image.open(root / p).size for p in list(images)[:: max(1, len(images) // 50)]}
+    return len(sizes) == 1
 
 
 def compare(comp: Competition, cfg: TrainConfig) -> dict:
@@ -74,7 +113,7 @@ def compare(comp: Competition, cfg: TrainConfig) -> dict:
     run_dir = train(comp, cfg, run_dir=RUNS_DIR / "bench" / time.strftime("%Y%m%d-%H%M%S-kagglecv-vs-fastai"))
     ours_seconds = time.time() - t0
     summary = read_summary(run_dir)
-    theirs = fastai_cv(comp, cfg, summary["lr"], summary["img_size"], summary["fold_ids"])
+    theirs = fastai_cv(comp, cfg, summary["img_size"], summary["fold_ids"])
     table = Table(
         title=f"{comp.slug}: kagglecv vs fastai · {cfg.model} · {cfg.epochs} epochs × "
         f"{len(summary['fold_ids'])} folds",
@@ -83,7 +122,7 @@ def compare(comp: Competition, cfg: TrainConfig) -> dict:
     for col in ("", "wall time (s)", "CV accuracy"):
         table.add_column(col, justify="right")
     table.add_row("kagglecv", f"{ours_seconds:.0f}", f"{summary['cv_mean']:.4f}")
-    table.add_row("fastai", f"{theirs['seconds']:.0f}", f"{theirs['cv_mean']:.4f}")
+    table.add_row("fastai", f"{theirs['seconds']:.0f}", f"{theirs['cv_mean']:.4f}")  # lr_find included
     table.add_row("ratio", f"[bold]{ours_seconds / theirs['seconds']:.2f}[/]", "")
     console.print(table)
     return {

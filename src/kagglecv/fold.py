@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import dist
+from . import batches, dist
 from .console import console, progress
 from .data import make_loader, train_transform
 from .engine import Stepper, steps_per_epoch, train_one_epoch, validate
@@ -41,6 +41,7 @@ class RunContext:
     run_dir: Path
     lr: float = 0.0
     rows: list[dict] = field(default_factory=list)  # metrics.csv, one row per epoch
+    on_epoch: object = None  # called with each epoch's row (tune.py reports it to the trial)
 
 
 @dataclass
@@ -82,8 +83,10 @@ def build_stepper(
         drop_rate=cfg.drop_rate,
     )
     place(model, device)
+    # fused: one kernel for every parameter's update, not a Python loop over them (a small model's
+    # optimizer step otherwise costs as much as a good part of its forward pass)
     opt = create_optimizer_v2(
-        model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+        model, "adamw", lr=1e-3, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay, fused=True
     )
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -115,6 +118,16 @@ def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
     """The training loader (augmented; under DDP each rank its own shard) and the validation loader."""
     cfg, data, comp = run.cfg, run.data, run.comp
     pin = run.device.type == "cuda"
+    if batches.fits(data.dataset, data.workers, ddp):  # in RAM: whole batches, augmented at once
+        kw = {"hflip": comp.hflip, "vflip": comp.vflip, "seed": cfg.seed + fold, "device": run.device}
+        return (
+            batches.memory_batches(
+                data.dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw
+            ),
+            batches.memory_batches(
+                data.dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw
+            ),
+        )
     train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
     sampler = None
     if ddp:
@@ -266,7 +279,7 @@ def save_resume_state(run: RunContext, f: Fold, epoch: int, phase: str, sched) -
         state["ema"] = stepper.ema.module.state_dict()
     if dist.is_main():
         atomic_write(run.run_dir / f.last_path_name, lambda p: torch.save(state, p))
-        write_rows(run.run_dir, run.rows)
+        write_rows(run.run_dir, run.rows, fold=f.fold)
 
 
 def write_fold_outputs(run: RunContext, f: Fold) -> None:
@@ -321,6 +334,8 @@ def train_fold(run: RunContext, fold: int) -> float:
                 bar.reset(batch_task, total=len(f.train_dl))
                 row = run_epoch(run, f, epoch, sched, on_batch)
                 save_resume_state(run, f, epoch, phase, sched)
+                if run.on_epoch is not None:
+                    run.on_epoch(row)  # may raise (a pruned trial) once the epoch is saved
                 bar.update(fold_task, advance=1, info=f"best {metric} {f.best:.4f}")
                 console.print(
                     f"[dim]fold {fold} epoch {epoch:>2}{' (head)' if phase == 'head' else ''}  "
@@ -340,7 +355,16 @@ def read_rows(run_dir: Path) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if path.exists() else []
 
 
-def write_rows(run_dir: Path, rows: list[dict]) -> None:
-    df = pd.DataFrame(rows, columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"])
-    df = df.sort_values(["fold", "epoch"], kind="stable")
-    atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))
+def write_rows(run_dir: Path, rows: list[dict], fold: int | None = None) -> None:
+    """metrics.csv; with `fold`, only that fold's rows are this process's: the other folds' rows are
+    read back from the file, since other processes may be training them right now."""
+    from .locks import waiting
+
+    with waiting(run_dir / ".metrics.lock"):
+        if fold is not None:
+            rows = [r for r in read_rows(run_dir) if r["fold"] != fold] + [
+                r for r in rows if r["fold"] == fold
+            ]
+        df = pd.DataFrame(rows, columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"])
+        df = df.sort_values(["fold", "epoch"], kind="stable")
+        atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))

@@ -4,7 +4,10 @@
         ...
     with data_lock(comp.data_dir, exclusive=False, what="make train"):  # readers share it
         ...
-    with run_lock(run_dir, what="make train"):                          # one trainer per run folder
+    with run_share(run_dir, what="make train"):     # "being trained": every trainer of the run holds it
+        with claim(run_dir / "fold2.lock", what="make train") as mine:  # one trainer per fold
+            if mine: ...
+    with waiting(run_dir / ".setup.lock"):          # a short critical section (LR test, metrics.csv)
         ...
 
 The kernel drops a flock when its process dies (Ctrl-C, kill -9, OOM), so a lock is never stale.
@@ -76,13 +79,57 @@ def run_lock(run_dir: Path, what: str) -> contextlib.AbstractContextManager[None
     return hold(run_dir / LOCK_NAME, True, what, f"run {run_dir.name} is already being trained")
 
 
+def run_share(run_dir: Path, what: str) -> contextlib.AbstractContextManager[None]:
+    """runs/<comp>/<run>/ shared by every process training some of its folds (each fold is claimed
+    on its own, `claim`); an exclusive holder (nothing in kagglecv takes one any more) refuses them."""
+    return hold(run_dir / LOCK_NAME, False, what, f"run {run_dir.name} is already being trained")
+
+
+@contextlib.contextmanager
+def claim(path: Path, what: str) -> Iterator[bool]:
+    """Try to take `path` exclusively without waiting: yields True (held until the block ends, or
+    until the process dies) or False (another process holds it). The file keeps the last holder's
+    pid and command, so `holder(path)` can say who trained that fold."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {what}".encode())
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def waiting(path: Path) -> Iterator[None]:
+    """Take `path` exclusively, waiting for it: for a few seconds' work that two processes must not
+    do at once (the LR range test of a shared run, merging metrics.csv, gathering)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def holder(path: Path) -> str:
+    """Who holds (or last held) a claim file: "pid N: command"."""
+    return _holder(path)
+
+
 def is_locked(path: Path) -> bool:
-    """True while some process holds an exclusive lock on `path` (a run being trained)."""
+    """True while some process holds `path`, shared or exclusive (a run being trained)."""
     if not path.exists():
         return False
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:

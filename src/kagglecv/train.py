@@ -4,6 +4,13 @@
     kagglecv train --resume                 # continue the latest unfinished run where it stopped
     kagglecv train --run exp1 --folds 0,1   # part of a run; another machine trains --folds 2,3,4
     kagglecv train --run exp1 --resume      # every fold finished (some copied in): gather them
+    kagglecv train --run exp1               # on every machine sharing runs/: they split the folds
+    kagglecv train --gpus 4 --parallel folds   # 4 folds at once, one process per GPU
+
+Every process that trains a run holds runs/<comp>/<run>/.lock shared and claims each fold with an
+flock on fold<k>.lock while it trains it, so any number of trainers of one RUN= (PARALLEL=folds
+workers, other machines) split its folds without a FOLDS= list; the one that finds every fold
+finished gathers. A trainer that finds nothing left to claim refuses in one line.
 
 Reads data/<comp>/folds.csv and the class folders (holding data/<comp>/ shared and the run folder to
 itself); writes runs/<comp>/<run-id>/ with the resolved config, plan.json (the fold ids), lr_find.png/
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -189,15 +197,16 @@ def chosen_lr(run: RunContext) -> float:
 
 
 def _lock(held: contextlib.ExitStack, comp: Competition, run_dir: Path | None, what: str) -> None:
-    """data/<comp>/ shared (every rank reads it; None: the data lock is held already) and, on rank 0
-    alone, the run folder to itself. Every rank learns whether all got theirs, so a refusal stops
-    all of them with the same line."""
+    """data/<comp>/ shared (every rank reads it; None: the data lock is held already) or, on rank 0
+    alone, the run folder shared with the other processes training its folds (each fold is then
+    claimed on its own, `_train_claimed`). Every rank learns whether all got theirs, so a refusal
+    stops all of them with the same line."""
 
     def take():
         if run_dir is None:
             held.enter_context(locks.data_lock(comp.data_dir, exclusive=False, what=what))
         elif dist.is_main():
-            held.enter_context(locks.run_lock(run_dir, what=what))
+            held.enter_context(locks.run_share(run_dir, what=what))
 
     dist.all_or_none(take)
 
@@ -244,8 +253,11 @@ def train(
     run_dir: Path | None = None,
     fold_ids: list[int] | None = None,
     resume: bool = False,
+    on_epoch=None,
 ) -> Path:
-    """Train a run's folds (or what is left of them) and gather its summary. Returns the run folder."""
+    """Train a run's folds (or what is left of them, claimed fold by fold with other processes that
+    train the same run) and, when every fold is finished, gather its summary. Returns the run folder.
+    `on_epoch(row)` sees every epoch's metrics.csv row (the tuner's pruning hook)."""
     t0 = time.time()
     dist.init_from_env()
     what = f"make train{' RESUME=1' if resume else ''}"
@@ -266,7 +278,7 @@ def train(
         check_fold_ids(fold_ids, data.n_folds)
         if run_dir is None:
             run_dir = dist.broadcast(new_run_dir(comp.slug, cfg.model) if dist.is_main() else None)
-        if not resume:  # a new folder, or another part of a named run (FOLDS=): one trainer at a time
+        if not resume:  # a new folder, or a named run that other processes may be training too
             _lock(held, comp, run_dir, what)
         run_dir.mkdir(parents=True, exist_ok=True)
         started_here = _start_run_folder(run_dir, cfg, fold_ids)
@@ -279,25 +291,100 @@ def train(
             f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
             f"of {data.n_folds} · {cfg.freeze_epochs}+{cfg.epochs} epochs · {inp['img_size']}px · {device.type}"
         )
-        run = RunContext(comp, cfg, data, inp, device, run_dir)
+        run = RunContext(comp, cfg, data, inp, device, run_dir, on_epoch=on_epoch)
         try:
-            run.lr = chosen_lr(run)
+            with locks.waiting(run_dir / SETUP_LOCK):  # one range test for all who share the run
+                run.lr = chosen_lr(run)
             run.rows = read_rows(run_dir)
-            for fold in fold_ids:
-                if dist.broadcast(fold_done(run_dir, fold) if dist.is_main() else None):
-                    console.print(f"fold {fold} already finished in {run_dir.name}")
-                    continue
-                train_fold(run, fold)
+            trained, busy = _train_claimed(run, fold_ids, what)
         except UserError:
-            if started_here and dist.is_main() and not has_progress(run_dir):
+            if (
+                started_here
+                and dist.is_main()
+                and not has_progress(run_dir)
+                and not _claimed_elsewhere(run_dir)
+            ):
                 shutil.rmtree(
                     run_dir, ignore_errors=True
                 )  # nothing trained: leave no stub for RESUME to pick
             raise
         dist.barrier()
         if dist.is_main():
-            gather(run_dir, comp, seconds=time.time() - t0, device=device.type)
+            _gather_if_last(run, fold_ids, trained, busy, seconds=time.time() - t0)
     return run_dir
+
+
+SETUP_LOCK = ".setup.lock"
+
+
+def _claim_name(fold: int) -> str:
+    return f"fold{fold}.lock"
+
+
+def _claimed_elsewhere(run_dir: Path) -> bool:
+    return any(locks.is_locked(p) for p in run_dir.glob("fold*.lock"))
+
+
+def _train_claimed(run: RunContext, fold_ids: list[int], what: str) -> tuple[list[int], list[int]]:
+    """Train every planned fold that is neither finished nor claimed by another process (another
+    `make train RUN=x` here or on a machine sharing runs/, or a PARALLEL=folds sibling). A fold is
+    claimed with an flock on fold<k>.lock for as long as it trains: a process that dies lets go of
+    it, and the next trainer of the run (RESUME=1 anywhere) picks it up from fold<k>.last.pt.
+    Rank 0 claims for all ranks of a data-parallel group. Returns (trained here, held elsewhere)."""
+    trained: list[int] = []
+    busy: list[int] = []
+    for fold in fold_ids:
+        if dist.broadcast(fold_done(run.run_dir, fold) if dist.is_main() else None):
+            console.print(f"fold {fold} already finished in {run.run_dir.name}")
+            continue
+        with contextlib.ExitStack() as claim:
+            mine = (
+                claim.enter_context(locks.claim(run.run_dir / _claim_name(fold), what))
+                if dist.is_main()
+                else None
+            )
+            if not dist.broadcast(mine):
+                busy.append(fold)
+                console.print(
+                    f"fold {fold} is being trained by {locks.holder(run.run_dir / _claim_name(fold))}"
+                )
+                continue
+            if dist.broadcast(fold_done(run.run_dir, fold) if dist.is_main() else None):
+                continue  # finished by another process between the two looks
+            train_fold(run, fold)
+            trained.append(fold)
+    return trained, busy
+
+
+def _gather_if_last(
+    run: RunContext, fold_ids: list[int], trained: list[int], busy: list[int], seconds: float
+) -> None:
+    """The process that finds every planned fold finished gathers (under a lock, so two that finish
+    together do not write summary.json at once); the others say who still trains what."""
+    run_dir = run.run_dir
+    with locks.waiting(run_dir / SETUP_LOCK):
+        left = [k for k in fold_ids if not fold_done(run_dir, k)]
+        if not left:
+            gather(run_dir, run.comp, seconds=seconds, device=run.device.type)
+            return
+    held = [k for k in left if locks.is_locked(run_dir / _claim_name(k))]
+    if not trained and busy and held and not os.environ.get(dist.FOLD_WORKER):
+        who = "; ".join(f"fold {k}: {locks.holder(run_dir / _claim_name(k))}" for k in held)
+        raise UserError(
+            f"run {run_dir.name} is already being trained ({who}); nothing is left for this process: "
+            "wait for it, or start more trainers before its folds run out"
+        )
+    orphans = [k for k in left if k not in held]
+    console.print(
+        f"[yellow]run {run_dir.name} is not finished yet[/]: "
+        + (f"folds {held} are being trained by other processes (the last to finish gathers)" if held else "")
+        + ("; " if held and orphans else "")
+        + (
+            f"folds {orphans} stopped unfinished: `make train RUN={run_dir.name} RESUME=1` picks them up"
+            if orphans
+            else ""
+        )
+    )
 
 
 def _gather_only(run_dir: Path, comp: Competition) -> Path:

@@ -1,0 +1,100 @@
+"""Folds in parallel (issue 14): processes that train one RUN= claim its folds by themselves with
+fold<k>.lock, a killed one lets go of its fold, RESUME picks it up, the last one gathers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, cli_text
+from kagglecv import locks
+from kagglecv.cli import main
+
+TINY = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.003", "device=cpu"]
+
+
+def _env() -> dict:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "KAGGLECV_NO_PROGRESS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _pid_of(claim) -> int:
+    return int(locks.holder(claim).split(":")[0].removeprefix("pid "))
+
+
+@pytest.mark.slow  # two fresh processes import torch and train: ~20 s alone, more on a busy machine
+def test_parallel_folds_split_the_folds_between_processes_and_the_last_gathers(digits, monkeypatch, capsys):
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "src"))
+    rc = main(["train", *TINY, "epochs=1", "--run", "par", "--gpus", "2", "--parallel", "folds"])
+    run = digits / "runs" / "digits-demo" / "par"
+    text = cli_text(capsys)
+    assert rc == 0 and "launching 2 fold workers" in text, text
+    assert (run / "summary.json").exists() and "CV" in text  # gathered once both folds were done
+    # each worker trained one fold: the claim files keep the pid of the process that held them
+    pids = {_pid_of(run / f"fold{k}.lock") for k in (0, 1)}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert not locks.is_locked(run / ".lock")  # nobody trains it any more
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_lets_go_of_its_fold_and_resume_picks_it_up(digits, capsys):
+    run = digits / "runs" / "digits-demo" / "kill"
+    cmd = [
+        sys.executable,
+        "-m",
+        "kagglecv.cli",
+        "train",
+        *TINY,
+        "train_folds=1",
+        "epochs=3",
+        "--run-name=kill",
+    ]
+    proc = subprocess.Popen(cmd, cwd=digits, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / "fold0.last.pt").exists():  # mid-fold: after its first epoch
+            assert proc.poll() is None and time.time() < deadline, "the trainer ended before its first epoch"
+            time.sleep(0.1)
+        assert locks.is_locked(run / "fold0.lock")  # held while it trains
+        # a second trainer of the same run finds the only fold claimed: one line, nothing trained
+        assert main(["train", "--comp", "digits-demo", "--run", "kill", "--resume"]) == 2
+        assert "run kill is already being trained (fold 0: pid" in cli_text(capsys)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not locks.is_locked(run / "fold0.lock")  # the kernel dropped the claim with the process
+    assert main(["train", "--comp", "digits-demo", "--run", "kill", "--resume"]) == 0
+    text = cli_text(capsys)
+    assert "resuming fold 0" in text and (run / "summary.json").exists()
+    assert _pid_of(run / "fold0.lock") == os.getpid()
+
+
+def test_a_trainer_takes_the_folds_nobody_holds(finished_run, capsys):
+    """Fold 1 unfinished and held by another process: a resume leaves it alone, says so, gathers nothing."""
+    (finished_run / "summary.json").unlink()
+    for name in ("fold1.pt", "oof_fold1.csv"):
+        (finished_run / name).unlink()
+    with locks.claim(finished_run / "fold1.lock", "make train (elsewhere)") as mine:
+        assert mine
+        rc = main(["train", "--comp", "digits-demo", "--run", finished_run.name, "--resume"])
+    text = cli_text(capsys)
+    assert rc == 2 and f"fold 1: pid {os.getpid()}: make train (elsewhere)" in text
+    assert not (finished_run / "fold1.pt").exists() and not (finished_run / "summary.json").exists()
+
+
+def test_metrics_rows_of_other_folds_are_kept(tmp_path):
+    """Two processes write metrics.csv for different folds: neither erases the other's rows."""
+    from kagglecv.fold import read_rows, write_rows
+
+    row = {"lr": 0.1, "train_loss": 1.0, "val_loss": 1.0, "metric": 0.5}
+    write_rows(tmp_path, [{"fold": 0, "epoch": 0, **row}], fold=0)
+    write_rows(tmp_path, [{"fold": 1, "epoch": 0, **row}, {"fold": 1, "epoch": 1, **row}], fold=1)
+    write_rows(tmp_path, [{"fold": 0, "epoch": 0, **row}, {"fold": 0, "epoch": 1, **row}], fold=0)
+    assert [(r["fold"], r["epoch"]) for r in read_rows(tmp_path)] == [(0, 0), (0, 1), (1, 0), (1, 1)]

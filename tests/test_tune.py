@@ -1,0 +1,146 @@
+"""make tune (issue 14): the search space's rules, a tiny study on digits-demo that prunes, is
+interrupted and continues, and two processes working on one SQLite study."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import REPO, cli_text
+from kagglecv.cli import main
+from kagglecv.config import load_config
+from kagglecv.errors import UserError
+from kagglecv.tune import parse_budget, parse_space
+
+BASE = ["--comp", "digits-demo", "--config", "configs/tune-tiny.yaml"]
+
+
+def test_the_space_rules():
+    settings, params = parse_space(
+        {
+            "model": ["test_resnet", "resnet10t"],
+            "img_size": {"choices": [24, 32]},
+            "epochs": [5, 15],
+            "lr_mult": [0.3, 3.0],
+            "label_smoothing": [0.0, 0.2],
+            "mixup": {"low": 0.0, "high": 0.4},
+            "tune_folds": 2,
+        },
+        "t",
+    )
+    kinds = {p.name: (p.kind, p.log) for p in params}
+    assert kinds == {
+        "model": ("choice", False),
+        "img_size": ("choice", False),
+        "epochs": ("int", False),
+        "lr_mult": ("float", True),  # both > 0 and a decade apart: log
+        "label_smoothing": ("float", False),
+        "mixup": ("float", False),
+    }
+    assert settings.tune_folds == 2
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        (
+            {"label_smothing": [0.0, 0.2]},
+            "unknown tune key 'label_smothing'. Did you mean 'label_smoothing'?",
+        ),
+        ({"epochs": [1.5, 3.0]}, "'epochs' must be int"),
+        ({"label_smoothing": [0.2, 0.1]}, "needs low < high"),
+        ({"lr": [0.001, 0.01], "lr_mult": [0.3, 3.0]}, "tune either lr or lr_mult"),
+        ({"lr_mult": {"choices": [0, 1.0]}}, "lr_mult multiplies the range test's LR"),
+        ({"seed": [1, 5]}, "'seed' is not a hyperparameter to tune"),
+        ({"tune_folds": 0}, "tune_folds must be 1 or more"),
+    ],
+)
+def test_a_bad_space_is_one_line(block, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        parse_space(block, "t")
+
+
+def test_budgets_and_a_recipe_with_a_tune_block_still_trains():
+    assert [parse_budget(t) for t in ("600s", "30m", "2h", "90", "")] == [600, 1800, 7200, 90, None]
+    with pytest.raises(UserError, match="BUDGET must look like"):
+        parse_budget("ten minutes")
+    assert load_config(REPO / "configs" / "tune-demo.yaml").model == "test_resnet"  # tune: is not a key
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trials", "ten"], "TRIALS must be a whole number, got 'ten'"),
+        (["--budget", "soon"], "BUDGET must look like 600s, 30m or 2h, got 'soon'"),
+        ([], "give TRIALS=N or BUDGET=30m (or both)"),
+        (["--trials", "2", "mixup=-1"], "mixup must not be negative"),
+    ],
+)
+def test_tune_command_line_errors_are_one_line(workdir, capsys, args, message):
+    assert main(["tune", "--comp", "digits-demo", "--config", "configs/tune-demo.yaml", *args]) == 2
+    assert message in cli_text(capsys)
+
+
+def _tiny_recipe(workdir, **space):
+    recipe = yaml.safe_load((workdir / "configs" / "smoke.yaml").read_text())
+    recipe.update(device="cpu", train_folds=2, tune={"startup_trials": 1, "warmup_epochs": 0, **space})
+    (workdir / "configs" / "tune-tiny.yaml").write_text(yaml.safe_dump(recipe))
+
+
+def test_a_study_prunes_is_interrupted_and_continues(digits, monkeypatch, capsys):
+    import optuna
+
+    _tiny_recipe(digits, lr_mult=[0.001, 30.0])
+    db = digits / "runs" / "digits-demo" / "tune.db"
+    db.parent.mkdir(parents=True)
+    study = optuna.create_study(
+        study_name="digits-demo-tune-tiny", storage=f"sqlite:///{db}", direction="maximize"
+    )
+    study.enqueue_trial({"lr_mult": 3.0})  # learns in one epoch
+    study.enqueue_trial({"lr_mult": 0.001})  # does not: behind the first at epoch 0, so pruned
+    assert main(["tune", *BASE, "--trials", "2"]) == 0
+    text = cli_text(capsys)
+    assert "trial 0 complete" in text and "trial 1 pruned" in text, text
+    tuned = digits / "configs" / "tuned-digits-demo.yaml"
+    recipe = load_config(tuned)  # a whole recipe, ready for make train
+    assert recipe.train_folds == 2 and recipe.lr == pytest.approx(study.trials[0].user_attrs["lr"])
+    assert (digits / "runs" / "digits-demo" / "tune.html").exists()
+    assert not list((digits / "runs" / "digits-demo").glob("*/config.yaml"))  # trials stay out of `make runs`
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("kagglecv.train.train", interrupted)
+        assert main(["tune", *BASE, "--trials", "3"]) == 130
+    assert "rerun the same `make tune`" in cli_text(capsys)
+    assert main(["tune", *BASE, "--trials", "3"]) == 0  # the study continues where it stopped
+    text = cli_text(capsys)
+    assert "2 trials so far" in text and "trial 3 " in text, text
+    states = [
+        t.state.name
+        for t in optuna.load_study(study_name="digits-demo-tune-tiny", storage=f"sqlite:///{db}").trials
+    ]
+    assert states[:3] == ["COMPLETE", "PRUNED", "FAIL"] and states[3] in ("COMPLETE", "PRUNED"), states
+
+
+@pytest.mark.slow  # two processes import torch and train: ~30 s alone
+def test_two_processes_share_one_study(digits):
+    _tiny_recipe(digits, lr_mult=[0.3, 3.0])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KAGGLECV_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "kagglecv.cli", "tune", *BASE, "--trials", "3"]
+    procs = [subprocess.Popen(cmd, cwd=digits, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    import optuna
+
+    study = optuna.load_study(
+        study_name="digits-demo-tune-tiny", storage=f"sqlite:///{digits}/runs/digits-demo/tune.db"
+    )
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) >= 3 and all("trial " in o for o in outs)  # both worked on it
+    assert (
+        len(list((digits / "runs" / "digits-demo" / "tune" / "lr").glob("*/lr_find.json"))) == 1
+    )  # one range test
