@@ -269,7 +269,7 @@ def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list
     from .blend import read_blend
 
     spec = read_blend(blend_dir)
-    member_probs, tta = [], {}
+    member_probs, member_tta = [], {}
     for name in spec["members"]:
         member = blend_dir.parent / name
         if not member.is_dir():
@@ -281,9 +281,9 @@ def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list
         if classes != spec["classes"]:
             raise UserError(f"run {name} predicts other classes than blend {blend_dir.name} was fitted on")
         member_probs.append(probs)
-        tta[name] = pred["tta"]
+        member_tta[name] = pred["tta"]
     probs = combine(spec, member_probs)  # a NaN row (unreadable image) stays NaN
-    return probs, spec["classes"], {"tta": tta, "model": "blend of " + ", ".join(spec["members"])}
+    return probs, spec["classes"], {"tta": member_tta, "model": "blend of " + ", ".join(spec["members"])}
 
 
 def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], tta: str = "auto"):
