@@ -7,7 +7,6 @@ import torch
 
 import kagglecv.predict as predict_mod
 from conftest import interrupted_at_validation
-from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.config import load_config, stage_sizes
 from kagglecv.errors import UserError
@@ -69,7 +68,7 @@ def test_progressive_run_records_sizes_and_resumes_bit_identical(digits, monkeyp
         train(comp, cfg, fold_ids=[1])
     (cut,) = [p for p in straight.parent.iterdir() if not (p / "summary.json").exists()]
     assert torch.load(cut / "fold1.last.pt", weights_only=True)["epoch"] == 2
-    assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
+    train(comp, cfg, resume=True)  # the latest unfinished run, with its saved config
     b, _ = load_checkpoint(cut / "fold1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert pd.read_csv(cut / "metrics.csv").equals(rows[rows["fold"] == 1].reset_index(drop=True))
