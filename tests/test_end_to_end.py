@@ -41,7 +41,7 @@ def test_data_train_submit(workdir, capsys):
     assert summary["folds"] == 2 and len(summary["fold_scores"]) == 2
     metrics = pd.read_csv(run_dir / "metrics.csv")
     assert (
-        list(metrics.columns) == ["fold", "epoch", "lr", "train_loss", "val_loss", "metric"]
+        list(metrics.columns) == ["fold", "epoch", "lr", "train_loss", "val_loss", "metric", "img_size"]
         and len(metrics) == 2
     )
     oof = pd.read_csv(run_dir / "oof.csv")

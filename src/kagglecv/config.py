@@ -37,6 +37,13 @@ class TrainConfig:
     pretrained: bool = key(True, "start from timm's pretrained weights (Hugging Face hub or its cache)")
     pretrained_file: str | None = key(None, "local weights file (.safetensors/.pth) instead of the hub")
     img_size: int | None = key(None, "training and prediction size in pixels; null: the model's own")
+    # progressive resizing (fastai): the epochs of each fold spread over growing sizes
+    img_sizes: list[int] | None = key(None, "growing training sizes, e.g. [128, 192, 224]: contiguous stages")
+    progressive: bool = key(False, "img_sizes from the model's size: 0.5x, 0.75x, 1x (rounded to 8)")
+    final_size: int | None = key(None, "after those: final_epochs more at this (larger) size, low LR")
+    final_epochs: int = key(2, "epochs of the final_size stage (its own one-cycle schedule)")
+    final_lr_mult: float = key(0.1, "the final_size stage's peak LR: lr x this")
+    test_size: int | None = key(None, "predict the test set at this size (FixRes); null: the trained size")
     mean: list[float] | None = key(None, "per-channel normalisation mean; null: the model's pretrained one")
     std: list[float] | None = key(None, "per-channel normalisation std; null: the model's pretrained one")
     in_chans: int = key(3, "input channels")
@@ -44,7 +51,9 @@ class TrainConfig:
     # optimisation (fastai-style fine_tune: freeze_epochs on the head, then `epochs` on everything)
     freeze_epochs: int = key(0, "epochs training only the head, body frozen, before `epochs`")
     epochs: int = key(5, "epochs training everything (one-cycle schedule)")
-    batch_size: int = key(64, "images per batch")
+    batch_size: int | str = key(
+        64, "images per batch, or auto: the largest that fits (GPU: probe steps, halving; CPU: estimate)"
+    )
     lr: float | str = key("auto", "peak learning rate, or auto: the LR range test picks it")
     weight_decay: float = key(0.05, "AdamW weight decay")
     pct_start: float = key(0.25, "one-cycle warm-up: fraction of the steps spent raising the LR")
@@ -102,7 +111,19 @@ class TrainConfig:
             raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"config: workers must be 0 or more (or null for automatic), got {self.workers}")
-        for name in ("epochs", "batch_size", "train_folds", "lr_find_iters", "accum_steps", "in_chans"):
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            raise UserError(f"config: batch_size must be a number or 'auto', got {self.batch_size!r}")
+        self._check_sizes()
+        batch = () if self.batch_size == "auto" else ("batch_size",)
+        for name in (
+            "epochs",
+            *batch,
+            "train_folds",
+            "lr_find_iters",
+            "accum_steps",
+            "in_chans",
+            "final_epochs",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"config: {name} must be at least 1, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 8:
@@ -135,6 +156,24 @@ class TrainConfig:
             raise UserError(f"config: pseudo_threshold must lie in [0.5, 1], got {self.pseudo_threshold}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise UserError(f"config: layer_decay must lie in (0, 1], got {self.layer_decay}")
+
+    def _check_sizes(self) -> None:
+        if self.img_sizes is not None and self.progressive:
+            raise UserError("config: give img_sizes or progressive: true, not both")
+        sizes = self.img_sizes or []
+        if self.img_sizes is not None and (not sizes or sorted(set(sizes)) != sizes):
+            raise UserError(f"config: img_sizes must be growing sizes, e.g. [128, 192, 224], got {sizes}")
+        for name, value in (("img_sizes", min(sizes, default=8)), ("final_size", self.final_size),
+                            ("test_size", self.test_size)):  # fmt: skip
+            if value is not None and value < 8:
+                raise UserError(f"config: {name} must be at least 8 pixels, got {value}")
+        if self.img_sizes and len(self.img_sizes) > self.freeze_epochs + self.epochs:
+            raise UserError(
+                f"config: {len(self.img_sizes)} img_sizes need at least as many epochs "
+                f"(freeze_epochs + epochs = {self.freeze_epochs + self.epochs})"
+            )
+        if not 0 < self.final_lr_mult <= 1:
+            raise UserError(f"config: final_lr_mult must lie in (0, 1], got {self.final_lr_mult}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -292,6 +331,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return build_config(values, where)
 
 
+def stage_sizes(cfg: TrainConfig, base: int) -> list[int]:
+    """The training size of every epoch of a fold (head, all, then final_size epochs): contiguous
+    stages of growing size, the later (larger) stages taking the epochs that do not divide evenly."""
+    n = cfg.freeze_epochs + cfg.epochs
+    sizes = cfg.img_sizes or [base]
+    if cfg.progressive:
+        sizes = sorted({max(8, round(base * f / 8) * 8) for f in (0.5, 0.75)} | {base})
+    sizes = sizes[:n]
+    per, extra = divmod(n, len(sizes))
+    out = [s for i, s in enumerate(sizes) for _ in range(per + (i >= len(sizes) - extra))]
+    return out + [cfg.final_size] * (cfg.final_epochs if cfg.final_size else 0)
+
+
 def describe_config() -> list[tuple[str, Any, str, str]]:
     """(key, default, type, meaning) of every recipe key, in the dataclass's order."""
     hints = typing.get_type_hints(TrainConfig)
@@ -314,4 +366,5 @@ __all__ = [
     "describe_config",
     "load_config",
     "read_yaml",
+    "stage_sizes",
 ]

@@ -1,8 +1,8 @@
 """Datasets, albumentations transforms and loaders over the prepared shape.
 
-Images are decoded and resized once: when the whole set fits in `cache_mb` they are kept in RAM as
-one uint8 array, otherwise resized copies go to data/<comp>/cache/<size>/ so full-size JPEGs are not
-decoded every epoch. Batches stay uint8 until they reach the device, where they are normalised
+Images are decoded and resized once per size: when the whole set fits in `cache_mb` they are kept in
+RAM as one uint8 array, otherwise resized copies go to data/<comp>/cache/<size>/ so full-size JPEGs
+are not decoded every epoch (progressive resizing builds one such cache per size). Batches stay uint8 until they reach the device, where they are normalised
 (less to copy, and the GPU does the arithmetic).
 """
 
@@ -120,6 +120,24 @@ def cached_images(
     if mode in ("disk", "auto"):
         return disk_cache(paths, data_root, size, bad), None
     return paths, None
+
+
+def training_set(paths: list[Path], labels: np.ndarray, data_root: Path, size: int, cfg, cuda: bool):
+    """(dataset, loader workers): the training images at one size, decoded or cached once as the
+    recipe's cache mode says, with a readable stand-in for any image that broke since `make data`."""
+    bad: list[int] = []
+    read, images = cached_images(
+        paths, data_root, size, cfg.cache, cfg.cache_mb, f"decoding train images at {size}px", bad=bad
+    )
+    read = list(read)
+    for i, j in stand_ins(labels, set(bad)).items():
+        warn_unreadable(paths[i])
+        if images is not None:
+            images[i] = images[j]
+        else:
+            read[i] = read[j]
+    dataset = ImageDataset(read, labels, size, images, stand_in=True)
+    return dataset, default_workers(cfg.workers, images is not None, cuda)
 
 
 def stand_ins(labels: np.ndarray, unreadable: set[int]) -> dict[int, int]:

@@ -123,6 +123,7 @@ def fig_curves(metrics: pd.DataFrame, best: dict[int, int], metric: str, freeze_
     if freeze_epochs:  # fastai-style fine_tune: the first epochs train the head only
         for ax in (ax_loss, ax_m):
             ax.axvspan(-0.5, freeze_epochs - 0.5, color="0.5", alpha=0.12, lw=0)
+    _mark_sizes(metrics, (ax_loss, ax_m))
     handles, _ = ax_loss.get_legend_handles_labels()
     handles += [
         Line2D([], [], color="0.3", ls="--", label="train loss"),
@@ -136,6 +137,29 @@ def fig_curves(metrics: pd.DataFrame, best: dict[int, int], metric: str, freeze_
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     return fig
+
+
+def size_changes(metrics: pd.DataFrame) -> list[tuple[int, int]]:
+    """(epoch, size) where each training size starts (progressive resizing); [] for one size."""
+    if "img_size" not in metrics or metrics["img_size"].nunique() < 2:
+        return []
+    first = metrics[metrics["fold"] == metrics["fold"].min()].sort_values("epoch")
+    sizes = first[["epoch", "img_size"]].dropna().astype(int).itertuples(index=False)
+    out: list[tuple[int, int]] = []
+    for epoch, size in sizes:
+        if not out or out[-1][1] != size:
+            out.append((epoch, size))
+    return out
+
+
+def _mark_sizes(metrics: pd.DataFrame, axes) -> None:
+    """A dotted line where the image size changed, labelled with the new size."""
+    for i, (epoch, size) in enumerate(size_changes(metrics)):
+        for ax in axes:
+            if i:
+                ax.axvline(epoch - 0.5, color="0.35", ls=":", lw=1.2)
+            at = (epoch - 0.45, ax.get_xaxis_transform()) if i else (0.01, ax.transAxes)  # first: at the left
+            ax.text(at[0], 0.99, f"{size}px", transform=at[1], va="top", fontsize=8, color="0.3")
 
 
 def confusion_subset(cm: np.ndarray, k: int = CM_MAX_CLASSES) -> np.ndarray:

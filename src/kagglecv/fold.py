@@ -3,6 +3,10 @@ epoch, save the resume state, write the fold's outputs.
 
     train_fold(run, fold=2)   # called by train.train for every fold the run trains
 
+With progressive resizing (img_sizes, progressive, final_size) the size is a function of the epoch
+(config.stage_sizes): the loaders are rebuilt at each stage boundary, also when a resume lands in a
+stage, and each epoch validates at its stage's size, so the best epoch may come from any stage.
+
 Writes runs/<comp>/<run>/fold<k>.last.pt after every epoch (everything needed to resume: weights,
 optimizer, scheduler, grad scaler, EMA, best so far, every RNG stream), and when the fold is done
 fold<k>.pt (the best epoch's weights + the JSON to rebuild the model) and oof_fold<k>.csv.
@@ -19,6 +23,7 @@ import pandas as pd
 import torch
 
 from . import batches, dist
+from .config import stage_sizes
 from .console import console, progress
 from .data import make_loader, train_transform
 from .engine import Stepper, steps_per_epoch, train_one_epoch, validate
@@ -58,6 +63,7 @@ class Fold:
     best_epoch: int = -1
     best_state: dict | None = None
     best_probs: np.ndarray | None = None
+    size: int = 0  # the image size the loaders are built at
     start: int = 0  # the first epoch still to train
     resume: dict | None = None  # fold<k>.last.pt's contents until the optimizer and schedule are restored
 
@@ -67,7 +73,7 @@ class Fold:
 
 
 def build_stepper(
-    run: RunContext, fold: int, tr_idx, va_idx, ddp: bool = True
+    run: RunContext, fold: int, tr_idx, va_idx, ddp: bool = True, size: int | None = None
 ) -> tuple[Stepper, object, object]:
     """A fresh model, optimizer (layer-decayed param groups) and loaders for one split."""
     from timm.data import Mixup
@@ -111,24 +117,26 @@ def build_stepper(
         compile=cfg.compile,
         ddp=ddp,
     )
-    return stepper, *fold_loaders(run, fold, tr_idx, va_idx, ddp)
+    return stepper, *fold_loaders(run, fold, tr_idx, va_idx, ddp, size or run.data.size)
 
 
-def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
-    """The training loader (augmented; under DDP each rank its own shard) and the validation loader."""
-    cfg, data, comp = run.cfg, run.data, run.comp
+def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool, size: int):
+    """The training loader (augmented; under DDP each rank its own shard) and the validation loader,
+    at one image size."""
+    cfg, comp = run.cfg, run.comp
+    dataset, workers = run.data.at(size)
     pin = run.device.type == "cuda"
-    if batches.fits(data.dataset, data.workers, ddp):  # in RAM: whole batches, augmented at once
+    if batches.fits(dataset, workers, ddp):  # in RAM: whole batches, augmented at once
         kw = {"hflip": comp.hflip, "vflip": comp.vflip, "seed": cfg.seed + fold, "device": run.device}
         return (
             batches.memory_batches(
-                data.dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw
+                dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw
             ),
             batches.memory_batches(
-                data.dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw
+                dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw
             ),
         )
-    train_ds = data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
+    train_ds = dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
     sampler = None
     if ddp:
         from torch.utils.data.distributed import DistributedSampler
@@ -138,17 +146,17 @@ def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool):
         train_ds,
         batch_size=cfg.batch_size,
         shuffle=True,
-        workers=data.workers,
+        workers=workers,
         seed=cfg.seed + fold,
         pin=pin,
         persistent=False,
         sampler=sampler,
     )
     val_dl = make_loader(
-        data.dataset.subset(va_idx),
+        dataset.subset(va_idx),
         batch_size=cfg.batch_size * 2,
         shuffle=False,
-        workers=data.workers,
+        workers=workers,
         pin=pin,
     )
     return train_dl, val_dl
@@ -162,15 +170,19 @@ def start_fold(run: RunContext, fold: int) -> Fold:
     seed_everything(run.cfg.seed + fold)
     folds = run.data.folds["fold"].to_numpy()
     tr_idx, va_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-    stepper, train_dl, val_dl = build_stepper(run, fold, tr_idx, va_idx)
+    last_path = run.run_dir / f"fold{fold}.last.pt"
+    st = None
+    if dist.broadcast(last_path.exists() if dist.is_main() else None):
+        st = torch.load(last_path, map_location="cpu", weights_only=True)
+    sizes = epoch_sizes(run)
+    size = sizes[min(st["epoch"] + 1, len(sizes) - 1)] if st else sizes[0]  # the stage it resumes in
+    stepper, train_dl, val_dl = build_stepper(run, fold, tr_idx, va_idx, size=size)
     if run.cfg.ema:
         from timm.utils import ModelEmaV3
 
         stepper.ema = ModelEmaV3(stepper.model, decay=run.cfg.ema_decay)
-    f = Fold(fold, tr_idx, va_idx, stepper, train_dl, val_dl)
-    last_path = run.run_dir / f.last_path_name
-    if dist.broadcast(last_path.exists() if dist.is_main() else None):
-        st = torch.load(last_path, map_location="cpu", weights_only=True)
+    f = Fold(fold, tr_idx, va_idx, stepper, train_dl, val_dl, size=size)
+    if st is not None:
         stepper.model.load_state_dict(st["model"])
         if st["scaler"]:  # empty when saved without fp16 (a CPU or bf16 run resumed on an fp16-only GPU)
             stepper.scaler.load_state_dict(st["scaler"])
@@ -186,13 +198,29 @@ def start_fold(run: RunContext, fold: int) -> Fold:
 
 
 def total_epochs(cfg) -> int:
-    return cfg.freeze_epochs + cfg.epochs
+    return cfg.freeze_epochs + cfg.epochs + (cfg.final_epochs if cfg.final_size else 0)
+
+
+def epoch_sizes(run: RunContext) -> list[int]:
+    """The training (and validation) size of each epoch of a fold."""
+    return stage_sizes(run.cfg, run.inp["img_size"])
 
 
 def phases(cfg) -> list[tuple[str, int, int]]:
-    """(name, first epoch, epochs): the head alone first (fastai's freeze) where asked, then everything."""
+    """(name, first epoch, epochs): the head alone first (fastai's freeze) where asked, then everything,
+    then the final_size stage with its own, lower, one-cycle. Each phase has one schedule across
+    the progressive sizes in it (the steps per epoch do not depend on the size)."""
     out = [("head", 0, cfg.freeze_epochs)] if cfg.freeze_epochs > 0 else []
-    return out + [("all", cfg.freeze_epochs, cfg.epochs)]
+    out += [("all", cfg.freeze_epochs, cfg.epochs)]
+    return out + ([("final", cfg.freeze_epochs + cfg.epochs, cfg.final_epochs)] if cfg.final_size else [])
+
+
+def use_size(run: RunContext, f: Fold, size: int) -> None:
+    """At a stage boundary, the loaders at the next size (its image cache built on first use)."""
+    if size != f.size:
+        f.train_dl, f.val_dl = fold_loaders(run, f.fold, f.tr_idx, f.va_idx, f.stepper.ddp, size)
+        console.print(f"[dim]fold {f.fold}: image size {f.size}px -> {size}px[/]")
+        f.size = size
 
 
 def start_phase(run: RunContext, f: Fold, phase: str, first: int, n_epochs: int):
@@ -200,7 +228,8 @@ def start_phase(run: RunContext, f: Fold, phase: str, first: int, n_epochs: int)
     inside the phase it stopped in, the schedule continue from their saved state."""
     opt = f.stepper.optimizer
     n_steps = steps_per_epoch(len(f.train_dl), run.cfg.accum_steps)
-    base_lrs = [run.lr * g.get("lr_scale", 1.0) for g in opt.param_groups]
+    mult = run.cfg.final_lr_mult if phase == "final" else 1.0
+    base_lrs = [run.lr * mult * g.get("lr_scale", 1.0) for g in opt.param_groups]
 
     def schedule():
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -255,6 +284,7 @@ def run_epoch(run: RunContext, f: Fold, epoch: int, sched, on_batch) -> dict:
         "train_loss": tr["train_loss"],
         "val_loss": va["val_loss"],
         "metric": m,
+        "img_size": f.size,
     }
     run.rows.append(row)
     return {**row, "improved": improved}
@@ -293,6 +323,9 @@ def write_fold_outputs(run: RunContext, f: Fold) -> None:
         "classes": data.classes,
         "in_chans": cfg.in_chans,
         **run.inp,
+        "img_size": epoch_sizes(run)[f.best_epoch],  # the size its best epoch trained and validated at
+        "train_sizes": sorted(set(epoch_sizes(run))),
+        "test_size": cfg.test_size,  # predict.py predicts at this size when set
         "fold": f.fold,
         "best_epoch": f.best_epoch,
         "metric": run.comp.metric,
@@ -331,6 +364,7 @@ def train_fold(run: RunContext, fold: int) -> float:
                 continue  # finished before the interruption
             sched = start_phase(run, f, phase, first, n_epochs)
             for epoch in range(max(f.start, first), first + n_epochs):
+                use_size(run, f, epoch_sizes(run)[epoch])
                 bar.reset(batch_task, total=len(f.train_dl))
                 row = run_epoch(run, f, epoch, sched, on_batch)
                 save_resume_state(run, f, epoch, phase, sched)
@@ -365,6 +399,7 @@ def write_rows(run_dir: Path, rows: list[dict], fold: int | None = None) -> None
             rows = [r for r in read_rows(run_dir) if r["fold"] != fold] + [
                 r for r in rows if r["fold"] == fold
             ]
-        df = pd.DataFrame(rows, columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"])
+        columns = ["fold", "epoch", "lr", "train_loss", "val_loss", "metric", "img_size"]
+        df = pd.DataFrame(rows, columns=columns)
         df = df.sort_values(["fold", "epoch"], kind="stable")
         atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))

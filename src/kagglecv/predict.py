@@ -5,9 +5,10 @@
     cached = read_cache(run_dir)     # a later stage (blend) reads out["probs"] without predicting
 
 Owns loading a run's fold models (each checkpoint carries its model name, classes, input size,
-mean/std and its typed config, so nothing is guessed), decoding the test images once for all folds,
+mean/std and its typed config, so nothing is guessed; a fold predicts at its checkpoint's test_size
+when the recipe set one (FixRes: test larger than trained), else at the size its best epoch trained at), decoding the test images once for all folds,
 TTA, and the prediction cache runs/<comp>/<run>/test_probs.npz. The cache is keyed by the test
-images (names, sizes, times), the flips and the fold checkpoints, so a changed test set, other TTA
+images (names, sizes, times), the flips, the fold checkpoints and the prediction sizes, so a changed test set, other TTA
 or a retrained fold never reads a stale cache; it is written atomically. An image that cannot be
 decoded gets no model prediction: its row is NaN and the caller decides what stands in for it.
 """
@@ -77,8 +78,18 @@ def tta_flips(cfg: TrainConfig, hflip: bool, vflip: bool) -> list[str]:
     return [f for f, ok in (("hflip", hflip), ("vflip", vflip)) if ok and cfg.tta]
 
 
+def predict_size(meta: dict) -> int:
+    """The size a fold model predicts at: its recipe's test_size, else the size it was validated at."""
+    return int(meta.get("test_size") or meta["img_size"])
+
+
 def cache_key(
-    paths: list[Path], data_root: Path, flips: list[str], run_dir: Path, fold_ids: list[int]
+    paths: list[Path],
+    data_root: Path,
+    flips: list[str],
+    run_dir: Path,
+    fold_ids: list[int],
+    sizes: list[int] | None = None,
 ) -> str:
     """A digest of everything the predictions depend on: a different key means the cache is stale."""
     h = hashlib.sha256()
@@ -89,6 +100,8 @@ def cache_key(
         st = (run_dir / f"fold{fold}.pt").stat()
         h.update(f"fold{fold}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     h.update(json.dumps(flips).encode())
+    if sizes:
+        h.update(f"sizes {sizes}".encode())
     return h.hexdigest()
 
 
@@ -168,6 +181,21 @@ def _ensemble(models: list[FoldModel], ds: ImageDataset, flips: list[str], batch
     return probs / len(models)
 
 
+def _views(group, paths, size, flips, extra, cfg, data_root, batch_size):
+    """(probabilities of one group of same-size folds, averaged over the flips and any larger-scale
+    view, indices that failed to decode)."""
+    read_paths, images, bad = decode_test(paths, size, cfg, data_root)
+    if len(bad) == len(paths):
+        return np.zeros((len(paths), group[0].meta["num_classes"])), bad
+    probs = _ensemble(group, ImageDataset(read_paths, np.zeros(len(paths)), size, images), flips, batch_size)
+    for s in extra:  # a larger-scale view (FixRes): one more view in the average
+        big = int(round(size * s))
+        read_s, images_s, _ = decode_test(paths, big, cfg, data_root)
+        scaled = _ensemble(group, ImageDataset(read_s, np.zeros(len(paths)), big, images_s), [], batch_size)
+        probs = (probs * (1 + len(flips)) + scaled) / (2 + len(flips))
+    return probs, bad
+
+
 def predict_test(
     models: list[FoldModel],
     *,
@@ -186,7 +214,8 @@ def predict_test(
     fold_ids = [fm.fold for fm in models]
     flips = tta["flips"] if tta else tta_flips(cfg, hflip, vflip)
     extra = [s for s in (tta or {}).get("scales", [1.0]) if s != 1.0]
-    key = cache_key(paths, data_root, flips + [f"scale{s:g}" for s in extra], run_dir, fold_ids)
+    sizes = [predict_size(fm.meta) for fm in models]
+    key = cache_key(paths, data_root, flips + [f"scale{s:g}" for s in extra], run_dir, fold_ids, sizes)
     cached = read_cache(run_dir, key)
     if cached is not None:
         console.print(f"test predictions of {run_dir.name} read from its cache ({CACHE})")
@@ -195,19 +224,14 @@ def predict_test(
         f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
         + (f", TTA {'+'.join(flips + [f'scale{s:g}' for s in extra])}" if flips or extra else "")
     )
-    read_paths, images, bad = decode_test(paths, meta["img_size"], cfg, data_root)
-    probs = np.full((len(paths), meta["num_classes"]), np.nan)
-    if len(bad) < len(paths):
-        ds = ImageDataset(read_paths, np.zeros(len(paths)), meta["img_size"], images)
-        probs = _ensemble(models, ds, flips, batch_size)
-        for s in extra:  # a larger-scale view (FixRes): one more view in the average
-            size = int(round(meta["img_size"] * s))
-            read_s, images_s, _ = decode_test(paths, size, cfg, data_root)
-            scaled = _ensemble(
-                models, ImageDataset(read_s, np.zeros(len(paths)), size, images_s), [], batch_size
-            )
-            probs = (probs * (1 + len(flips)) + scaled) / (2 + len(flips))
-        probs[bad] = np.nan
+    probs, bad = np.zeros((len(paths), meta["num_classes"])), []
+    for size in sorted(set(sizes)):  # folds whose best epochs came from different stages differ
+        group = [fm for fm, s in zip(models, sizes, strict=True) if s == size]
+        p, bad = _views(group, paths, size, flips, extra, cfg, data_root, batch_size)
+        probs = probs + p * len(group) / len(models)
+    probs[bad] = np.nan
+    if len(bad) == len(paths):
+        probs[:] = np.nan
     result = {
         "key": key,
         "images": [str(p.relative_to(data_root)) for p in paths],

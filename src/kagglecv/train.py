@@ -34,23 +34,16 @@ import yaml
 
 from . import dist, locks
 from .competition import Competition
-from .config import TrainConfig, config_from_dict
+from .config import TrainConfig, config_from_dict, stage_sizes
 from .console import console
-from .data import (
-    ImageDataset,
-    cached_images,
-    default_workers,
-    make_loader,
-    stand_ins,
-    train_transform,
-    warn_unreadable,
-)
+from .data import ImageDataset, make_loader, train_transform, training_set
 from .engine import pick_device
 from .errors import UserError
 from .files import atomic_write
 from .fold import RunContext, build_stepper, read_rows, train_fold
 from .layout import FOLDS, read_folds, read_prepared
 from .lr_find import range_test, save_range_test
+from .memory import fit_batch
 from .model import create_model, resolve_input
 from .runs import RUNS_DIR, finished_folds, fold_done, gather, has_progress, latest_unfinished, new_run_dir
 from .state import seed_everything
@@ -82,19 +75,31 @@ class TrainData:
             raise UserError(
                 f"{len(missing)} images in {root / FOLDS} are missing (e.g. {missing[0]}); rerun `make data COMP={comp.slug} FORCE=1`"
             )
-        bad: list[int] = []
-        paths, images = cached_images(
-            paths, root, size, cfg.cache, cfg.cache_mb, "decoding train images", bad=bad
-        )
-        for i, j in stand_ins(self.labels, set(bad)).items():  # one image broke since `make data`
-            warn_unreadable(root / self.folds["image"].iloc[i])
-            if images is not None:
-                images[i] = images[j]
-            else:
-                paths[i] = paths[j]
-        self.dataset = ImageDataset(paths, self.labels, size, images, stand_in=True)
-        self.workers = default_workers(cfg.workers, images is not None, cuda)
+        self.paths, self.size = paths, size  # size: the first stage's (progressive resizing)
+        self._build = (root, cfg, cuda)
+        self._sets: dict[int, tuple] = {}
+        self.at(size)
         self.n_folds = int(self.folds.loc[self.folds["fold"] >= 0, "fold"].nunique())
+
+    def at(self, size: int) -> tuple[ImageDataset, int]:
+        """(dataset, loader workers) at `size`, built on first use; in-RAM sets beyond cache_mb
+        together are let go first, so progressive resizing holds one size at a time when it must."""
+        if size not in self._sets:
+            root, cfg, cuda = self._build
+            held = [k for k, (ds, _) in self._sets.items() if ds.images is not None]
+            if sum(k * k for k in [*held, size]) * 3 * len(self.paths) > cfg.cache_mb * 2**20:
+                for k in held:
+                    del self._sets[k]
+            self._sets[size] = training_set(self.paths, self.labels, root, size, cfg, cuda)
+        return self._sets[size]
+
+    @property
+    def dataset(self) -> ImageDataset:
+        return self.at(self.size)[0]
+
+    @property
+    def workers(self) -> int:
+        return self.at(self.size)[1]
 
 
 def check_fold_ids(fold_ids: list[int], n_folds: int) -> None:
@@ -133,12 +138,35 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     check_device(cfg)
     # a torchrun rank trains on its own GPU; otherwise the recipe's device (cpu stays cpu on a GPU machine)
     device = dist.init_from_env() or pick_device(cfg.device)
-    read_prepared(comp)
+    info = read_prepared(comp)
     seed_everything(cfg.seed)
     inp = resolve_input(probe_model(cfg), cfg.img_size, cfg.mean, cfg.std)
+    sizes = stage_sizes(cfg, inp["img_size"])
+    guard_memory(comp, cfg, info, max(sizes), device)
     with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
-        data = TrainData(comp, cfg, inp["img_size"], cuda=device.type == "cuda")
+        data = TrainData(comp, cfg, sizes[0], cuda=device.type == "cuda")
     return device, inp, data
+
+
+def guard_memory(comp: Competition, cfg: TrainConfig, info: dict, size: int, device) -> None:
+    """Stop before any image is decoded or run folder made when a training step will not fit
+    (memory.py); `batch_size: auto` becomes the batch that fits, saved so a resume trains the same."""
+    folds = read_folds(comp, info)["fold"].to_numpy()
+    batch = dist.broadcast(  # one decision for every rank (rank 0 probes)
+        fit_batch(
+            cfg,
+            num_classes=len(info["classes"]),
+            n_images=len(folds),
+            n_train=int((folds != 0).sum()),
+            size=size,
+            device=device,
+        )
+        if dist.is_main()
+        else None
+    )
+    if cfg.batch_size == "auto":
+        console.print(f"[bold]batch_size auto[/]: {batch} fits at {size}px on {device.type}")
+        cfg.batch_size = batch  # in place: config.yaml records the number, and resume reads it
 
 
 # ---- the LR range test: one LR for every fold of a run ---------------------------------------
@@ -289,7 +317,8 @@ def train(
         console.print(
             f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
             f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
-            f"of {data.n_folds} · {cfg.freeze_epochs}+{cfg.epochs} epochs · {inp['img_size']}px · {device.type}"
+            f"of {data.n_folds} · {cfg.freeze_epochs}+{cfg.epochs} epochs · {sizes_text(cfg, inp)} · "
+            f"batch {cfg.batch_size} · {device.type}"
         )
         run = RunContext(comp, cfg, data, inp, device, run_dir, on_epoch=on_epoch)
         try:
@@ -385,6 +414,13 @@ def _gather_if_last(
             else ""
         )
     )
+
+
+def sizes_text(cfg: TrainConfig, inp: dict) -> str:
+    """'32px', or the stages: '16px x1 -> 24px x1 -> 32px x1' (+ the test size)."""
+    sizes = stage_sizes(cfg, inp["img_size"])
+    stages = [f"{s}px" + (f" x{sizes.count(s)}" if len(set(sizes)) > 1 else "") for s in dict.fromkeys(sizes)]
+    return " -> ".join(stages) + (f" (test {cfg.test_size}px)" if cfg.test_size else "")
 
 
 def _gather_only(run_dir: Path, comp: Competition) -> Path:

@@ -77,12 +77,14 @@ def _view_probs(fm, ds: ImageDataset, views: list[str | None]) -> dict[str | Non
 def oof_views(models, oof: pd.DataFrame, data_root: Path, sets: dict) -> dict:
     """(flip, scale) -> N x C OOF probabilities, each row from the fold model that held it out."""
     wanted = sorted({v for views in sets.values() for v in views}, key=lambda v: (v[1], str(v[0])))
-    size = models[0].meta["img_size"]
+    from .predict import predict_size
+
     n, c = len(oof), models[0].meta["num_classes"]
     probs = {v: np.zeros((n, c)) for v in wanted}
     for fm in models:
         rows = np.flatnonzero(oof["fold"].to_numpy() == fm.fold)
         paths = [data_root / p for p in oof["image"].iloc[rows]]
+        size = predict_size(fm.meta)  # as the test set is predicted (progressive runs: per fold)
         for scale in sorted({s for _, s in wanted}):
             s = int(round(size * scale))
             read, images = cached_images(
