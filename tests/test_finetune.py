@@ -88,6 +88,7 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
 @pytest.mark.slow
 def test_ddp_resumes_the_latest_unfinished_run(digits, monkeypatch):
     """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
+    monkeypatch.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
     comp = load_competition("digits-demo")
     cfg = load_config("configs/smoke.yaml", ["train_folds=1", "lr=0.003", "epochs=2", "device=cpu"])
     with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
@@ -195,8 +196,9 @@ def test_disk_cache_is_built_once(digits):
 
 
 @pytest.mark.slow
-def test_ddp_with_gloo_on_two_cpu_processes(digits):
+def test_ddp_with_gloo_on_two_cpu_processes(digits, monkeypatch):
     """make train GPUS=2 on a machine without CUDA: torchrun, 2 CPU processes, gloo."""
+    monkeypatch.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
     rc = main(
         [
             "train",

@@ -381,8 +381,8 @@ def _upload(comp: Competition, record: dict, upload: bool, message: str | None) 
         from .upload import upload as send
 
         row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message)
-        if row is not None:
-            record["uploads"].append(row)
+        if row is not None:  # a row of submissions/log.csv, all text; the record keeps Kaggle's ref a number
+            record["uploads"].append({**row, "ref": int(row["ref"])})
             write_record(record)
     elif message:
         console.print(
