@@ -37,11 +37,9 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def digits_prepared(tmp_path_factory):
-    """digits-demo prepared once per session; tests copy it instead of preparing again."""
-
-    root = tmp_path_factory.mktemp("digits")
+def _prepared(tmp_path_factory, slug: str) -> Path:
+    """A builtin competition prepared in a folder of its own; returns that folder's data/."""
+    root = tmp_path_factory.mktemp(slug)
     shutil.copytree(REPO / "competitions", root / "competitions")
     old = os.getcwd()
     os.chdir(root)
@@ -50,15 +48,34 @@ def digits_prepared(tmp_path_factory):
         from kagglecv.competition import load_competition
         from kagglecv.layout import prepare
 
-        prepare(load_competition("digits-demo"))
+        prepare(load_competition(slug))
     finally:
         os.chdir(old)
     return root / "data"
 
 
+@pytest.fixture(scope="session")
+def digits_prepared(tmp_path_factory):
+    """digits-demo prepared once per session; tests copy it instead of preparing again."""
+    return _prepared(tmp_path_factory, "digits-demo")
+
+
 @pytest.fixture
 def digits(workdir, digits_prepared):
     shutil.copytree(digits_prepared, workdir / "data")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_small_prepared(tmp_path_factory):
+    return _prepared(tmp_path_factory, "digits-small")
+
+
+@pytest.fixture
+def digits_small(workdir, digits_small_prepared):
+    """digits-small (200 training images, a ninth of digits-demo's epoch) prepared in this test's
+    working folder: for tests that must train several times but only check how, not how well."""
+    shutil.copytree(digits_small_prepared, workdir / "data")
     return workdir
 
 

@@ -175,25 +175,29 @@ def test_sample_columns_must_be_training_classes(workdir):
         check_classes(comp, sample, ["beagle", "pug"])
 
 
-def test_interrupted_training_says_how_to_continue(digits, monkeypatch, capsys):
+SMALL = ["--comp", "digits-small", "--config", "configs/smoke.yaml", "lr=0.002", "folds=1"]
+
+
+def test_interrupted_training_says_how_to_continue(digits_small, monkeypatch, capsys):
     with interrupted_at_validation(monkeypatch, 1):
-        assert main(["train", *SMOKE]) == 130
+        assert main(["train", *SMALL]) == 130
     assert "`make train RESUME=1 RUN=<the run above>` continues it" in cli_text(capsys)
 
 
-def test_resume_prefers_the_run_that_trained_something(digits, monkeypatch, capsys):
+def test_resume_prefers_the_run_that_trained_something(digits_small, monkeypatch, capsys):
     """A run that failed before its first epoch leaves no folder; a stale stub is passed over."""
+    runs = digits_small / "runs" / "digits-small"
     with interrupted_at_validation(monkeypatch, 2):
-        assert main(["train", *SMOKE, "epochs=2"]) == 130
-    (begun,) = (digits / "runs" / "digits-demo").iterdir()
-    stub = digits / "runs" / "digits-demo" / "zz-stub"  # sorts last: an OOM-killed start, say
+        assert main(["train", *SMALL, "epochs=2"]) == 130
+    (begun,) = runs.iterdir()
+    stub = runs / "zz-stub"  # sorts last: an OOM-killed start, say
     stub.mkdir()
     (stub / "config.yaml").write_text((begun / "config.yaml").read_text())
-    assert main(["train", *SMOKE, "pretrained_file=nope.pth"]) == 2
+    assert main(["train", *SMALL, "pretrained_file=nope.pth"]) == 2
     assert "pretrained_file nope.pth not found" in cli_text(capsys)
-    assert sorted(p.name for p in (digits / "runs" / "digits-demo").iterdir()) == [begun.name, "zz-stub"]
-    assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
-    assert f"resuming runs/digits-demo/{begun.name}" in cli_text(capsys)
+    assert sorted(p.name for p in runs.iterdir()) == [begun.name, "zz-stub"]
+    assert main(["train", "--resume", "--comp", "digits-small"]) == 0
+    assert f"resuming runs/digits-small/{begun.name}" in cli_text(capsys)
     assert (begun / "summary.json").exists()
 
 

@@ -58,10 +58,10 @@ def _without_saved_schedule(last_pt):
     torch.save(state, last_pt)
 
 
-def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
+def test_resume_after_interruption_gives_the_same_result(digits_small, monkeypatch):
     """Interrupted mid-phase, at the head/body boundary, and mid-phase from an older resume file:
-    each resumed run ends bit-identical to the uninterrupted one."""
-    comp = load_competition("digits-demo")
+    each resumed run ends bit-identical to the uninterrupted one (on digits-small: four trainings)."""
+    comp = load_competition("digits-small")
     cfg = load_config("configs/smoke.yaml", RECIPE)
     straight = train(comp, cfg)
     a, meta_a = load_checkpoint(straight / "fold0.pt")
@@ -75,7 +75,7 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
         if old_file:
             _without_saved_schedule(interrupted / "fold0.last.pt")
 
-        assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
+        assert main(["train", "--resume", "--comp", "digits-small"]) == 0
         b, meta_b = load_checkpoint(interrupted / "fold0.pt")
         assert meta_a["best_epoch"] == meta_b["best_epoch"] and meta_a["score"] == meta_b["score"], at
         for k in a:
