@@ -4,11 +4,16 @@ configs/, so data/, runs/ and submissions/ never touch the checkout."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -16,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 # Tests often share this 2-core machine with other work; one intra-op thread avoids OpenMP
 # threads spinning against each other (which slows everything down many times over).
 torch.set_num_threads(1)
+
+# pytest-xdist hands its workers COLUMNS=<the terminal's width>; kagglecv's console (imported after
+# this) must size itself as it does in a plain pytest run, piped, or tables wrap differently.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture
@@ -27,12 +37,9 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def digits_prepared(tmp_path_factory):
-    """digits-demo prepared once per session; tests copy it instead of preparing again."""
-    import os
-
-    root = tmp_path_factory.mktemp("digits")
+def _prepared(tmp_path_factory, slug: str) -> Path:
+    """A builtin competition prepared in a folder of its own; returns that folder's data/."""
+    root = tmp_path_factory.mktemp(slug)
     shutil.copytree(REPO / "competitions", root / "competitions")
     old = os.getcwd()
     os.chdir(root)
@@ -41,15 +48,34 @@ def digits_prepared(tmp_path_factory):
         from kagglecv.competition import load_competition
         from kagglecv.layout import prepare
 
-        prepare(load_competition("digits-demo"))
+        prepare(load_competition(slug))
     finally:
         os.chdir(old)
     return root / "data"
 
 
+@pytest.fixture(scope="session")
+def digits_prepared(tmp_path_factory):
+    """digits-demo prepared once per session; tests copy it instead of preparing again."""
+    return _prepared(tmp_path_factory, "digits-demo")
+
+
 @pytest.fixture
 def digits(workdir, digits_prepared):
     shutil.copytree(digits_prepared, workdir / "data")
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def digits_small_prepared(tmp_path_factory):
+    return _prepared(tmp_path_factory, "digits-small")
+
+
+@pytest.fixture
+def digits_small(workdir, digits_small_prepared):
+    """digits-small (200 training images, a ninth of digits-demo's epoch) prepared in this test's
+    working folder: for tests that must train several times but only check how, not how well."""
+    shutil.copytree(digits_small_prepared, workdir / "data")
     return workdir
 
 
@@ -60,7 +86,6 @@ FINISHED_RUN_ARGS = ["device=cpu"]
 @pytest.fixture(scope="session")
 def finished_run_built(tmp_path_factory, digits_prepared):
     """One smoke training on digits-demo, once per session (see `finished_run`)."""
-    import os
 
     root = tmp_path_factory.mktemp("finished")
     for name in ("competitions", "configs"):
@@ -88,6 +113,48 @@ def finished_run(digits, finished_run_built) -> Path:
     root, rel = finished_run_built
     shutil.copytree(root / rel, digits / rel)
     return digits / rel
+
+
+MADE_RUN = "made"
+
+
+def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
+    """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
+    randomly initialised test_resnet folds: no training, so it takes a second."""
+    from kagglecv.competition import load_competition
+    from kagglecv.config import load_config
+    from kagglecv.model import create_model
+    from kagglecv.runs import gather, save_checkpoint
+
+    comp = load_competition(slug)
+    info = json.loads((root / "data" / slug / "prepared.json").read_text())
+    classes = [str(c) for c in info["classes"]]
+    folds = pd.read_csv(root / "data" / slug / "folds.csv")
+    cfg = load_config(root / "configs" / "smoke.yaml", list(recipe))
+    run = root / "runs" / slug / MADE_RUN
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    rng = np.random.default_rng(0)
+    for k in fold_ids:
+        torch.manual_seed(k)
+        model = create_model("test_resnet", num_classes=len(classes), in_chans=3)
+        meta = {"competition": slug, "model": "test_resnet", "num_classes": len(classes),
+                "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
+                "ema": False, "config": cfg.to_dict()}  # fmt: skip
+        save_checkpoint(run / f"fold{k}.pt", model.state_dict(), meta)
+        part = folds[folds["fold"] == k].copy()
+        probs = rng.dirichlet(np.ones(len(classes)), size=len(part))
+        for j, c in enumerate(classes):
+            part[f"p_{c}"] = probs[:, j]
+        part["pred"] = [classes[j] for j in probs.argmax(1)]
+        part.to_csv(run / f"oof_fold{k}.csv", index=True, index_label="row")
+    gather(run, comp)
+    if listed is not None:  # a summary gathered before the other folds were copied in
+        summary = json.loads((run / "summary.json").read_text())
+        summary["fold_ids"], summary["folds"] = list(listed), len(listed)
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
 
 
 @contextlib.contextmanager

@@ -43,9 +43,8 @@ def test_submit_before_train(digits, capsys):
     assert "no finished training run for digits-demo" in cli_text(capsys)
 
 
-def test_run_with_missing_checkpoint(digits, capsys):
-    assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002"]) == 0
-    (run_dir,) = (digits / "runs" / "digits-demo").iterdir()
+def test_run_with_missing_checkpoint(finished_run, capsys):
+    run_dir = finished_run
     (run_dir / "fold1.pt").unlink()
     capsys.readouterr()
     assert main(["submit", "--comp", "digits-demo"]) == 2
@@ -103,10 +102,8 @@ def _replace_key(lines: list[str], key: str, change: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def test_sample_submission_that_is_not_a_csv(digits, capsys):
-    assert (
-        main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002", "folds=1"]) == 0
-    )
+def test_sample_submission_that_is_not_a_csv(finished_run, capsys):
+    digits = finished_run.parents[2]
     sample = digits / "data" / "digits-demo" / "sample_submission.csv"
     sample.write_text("a;b\n1;2\n")
     capsys.readouterr()
@@ -128,9 +125,10 @@ def test_run_names_stay_inside_runs(digits, capsys):
 SMOKE = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.002", "folds=1"]
 
 
-def test_edited_csvs_give_one_line_not_a_traceback(digits, capsys):
+def test_edited_csvs_give_one_line_not_a_traceback(finished_run, capsys):
     """A hand-edited folds.csv, sample_submission.csv or solution.csv is named with the fix."""
-    data = digits / "data" / "digits-demo"
+    runs = finished_run.parent
+    data = finished_run.parents[2] / "data" / "digits-demo"
     folds = data / "folds.csv"
     good = folds.read_text()
     folds.write_text(good.replace("image,label,fold", "path,label,fold", 1))
@@ -141,10 +139,9 @@ def test_edited_csvs_give_one_line_not_a_traceback(digits, capsys):
     folds.write_text("\n".join(lines) + "\n")
     assert main(["train", *SMOKE]) == 2
     assert "fold 'x' is not a fold number" in cli_text(capsys)
-    assert not (digits / "runs").exists() or not any((digits / "runs" / "digits-demo").iterdir())
+    assert [p.name for p in runs.iterdir()] == [finished_run.name]  # no run folder begun
     folds.write_text(good)
 
-    assert main(["train", *SMOKE]) == 0
     solution = data / "solution.csv"
     right = solution.read_text()
     solution.write_text(right.replace("label", "target", 1))
@@ -178,25 +175,29 @@ def test_sample_columns_must_be_training_classes(workdir):
         check_classes(comp, sample, ["beagle", "pug"])
 
 
-def test_interrupted_training_says_how_to_continue(digits, monkeypatch, capsys):
+SMALL = ["--comp", "digits-small", "--config", "configs/smoke.yaml", "lr=0.002", "folds=1"]
+
+
+def test_interrupted_training_says_how_to_continue(digits_small, monkeypatch, capsys):
     with interrupted_at_validation(monkeypatch, 1):
-        assert main(["train", *SMOKE]) == 130
+        assert main(["train", *SMALL]) == 130
     assert "`make train RESUME=1 RUN=<the run above>` continues it" in cli_text(capsys)
 
 
-def test_resume_prefers_the_run_that_trained_something(digits, monkeypatch, capsys):
+def test_resume_prefers_the_run_that_trained_something(digits_small, monkeypatch, capsys):
     """A run that failed before its first epoch leaves no folder; a stale stub is passed over."""
+    runs = digits_small / "runs" / "digits-small"
     with interrupted_at_validation(monkeypatch, 2):
-        assert main(["train", *SMOKE, "epochs=2"]) == 130
-    (begun,) = (digits / "runs" / "digits-demo").iterdir()
-    stub = digits / "runs" / "digits-demo" / "zz-stub"  # sorts last: an OOM-killed start, say
+        assert main(["train", *SMALL, "epochs=2"]) == 130
+    (begun,) = runs.iterdir()
+    stub = runs / "zz-stub"  # sorts last: an OOM-killed start, say
     stub.mkdir()
     (stub / "config.yaml").write_text((begun / "config.yaml").read_text())
-    assert main(["train", *SMOKE, "pretrained_file=nope.pth"]) == 2
+    assert main(["train", *SMALL, "pretrained_file=nope.pth"]) == 2
     assert "pretrained_file nope.pth not found" in cli_text(capsys)
-    assert sorted(p.name for p in (digits / "runs" / "digits-demo").iterdir()) == [begun.name, "zz-stub"]
-    assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
-    assert f"resuming runs/digits-demo/{begun.name}" in cli_text(capsys)
+    assert sorted(p.name for p in runs.iterdir()) == [begun.name, "zz-stub"]
+    assert main(["train", "--resume", "--comp", "digits-small"]) == 0
+    assert f"resuming runs/digits-small/{begun.name}" in cli_text(capsys)
     assert (begun / "summary.json").exists()
 
 

@@ -58,10 +58,10 @@ def _without_saved_schedule(last_pt):
     torch.save(state, last_pt)
 
 
-def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
+def test_resume_after_interruption_gives_the_same_result(digits_small, monkeypatch):
     """Interrupted mid-phase, at the head/body boundary, and mid-phase from an older resume file:
-    each resumed run ends bit-identical to the uninterrupted one."""
-    comp = load_competition("digits-demo")
+    each resumed run ends bit-identical to the uninterrupted one (on digits-small: four trainings)."""
+    comp = load_competition("digits-small")
     cfg = load_config("configs/smoke.yaml", RECIPE)
     straight = train(comp, cfg)
     a, meta_a = load_checkpoint(straight / "fold0.pt")
@@ -75,7 +75,7 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
         if old_file:
             _without_saved_schedule(interrupted / "fold0.last.pt")
 
-        assert main(["train", "--resume", "--comp", "digits-demo"]) == 0
+        assert main(["train", "--resume", "--comp", "digits-small"]) == 0
         b, meta_b = load_checkpoint(interrupted / "fold0.pt")
         assert meta_a["best_epoch"] == meta_b["best_epoch"] and meta_a["score"] == meta_b["score"], at
         for k in a:
@@ -88,6 +88,7 @@ def test_resume_after_interruption_gives_the_same_result(digits, monkeypatch):
 @pytest.mark.slow
 def test_ddp_resumes_the_latest_unfinished_run(digits, monkeypatch):
     """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
+    monkeypatch.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
     comp = load_competition("digits-demo")
     cfg = load_config("configs/smoke.yaml", ["train_folds=1", "lr=0.003", "epochs=2", "device=cpu"])
     with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
@@ -195,8 +196,9 @@ def test_disk_cache_is_built_once(digits):
 
 
 @pytest.mark.slow
-def test_ddp_with_gloo_on_two_cpu_processes(digits):
+def test_ddp_with_gloo_on_two_cpu_processes(digits, monkeypatch):
     """make train GPUS=2 on a machine without CUDA: torchrun, 2 CPU processes, gloo."""
+    monkeypatch.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
     rc = main(
         [
             "train",

@@ -1,12 +1,11 @@
 """Look inside a run (issue 15): galleries checked against oof.csv, heatmaps of the image's shape
 that are not flat, one map point per image, and one clear line where something is not supported.
 
-One tiny training on digits-demo (2 folds x 1 epoch at 32 px) and one build of the look, shared
-by the module's tests."""
+The session's finished run (2 folds x 1 epoch at 32 px on digits-demo) and one build of the look,
+shared by the module's tests."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -21,28 +20,15 @@ from kagglecv.look import build_look
 from kagglecv.look.cam import cam_target, heatmaps
 from kagglecv.look.galleries import PER_KIND
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def looked(tmp_path_factory, digits_prepared):
-    """(run folder, data folder, LookResult) of one smoke training on digits-demo."""
+def looked(tmp_path_factory, finished_run_built):
+    """(run folder, data folder, LookResult) of the session's finished run, copied here so the look
+    it gains stays out of other tests' copies."""
+    built_root, rel = finished_run_built
     root = tmp_path_factory.mktemp("look")
-    for name in ("competitions", "configs"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copytree(digits_prepared, root / "data")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        from kagglecv.competition import load_competition
-        from kagglecv.config import load_config
-        from kagglecv.train import train
-
-        cfg = load_config("configs/smoke.yaml", ["lr=0.003", "device=cpu"])
-        run_dir = root / train(load_competition("digits-demo"), cfg)
-    finally:
-        os.chdir(old)
-    data_dir = root / "data" / "digits-demo"
+    run_dir = shutil.copytree(built_root / rel, root / rel)
+    data_dir = built_root / "data" / "digits-demo"  # only read
     return run_dir, data_dir, build_look(run_dir, data_dir, run_dir / "look", force=True, max_classes=4)
 
 

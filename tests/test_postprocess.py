@@ -51,3 +51,17 @@ def test_other_metrics_get_nothing():
     y, probs, folds = _overconfident()
     assert choose_postprocess("accuracy", y, probs, folds)["kind"] == "none"
     assert apply_postprocess({"kind": "none"}, probs) is probs
+
+
+def test_a_run_of_one_fold_keeps_its_probabilities_and_says_why(tmp_path, capsys):
+    """FOLDS=0 leaves OOF rows of one fold: nothing to nest over, so submit used to stop on a KeyError."""
+    import pandas as pd
+
+    from kagglecv.postprocess import postprocess_for_run
+
+    y, probs, _ = _overconfident(100)
+    oof = pd.DataFrame({"label": y.astype(str), "fold": 0, "p_0": probs[:, 0], "p_1": probs[:, 1]})
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    plan = postprocess_for_run("log_loss", tmp_path, ["0", "1"])
+    assert plan["kind"] == "none" and "one fold" in plan["why"]
+    assert "post-processing: none (the OOF predictions hold one fold" in capsys.readouterr().out

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from conftest import REPO, cli_text
+from conftest import MADE_RUN, REPO, cli_text, make_run
 from kagglecv.cli import main
 from kagglecv.competition import Submission, load_competition
 from kagglecv.errors import UserError
@@ -115,48 +114,6 @@ def test_catches_wrong_values(comp):
 
 # ---- submit through the CLI, on a run folder made without training -----------------------------
 
-MADE_RUN = "made"
-
-
-def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
-    """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
-    randomly initialised test_resnet folds: no training, so it takes a second."""
-    import torch
-
-    from kagglecv.config import load_config
-    from kagglecv.model import create_model
-    from kagglecv.runs import gather, save_checkpoint
-
-    comp = load_competition(slug)
-    info = json.loads((root / "data" / slug / "prepared.json").read_text())
-    classes = [str(c) for c in info["classes"]]
-    folds = pd.read_csv(root / "data" / slug / "folds.csv")
-    cfg = load_config(root / "configs" / "smoke.yaml", list(recipe))
-    run = root / "runs" / slug / MADE_RUN
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    rng = np.random.default_rng(0)
-    for k in fold_ids:
-        torch.manual_seed(k)
-        model = create_model("test_resnet", num_classes=len(classes), in_chans=3)
-        meta = {"competition": slug, "model": "test_resnet", "num_classes": len(classes),
-                "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-                "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
-                "ema": False, "config": cfg.to_dict()}  # fmt: skip
-        save_checkpoint(run / f"fold{k}.pt", model.state_dict(), meta)
-        part = folds[folds["fold"] == k].copy()
-        probs = rng.dirichlet(np.ones(len(classes)), size=len(part))
-        for j, c in enumerate(classes):
-            part[f"p_{c}"] = probs[:, j]
-        part["pred"] = [classes[j] for j in probs.argmax(1)]
-        part.to_csv(run / f"oof_fold{k}.csv", index=True, index_label="row")
-    gather(run, comp)
-    if listed is not None:  # a summary gathered before the other folds were copied in
-        summary = json.loads((run / "summary.json").read_text())
-        summary["fold_ids"], summary["folds"] = list(listed), len(listed)
-        (run / "summary.json").write_text(json.dumps(summary))
-    return run
-
 
 @pytest.fixture(scope="module")
 def made_run(tmp_path_factory, digits_prepared):
@@ -178,7 +135,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys):
+def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys, monkeypatch):
     run = made / "runs" / "digits-demo" / MADE_RUN
     before = snapshot(run)
     assert main(["submit", "--comp", "digits-demo"]) == 0
@@ -206,7 +163,9 @@ def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys):
     assert cached["probs"].shape == (len(sub), 10) and len(cached["images"]) == len(sub)
     assert (np.array(cached["classes"])[cached["probs"].argmax(1)] == sub["Label"].astype(str)).all()
 
-    # the report (and `kagglecv report`) finds the test score in the record
+    # the report (and `kagglecv report`) finds the test score in the record; its look-inside section,
+    # which would take most of a minute here, is tested in test_look.py
+    monkeypatch.setattr("kagglecv.report.LOOK_BUDGET_S", 0)
     assert main(["report", MADE_RUN, "--comp", "digits-demo"]) == 0
     assert f"test {expected:.4f}" in " ".join(cli_text(capsys).replace("│", " ").split())
     assert f"test accuracy <b>{expected:.4f}</b>" in (run / "report.html").read_text()

@@ -81,8 +81,10 @@ def nested_score(kind: str, y: np.ndarray, probs: np.ndarray, folds: np.ndarray)
 def choose_postprocess(metric: str, y: np.ndarray, probs: np.ndarray, folds: np.ndarray) -> dict:
     """The candidate with the best nested-CV log loss (ties keep the simpler one), refitted on all
     rows, with every candidate's nested score for the record."""
-    if metric != "log_loss" or len(np.unique(folds)) < 2:
+    if metric != "log_loss":
         return {"kind": "none", "why": f"{metric} does not change under calibration"}
+    if len(np.unique(folds)) < 2:
+        return {"kind": "none", "why": "the OOF predictions hold one fold, so nested CV cannot choose"}
     scores = {k: nested_score(k, y, probs, folds) for k in KINDS}
     best = min(KINDS, key=lambda k: (round(scores[k], 6), KINDS.index(k)))
     plan = fit(best, y, probs)
@@ -98,6 +100,9 @@ def postprocess_for_run(metric: str, run_dir: Path, classes: list[str]) -> dict:
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     probs = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
     plan = choose_postprocess(metric, y, probs, oof["fold"].to_numpy())
+    if "nested_log_loss" not in plan:  # a run of one fold (FOLDS=0): said, not a KeyError
+        console.print(f"post-processing: none ({plan['why']})")
+        return plan
     fitted = ", ".join(f"{k} = {plan[k]:.4g}" for k in ("T", "eps") if k in plan)
     gain = plan["nested_log_loss"]["none"] - plan["nested_log_loss"][plan["kind"]]
     console.print(
