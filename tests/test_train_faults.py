@@ -251,3 +251,12 @@ def test_messages_name_the_real_competition_and_are_never_cut_mid_word(tmp_path,
         model_mod.create_model("resnet18", num_classes=2, pretrained=True)
     said = str(e.value).split("(OSError: ", 1)[1].split(")", 1)[0]
     assert said.endswith(" …") and all(w in long for w in said[:-2].split())
+
+
+def test_a_run_of_very_few_steps_trains_instead_of_dividing_by_zero(digits_small, capsys):
+    """One optimizer step per fold (tiny data, a big batch, or several GPUs sharing it) left the
+    one-cycle schedule a warm-up of zero steps, and PyTorch's OneCycleLR divided by zero."""
+    from kagglecv.cli import main
+
+    args = ["train", "-c", "digits-small", "--config", "configs/smoke.yaml", "device=cpu", "batch_size=256"]
+    assert main(args) == 0, cli_text(capsys)

@@ -232,9 +232,11 @@ def start_phase(run: RunContext, f: Fold, phase: str, first: int, n_epochs: int)
     base_lrs = [run.lr * mult * g.get("lr_scale", 1.0) for g in opt.param_groups]
 
     def schedule():
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=base_lrs, total_steps=n_epochs * n_steps, pct_start=run.cfg.pct_start
-        )
+        # a handful of steps in all (tiny data, several GPUs) left OneCycleLR a warm-up or an annealing
+        # of zero steps, and it divided by zero: keep each at least one step and a half
+        total = max(n_epochs * n_steps, 4)
+        pct = min(max(run.cfg.pct_start, 1.5 / total), 1 - 1.5 / total)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=base_lrs, total_steps=total, pct_start=pct)
 
     st, f.resume = f.resume, None
     saved = (st or {}).get("scheduler")
