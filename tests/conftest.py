@@ -195,3 +195,14 @@ def fake(workdir, monkeypatch):
     with FakeKaggle({slug: competition_zip(slug) for slug in EXPECTED}) as server:
         use_fake_kaggle(monkeypatch, server, workdir / "home")
         yield server
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _optuna_logs_through_logging():
+    """Optuna's own log handler keeps the sys.stderr of the moment it is made, which under pytest is
+    one test's capture, closed by the next test: route its records through Python's logging (as
+    kagglecv's tune does), which pytest captures per test."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()

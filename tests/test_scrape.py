@@ -228,8 +228,13 @@ def test_scrape_keeps_only_real_unique_images(workdir, web, monkeypatch, capsys)
     assert m2["status"].tolist() == m["status"].tolist()
 
 
-def test_interrupted_download_resumes_without_refetching(workdir, web, monkeypatch):
+def test_interrupted_download_resumes_without_refetching(workdir, web, monkeypatch, request):
     import _thread
+    import signal
+
+    # a user's Ctrl-C reaches Python's own SIGINT handler (pytest-xdist workers ignore SIGINT)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, old))
 
     web.searches = {
         "brazilian jiu jitsu": good_images(web, "bjj", 10, 0),

@@ -271,16 +271,25 @@ def run_tune(
     name = f"{comp.slug}-{Path(config).stem if config else 'default'}"
     storage = storage or f"sqlite:///{root / 'tune.db'}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # its failed-trial tracebacks: we say it in one line
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        load_if_exists=True,  # rerunning continues it; other machines join it
-        direction="maximize" if HIGHER_IS_BETTER[comp.metric] else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=max(settings.startup_trials, 1)),
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs
-        ),
-    )
+    # optuna's own handler keeps the sys.stderr of the moment it was made (a replaced or closed one
+    # later on); its records go to Python's logging instead, which reads the current stderr
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    from .locks import waiting
+
+    # two processes that create one new SQLite study at once race on optuna's schema table
+    # (IntegrityError on alembic_version): the first creates it, the others then load it
+    with waiting(root / ".tune.lock"):
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            load_if_exists=True,  # rerunning continues it; other machines join it
+            direction="maximize" if HIGHER_IS_BETTER[comp.metric] else "minimize",
+            sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=max(settings.startup_trials, 1)),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs
+            ),
+        )
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     before = len(study.get_trials(states=done))
     console.print(
