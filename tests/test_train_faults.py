@@ -268,3 +268,24 @@ def test_a_run_of_very_few_steps_trains_instead_of_dividing_by_zero(digits_small
         "batch_size=40",
     ]  # 4 steps
     assert main(args) == 0, cli_text(capsys)
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_half_checkpoint(
+    digits_small, monkeypatch, capsys
+):
+    import errno
+
+    from kagglecv import runs
+    from kagglecv.cli import main
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.123.tmp.pt")
+
+    monkeypatch.setattr(runs, "atomic_write", full)
+    args = ["train", "-c", "digits-small", "--config", "configs/smoke.yaml", "device=cpu", "lr=0.01"]
+    assert main(args) == 2
+    said = cli_text(capsys)
+    assert "the disk is full" in said and "free in" in said
+    left = {p.name for p in digits_small.glob("runs/digits-small/*/*")}
+    assert not {n for n in left if n.endswith(".tmp.pt") or n in ("fold0.pt", "summary.json")}, left
+    assert "fold0.last.pt" in left  # the last complete epoch's resume state: RESUME=1 continues from it

@@ -50,3 +50,12 @@ def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monke
     again = tta.choose_tta(comp, finished_run, models)  # cached: no second pass over the views
     assert again == plan and json.loads((finished_run / tta.CACHE).read_text())["name"] == plan["name"]
     assert oof["metric"] == "accuracy"
+
+
+def test_the_report_shows_the_tta_table(finished_run):
+    from kagglecv.report import write_report
+
+    plan = {"name": "scale1.15", "scores": {"none": 0.5, "scale1.15": 0.6}, "metric": "accuracy"}
+    (finished_run / tta.CACHE).write_text(json.dumps(plan))
+    page = write_report(finished_run).read_text()
+    assert "Test-time augmentation, chosen on OOF" in page and "scale1.15" in page and "✓" in page

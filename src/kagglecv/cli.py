@@ -99,10 +99,16 @@ def cmd_train(args) -> None:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     fold_ids = _fold_list(args.folds)
     if args.gpus > 1 and args.parallel == "folds":
-        _parallel_folds(args, cfg, comp, fold_ids)
+        from .launch import parallel_folds
+
+        done = parallel_folds(args, cfg, comp, fold_ids)
+        if done is not None:
+            _print_cv(done)
         return
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:
-        _relaunch_train(args, cfg, comp, fold_ids)
+        from .launch import relaunch
+
+        relaunch(args, cfg, comp, fold_ids)
         return
     run_dir = None
     if args.run:
@@ -132,68 +138,6 @@ def _print_cv(run_dir) -> None:
     console.print(cv_table(load_run(run_dir)))
     summary = read_summary(run_dir)
     console.print(f"trained in {summary['seconds']:.0f} s on {summary['device']}")
-
-
-def _relaunch_train(args, cfg, comp, fold_ids) -> None:
-    """GPUS=N: every check that can fail runs here, once, before torchrun starts N processes."""
-    from .dist import relaunch_train
-    from .locks import LOCK_NAME, is_locked
-    from .runs import RUNS_DIR, latest_unfinished, run_name
-    from .train import preflight
-
-    if not args.run and "--nnodes" in os.environ.get("TORCHRUN", ""):
-        raise UserError(
-            "several machines need one run name: add RUN=<name> (the same on every machine), and keep "
-            "runs/ and data/ on storage all machines share"
-        )
-    # one name for all ranks: the run to resume, or a new one
-    run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
-    run_dir = RUNS_DIR / comp.slug / run
-    if args.resume:
-        from .config import config_from_dict, read_yaml
-
-        if not (run_dir / "config.yaml").exists():
-            raise UserError(f"no run '{run}' to resume in {RUNS_DIR / comp.slug}/")
-        cfg = config_from_dict(read_yaml(run_dir / "config.yaml", "run config"))  # its own recipe and device
-    if is_locked(run_dir / LOCK_NAME):
-        raise UserError(
-            f"run {run} is already being trained (see {run_dir / LOCK_NAME}); wait for it to finish"
-        )
-    preflight(comp, cfg, fold_ids)
-    relaunch_train(
-        args.gpus,
-        comp=comp.slug,
-        config=args.config,
-        run=run,
-        folds=args.folds,
-        resume=args.resume,
-        overrides=args.overrides,
-        cpu=cfg.device == "cpu",
-    )
-
-
-def _parallel_folds(args, cfg, comp, fold_ids) -> None:
-    """GPUS=N PARALLEL=folds: N trainers of one named run, each claiming whole folds (train.py)."""
-    from .dist import launch_fold_workers
-    from .runs import RUNS_DIR, latest_unfinished, run_name
-    from .train import preflight
-
-    run = args.run or (latest_unfinished(comp.slug).name if args.resume else run_name(cfg.model))
-    if args.resume:
-        from .config import config_from_dict, read_yaml
-
-        cfg = config_from_dict(read_yaml(RUNS_DIR / comp.slug / run / "config.yaml", "run config"))
-    preflight(comp, cfg, fold_ids)
-    argv = ["train", f"--comp={comp.slug}", f"--config={args.config}", f"--run-name={run}"]
-    argv += [f"--folds={args.folds}"] * bool(args.folds) + ["--resume"] * args.resume + list(args.overrides)
-    codes = launch_fold_workers(args.gpus, argv, cpu=cfg.device == "cpu")
-    run_dir = RUNS_DIR / comp.slug / run
-    if not any(codes) and (run_dir / "summary.json").exists():
-        _print_cv(run_dir)
-    elif any(codes):
-        raise UserError(
-            f"fold workers exited with codes {codes}; `make train RUN={run} RESUME=1` continues the folds left"
-        )
 
 
 def cmd_tune(args) -> None:

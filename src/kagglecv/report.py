@@ -118,6 +118,23 @@ def latest_test_score(run: Run) -> float | None:
     return record.get("test_score") if record else None
 
 
+def _tta_table(run: Run) -> str:
+    """The TTA candidates scored on the OOF images (tta_oof.json, written when the run is submitted)."""
+    try:
+        plan = json.loads((run.dir / "tta_oof.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    rows = pd.DataFrame(
+        [{"TTA set": k, f"OOF {plan.get('metric', '')}": v, "used": "✓" if k == plan.get("name") else ""}
+         for k, v in plan.get("scores", {}).items()]
+    )  # fmt: skip
+    return (
+        "<h2>Test-time augmentation, chosen on OOF</h2><p class='note'>Each fold model predicted the "
+        "images it held out under each set; submit uses the best, and plain prediction unless a set beats it.</p>"
+        + _table(rows)
+    )
+
+
 def _pseudo_note(run: Run) -> str:
     """What pseudo-labels the run trained with (pseudo.json, written by train), or nothing."""
     try:
@@ -150,6 +167,7 @@ def _header(run: Run, test: float | None) -> str:
         + _pseudo_note(run)
         + "<h2>Cross-validation</h2>"
         + _table(cv_rows(run))
+        + _tta_table(run)
         + "<h2>Config</h2>"
         + (
             f"<pre class='cfg'>{html.escape(run.config_text)}</pre>"

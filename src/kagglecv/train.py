@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 import yaml
 
 from . import dist, locks
+from .claims import SETUP_LOCK, claimed_elsewhere, gather_if_last, train_claimed
 from .competition import Competition
 from .config import TrainConfig, config_from_dict, stage_sizes
 from .console import console
@@ -40,12 +40,12 @@ from .data import ImageDataset, make_loader, train_transform, training_set
 from .engine import pick_device
 from .errors import UserError
 from .files import atomic_write
-from .fold import RunContext, build_stepper, read_rows, train_fold
+from .fold import RunContext, build_stepper, read_rows
 from .layout import FOLDS, read_folds, read_prepared
 from .lr_find import range_test, save_range_test
 from .memory import fit_batch
 from .model import create_model, resolve_input
-from .runs import RUNS_DIR, finished_folds, fold_done, gather, has_progress, latest_unfinished, new_run_dir
+from .runs import RUNS_DIR, finished_folds, gather, has_progress, latest_unfinished, new_run_dir
 from .state import seed_everything
 
 
@@ -227,7 +227,7 @@ def chosen_lr(run: RunContext) -> float:
 def _lock(held: contextlib.ExitStack, comp: Competition, run_dir: Path | None, what: str) -> None:
     """data/<comp>/ shared (every rank reads it; None: the data lock is held already) or, on rank 0
     alone, the run folder shared with the other processes training its folds (each fold is then
-    claimed on its own, `_train_claimed`). Every rank learns whether all got theirs, so a refusal
+    claimed on its own, `claims.train_claimed`). Every rank learns whether all got theirs, so a refusal
     stops all of them with the same line."""
 
     def take():
@@ -325,13 +325,13 @@ def train(
             with locks.waiting(run_dir / SETUP_LOCK):  # one range test for all who share the run
                 run.lr = chosen_lr(run)
             run.rows = read_rows(run_dir)
-            trained, busy = _train_claimed(run, fold_ids, what)
+            trained, busy = train_claimed(run, fold_ids, what)
         except UserError:
             if (
                 started_here
                 and dist.is_main()
                 and not has_progress(run_dir)
-                and not _claimed_elsewhere(run_dir)
+                and not claimed_elsewhere(run_dir)
             ):
                 shutil.rmtree(
                     run_dir, ignore_errors=True
@@ -339,81 +339,8 @@ def train(
             raise
         dist.barrier()
         if dist.is_main():
-            _gather_if_last(run, fold_ids, trained, busy, seconds=time.time() - t0)
+            gather_if_last(run, fold_ids, trained, busy, seconds=time.time() - t0)
     return run_dir
-
-
-SETUP_LOCK = ".setup.lock"
-
-
-def _claim_name(fold: int) -> str:
-    return f"fold{fold}.lock"
-
-
-def _claimed_elsewhere(run_dir: Path) -> bool:
-    return any(locks.is_locked(p) for p in run_dir.glob("fold*.lock"))
-
-
-def _train_claimed(run: RunContext, fold_ids: list[int], what: str) -> tuple[list[int], list[int]]:
-    """Train every planned fold that is neither finished nor claimed by another process (another
-    `make train RUN=x` here or on a machine sharing runs/, or a PARALLEL=folds sibling). A fold is
-    claimed with an flock on fold<k>.lock for as long as it trains: a process that dies lets go of
-    it, and the next trainer of the run (RESUME=1 anywhere) picks it up from fold<k>.last.pt.
-    Rank 0 claims for all ranks of a data-parallel group. Returns (trained here, held elsewhere)."""
-    trained: list[int] = []
-    busy: list[int] = []
-    for fold in fold_ids:
-        if dist.broadcast(fold_done(run.run_dir, fold) if dist.is_main() else None):
-            console.print(f"fold {fold} already finished in {run.run_dir.name}")
-            continue
-        with contextlib.ExitStack() as claim:
-            mine = (
-                claim.enter_context(locks.claim(run.run_dir / _claim_name(fold), what))
-                if dist.is_main()
-                else None
-            )
-            if not dist.broadcast(mine):
-                busy.append(fold)
-                console.print(
-                    f"fold {fold} is being trained by {locks.holder(run.run_dir / _claim_name(fold))}"
-                )
-                continue
-            if dist.broadcast(fold_done(run.run_dir, fold) if dist.is_main() else None):
-                continue  # finished by another process between the two looks
-            train_fold(run, fold)
-            trained.append(fold)
-    return trained, busy
-
-
-def _gather_if_last(
-    run: RunContext, fold_ids: list[int], trained: list[int], busy: list[int], seconds: float
-) -> None:
-    """The process that finds every planned fold finished gathers (under a lock, so two that finish
-    together do not write summary.json at once); the others say who still trains what."""
-    run_dir = run.run_dir
-    with locks.waiting(run_dir / SETUP_LOCK):
-        left = [k for k in fold_ids if not fold_done(run_dir, k)]
-        if not left:
-            gather(run_dir, run.comp, seconds=seconds, device=run.device.type)
-            return
-    held = [k for k in left if locks.is_locked(run_dir / _claim_name(k))]
-    if not trained and busy and held and not os.environ.get(dist.FOLD_WORKER):
-        who = "; ".join(f"fold {k}: {locks.holder(run_dir / _claim_name(k))}" for k in held)
-        raise UserError(
-            f"run {run_dir.name} is already being trained ({who}); nothing is left for this process: "
-            "wait for it, or start more trainers before its folds run out"
-        )
-    orphans = [k for k in left if k not in held]
-    console.print(
-        f"[yellow]run {run_dir.name} is not finished yet[/]: "
-        + (f"folds {held} are being trained by other processes (the last to finish gathers)" if held else "")
-        + ("; " if held and orphans else "")
-        + (
-            f"folds {orphans} stopped unfinished: `make train RUN={run_dir.name} RESUME=1` picks them up"
-            if orphans
-            else ""
-        )
-    )
 
 
 def sizes_text(cfg: TrainConfig, inp: dict) -> str:
