@@ -305,18 +305,6 @@ class FakeClock:
         self.now += seconds
 
 
-def searcher_for(provider, opts, cache: Path, clock) -> search.Searcher:
-    return search.Searcher(
-        provider,
-        cache=cache,
-        want=opts.count * opts.oversample,
-        retries=opts.retries,
-        backoff=opts.backoff,
-        pause=opts.search_pause,
-        clock=clock,
-    )
-
-
 def test_ddgs_provider_maps_results_and_errors(fake_ddgs, tmp_path):
     from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
 
@@ -404,7 +392,7 @@ def test_search_backs_off_on_rate_limits_and_caches(fake_ddgs, tmp_path, workdir
             asked_at.append(clock.now)
             return super().images(query, max_results)
 
-    searcher = searcher_for(Timed(), opts, tmp_path, clock)
+    searcher = scrape.searcher_for(Timed(), opts, tmp_path, clock)
     cands, problems = searcher.search_class("bjj", ["a", "b", "c"])
     gaps = [b - a for a, b in zip(asked_at, asked_at[1:], strict=False)]
     assert min(gaps) >= 0.2 - 1e-9  # a pause before every call after the first
@@ -510,7 +498,7 @@ def test_ddgs_network_errors_are_short(fake_ddgs, tmp_path, workdir):
     comp.source.update(search_pause=0, retries=2)
     hit = {"image": "https://a/1.jpg", "thumbnail": "", "url": "", "title": "", "width": "", "height": ""}
     fake_ddgs.script = [DDGSException(DNS_ERROR), [hit]]
-    searcher = searcher_for(provider, scrape.parse_options(comp), tmp_path, FakeClock())
+    searcher = scrape.searcher_for(provider, scrape.parse_options(comp), tmp_path, FakeClock())
     cands, problems = searcher.search_class("bjj", ["a", "b"])
     assert [c.url for c in cands] == ["https://a/1.jpg"]
     assert problems == ["search 'a' (bjj): could not reach the search engine (DNS lookup failed)"]

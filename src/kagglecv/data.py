@@ -41,11 +41,16 @@ def read_image(path: Path, size: int) -> np.ndarray:
             f"cannot decode image {path} (corrupt or not an image): delete it (and its copy under raw/), "
             f"then rerun `make data COMP={_competition_of(path)} FORCE=1`"
         )
-    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    if img.shape[0] != size or img.shape[1] != size:
-        interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_LINEAR
-        img = cv2.resize(img, (size, size), interpolation=interp)
-    return img
+    return squash(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), size)
+
+
+def squash(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size, aspect not kept (INTER_AREA to shrink, else INTER_LINEAR): the one
+    resize of training, prediction, `kagglecv predict` and the Kaggle notebook."""
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    interp = cv2.INTER_AREA if min(rgb.shape[:2]) > size else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
 def preload(paths: list[Path], size: int, desc: str, bad: list[int] | None = None) -> np.ndarray:

@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .console import console
+from .data import squash
 from .errors import UserError
 from .files import atomic_write
 from .images import IMAGE_EXTS, decode
@@ -154,16 +155,6 @@ def _folder_images(folder: Path) -> list[Path]:
         and (p.is_file() or p.is_symlink())
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-
-
-def squash(rgb: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size as data.read_image does (INTER_AREA to shrink, else INTER_LINEAR)."""
-    import cv2
-
-    if rgb.shape[0] == size and rgb.shape[1] == size:
-        return rgb
-    interp = cv2.INTER_AREA if min(rgb.shape[:2]) > size else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (size, size), interpolation=interp)
 
 
 def load_image(path: Path, size: int) -> np.ndarray | str:

@@ -21,9 +21,9 @@ from rich.table import Table
 
 from .files import atomic_write
 from .locks import LOCK_NAME, is_locked
+from .records import SUBMISSIONS_DIR
 from .runs import RUNS_DIR, SUMMARY, finished_folds
 
-SUBMISSIONS_DIR = Path("submissions")
 COLUMNS = [
     "run", "model", "img_size", "epochs", "folds", "cv_mean", "cv_std", "oof_score",
     "test_score", "public_lb", "seconds", "state", "pseudo",

@@ -26,9 +26,10 @@ from .console import console
 from .errors import UserError
 from .files import atomic_write, disk_error
 from .locks import hold
+from .records import SUBMISSIONS_DIR
 from .sources.kaggle import competition_url, connect, http_status, with_retries
 
-LOG = Path("submissions") / "log.csv"
+LOG = SUBMISSIONS_DIR / "log.csv"
 LOG_COLUMNS = [
     "time",
     "competition",

@@ -97,23 +97,13 @@ def open_context(run, data_dir: Path) -> Context:
 
 
 def load_fold(ctx: Context, k: int):
-    """fold<k>.pt rebuilt from its own meta (model name, classes, channels), in eval mode."""
-    from ..model import create_model
-    from ..runs import load_checkpoint
+    """fold<k>.pt rebuilt from its own meta as prediction rebuilds it (predict.load_fold_models), in
+    eval mode; one model in memory at a time."""
+    from ..predict import load_fold_models
 
     if k not in ctx.models:
-        path = ctx.run.dir / f"fold{k}.pt"
-        state, meta = load_checkpoint(path)
-        model = create_model(
-            name=meta["model"], num_classes=meta["num_classes"], pretrained=False, in_chans=meta["in_chans"]
-        )
-        try:
-            model.load_state_dict(state)
-        except RuntimeError:
-            raise UserError(
-                f"{path}: weights do not fit {meta['model']}; the checkpoint is damaged, retrain"
-            ) from None
-        ctx.models = {k: (model.to(ctx.device).eval(), meta)}  # one model in memory at a time
+        (fm,) = load_fold_models(ctx.run.dir, [k], ctx.device)
+        ctx.models = {k: (fm.model, fm.meta)}
     return ctx.models[k]
 
 

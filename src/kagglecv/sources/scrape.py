@@ -159,6 +159,19 @@ def _offline(comp: Competition, reasons: list[str]) -> UserError:
     )
 
 
+def searcher_for(provider: SearchProvider, opts: ScrapeOptions, cache: Path, clock: Clock | None) -> Searcher:
+    """The search step's Searcher, with the scrape options' quota, retries, backoff and pause."""
+    return Searcher(
+        provider,
+        cache=cache,
+        want=opts.count * opts.oversample,
+        retries=opts.retries,
+        backoff=opts.backoff,
+        pause=opts.search_pause,
+        clock=clock,
+    )
+
+
 def find_candidates(
     comp: Competition,
     opts: ScrapeOptions,
@@ -178,15 +191,7 @@ def find_candidates(
         backend=opts.backend,
         timeout=opts.timeout,
     )
-    searcher = Searcher(
-        provider,
-        cache=cache,
-        want=opts.count * opts.oversample,
-        retries=opts.retries,
-        backoff=opts.backoff,
-        pause=opts.search_pause,
-        clock=clock,
-    )
+    searcher = searcher_for(provider, opts, cache, clock)
     candidates: dict[str, list[Candidate]] = {}
     problems: list[str] = []
     asked = 0
