@@ -88,6 +88,27 @@ def training_loader(cfg, paths, data_root: Path, img_size: int, batch: int, work
     return loader, f"{'RAM' if images is not None else 'disk cache'}, {workers} workers"
 
 
+def _drain(loader, need: int, consume) -> None:
+    """`need` batches from `loader` (several passes where it is shorter), each handed to `consume`."""
+    done = 0
+    while done < need:
+        for xb, yb in loader:
+            consume(xb, yb)
+            done += 1
+            if done >= need:
+                break
+
+
+def _timed_drain(loader, need: int, batch: int, consume, sync) -> float:
+    """Images per second through `consume`, after one warm-up pass (persistent workers, page cache)."""
+    _drain(loader, need, consume)
+    sync()
+    t = time.perf_counter()
+    _drain(loader, need, consume)
+    sync()
+    return need * batch / (time.perf_counter() - t)
+
+
 def bench_model(
     model_name: str,
     img_size: int,
@@ -104,16 +125,8 @@ def bench_model(
     cfg = load_config(None, [f"model={model_name}", "pretrained=false", f"img_size={img_size}"])
     model = place(create_model(model_name, num_classes=2), device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as training builds it
-    stepper = Stepper(
-        model,
-        optimizer=opt,
-        device=device,
-        mean=[0.5] * 3,
-        std=[0.25] * 3,
-        amp=amp,
-        label_smoothing=0.1,
-        compile=compile_,
-    )
+    stepper = Stepper(model, optimizer=opt, device=device, mean=[0.5] * 3, std=[0.25] * 3, amp=amp,
+                      label_smoothing=0.1, compile=compile_)  # fmt: skip
     model.train()
 
     # (a) the model alone: one fixed uint8 batch, already in memory
@@ -126,28 +139,9 @@ def bench_model(
     # (b) the data pipeline alone, the way training reads these images: from RAM when they fit
     # cache_mb (whole batches augmented at once), else from the resized disk cache through workers
     loader, path = training_loader(cfg, paths, data_root, img_size, batch, workers, device)
-    need = batches + 2
-
-    def drain(consume):
-        done = 0
-        while done < need:
-            for xb, yb in loader:
-                consume(xb, yb)
-                done += 1
-                if done >= need:
-                    break
-
-    def timed_drain(consume) -> float:
-        drain(consume)  # warm-up pass: starts persistent workers, fills the page cache
-        sync()
-        t = time.perf_counter()
-        drain(consume)
-        sync()
-        return need * batch / (time.perf_counter() - t)
-
-    b = timed_drain(lambda xb, yb: None)
+    b = _timed_drain(loader, batches + 2, batch, lambda xb, yb: None, sync)
     # (c) full training steps: data pipeline feeding the model
-    c = timed_drain(lambda xb, yb: stepper.step(xb, yb))
+    c = _timed_drain(loader, batches + 2, batch, lambda xb, yb: stepper.step(xb, yb), sync)
     return {
         "model": model_name,
         "img_size": img_size,

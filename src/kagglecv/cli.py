@@ -267,20 +267,9 @@ def cmd_bench(args) -> None:
     from .bench import run_bench
 
     if args.fastai:
-        import json
+        from .fastai_compare import bench_fastai
 
-        from .bench import BENCH_DIR
-        from .competition import load_competition
-        from .config import load_config
-        from .fastai_compare import compare
-        from .layout import prepare
-
-        comp = load_competition("digits-demo")
-        prepare(comp)
-        result = compare(comp, load_config("configs/demo.yaml", args.overrides))
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        (BENCH_DIR / "fastai.json").write_text(json.dumps(result, indent=2))
-        return
+        return bench_fastai(args.overrides)
     models = [m for m in args.models.split(",") if m]
     run_bench(
         models, args.img_size, args.batch_size, args.images, args.batches, args.workers, compile_=args.compile

@@ -1,17 +1,24 @@
-"""One rich console for the whole tool, and the progress bar every long loop uses."""
+"""One rich console for the whole tool, the progress bar every long loop uses, and the size bar downloads show."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 console = Console(stderr=False, highlight=False)
@@ -41,3 +48,39 @@ def track(items, description: str, total: int | None = None):
         for item in items:
             yield item
             p.advance(task)
+
+
+def _download_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS")),
+    )
+
+
+def with_size_bar(call: Callable[[], Any], watch: Path, description: str) -> Any:
+    """Run `call` in a thread and show how big `watch` has grown (the client's own bar is off)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    with _download_progress() as p:
+        task = p.add_task(description, total=None)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.25)
+            with contextlib.suppress(OSError):
+                p.update(task, completed=watch.stat().st_size)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")

@@ -29,57 +29,25 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, img_size: int, fold_ids: list
     zoom and flips, our label smoothing and weight decay, bs from the recipe, and fastai's own
     lr_find (once, on fold 0, as ours runs its range test once per run)."""
     try:
-        from fastai.vision.all import (
-            CategoryBlock,
-            ColReader,
-            DataBlock,
-            ImageBlock,
-            IndexSplitter,
-            LabelSmoothingCrossEntropyFlat,
-            Normalize,
-            Resize,
-            accuracy,
-            aug_transforms,
-            vision_learner,
-        )
+        import fastai.vision.all as fa
     except ImportError:
         raise UserError(FASTAI_MISSING) from None
     read_prepared(comp)
     folds = pd.read_csv(comp.data_dir / FOLDS)
     folds["label"] = folds["label"].astype(str)
     same_size = _one_size(comp.data_dir, folds["image"])
-    mean, std = cfg.mean or [0.5] * 3, cfg.std or [0.5] * 3
     t0 = time.time()
     scores, lr = [], None
     for k in fold_ids:
-        block = DataBlock(
-            blocks=(ImageBlock, CategoryBlock),
-            get_x=ColReader("image", pref=f"{comp.data_dir}/"),
-            get_y=ColReader("label"),
-            splitter=IndexSplitter(np.flatnonzero(folds["fold"].to_numpy() == k)),
-            item_tfms=None if same_size else Resize(img_size),
-            batch_tfms=[
-                *aug_transforms(
-                    size=img_size,
-                    do_flip=comp.hflip,
-                    flip_vert=comp.vflip,
-                    max_rotate=cfg.rotate,
-                    min_zoom=1 - cfg.scale,
-                    max_zoom=1 + cfg.scale,
-                    max_lighting=0.0,
-                    max_warp=0.0,
-                    p_affine=1.0,
-                ),
-                Normalize.from_stats(mean, std),
-            ],
+        dls = _datablock(fa, comp, cfg, folds, k, img_size, same_size).dataloaders(
+            folds, bs=cfg.batch_size, num_workers=0
         )
-        dls = block.dataloaders(folds, bs=cfg.batch_size, num_workers=0)
-        learn = vision_learner(
+        learn = fa.vision_learner(
             dls,
             cfg.model,
             pretrained=cfg.pretrained,
-            metrics=accuracy,
-            loss_func=LabelSmoothingCrossEntropyFlat(eps=cfg.label_smoothing),
+            metrics=fa.accuracy,
+            loss_func=fa.LabelSmoothingCrossEntropyFlat(eps=cfg.label_smoothing),
             wd=cfg.weight_decay,
         )
         with learn.no_bar(), learn.no_logging():
@@ -91,12 +59,46 @@ def fastai_cv(comp: Competition, cfg: TrainConfig, img_size: int, fold_ids: list
     return {"seconds": time.time() - t0, "cv_mean": float(np.mean(scores)), "fold_scores": scores, "lr": lr}
 
 
+def _datablock(fa, comp: Competition, cfg: TrainConfig, folds: pd.DataFrame, k: int, img_size: int,
+               same_size: bool):  # fmt: skip
+    """fastai's DataBlock for fold k held out: our augmentations through aug_transforms on the batch."""
+    mean, std = cfg.mean or [0.5] * 3, cfg.std or [0.5] * 3
+    augment = fa.aug_transforms(size=img_size, do_flip=comp.hflip, flip_vert=comp.vflip, max_rotate=cfg.rotate,
+                                min_zoom=1 - cfg.scale, max_zoom=1 + cfg.scale, max_lighting=0.0, max_warp=0.0,
+                                p_affine=1.0)  # fmt: skip
+    return fa.DataBlock(
+        blocks=(fa.ImageBlock, fa.CategoryBlock),
+        get_x=fa.ColReader("image", pref=f"{comp.data_dir}/"),
+        get_y=fa.ColReader("label"),
+        splitter=fa.IndexSplitter(np.flatnonzero(folds["fold"].to_numpy() == k)),
+        item_tfms=None if same_size else fa.Resize(img_size),
+        batch_tfms=[*augment, fa.Normalize.from_stats(mean, std)],
+    )
+
+
 def _one_size(root, images) -> bool:
     """Do the images share one size (then fastai needs no per-item Resize)? A sample of 50 says."""
     from PIL import Image
 
     sizes = {Image.open(root / p).size for p in list(images)[:: max(1, len(images) // 50)]}
     return len(sizes) == 1
+
+
+def bench_fastai(overrides: list[str]) -> None:
+    """`kagglecv bench --fastai`: digits-demo with configs/demo.yaml (+ overrides), ours then fastai's,
+    the figures in bench/fastai.json."""
+    import json
+
+    from .bench import BENCH_DIR
+    from .competition import load_competition
+    from .config import load_config
+    from .layout import prepare
+
+    comp = load_competition("digits-demo")
+    prepare(comp)
+    result = compare(comp, load_config("configs/demo.yaml", overrides))
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    (BENCH_DIR / "fastai.json").write_text(json.dumps(result, indent=2))
 
 
 def compare(comp: Competition, cfg: TrainConfig) -> dict:

@@ -30,7 +30,7 @@ from .engine import Stepper, steps_per_epoch, train_one_epoch, validate
 from .files import atomic_write
 from .metrics import is_better, score
 from .model import create_model, place
-from .runs import save_checkpoint
+from .runs import read_rows, save_checkpoint, write_rows  # noqa: F401 (read_rows: for callers)
 from .state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 
@@ -381,27 +381,3 @@ def train_fold(run: RunContext, fold: int) -> float:
     write_fold_outputs(run, f)
     console.print(f"[green]fold {fold}[/]: best {metric} {f.best:.4f} at epoch {f.best_epoch}")
     return f.best
-
-
-# ---- metrics.csv ------------------------------------------------------------------------------
-
-
-def read_rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.csv"
-    return pd.read_csv(path).to_dict("records") if path.exists() else []
-
-
-def write_rows(run_dir: Path, rows: list[dict], fold: int | None = None) -> None:
-    """metrics.csv; with `fold`, only that fold's rows are this process's: the other folds' rows are
-    read back from the file, since other processes may be training them right now."""
-    from .locks import waiting
-
-    with waiting(run_dir / ".metrics.lock"):
-        if fold is not None:
-            rows = [r for r in read_rows(run_dir) if r["fold"] != fold] + [
-                r for r in rows if r["fold"] == fold
-            ]
-        columns = ["fold", "epoch", "lr", "train_loss", "val_loss", "metric", "img_size"]
-        df = pd.DataFrame(rows, columns=columns)
-        df = df.sort_values(["fold", "epoch"], kind="stable")
-        atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))

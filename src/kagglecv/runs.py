@@ -24,7 +24,7 @@ import pandas as pd
 from .console import console
 from .errors import UserError
 from .files import atomic_write
-from .locks import LOCK_NAME, is_locked
+from .locks import LOCK_NAME, is_locked, waiting
 
 RUNS_DIR = Path("runs")
 SUMMARY = "summary.json"
@@ -235,3 +235,24 @@ def check_run(run_dir: Path, summary: dict) -> list[int]:
             f"and copied in?): gather them with `make train RUN={name} RESUME=1`, then submit"
         )
     return listed
+
+
+# ---- metrics.csv ------------------------------------------------------------------------------
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.csv"
+    return pd.read_csv(path).to_dict("records") if path.exists() else []
+
+
+def write_rows(run_dir: Path, rows: list[dict], fold: int | None = None) -> None:
+    """metrics.csv; with `fold`, only that fold's rows are this process's: the other folds' rows are
+    read back from the file, since other processes may be training them right now."""
+    with waiting(run_dir / ".metrics.lock"):
+        if fold is not None:
+            mine = [r for r in rows if r["fold"] == fold]
+            rows = [r for r in read_rows(run_dir) if r["fold"] != fold] + mine
+        columns = ["fold", "epoch", "lr", "train_loss", "val_loss", "metric", "img_size"]
+        df = pd.DataFrame(rows, columns=columns)
+        df = df.sort_values(["fold", "epoch"], kind="stable")
+        atomic_write(run_dir / "metrics.csv", lambda p: df.to_csv(p, index=False))

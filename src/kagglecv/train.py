@@ -40,12 +40,12 @@ from .data import ImageDataset, make_loader, train_transform, training_set
 from .engine import pick_device
 from .errors import UserError
 from .files import atomic_write
-from .fold import RunContext, build_stepper, read_rows
+from .fold import RunContext, build_stepper
 from .layout import FOLDS, read_folds, read_prepared
 from .lr_find import range_test, save_range_test
 from .memory import fit_batch
 from .model import create_model, resolve_input
-from .runs import RUNS_DIR, finished_folds, gather, has_progress, latest_unfinished, new_run_dir
+from .runs import RUNS_DIR, finished_folds, gather, has_progress, latest_unfinished, new_run_dir, read_rows
 from .state import seed_everything
 
 
@@ -293,10 +293,7 @@ def train(
         _lock(held, comp, None, what)
         if resume:
             run_dir = run_dir or latest_unfinished(comp.slug)
-            if not (run_dir / "config.yaml").exists():
-                raise UserError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume there")
-            _lock(held, comp, run_dir, what)
-            cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+            cfg = _resumed_config(held, comp, run_dir, what)
             planned = _plan(run_dir, cfg, fold_ids)
             if planned is not None and set(planned) <= set(finished_folds(run_dir)):
                 return _gather_only(run_dir, comp)
@@ -314,12 +311,7 @@ def train(
             from .pseudo import write_pseudo_record
 
             write_pseudo_record(run_dir, data.pseudo)
-        console.print(
-            f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
-            f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
-            f"of {data.n_folds} · {cfg.freeze_epochs}+{cfg.epochs} epochs · {sizes_text(cfg, inp)} · "
-            f"batch {cfg.batch_size} · {device.type}"
-        )
+        _banner(run_dir, cfg, data, inp, device, fold_ids)
         run = RunContext(comp, cfg, data, inp, device, run_dir, on_epoch=on_epoch)
         try:
             with locks.waiting(run_dir / SETUP_LOCK):  # one range test for all who share the run
@@ -341,6 +333,23 @@ def train(
         if dist.is_main():
             gather_if_last(run, fold_ids, trained, busy, seconds=time.time() - t0)
     return run_dir
+
+
+def _resumed_config(held, comp: Competition, run_dir: Path, what: str) -> TrainConfig:
+    """The run folder to continue, locked, and the config it was started with."""
+    if not (run_dir / "config.yaml").exists():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); nothing to resume there")
+    _lock(held, comp, run_dir, what)
+    return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
+def _banner(run_dir: Path, cfg: TrainConfig, data, inp: dict, device, fold_ids: list[int]) -> None:
+    console.print(
+        f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
+        f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
+        f"of {data.n_folds} · {cfg.freeze_epochs}+{cfg.epochs} epochs · {sizes_text(cfg, inp)} · "
+        f"batch {cfg.batch_size} · {device.type}"
+    )
 
 
 def sizes_text(cfg: TrainConfig, inp: dict) -> str:

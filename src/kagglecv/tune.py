@@ -258,7 +258,6 @@ def run_tune(
     import optuna
 
     from .layout import read_prepared
-    from .metrics import HIGHER_IS_BETTER
     from .runs import RUNS_DIR
     from .tune_page import write_outputs
 
@@ -270,26 +269,7 @@ def run_tune(
     root.mkdir(parents=True, exist_ok=True)
     name = f"{comp.slug}-{Path(config).stem if config else 'default'}"
     storage = storage or f"sqlite:///{root / 'tune.db'}"
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its failed-trial tracebacks: we say it in one line
-    # optuna's own handler keeps the sys.stderr of the moment it was made (a replaced or closed one
-    # later on); its records go to Python's logging instead, which reads the current stderr
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
-    from .locks import waiting
-
-    # two processes that create one new SQLite study at once race on optuna's schema table
-    # (IntegrityError on alembic_version): the first creates it, the others then load it
-    with waiting(root / ".tune.lock"):
-        study = optuna.create_study(
-            study_name=name,
-            storage=storage,
-            load_if_exists=True,  # rerunning continues it; other machines join it
-            direction="maximize" if HIGHER_IS_BETTER[comp.metric] else "minimize",
-            sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=max(settings.startup_trials, 1)),
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs
-            ),
-        )
+    study = _open_study(comp, name, storage, settings, root)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     before = len(study.get_trials(states=done))
     console.print(
@@ -313,6 +293,33 @@ def run_tune(
         result = write_outputs(study, comp, base, config, root)
         result["seconds"] = time.time() - t0
     return result
+
+
+def _open_study(comp, name: str, storage: str, settings, root: Path):
+    """The study, made or loaded (rerunning continues it; other machines join it)."""
+    import optuna
+
+    from .locks import waiting
+    from .metrics import HIGHER_IS_BETTER
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # its failed-trial tracebacks: we say it in one line
+    # optuna's own handler keeps the sys.stderr of the moment it was made (a replaced or closed one
+    # later on); its records go to Python's logging instead, which reads the current stderr
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    # two processes that create one new SQLite study at once race on optuna's schema table
+    # (IntegrityError on alembic_version): the first creates it, the others then load it
+    with waiting(root / ".tune.lock"):
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            load_if_exists=True,  # rerunning continues it; other machines join it
+            direction="maximize" if HIGHER_IS_BETTER[comp.metric] else "minimize",
+            sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=max(settings.startup_trials, 1)),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_epochs
+            ),
+        )
 
 
 def _report_trial(study, trial) -> None:

@@ -17,24 +17,15 @@ import json
 import os
 import shutil
 import stat
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from ..competition import Competition
-from ..console import console
+from ..console import console, with_size_bar
 from ..errors import UserError
 from .archives import DamagedArchive, extract_nested
 
@@ -315,42 +306,6 @@ def with_retries(
 # --- download ----------------------------------------------------------------------------------
 
 
-def _download_progress() -> Progress:
-    return Progress(
-        TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=bool(os.environ.get("KAGGLECV_NO_PROGRESS")),
-    )
-
-
-def _with_size_bar(call: Callable[[], Any], watch: Path, description: str) -> Any:
-    """Run `call` in a thread and show how big `watch` has grown (the client's own bar is off)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = call()
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, daemon=True)
-    with _download_progress() as p:
-        task = p.add_task(description, total=None)
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.25)
-            with contextlib.suppress(OSError):
-                p.update(task, completed=watch.stat().st_size)
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
-
-
 def download(api, slug: str, folder: Path, force: bool = False, **retry: Any) -> Path:
     """The competition's whole archive in `folder/<slug>.zip`; a partial one is resumed."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -362,7 +317,7 @@ def download(api, slug: str, folder: Path, force: bool = False, **retry: Any) ->
         api.competition_download_files(slug, path=str(folder), force=force, quiet=True)
 
     with_retries(
-        lambda: _with_size_bar(call, target, f"downloading {slug}"),
+        lambda: with_size_bar(call, target, f"downloading {slug}"),
         f"downloading {slug}",
         slug=slug,
         api=api,
