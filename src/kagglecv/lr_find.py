@@ -112,27 +112,12 @@ def range_test(
 
 
 def save_range_test(result: dict, out_dir: Path, chosen: float | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """lr_find.json (what resume reads back) and lr_find.png, the same figure the report shows."""
+    from .figures import fig_lr_find, png
 
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps({**result, "chosen": chosen or result["suggestion"]}, indent=1)
     # atomic: a resumed run reads "chosen" from it, so a half-written file must never exist
     atomic_write(out_dir / "lr_find.json", lambda p: p.write_text(text))
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(result["lrs"], result["raw_losses"], color="0.8", lw=1, label="loss")
-    ax.plot(result["lrs"], result["losses"], color="C0", lw=2, label="smoothed loss")
-    ax.axvline(result["suggestion"], color="C3", ls="--", label=f"suggestion {result['suggestion']:.2e}")
-    ax.set_xscale("log")
-    finite = [v for v in result["losses"] if math.isfinite(v)]
-    if finite:
-        ax.set_ylim(min(finite) * 0.9, min(max(finite), 3 * finite[0]) * 1.1)
-    ax.set_xlabel("learning rate (log)")
-    ax.set_ylabel("training loss")
-    ax.set_title("LR range test")
-    ax.legend()
-    fig.tight_layout()
-    atomic_write(out_dir / "lr_find.png", lambda p: fig.savefig(p))
-    plt.close(fig)
+    data = png(fig_lr_find(result, chosen))
+    atomic_write(out_dir / "lr_find.png", lambda p: p.write_bytes(data))
