@@ -1,21 +1,24 @@
 """Issue 5 on the CPU: local pretrained weights, fine_tune phases with EMA / accumulation / mixup,
 exact resume after an interruption, folds trained apart and gathered, the disk image cache."""
 
+import contextlib
 import json
+import shutil
 
 import pytest
 import timm
 import torch
 
+import kagglecv.fold as fold_mod
 import kagglecv.train as train_mod
-from conftest import FINISHED_RUN_ARGS, cli_text, interrupted_at_validation
+from conftest import FINISHED_RUN_ARGS, REPO, cli_text, interrupted_at_validation
 from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.config import load_config
 from kagglecv.engine import Stepper, train_one_epoch
 from kagglecv.errors import UserError
 from kagglecv.model import create_model
-from kagglecv.runs import gather, load_checkpoint
+from kagglecv.runs import RUNS_DIR, gather, load_checkpoint
 from kagglecv.train import train
 
 RECIPE = [
@@ -29,6 +32,7 @@ RECIPE = [
     "accum_steps=2",
     "mixup=0.2",
     "layer_decay=0.8",
+    "img_size=16",  # how it resumes, not how well it learns: a quarter of 32 px's work
 ]
 
 
@@ -51,6 +55,11 @@ def test_pretrained_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch
         create_model("test_resnet", num_classes=2, pretrained_file=str(tmp_path / "missing.pth"))
 
 
+def _without_report(monkeypatch):
+    """`kagglecv train` writes no report.html after training: seconds of figures a test may not need."""
+    monkeypatch.setattr("kagglecv.report.write_report", lambda *args, **kwargs: None)
+
+
 def _without_saved_schedule(last_pt):
     """fold<k>.last.pt as kagglecv wrote it before schedules were saved (they were replayed)."""
     state = torch.load(last_pt, weights_only=True)
@@ -66,6 +75,7 @@ def test_resume_after_interruption_gives_the_same_result(digits_small, monkeypat
     straight = train(comp, cfg)
     a, meta_a = load_checkpoint(straight / "fold0.pt")
 
+    _without_report(monkeypatch)  # (the DDP launch below writes one after a resume)
     for at, old_file in ((3, False), (2, False), (3, True)):
         with interrupted_at_validation(monkeypatch, at), pytest.raises(KeyboardInterrupt):
             train(comp, cfg)
@@ -83,21 +93,6 @@ def test_resume_after_interruption_gives_the_same_result(digits_small, monkeypat
         assert not (interrupted / "fold0.last.pt").exists()
         rows = (interrupted / "metrics.csv").read_text().splitlines()
         assert rows == (straight / "metrics.csv").read_text().splitlines() and len(rows) == 1 + 3
-
-
-@pytest.mark.slow
-def test_ddp_resumes_the_latest_unfinished_run(digits, monkeypatch):
-    """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
-    monkeypatch.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
-    comp = load_competition("digits-demo")
-    cfg = load_config("configs/smoke.yaml", ["train_folds=1", "lr=0.003", "epochs=2", "device=cpu"])
-    with interrupted_at_validation(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
-        train(comp, cfg)
-    (run,) = (digits / "runs" / "digits-demo").iterdir()
-    assert main(["train", "--resume", "--gpus", "2", "--comp", "digits-demo", "device=cpu"]) == 0
-    assert [p.name for p in (digits / "runs" / "digits-demo").iterdir()] == [run.name]
-    assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
-    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2
 
 
 def test_fp16_loss_scaling_with_accumulation():
@@ -142,10 +137,11 @@ def _as_if_trained_on_this_machine_only(run, folds: list[int]):
     return away
 
 
-def test_folds_split_across_machines_are_gathered_by_train_resume(finished_run, capsys):
+def test_folds_split_across_machines_are_gathered_by_train_resume(finished_run, capsys, monkeypatch):
     """FOLDS=0 here, FOLDS=1 on another machine, its files copied in: RESUME gathers them without
     training anything (train owns the run folder), then submit predicts with both folds."""
     run = finished_run
+    _without_report(monkeypatch)
     copied = _as_if_trained_on_this_machine_only(run, [0])
     assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
     for name, data in copied.items():
@@ -161,10 +157,11 @@ def test_folds_split_across_machines_are_gathered_by_train_resume(finished_run, 
     assert main(["submit", "--comp", "digits-demo", "--run", run.name]) == 0
 
 
-def test_a_run_saved_before_a_new_config_key_still_continues(finished_run):
+def test_a_run_saved_before_a_new_config_key_still_continues(finished_run, monkeypatch):
     """config.yaml of an older run lacks keys added since (amp_dtype) and names train_folds `folds`:
     FOLDS=1 of it still trains, with the missing keys at their defaults."""
     run = finished_run
+    _without_report(monkeypatch)
     _as_if_trained_on_this_machine_only(run, [0])
     cfg_path = run / "config.yaml"
     lines = [line for line in cfg_path.read_text().splitlines(True) if "amp_dtype" not in line]
@@ -182,49 +179,17 @@ def test_a_run_saved_before_a_new_config_key_still_continues(finished_run):
     assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0, 1]
 
 
-def test_disk_cache_is_built_once(digits):
-    comp = load_competition("digits-demo")
+def test_disk_cache_is_built_once(digits_small):
+    comp = load_competition("digits-small")
     cfg = load_config("configs/smoke.yaml", ["cache=disk"])
     data = train_mod.TrainData(comp, cfg, 32)
-    cached = sorted((digits / "data" / "digits-demo" / "cache" / "32").rglob("*.jpg"))
-    assert len(cached) == 1437 and data.dataset.images is None
+    cached = sorted((digits_small / "data" / "digits-small" / "cache" / "32").rglob("*.jpg"))
+    assert len(cached) == 200 and data.dataset.images is None  # every training image
     stamp = cached[0].stat().st_mtime_ns
     img, _ = data.dataset[0]
     assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
     train_mod.TrainData(comp, cfg, 32)
     assert cached[0].stat().st_mtime_ns == stamp
-
-
-@pytest.mark.slow
-def test_ddp_with_gloo_on_two_cpu_processes(digits, monkeypatch):
-    """make train GPUS=2 on a machine without CUDA: torchrun, 2 CPU processes, gloo."""
-    monkeypatch.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
-    rc = main(
-        [
-            "train",
-            "--comp",
-            "digits-demo",
-            "--config",
-            "configs/smoke.yaml",
-            "--gpus",
-            "2",
-            "--run",
-            "ddp",
-            "train_folds=1",
-            "lr=0.003",
-            "freeze_epochs=1",
-            "epochs=2",
-            "accum_steps=2",
-            "device=cpu",  # CPU processes with gloo, also where a GPU is visible
-        ]
-    )
-    assert rc == 0
-    run = digits / "runs" / "digits-demo" / "ddp"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["fold_ids"] == [0] and summary["cv_mean"] > 0.2  # it learned, with half the data per rank
-    rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 3  # rank 0 alone wrote metrics: one row per epoch, not per rank
-    assert not list(run.glob("*.last.pt"))
 
 
 def test_unreachable_hub_fails_fast_and_a_bad_weights_file_is_named(tmp_path, monkeypatch):
@@ -241,3 +206,89 @@ def test_unreachable_hub_fails_fast_and_a_bad_weights_file_is_named(tmp_path, mo
     junk.write_bytes(b"\x80\x02this is not a checkpoint" * 100)
     with pytest.raises(UserError, match="junk.pth is not a weights file"):
         create_model("test_resnet", num_classes=2, pretrained_file=str(junk))
+
+
+# ---- data-parallel training: one torchrun launch (2 CPU processes, gloo) for the two DDP tests ----
+
+# a freeze phase of 2 epochs, then 2 of everything, accumulating 2 batches per step: stopped after epoch 0,
+# the torchrun ranks resume inside the head phase, then unfreeze and train the whole model (the DDP
+# wrapper built anew for each phase)
+DDP_RECIPE = [
+    "train_folds=1",
+    "lr=0.003",
+    "freeze_epochs=2",
+    "epochs=2",
+    "accum_steps=2",
+    "img_size=16",  # digits are 8x8 scans: 16 px loses nothing and costs a quarter of 32 px
+    "device=cpu",  # CPU processes with gloo, also where a GPU is visible
+]
+
+
+@contextlib.contextmanager
+def _interrupted_after_first_epoch(monkeypatch):
+    """Ctrl-C as soon as fold<k>.last.pt of the first epoch is saved (no epoch trained in vain)."""
+    real = fold_mod.save_resume_state
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fold_mod, "save_resume_state", save_then_stop)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(fold_mod, "save_resume_state", real)
+
+
+@pytest.fixture(scope="module")
+def ddp_launch(tmp_path_factory, digits_prepared):
+    """The run `ddp` on digits-demo, stopped by a Ctrl-C after its first epoch (a head-only one) in this
+    process, then continued by `make train RESUME=1 GPUS=2` without RUN, device=cpu: one torchrun launch
+    that both DDP tests look at. Returns (runs/digits-demo/, the run folders there before the launch,
+    the launch's exit code, metrics.csv's row of epoch 0)."""
+    root = tmp_path_factory.mktemp("ddp")
+    for name in ("competitions", "configs"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copytree(digits_prepared, root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("KAGGLECV_NO_PROGRESS", "1")
+        mp.setenv("TORCHRUN", "--standalone")  # a free port: tests run side by side (xdist)
+        comp = load_competition("digits-demo")
+        cfg = load_config("configs/smoke.yaml", DDP_RECIPE)
+        with _interrupted_after_first_epoch(mp), pytest.raises(KeyboardInterrupt):
+            train(comp, cfg, run_dir=RUNS_DIR / "digits-demo" / "ddp")
+        runs = root / "runs" / "digits-demo"
+        before = [p.name for p in runs.iterdir()]
+        assert torch.load(runs / "ddp" / "fold0.last.pt", weights_only=True)["epoch"] == 0
+        (epoch0,) = (runs / "ddp" / "metrics.csv").read_text().splitlines()[1:]
+        rc = main(["train", "--resume", "--gpus", "2", "--comp", "digits-demo", "device=cpu"])
+    return runs, before, rc, epoch0
+
+
+@pytest.mark.slow
+def test_ddp_resumes_the_latest_unfinished_run(ddp_launch):
+    """make train RESUME=1 GPUS=2 without RUN: every rank continues the same, latest unfinished run."""
+    runs, before, rc, epoch0 = ddp_launch
+    assert rc == 0 and before == ["ddp"]
+    assert [p.name for p in runs.iterdir()] == ["ddp"]
+    run = runs / "ddp"
+    assert json.loads((run / "summary.json").read_text())["fold_ids"] == [0]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[1] == epoch0  # continued after epoch 0, not started over
+
+
+@pytest.mark.slow
+def test_ddp_with_gloo_on_two_cpu_processes(ddp_launch):
+    """make train GPUS=2 on a machine without CUDA: torchrun, 2 CPU processes, gloo; the ranks train
+    the rest of the head phase, then unfreeze the body, accumulating gradients over 2 batches."""
+    runs, _, rc, _ = ddp_launch
+    assert rc == 0
+    run = runs / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fold_ids"] == [0] and summary["cv_mean"] > 0.2  # it learned, with half the data per rank
+    _, meta = load_checkpoint(run / "fold0.pt")
+    assert meta["best_epoch"] >= 1  # its best weights are the ranks' (epoch 0 trained before torchrun)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # rank 0 alone wrote metrics: one row per epoch, not per rank
+    assert not list(run.glob("*.last.pt"))

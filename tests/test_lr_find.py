@@ -111,13 +111,13 @@ def test_lr_find_json_is_written_atomically(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "lr_find.json").read_text())["chosen"] == 1e-3
 
 
-def test_the_lr_find_command_writes_its_own_folder(digits):
+def test_the_lr_find_command_writes_its_own_folder(digits_small):
     from kagglecv.cli import main
 
     assert (
-        main(["lr-find", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr_find_iters=10"]) == 0
+        main(["lr-find", "--comp", "digits-small", "--config", "configs/smoke.yaml", "lr_find_iters=10"]) == 0
     )
-    (out,) = (digits / "runs" / "digits-demo" / "lr-find").iterdir()
+    (out,) = (digits_small / "runs" / "digits-small" / "lr-find").iterdir()
     result = json.loads((out / "lr_find.json").read_text())
     assert result["chosen"] == result["suggestion"] and len(result["lrs"]) <= 10
     assert (out / "lr_find.png").exists()

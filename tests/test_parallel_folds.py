@@ -1,19 +1,38 @@
 """Folds in parallel (issue 14): processes that train one RUN= claim its folds by themselves with
 fold<k>.lock, a killed one lets go of its fold, RESUME picks it up, the last one gathers."""
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, cli_text
 from kagglecv import locks
+from kagglecv.claims import SETUP_LOCK
 from kagglecv.cli import main
 
-TINY = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "lr=0.003", "device=cpu"]
+TINY = ["--comp", "digits-small", "--config", "configs/smoke.yaml", "lr=0.003", "device=cpu"]
+
+# `python -m kagglecv.cli` that, once its first epoch's fold<k>.last.pt is saved, stays in the middle
+# of its fold (as a slow trainer would) until it is killed
+PAUSED_TRAINER = """
+import sys, time
+import kagglecv.fold as fold
+real = fold.save_resume_state
+def save_then_stay(*args, **kwargs):
+    real(*args, **kwargs)
+    time.sleep(600)
+fold.save_resume_state = save_then_stay
+from kagglecv.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _env() -> dict:
@@ -29,11 +48,50 @@ def _pid_of(claim) -> int:
     return int(locks.holder(claim).split(":")[0].removeprefix("pid "))
 
 
-@pytest.mark.slow  # two fresh processes import torch and train: ~20 s alone, more on a busy machine
-def test_parallel_folds_split_the_folds_between_processes_and_the_last_gathers(digits, monkeypatch, capsys):
+def _waiters(path: Path) -> int:
+    """How many processes wait for an flock on `path` (Linux lists them in /proc/locks as `->`)."""
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as f:
+        return sum(" -> FLOCK " in line and f":{ino} " in line for line in f)
+
+
+@contextlib.contextmanager
+def _held_until_waited_on(path: Path, n: int, timeout: float = 120.0):
+    """Hold `path` (an flock) from now until `n` processes wait for it, then let go (from a thread) so
+    they go on together; at once where there is no /proc/locks, after `timeout`, or when the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    done = threading.Event()
+
+    def let_go():
+        deadline = time.time() + timeout
+        try:
+            while os.path.exists("/proc/locks") and _waiters(path) < n and time.time() < deadline:
+                if done.wait(0.05):
+                    break
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=let_go, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@pytest.mark.slow  # two fresh processes import torch and train: ~15 s alone, more on a busy machine
+def test_parallel_folds_split_the_folds_between_processes_and_the_last_gathers(
+    digits_small, monkeypatch, capsys
+):
     monkeypatch.setenv("PYTHONPATH", str(REPO / "src"))
-    rc = main(["train", *TINY, "epochs=1", "--run", "par", "--gpus", "2", "--parallel", "folds"])
-    run = digits / "runs" / "digits-demo" / "par"
+    run = digits_small / "runs" / "digits-small" / "par"
+    # both workers wait at the run's setup lock (where a range test would run) until both are there, so
+    # neither can finish a fold of digits-small before the other has started: they claim one each
+    with _held_until_waited_on(run / SETUP_LOCK, 2):
+        rc = main(["train", *TINY, "epochs=1", "--run", "par", "--gpus", "2", "--parallel", "folds"])
     text = cli_text(capsys)
     assert rc == 0 and "launching 2 fold workers" in text, text
     assert (run / "summary.json").exists() and "CV" in text  # gathered once both folds were done
@@ -44,19 +102,13 @@ def test_parallel_folds_split_the_folds_between_processes_and_the_last_gathers(d
 
 
 @pytest.mark.slow
-def test_a_killed_trainer_lets_go_of_its_fold_and_resume_picks_it_up(digits, capsys):
-    run = digits / "runs" / "digits-demo" / "kill"
-    cmd = [
-        sys.executable,
-        "-m",
-        "kagglecv.cli",
-        "train",
-        *TINY,
-        "train_folds=1",
-        "epochs=3",
-        "--run-name=kill",
-    ]
-    proc = subprocess.Popen(cmd, cwd=digits, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_a_killed_trainer_lets_go_of_its_fold_and_resume_picks_it_up(digits_small, capsys, monkeypatch):
+    run = digits_small / "runs" / "digits-small" / "kill"
+    trainer = ["train", *TINY, "train_folds=1", "epochs=2", "--run-name=kill"]
+    cmd = [sys.executable, "-c", PAUSED_TRAINER, *trainer]
+    proc = subprocess.Popen(
+        cmd, cwd=digits_small, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 120
         while not (run / "fold0.last.pt").exists():  # mid-fold: after its first epoch
@@ -64,13 +116,14 @@ def test_a_killed_trainer_lets_go_of_its_fold_and_resume_picks_it_up(digits, cap
             time.sleep(0.1)
         assert locks.is_locked(run / "fold0.lock")  # held while it trains
         # a second trainer of the same run finds the only fold claimed: one line, nothing trained
-        assert main(["train", "--comp", "digits-demo", "--run", "kill", "--resume"]) == 2
+        assert main(["train", "--comp", "digits-small", "--run", "kill", "--resume"]) == 2
         assert "run kill is already being trained (fold 0: pid" in cli_text(capsys)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not locks.is_locked(run / "fold0.lock")  # the kernel dropped the claim with the process
-    assert main(["train", "--comp", "digits-demo", "--run", "kill", "--resume"]) == 0
+    monkeypatch.setattr("kagglecv.report.write_report", lambda *a, **k: None)  # figures: not the point
+    assert main(["train", "--comp", "digits-small", "--run", "kill", "--resume"]) == 0
     text = cli_text(capsys)
     assert "resuming fold 0" in text and (run / "summary.json").exists()
     assert _pid_of(run / "fold0.lock") == os.getpid()

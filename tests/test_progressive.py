@@ -53,8 +53,8 @@ def test_bad_size_keys_are_one_line_errors(overrides, says):
         load_config(None, overrides)
 
 
-def test_progressive_run_records_sizes_and_resumes_bit_identical(digits, monkeypatch):
-    comp = load_competition("digits-demo")
+def test_progressive_run_records_sizes_and_resumes_bit_identical(digits_small, monkeypatch):
+    comp = load_competition("digits-small")
     cfg = load_config("configs/smoke.yaml", RECIPE)
     straight = train(comp, cfg)
     rows = pd.read_csv(straight / "metrics.csv")
