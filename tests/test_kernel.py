@@ -44,7 +44,8 @@ def test_aerial_cactus_dry_run_push_and_code_submission(fake, workdir, quick, ca
     submit KERNEL=1, the notebook's file equal to make submit's."""
     comp = load_competition("aerial-cactus-identification")
     prepare(comp)
-    run_dir = train(comp, load_config("configs/smoke.yaml", FINISHED_RUN_ARGS))
+    # a fixed LR: the LR range test is no part of what make kernel builds, runs or pushes
+    run_dir = train(comp, load_config("configs/smoke.yaml", [*FINISHED_RUN_ARGS, "lr=0.003"]))
     out = kernel_mod.kernel_dir(comp, run_dir)
     ours = out / "dryrun" / "working" / "submission.csv"
     # Kaggle's run writes what the dry run wrote (read when Kaggle serves the output)

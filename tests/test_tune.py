@@ -1,7 +1,9 @@
-"""make tune (issue 14): the search space's rules, a tiny study on digits-demo that prunes, is
+"""make tune (issue 14): the search space's rules, a tiny study on digits-small that prunes, is
 interrupted and continues, and two processes working on one SQLite study."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,7 +16,7 @@ from kagglecv.config import load_config
 from kagglecv.errors import UserError
 from kagglecv.tune import parse_budget, parse_space
 
-BASE = ["--comp", "digits-demo", "--config", "configs/tune-tiny.yaml"]
+BASE = ["--comp", "digits-small", "--config", "configs/tune-tiny.yaml"]  # written by _tiny_recipe
 
 
 def test_the_space_rules():
@@ -83,31 +85,38 @@ def test_tune_command_line_errors_are_one_line(workdir, capsys, args, message):
     assert message in cli_text(capsys)
 
 
-def _tiny_recipe(workdir, **space):
+def _tiny_recipe(workdir, batch_size=32, **space):
     recipe = yaml.safe_load((workdir / "configs" / "smoke.yaml").read_text())
     recipe.update(device="cpu", train_folds=2, tune={"startup_trials": 1, "warmup_epochs": 0, **space})
+    recipe.update(batch_size=batch_size)
     (workdir / "configs" / "tune-tiny.yaml").write_text(yaml.safe_dump(recipe))
 
 
-def test_a_study_prunes_is_interrupted_and_continues(digits, monkeypatch, capsys):
+def test_a_study_prunes_is_interrupted_and_continues(digits_small, monkeypatch, capsys):
     import optuna
 
-    _tiny_recipe(digits, lr_mult=[0.001, 30.0])
-    db = digits / "runs" / "digits-demo" / "tune.db"
-    db.parent.mkdir(parents=True)
+    _tiny_recipe(digits_small, batch_size=8, lr_mult=[0.001, 30.0])  # 20 steps an epoch on 160 images
+    runs = digits_small / "runs" / "digits-small"
+    db = runs / "tune.db"
+    # the range test's LR as tune caches it (test_two_processes_share_one_study runs it): lr_mult
+    # multiplies a known-good 0.003 here, so trial 0 surely learns and trial 1 surely does not
+    lr_cache = runs / "tune" / "lr" / "test_resnet-32px-bs8"
+    lr_cache.mkdir(parents=True)
+    (lr_cache / "lr_find.json").write_text(json.dumps({"chosen": 0.003}))
     study = optuna.create_study(
-        study_name="digits-demo-tune-tiny", storage=f"sqlite:///{db}", direction="maximize"
+        study_name="digits-small-tune-tiny", storage=f"sqlite:///{db}", direction="maximize"
     )
     study.enqueue_trial({"lr_mult": 3.0})  # learns in one epoch
     study.enqueue_trial({"lr_mult": 0.001})  # does not: behind the first at epoch 0, so pruned
     assert main(["tune", *BASE, "--trials", "2"]) == 0
     text = cli_text(capsys)
     assert "trial 0 complete" in text and "trial 1 pruned" in text, text
-    tuned = digits / "configs" / "tuned-digits-demo.yaml"
+    tuned = digits_small / "configs" / "tuned-digits-small.yaml"
     recipe = load_config(tuned)  # a whole recipe, ready for make train
     assert recipe.train_folds == 2 and recipe.lr == pytest.approx(study.trials[0].user_attrs["lr"])
-    assert (digits / "runs" / "digits-demo" / "tune.html").exists()
-    assert not list((digits / "runs" / "digits-demo").glob("*/config.yaml"))  # trials stay out of `make runs`
+    assert study.trials[0].user_attrs["lr"] == pytest.approx(3.0 * 0.003)  # lr_mult x the cached LR
+    assert (runs / "tune.html").exists()
+    assert not list(runs.glob("*/config.yaml"))  # trials stay out of `make runs`
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -121,26 +130,27 @@ def test_a_study_prunes_is_interrupted_and_continues(digits, monkeypatch, capsys
     assert "2 trials so far" in text and "trial 3 " in text, text
     states = [
         t.state.name
-        for t in optuna.load_study(study_name="digits-demo-tune-tiny", storage=f"sqlite:///{db}").trials
+        for t in optuna.load_study(study_name="digits-small-tune-tiny", storage=f"sqlite:///{db}").trials
     ]
     assert states[:3] == ["COMPLETE", "PRUNED", "FAIL"] and states[3] in ("COMPLETE", "PRUNED"), states
 
 
-@pytest.mark.slow  # two processes import torch and train: ~30 s alone
-def test_two_processes_share_one_study(digits):
-    _tiny_recipe(digits, lr_mult=[0.3, 3.0])
+@pytest.mark.slow  # two processes import torch and train
+def test_two_processes_share_one_study(digits_small):
+    _tiny_recipe(digits_small, lr_mult=[0.3, 3.0])
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KAGGLECV_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "kagglecv.cli", "tune", *BASE, "--trials", "3"]
-    procs = [subprocess.Popen(cmd, cwd=digits, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=digits_small, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     import optuna
 
-    study = optuna.load_study(
-        study_name="digits-demo-tune-tiny", storage=f"sqlite:///{digits}/runs/digits-demo/tune.db"
-    )
+    runs = digits_small / "runs" / "digits-small"
+    study = optuna.load_study(study_name="digits-small-tune-tiny", storage=f"sqlite:///{runs / 'tune.db'}")
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) >= 3 and all("trial " in o for o in outs)  # both worked on it
-    assert (
-        len(list((digits / "runs" / "digits-demo" / "tune" / "lr").glob("*/lr_find.json"))) == 1
-    )  # one range test
+    # both worked on it: each process reports a trial it finished itself (a trial it started counts
+    # only once finished, so the other cannot end the study under it)
+    assert len(finished) >= 3 and all(re.search(r"trial \d+ (complete|pruned)", o) for o in outs), outs
+    assert len(list((runs / "tune" / "lr").glob("*/lr_find.json"))) == 1  # one range test
