@@ -26,7 +26,8 @@ def test_malformed_competition_yaml(workdir, capsys):
     assert "broken.yaml: not valid YAML" in cli_text(capsys)
 
 
-def test_config_typo(digits, capsys):
+def test_config_typo(workdir, capsys):
+    # no data prepared: the recipe is checked first, so the typo is what the user hears about
     assert main(["train", "--comp", "digits-demo", "--config", "configs/smoke.yaml", "epoch=2"]) == 2
     assert "unknown config key 'epoch'. Did you mean 'epochs'?" in cli_text(capsys)
 

@@ -12,10 +12,14 @@ from kagglecv.cli import main
 
 
 def test_blend_of_two_runs_submits_like_a_run_and_reuses_the_members_caches(finished_run, capsys):
-    assert (
-        main(["train", "-c", "digits-demo", "--config", "configs/smoke.yaml", *FINISHED_RUN_ARGS, "seed=7"])
-        == 0
-    )
+    from kagglecv.competition import load_competition
+    from kagglecv.config import load_config
+    from kagglecv.train import train
+
+    # a second real run beside the session's: another seed, and a fixed lr (no LR range test), trained
+    # in-process (the CLI's train, and the report it ends with, are not what this test is about)
+    cfg = load_config("configs/smoke.yaml", [*FINISHED_RUN_ARGS, "seed=7", "lr=0.002"])
+    train(load_competition("digits-demo"), cfg)
     runs = sorted(p.name for p in finished_run.parent.iterdir() if (p / "summary.json").exists())
     assert len(runs) == 2
     for run in runs:  # each member predicted once here; the blend's submit must not predict again

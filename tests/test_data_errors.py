@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import cli_text
+from conftest import REPO, cli_text
 from kagglecv.cli import main
 from kagglecv.errors import UserError
 from kagglecv.folds import make_folds
 from test_folder import TINTS, encode, photo
-from test_layout import _images
+from test_layout import _images, _pixel_csvs
 
 
 def _pets(src, per_class: dict[str, int]) -> None:
@@ -32,15 +32,39 @@ def _pets(src, per_class: dict[str, int]) -> None:
             (src / cls / f"{i}.jpg").write_bytes(encode(photo(seed, TINTS[cls])))
 
 
-@pytest.fixture
-def pets(workdir, tmp_path, capsys):
-    """data/pets/ prepared from a folder of 12 cats and 12 dogs, n_folds 2."""
-    src = tmp_path / "pets"
+@pytest.fixture(scope="module")
+def pets_prepared(tmp_path_factory):
+    """A folder of 12 cats and 12 dogs (root/pets/) and data/pets/ prepared from it, n_folds 2: made
+    once per module by `kagglecv data`, then copied into each test's working folder by `pets`."""
+    root = tmp_path_factory.mktemp("pets")
+    shutil.copytree(REPO / "competitions", root / "competitions")
+    src = root / "pets"
     _pets(src, {"cat": 12, "dog": 12})
-    assert main(["data", "pets", "--src", str(src)]) == 0
-    spec = workdir / "competitions" / "pets.yaml"
-    spec.write_text(spec.read_text().replace("n_folds: 5", "n_folds: 2"))
-    assert main(["data", "pets", "--force"]) == 0, cli_text(capsys)
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("KAGGLECV_NO_PROGRESS", "1")
+            assert main(["data", "pets", "--src", str(src)]) == 0
+            spec = root / "competitions" / "pets.yaml"
+            spec.write_text(spec.read_text().replace("n_folds: 5", "n_folds: 2"))
+            assert main(["data", "pets", "--force"]) == 0
+    finally:
+        os.chdir(old)
+    return root
+
+
+@pytest.fixture
+def pets(workdir, tmp_path, pets_prepared, capsys):
+    """data/pets/ prepared from a folder of 12 cats and 12 dogs (tmp_path/pets/), n_folds 2: a copy
+    of `pets_prepared`, with the folder's path in pets.yaml and raw/manifest.csv made this test's."""
+    src = tmp_path / "pets"
+    shutil.copytree(pets_prepared / "pets", src)
+    shutil.copytree(pets_prepared / "data" / "pets", workdir / "data" / "pets")
+    for rel in ("competitions/pets.yaml", "data/pets/raw/manifest.csv"):
+        text = (pets_prepared / rel).read_text()
+        assert str(pets_prepared / "pets") in text
+        (workdir / rel).write_text(text.replace(str(pets_prepared / "pets"), str(src)))
     capsys.readouterr()
     return src
 
@@ -133,10 +157,23 @@ def test_make_folds_never_offers_a_dead_end():
         make_folds(_images({"a": 10, "c": 3}), 5, seed=0)
 
 
+@pytest.fixture
+def tiny_digits(workdir):
+    """digits-demo as its competition file has it, prepared from a raw/ of 40 4x4 pixel rows in its
+    csv_pixels format (already there: nothing is fetched): the same layout, a fortieth of the images."""
+    from kagglecv.competition import load_competition
+    from kagglecv.layout import prepare
+
+    _pixel_csvs(workdir / "data" / "digits-demo" / "raw")
+    prepare(load_competition("digits-demo"))
+    return workdir
+
+
 # --- one `make data` at a time, and any half-written state recovered without FORCE ----------------
 
 
-def test_a_second_make_data_is_refused_while_one_runs(digits, capsys):
+def test_a_second_make_data_is_refused_while_one_runs(tiny_digits, capsys):
+    digits = tiny_digits
     """Two `make data` at once both crashed and left a raw/manifest.csv listing missing files."""
     holder = subprocess.Popen(
         [
@@ -283,8 +320,8 @@ def test_full_disk_while_laying_out_keeps_raw_and_the_previous_preparation(
     assert pd.read_csv(root / "folds.csv")["fold"].max() == 1  # the complete preparation, as it was
 
 
-def test_read_only_data_folder_is_one_line(digits, capsys, monkeypatch):
-    root = digits / "data" / "digits-demo"
+def test_read_only_data_folder_is_one_line(tiny_digits, capsys, monkeypatch):
+    root = tiny_digits / "data" / "digits-demo"
     (root / "prepared.json").unlink()
     import kagglecv.layout_kinds as kinds
 
@@ -298,7 +335,8 @@ def test_read_only_data_folder_is_one_line(digits, capsys, monkeypatch):
     assert "read-only file system" in text and not (root / ".staging").exists()
 
 
-def test_read_only_data_folder_refuses_before_anything(digits, capsys, monkeypatch):
+def test_read_only_data_folder_refuses_before_anything(tiny_digits, capsys, monkeypatch):
+    digits = tiny_digits
     import kagglecv.locks as locks
 
     def read_only(path, *args):

@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,12 @@ import pandas as pd
 import pytest
 
 import kagglecv.export as export_mod
+from chosen_tta_run import run_with_tta_chosen
 from kagglecv.competition import load_competition
 from kagglecv.errors import UserError
 from kagglecv.export import export_run
 from kagglecv.images import decode
 from kagglecv.infer import ensemble_probs, load_ensemble, predict_paths, squash
-from tiny_run import copy_run, tiny_run
 
 TEMPLATE = Path(export_mod.__file__).parent / "templates" / "export_predict.py"
 # The exported script run as a user without kagglecv would: isolated mode (-I: no PYTHONPATH, no
@@ -42,13 +43,17 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits_prepared):
-    return tiny_run(tmp_path_factory, digits_prepared)
+def tta_chosen(tmp_path_factory, finished_run_built):
+    """The session's finished run (2 folds x 1 epoch of test_resnet at 32 px) with the TTA choice for
+    `_comp()` made once and cached in it: export_run reads it instead of predicting every OOF view."""
+    return run_with_tta_chosen(tmp_path_factory, finished_run_built, _comp())
 
 
 @pytest.fixture
-def run(digits, trained):
-    return copy_run(trained, digits)
+def run(digits, tta_chosen):
+    """A copy of that run in this test's working folder (prepared digits-demo, as `finished_run`)."""
+    rel, run_dir = tta_chosen
+    return shutil.copytree(run_dir, digits / rel)
 
 
 def _comp(metric: str = "accuracy"):
@@ -71,7 +76,8 @@ def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
     return done.stdout
 
 
-def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys, monkeypatch):
+def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits, capsys, monkeypatch):
+    run = finished_run  # no TTA choice cached: this test makes its own, with hflip
     from kagglecv import tta
 
     # a run whose OOF chose hflip, so the flips inside the ONNX graph and the script are exercised
@@ -107,7 +113,8 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys, 
     assert "no kagglecv here" in said and "1 unreadable" in said
     theirs = pd.read_csv(digits / "mine.csv").set_index("image")
     assert theirs.loc["broken.png", "error"] and pd.isna(theirs.loc["broken.png", "class"])
-    ours, errors = predict_paths(load_ensemble(comp, run), [images / p.name for p in test])
+    ens = load_ensemble(comp, run)  # one load (its post-processing is fitted on OOF) for both checks
+    ours, errors = predict_paths(ens, [images / p.name for p in test])
     assert not errors
     cols = [f"p_{c}" for c in range(10)]
     np.testing.assert_allclose(theirs.loc[[p.name for p in test], cols].to_numpy(), ours, atol=1e-5, rtol=0)
@@ -115,9 +122,7 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(run, digits, capsys, 
     import onnxruntime as ort
 
     # the ONNX graph: any batch size, the same probabilities (before the post-processing)
-    ours = ensemble_probs(
-        load_ensemble(comp, run), np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test])
-    )
+    ours = ensemble_probs(ens, np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test]))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     pixels = np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test[:3]])
     got = session.run(None, {"pixels": pixels.transpose(0, 3, 1, 2).astype(np.float32)})[0]
@@ -207,9 +212,8 @@ def test_full_disk_or_ctrl_c_leaves_no_folder(run, digits, monkeypatch, stop):
     assert list((digits / "exports").iterdir()) == []
 
 
-def test_export_needs_real_images_and_a_finished_run(run, digits, monkeypatch):
-    import shutil
-
+def test_export_needs_real_images_and_a_finished_run(finished_run, digits, monkeypatch):
+    run = finished_run  # no TTA choice cached: the TTA choice too finds the images gone
     monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
     shutil.rmtree(digits / "data" / "digits-demo")
     with pytest.raises(UserError, match="needs 8 readable images .* `make data COMP=digits-demo`"):
@@ -220,7 +224,8 @@ def test_export_needs_real_images_and_a_finished_run(run, digits, monkeypatch):
         export_run(_comp(), run)
 
 
-def test_missing_onnx_is_one_line(run, monkeypatch):
+def test_missing_onnx_is_one_line(workdir, tta_chosen, monkeypatch):
+    run = shutil.copytree(tta_chosen[1], workdir / tta_chosen[0])  # checked before anything is read
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"needs onnxruntime: pip install -e '.\[export\]'"):
         export_run(_comp(), run)

@@ -11,23 +11,28 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from chosen_tta_run import run_with_tta_chosen
 from kagglecv.competition import load_competition
 from kagglecv.errors import UserError
 from kagglecv.infer import answer_frame, load_ensemble, predict_images, predict_paths, show_answers
-from tiny_run import copy_run, tiny_run
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits_prepared):
-    return tiny_run(tmp_path_factory, digits_prepared)
+def tta_chosen(tmp_path_factory, finished_run_built):
+    """The session's finished run (2 folds x 1 epoch of test_resnet at 32 px) with its TTA choice for
+    digits-demo made once and cached in it: predicting reads it instead of predicting every OOF view."""
+    return run_with_tta_chosen(tmp_path_factory, finished_run_built, load_competition("digits-demo"))
 
 
 @pytest.fixture
-def run(digits, trained):
-    return copy_run(trained, digits)
+def run(digits, tta_chosen):
+    """A copy of that run in this test's working folder (prepared digits-demo, as `finished_run`)."""
+    rel, run_dir = tta_chosen
+    return shutil.copytree(run_dir, digits / rel)
 
 
-def test_predict_answers_as_submit_does(run, digits):
+def test_predict_answers_as_submit_does(finished_run, digits):
+    run = finished_run  # as train left it: submit makes the TTA choice here, as a user's would
     from kagglecv.submit import submit
 
     comp = load_competition("digits-demo")
@@ -128,8 +133,11 @@ def test_globs_files_and_folders_each_once(run, digits):
         ([], "no images given"),
     ],
 )
-def test_bad_paths_are_one_line(run, digits, inputs, says):
-    (digits / "empty").mkdir()
+def test_bad_paths_are_one_line(workdir, tta_chosen, inputs, says):
+    # the inputs are checked before any model loads or data is read: the run alone, no prepared data
+    rel, run_dir = tta_chosen
+    run = shutil.copytree(run_dir, workdir / rel)
+    (workdir / "empty").mkdir()
     with pytest.raises(UserError, match=says.replace("*", r"\*")) as e:
         predict_images(load_competition("digits-demo"), run, inputs)
     assert "\n" not in str(e.value)

@@ -47,10 +47,9 @@ def test_csv_pixels_to_class_folders(workdir):
     assert (root / "prepared.json").exists() and not (root / ".staging").exists()
 
 
-def test_prepare_is_idempotent_and_force_redoes(workdir, capsys):
-    comp = load_competition("digits-demo")
-    prepare(comp)
-    root = workdir / "data" / "digits-demo"
+def test_prepare_is_idempotent_and_force_redoes(digits, capsys):
+    comp = load_competition("digits-demo")  # prepared once per session by the same prepare(), copied here
+    root = digits / "data" / "digits-demo"
     stamp = (root / "prepared.json").stat().st_mtime_ns
     prepare(comp)
     assert (root / "prepared.json").stat().st_mtime_ns == stamp
@@ -233,9 +232,20 @@ def test_csv_ids_find_nested_images_by_path_or_by_a_name_only_one_has(workdir):
 
 # --- prepared.json ---------------------------------------------------------------------------------
 
+TINY = 40  # training images in `tiny_digits`
 
-def test_prepared_json_is_written_atomically_and_synced(digits, monkeypatch):
-    root = digits / "data" / "digits-demo"
+
+@pytest.fixture
+def tiny_digits(workdir):
+    """digits-demo as the competition file has it, prepared from a raw/ of 40 4x4 pixel rows in its
+    csv_pixels format (already there: nothing is fetched): the same layout, a fortieth of the images."""
+    _pixel_csvs(workdir / "data" / "digits-demo" / "raw", n=TINY)
+    prepare(load_competition("digits-demo"))
+    return workdir
+
+
+def test_prepared_json_is_written_atomically_and_synced(tiny_digits, monkeypatch):
+    root = tiny_digits / "data" / "digits-demo"
     (root / "prepared.json").unlink()
 
     def disk_gone(fd):
@@ -247,18 +257,18 @@ def test_prepared_json_is_written_atomically_and_synced(digits, monkeypatch):
     assert not (root / "prepared.json").exists() and not list(root.glob("prepared.json*"))
 
 
-def test_a_damaged_prepared_json_is_not_prepared(digits, capsys):
-    root = digits / "data" / "digits-demo"
+def test_a_damaged_prepared_json_is_not_prepared(tiny_digits, capsys):
+    root = tiny_digits / "data" / "digits-demo"
     (root / "prepared.json").write_text("")  # a power cut before the old write reached the disk
     comp = load_competition("digits-demo")
     with pytest.raises(UserError, match="not prepared yet: run `make data COMP=digits-demo` first"):
         read_prepared(comp)
     prepare(comp)
-    assert "already prepared" not in capsys.readouterr().out and read_prepared(comp)["n_train"] == 1437
+    assert "already prepared" not in capsys.readouterr().out and read_prepared(comp)["n_train"] == TINY
 
 
-def test_new_n_folds_splits_again_without_force(digits, capsys):
-    spec = digits / "competitions" / "digits-demo.yaml"
+def test_new_n_folds_splits_again_without_force(tiny_digits, capsys):
+    spec = tiny_digits / "competitions" / "digits-demo.yaml"
     spec.write_text(spec.read_text().replace("n_folds: 5", "n_folds: 3"))
     comp = load_competition("digits-demo")
     prepare(comp)
@@ -321,14 +331,15 @@ def test_folds_that_cannot_be_trusted_are_refused(folds_only, edit, message):
         read_folds(comp, info)
 
 
-def test_the_way_back_from_bad_folds_needs_no_fetch(digits, capsys):
-    comp, info = _edit_folds(digits, lambda f: _move_class(f, 3, 1))
+def test_the_way_back_from_bad_folds_needs_no_fetch(tiny_digits, capsys):
+    comp, info = _edit_folds(tiny_digits, lambda f: _move_class(f, 3, 1))
     with pytest.raises(UserError, match="delete it and run `make data COMP=digits-demo` to split again"):
         read_folds(comp, info)
-    (digits / "data" / "digits-demo" / "folds.csv").unlink()
+    (tiny_digits / "data" / "digits-demo" / "folds.csv").unlink()
+    capsys.readouterr()
     prepare(comp)
     assert "fetching" not in capsys.readouterr().out
-    assert len(read_folds(comp, read_prepared(comp))) == 1437
+    assert len(read_folds(comp, read_prepared(comp))) == TINY
 
 
 def test_a_class_missing_from_one_validation_fold_is_a_warning(folds_only, capsys):

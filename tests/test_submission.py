@@ -124,10 +124,36 @@ def made_run(tmp_path_factory, digits_prepared):
     return make_run(root)
 
 
+@pytest.fixture(scope="module")
+def made_run_tta(tmp_path_factory, made_run):
+    """made_run with the TTA choice `make submit` makes for it already made and cached (tta_oof.json,
+    keyed by the folds' mtimes, which a copy keeps): submit reads it instead of predicting every OOF
+    view again, for the tests whose subject is not the TTA choice."""
+    from kagglecv.engine import pick_device
+    from kagglecv.predict import load_fold_models
+    from kagglecv.tta import choose_tta
+
+    run = shutil.copytree(made_run, tmp_path_factory.mktemp("made-tta") / MADE_RUN)
+    old = os.getcwd()
+    os.chdir(made_run.parents[2])  # the prepared data/digits-demo/, only read
+    try:
+        choose_tta(load_competition("digits-demo"), run, load_fold_models(run, [0, 1], pick_device("cpu")))
+    finally:
+        os.chdir(old)
+    return run
+
+
 @pytest.fixture
-def made(digits, made_run):
-    """The working folder with the prepared digits and a copy of the made run."""
+def made_cold(digits, made_run):
+    """The working folder with the prepared digits and a copy of the made run, as make_run left it."""
     shutil.copytree(made_run, digits / "runs" / "digits-demo" / MADE_RUN)
+    return digits
+
+
+@pytest.fixture
+def made(digits, made_run_tta):
+    """The working folder with the prepared digits and a copy of the made run, its TTA choice cached."""
+    shutil.copytree(made_run_tta, digits / "runs" / "digits-demo" / MADE_RUN)
     return digits
 
 
@@ -135,7 +161,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_submit_writes_its_own_record_and_never_edits_the_run(made, capsys, monkeypatch):
+def test_submit_writes_its_own_record_and_never_edits_the_run(made_cold, capsys, monkeypatch):
+    made = made_cold
     run = made / "runs" / "digits-demo" / MADE_RUN
     before = snapshot(run)
     assert main(["submit", "--comp", "digits-demo"]) == 0

@@ -52,10 +52,14 @@ def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monke
     assert oof["metric"] == "accuracy"
 
 
-def test_the_report_shows_the_tta_table(finished_run):
+def test_the_report_shows_the_tta_table(tmp_path):
     from kagglecv.report import write_report
+    from test_report import write_synthetic_run
 
+    # the table reads only the run's tta_oof.json: a small run folder made up as train writes it will do
+    run_dir = tmp_path / "runs" / "dogs" / "r1"
+    write_synthetic_run(run_dir, 2)
     plan = {"name": "scale1.15", "scores": {"none": 0.5, "scale1.15": 0.6}, "metric": "accuracy"}
-    (finished_run / tta.CACHE).write_text(json.dumps(plan))
-    page = write_report(finished_run).read_text()
+    (run_dir / tta.CACHE).write_text(json.dumps(plan))
+    page = write_report(run_dir, data_dir=tmp_path / "nowhere").read_text()
     assert "Test-time augmentation, chosen on OOF" in page and "scale1.15" in page and "✓" in page

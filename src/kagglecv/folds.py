@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.markup import escape
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .competition import Competition
 from .console import console
@@ -47,6 +46,9 @@ def make_folds(
             f"too few images for {n_folds} folds in class(es) {small}: every class needs at least "
             f"n_folds images; add images{lower}"
         )
+    # scikit-learn only here: a `kagglecv data` that stops earlier (no credentials, a typo) starts fast
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     # sort with the groups attached, so a group stays with its image whatever order came in
     images = images.assign(_group=groups if groups is not None else images["image"])
     images = images.sort_values("image").reset_index(drop=True)
