@@ -37,21 +37,48 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _prepared(tmp_path_factory, slug: str) -> Path:
-    """A builtin competition prepared in a folder of its own; returns that folder's data/."""
-    root = tmp_path_factory.mktemp(slug)
-    shutil.copytree(REPO / "competitions", root / "competitions")
+def shared_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder that `build(folder)` fills once for the whole test run, not once per xdist worker:
+    the workers share their session folder's parent, the first one to get there builds under a lock
+    (the others wait for it, or find it done). Tests only read it, or copy it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-<n>/, the run's own: popen-gw0/, popen-gw1/ ... lie in it
+    from kagglecv.locks import waiting
+
+    folder, done = base / name, base / f"{name}.done"
+    with waiting(base / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
+@contextlib.contextmanager
+def _inside(folder: Path):
     old = os.getcwd()
-    os.chdir(root)
+    os.chdir(folder)
     os.environ["KAGGLECV_NO_PROGRESS"] = "1"
     try:
-        from kagglecv.competition import load_competition
-        from kagglecv.layout import prepare
-
-        prepare(load_competition(slug))
+        yield
     finally:
         os.chdir(old)
-    return root / "data"
+
+
+def _prepared(tmp_path_factory, slug: str) -> Path:
+    """A builtin competition prepared in a folder of its own; returns that folder's data/."""
+
+    def build(root: Path) -> None:
+        shutil.copytree(REPO / "competitions", root / "competitions")
+        with _inside(root):
+            from kagglecv.competition import load_competition
+            from kagglecv.layout import prepare
+
+            prepare(load_competition(slug))
+
+    return shared_once(tmp_path_factory, f"prepared-{slug}", build) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -87,21 +114,20 @@ FINISHED_RUN_ARGS = ["device=cpu"]
 def finished_run_built(tmp_path_factory, digits_prepared):
     """One smoke training on digits-demo, once per session (see `finished_run`)."""
 
-    root = tmp_path_factory.mktemp("finished")
-    for name in ("competitions", "configs"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copytree(digits_prepared, root / "data")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        from kagglecv.competition import load_competition
-        from kagglecv.config import load_config
-        from kagglecv.train import train
+    def build(root: Path) -> None:
+        for name in ("competitions", "configs"):
+            shutil.copytree(REPO / name, root / name)
+        shutil.copytree(digits_prepared, root / "data")
+        with _inside(root):
+            from kagglecv.competition import load_competition
+            from kagglecv.config import load_config
+            from kagglecv.train import train
 
-        run_dir = train(load_competition("digits-demo"), load_config("configs/smoke.yaml", FINISHED_RUN_ARGS))
-    finally:
-        os.chdir(old)
-    return root, Path(run_dir)  # relative to root
+            train(load_competition("digits-demo"), load_config("configs/smoke.yaml", FINISHED_RUN_ARGS))
+
+    root = shared_once(tmp_path_factory, "finished-run", build)
+    (run_dir,) = (root / "runs" / "digits-demo").iterdir()
+    return root, run_dir.relative_to(root)
 
 
 @pytest.fixture
