@@ -144,7 +144,7 @@ def test_a_trainer_takes_the_folds_nobody_holds(finished_run, capsys):
 
 def test_metrics_rows_of_other_folds_are_kept(tmp_path):
     """Two processes write metrics.csv for different folds: neither erases the other's rows."""
-    from kagglecv.fold import read_rows, write_rows
+    from kagglecv.runs import read_rows, write_rows
 
     row = {"lr": 0.1, "train_loss": 1.0, "val_loss": 1.0, "metric": 0.5}
     write_rows(tmp_path, [{"fold": 0, "epoch": 0, **row}], fold=0)

@@ -30,7 +30,7 @@ from .engine import Stepper, steps_per_epoch, train_one_epoch, validate
 from .files import atomic_write
 from .metrics import is_better, score
 from .model import create_model, place
-from .runs import read_rows, save_checkpoint, write_rows  # noqa: F401 (read_rows: for callers)
+from .runs import save_checkpoint, write_rows
 from .state import get_rng_state, seed_everything, set_rng_state, to_cpu
 
 
