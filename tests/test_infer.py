@@ -143,6 +143,16 @@ def test_bad_paths_are_one_line(workdir, tta_chosen, inputs, says):
     assert "\n" not in str(e.value)
 
 
+def test_a_missing_image_is_named_before_a_missing_run(workdir, capsys):
+    """`kagglecv predict` with a typo in the path and no run trained yet: the path is what it names."""
+    from conftest import cli_text
+    from kagglecv.cli import main
+
+    assert main(["predict", "-c", "digits-demo", "nowhere/cat.jpg"]) == 2
+    text = cli_text(capsys)
+    assert "nowhere/cat.jpg does not exist" in text and "run" not in text, text
+
+
 def test_run_without_finished_fold_is_one_line(run, digits):
     comp = load_competition("digits-demo")
     test = str(digits / "data" / "digits-demo" / "test" / "1.png")

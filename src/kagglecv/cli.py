@@ -304,10 +304,11 @@ def cmd_lb(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .infer import predict_images
+    from .infer import expand_inputs, predict_images
     from .runs import find_run
 
     comp = _comp(args.comp)
+    expand_inputs(args.images)  # a path that is not there is named first, before any run is looked for
     out = Path(args.out) if args.out else None
     predict_images(comp, find_run(comp.slug, args.run or None), args.images, top_k=args.top_k, out=out)
 
