@@ -180,22 +180,32 @@ def steps_per_epoch(n_batches: int, accum: int) -> int:
     return -(-n_batches // accum)
 
 
-@torch.no_grad()
-def predict(stepper: Stepper, loader, flips: list[str] | None = None, model=None) -> np.ndarray:
-    """Softmax probabilities, averaged over test-time flips (e.g. ["hflip"])."""
+FLIP_DIMS = {"hflip": [3], "vflip": [2], "hvflip": [2, 3]}  # test-time flips: the tensor dims they mirror
+
+
+def predict_views(
+    stepper: Stepper, loader, views: list[str | None], model=None
+) -> dict[str | None, np.ndarray]:
+    """Softmax probabilities for each view of the images (None: as they are; or a FLIP_DIMS flip), one
+    decode per batch for all the views."""
     model = model or stepper.model
     model.eval()
+    out: dict[str | None, list] = {v: [] for v in views}
+    with torch.no_grad():
+        for x, _ in loader:
+            x = stepper.inputs(x)
+            for v in views:
+                xv = x if v is None else torch.flip(x, dims=FLIP_DIMS[v])
+                with autocast(stepper.device, stepper.dtype):
+                    out[v].append(model(xv).float().softmax(1).cpu())
+    return {v: torch.cat(ps).numpy() for v, ps in out.items()}
+
+
+def predict(stepper: Stepper, loader, flips: list[str] | None = None, model=None) -> np.ndarray:
+    """Softmax probabilities, averaged over the plain view and test-time flips (e.g. ["hflip"])."""
     views = [None] + list(flips or [])
-    out = []
-    for x, _ in loader:
-        x = stepper.inputs(x)
-        p = 0
-        for view in views:
-            xv = x if view is None else torch.flip(x, dims=[3] if view == "hflip" else [2])
-            with autocast(stepper.device, stepper.dtype):
-                p = p + model(xv).float().softmax(1)
-        out.append((p / len(views)).cpu())
-    return torch.cat(out).numpy()
+    probs = predict_views(stepper, loader, views, model=model)
+    return sum(probs[v] for v in views) / len(views)
 
 
 def validate(stepper: Stepper, loader, labels: np.ndarray, model=None) -> dict:

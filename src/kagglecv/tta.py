@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .console import console
 from .data import ImageDataset, cached_images, default_workers, make_loader
-from .engine import Stepper, autocast
+from .engine import Stepper, predict_views
 from .errors import UserError
 from .files import atomic_write
 from .metrics import HIGHER_IS_BETTER, score
@@ -30,7 +29,6 @@ from .metrics import HIGHER_IS_BETTER, score
 CACHE = "tta_oof.json"
 SCALE = 1.15
 NO_TTA = {"name": "none (TTA=none)", "flips": [], "scales": [1.0], "scores": {}}  # submit --tta none
-FLIP_DIMS = {"hflip": [3], "vflip": [2], "hvflip": [2, 3]}
 
 
 def candidate_sets(hflip: bool, vflip: bool) -> dict[str, list[tuple[str | None, float]]]:
@@ -62,16 +60,7 @@ def _view_probs(fm, ds: ImageDataset, views: list[str | None]) -> dict[str | Non
     )  # fmt: skip
     workers = default_workers(fm.config.workers, ds.images is not None, device.type == "cuda")
     loader = make_loader(ds, batch_size=128, shuffle=False, workers=workers, pin=device.type == "cuda")
-    out: dict[str | None, list] = {v: [] for v in views}
-    fm.model.eval()
-    with torch.no_grad():
-        for x, _ in loader:
-            x = stepper.inputs(x)
-            for v in views:
-                xv = x if v is None else torch.flip(x, dims=FLIP_DIMS[v])
-                with autocast(stepper.device, stepper.dtype):
-                    out[v].append(fm.model(xv).float().softmax(1).cpu())
-    return {v: torch.cat(ps).numpy() for v, ps in out.items()}
+    return predict_views(stepper, loader, views)
 
 
 def oof_views(models, oof: pd.DataFrame, data_root: Path, sets: dict) -> dict:
