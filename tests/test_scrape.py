@@ -47,17 +47,25 @@ class Web:
                 pass
 
             def do_GET(self):
-                host = self.headers.get("Host", "")
+                self.host = self.headers.get("Host", "")
                 with web.lock:
                     web.headers.append(dict(self.headers))
-                    for key in (host, "*"):
+                    for key in (self.host, "*"):
                         web.active[key] += 1
                         web.peak[key] = max(web.peak[key], web.active[key])
                 try:
                     self.answer()
                 finally:
-                    with web.lock:
-                        web.active.subtract([host, "*"])
+                    self.finished()
+
+            def finished(self):
+                """This request no longer counts as active: called just before the body is sent, since
+                the client may start its next request the moment it has the body, perhaps before
+                this thread runs again (counting until after the write made peaks of 3 with 2 slots)."""
+                with web.lock:
+                    if self.host is not None:
+                        web.active.subtract([self.host, "*"])
+                        self.host = None
 
             def answer(self):
                 url = urllib.parse.urlparse(self.path)
@@ -89,6 +97,7 @@ class Web:
                     if not headers.pop("X-Stream", None):  # X-Stream: no length, ends when closed
                         self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
+                    self.finished()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
