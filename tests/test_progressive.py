@@ -1,6 +1,7 @@
 """Issue 14, progressive resizing on the CPU: the size schedule, a 3-size run whose resume after an
 interruption mid-stage is bit-identical, test_size at prediction, and the size marks on the curves."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -11,6 +12,7 @@ from kagglecv.competition import load_competition
 from kagglecv.config import load_config, stage_sizes
 from kagglecv.errors import UserError
 from kagglecv.figures import fig_curves, size_changes
+from kagglecv.infer import load_ensemble, predict_paths
 from kagglecv.predict import load_fold_models, predict_test
 from kagglecv.runs import load_checkpoint
 from kagglecv.train import train
@@ -85,6 +87,10 @@ def test_progressive_run_records_sizes_and_resumes_bit_identical(digits_small, m
         models, run_dir=straight, paths=paths, data_root=comp.data_dir, hflip=False, vflip=False
     )
     assert seen == [48] and out["probs"].shape == (8, 10)
+    # `make predict` (and the export and notebook, which take their size from it) at test_size too
+    ens = load_ensemble(comp, straight, torch.device("cpu"))
+    assert ens.img_size == 48 and not ens.flips and ens.scales == [1.0]
+    assert np.allclose(predict_paths(ens, paths)[0], out["probs"], atol=1e-5)
     key = predict_mod.cache_key(paths, comp.data_dir, [], straight, [0, 1], [32, 32])
     assert out["key"] != key
 

@@ -30,6 +30,7 @@ from .data import squash
 from .errors import UserError
 from .files import atomic_write
 from .images import IMAGE_EXTS, decode
+from .predict import predict_size
 from .runs import check_run, finished_folds, read_summary
 
 PREDICTIONS_DIR = Path("predictions")
@@ -56,7 +57,8 @@ class Ensemble:
 
     @property
     def img_size(self) -> int:
-        return int(self.meta["img_size"])
+        """The size `make submit` predicts at: test_size where the recipe sets one, else img_size."""
+        return predict_size(self.meta)
 
 
 def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
