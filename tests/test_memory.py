@@ -13,7 +13,7 @@ from kagglecv.cli import main
 from kagglecv.competition import load_competition
 from kagglecv.config import load_config
 from kagglecv.errors import UserError
-from kagglecv.layout import read_prepared
+from kagglecv.layout import read_folds, read_prepared
 from kagglecv.memory import cpu_cost, fit_batch
 from kagglecv.model import create_model
 from kagglecv.train import guard_memory
@@ -38,7 +38,8 @@ def test_absurd_batch_is_refused_before_anything_is_made(digits, capsys):
 def test_batch_auto_on_the_cpu_picks_a_sane_batch(digits):
     cfg = load_config("configs/smoke.yaml", ["batch_size=auto"])
     comp = load_competition("digits-demo")
-    guard_memory(comp, cfg, read_prepared(comp), 32, CPU)
+    info = read_prepared(comp)
+    guard_memory(comp, cfg, info, read_folds(comp, info), 32, CPU)
     assert cfg.batch_size == 64  # the CPU's cap: the config saved with the run records the number
     small = load_config(None, ["batch_size=auto", "model=test_resnet", "train_folds=2"])
     assert fit_batch(small, **{**SIZES, "n_train": 100}, size=32, device=CPU) == 8  # >= 8 steps an epoch

@@ -52,10 +52,10 @@ from .state import seed_everything
 class TrainData:
     """Everything about the training images that does not change between folds."""
 
-    def __init__(self, comp: Competition, cfg: TrainConfig, size: int, cuda: bool = False):
+    def __init__(self, comp: Competition, cfg: TrainConfig, size: int, cuda: bool = False, prepared=None):
+        """`prepared`: (prepared.json, folds.csv) where the caller has read them already."""
         root = comp.data_dir
-        info = read_prepared(comp)
-        self.folds = read_folds(comp, info)
+        info, self.folds = prepared or read_data(comp)
         self.classes: list[str] = [str(c) for c in info["classes"]]
         self.pseudo = None
         if cfg.pseudo:  # confident test predictions join every training split, never a validation one
@@ -117,7 +117,7 @@ def preflight(comp: Competition, cfg: TrainConfig, fold_ids: list[int] | None) -
     """Every check that can stop a training, done before torchrun starts its processes: the data is
     prepared, folds.csv is sound and has those folds, the weights can be found."""
     check_device(cfg)
-    folds = read_folds(comp, read_prepared(comp))
+    folds = read_data(comp)[1]
     if fold_ids is not None:
         check_fold_ids(fold_ids, int(folds["fold"].nunique()))
     probe_model(cfg)
@@ -138,20 +138,28 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     check_device(cfg)
     # a torchrun rank trains on its own GPU; otherwise the recipe's device (cpu stays cpu on a GPU machine)
     device = dist.init_from_env() or pick_device(cfg.device)
-    info = read_prepared(comp)
+    info, folds = read_data(comp)  # once: read_folds checks folds.csv and says what it finds
     seed_everything(cfg.seed)
     inp = resolve_input(probe_model(cfg), cfg.img_size, cfg.mean, cfg.std)
     sizes = stage_sizes(cfg, inp["img_size"])
-    guard_memory(comp, cfg, info, max(sizes), device)
+    guard_memory(comp, cfg, info, folds, max(sizes), device)
     with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
-        data = TrainData(comp, cfg, sizes[0], cuda=device.type == "cuda")
+        data = TrainData(comp, cfg, sizes[0], cuda=device.type == "cuda", prepared=(info, folds))
     return device, inp, data
 
 
-def guard_memory(comp: Competition, cfg: TrainConfig, info: dict, size: int, device) -> None:
+def read_data(comp: Competition) -> tuple[dict, pd.DataFrame]:
+    """prepared.json and the checked folds.csv."""
+    info = read_prepared(comp)
+    return info, read_folds(comp, info)
+
+
+def guard_memory(
+    comp: Competition, cfg: TrainConfig, info: dict, folds: pd.DataFrame, size: int, device
+) -> None:
     """Stop before any image is decoded or run folder made when a training step will not fit
     (memory.py); `batch_size: auto` becomes the batch that fits, saved so a resume trains the same."""
-    folds = read_folds(comp, info)["fold"].to_numpy()
+    folds = folds["fold"].to_numpy()
     batch = dist.broadcast(  # one decision for every rank (rank 0 probes)
         fit_batch(
             cfg,
