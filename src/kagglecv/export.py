@@ -47,6 +47,8 @@ def _ensemble_module(ens: Ensemble):
     averaged over the TTA flips), so an ONNX consumer needs nothing but the resize."""
     import torch
 
+    from .engine import FLIP_DIMS
+
     class FoldEnsemble(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -57,7 +59,7 @@ def _ensemble_module(ens: Ensemble):
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             x = (pixels / 255.0 - self.mean) / self.std
-            views = [x] + [torch.flip(x, dims=[3] if f == "hflip" else [2]) for f in self.flips]
+            views = [x] + [torch.flip(x, dims=FLIP_DIMS[f]) for f in self.flips]
             total = 0
             for model in self.folds:
                 p = 0

@@ -230,8 +230,6 @@ def predict_test(
         p, bad = _views(group, paths, size, flips, extra, cfg, data_root, batch_size)
         probs = probs + p * len(group) / len(models)
     probs[bad] = np.nan
-    if len(bad) == len(paths):
-        probs[:] = np.nan
     result = {
         "key": key,
         "images": [str(p.relative_to(data_root)) for p in paths],

@@ -25,6 +25,7 @@ from .engine import Stepper, predict_views
 from .errors import UserError
 from .files import atomic_write
 from .metrics import HIGHER_IS_BETTER, score
+from .predict import tta_flips
 
 CACHE = "tta_oof.json"
 SCALE = 1.15
@@ -110,7 +111,7 @@ def choose_tta(comp, run_dir: Path, models) -> dict:
             sets = {k: v for k, v in sets.items() if all(s == 1.0 for _, s in v)}
             views = oof_views(models, oof, comp.data_dir, sets)
     except UserError as e:  # the training images are gone or unreadable: the recipe's flips, unchosen
-        flips = [f for f, ok in (("hflip", comp.hflip), ("vflip", comp.vflip)) if ok and models[0].config.tta]
+        flips = tta_flips(models[0].config, comp.hflip, comp.vflip)
         console.print(f"[yellow]TTA not chosen on OOF[/] ({e}); using the flips the competition allows")
         return {
             "name": "+".join(flips) or "none",
