@@ -67,10 +67,6 @@ class Fold:
     start: int = 0  # the first epoch still to train
     resume: dict | None = None  # fold<k>.last.pt's contents until the optimizer and schedule are restored
 
-    @property
-    def last_path_name(self) -> str:
-        return f"fold{self.fold}.last.pt"
-
 
 def build_stepper(
     run: RunContext, fold: int, tr_idx, va_idx, ddp: bool = True, size: int | None = None
@@ -165,15 +161,20 @@ def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool, size: in
 # ---- the steps ------------------------------------------------------------------------------
 
 
+def last_path(run_dir: Path, fold: int) -> Path:
+    """fold<k>.last.pt: the fold's resume state, there only while the fold is unfinished."""
+    return run_dir / f"fold{fold}.last.pt"
+
+
 def start_fold(run: RunContext, fold: int) -> Fold:
     """A fresh fold, or the one fold<k>.last.pt describes (weights, EMA, scaler, best so far, RNG)."""
     seed_everything(run.cfg.seed + fold)
     folds = run.data.folds["fold"].to_numpy()
     tr_idx, va_idx = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
-    last_path = run.run_dir / f"fold{fold}.last.pt"
+    resume_file = last_path(run.run_dir, fold)
     st = None
-    if dist.broadcast(last_path.exists() if dist.is_main() else None):
-        st = torch.load(last_path, map_location="cpu", weights_only=True)
+    if dist.broadcast(resume_file.exists() if dist.is_main() else None):
+        st = torch.load(resume_file, map_location="cpu", weights_only=True)
     sizes = epoch_sizes(run)
     size = sizes[min(st["epoch"] + 1, len(sizes) - 1)] if st else sizes[0]  # the stage it resumes in
     stepper, train_dl, val_dl = build_stepper(run, fold, tr_idx, va_idx, size=size)
@@ -310,7 +311,7 @@ def save_resume_state(run: RunContext, f: Fold, epoch: int, phase: str, sched) -
     if stepper.ema is not None:
         state["ema"] = stepper.ema.module.state_dict()
     if dist.is_main():
-        atomic_write(run.run_dir / f.last_path_name, lambda p: torch.save(state, p))
+        atomic_write(last_path(run.run_dir, f.fold), lambda p: torch.save(state, p))
         write_rows(run.run_dir, run.rows, fold=f.fold)
 
 
@@ -347,7 +348,7 @@ def write_fold_outputs(run: RunContext, f: Fold) -> None:
     atomic_write(
         run.run_dir / f"oof_fold{f.fold}.csv", lambda p: part.to_csv(p, index=True, index_label="row")
     )
-    (run.run_dir / f.last_path_name).unlink(missing_ok=True)
+    last_path(run.run_dir, f.fold).unlink(missing_ok=True)
 
 
 def train_fold(run: RunContext, fold: int) -> float:
