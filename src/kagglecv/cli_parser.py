@@ -39,6 +39,13 @@ def _comp_option(s: argparse.ArgumentParser, helptext: str = COMP_HELP) -> None:
     s.add_argument("-c", "--comp", default="", help=helptext)
 
 
+RUN_HELP = "run id under runs/<comp>/ (default: the latest finished run)"
+
+
+def _run_option(s: argparse.ArgumentParser, helptext: str = RUN_HELP) -> None:
+    s.add_argument("-r", "--run", default="", help=helptext)
+
+
 def _recipe(s: argparse.ArgumentParser, default: str, helptext: str, overrides: str = CONFIG_HELP) -> None:
     s.add_argument("--config", default=default, help=f"training recipe YAML (default: %(default)s{helptext})")
     s.add_argument("overrides", nargs="*", metavar="key=value", help=overrides)
@@ -142,9 +149,7 @@ def _add_submit_report(sub) -> None:
     helptext = "predict the test set with a run's folds (+TTA), write and check the CSV, score it, upload it"
     s = sub.add_parser("submit", help=helptext, description=helptext)
     _comp_option(s)
-    s.add_argument(
-        "-r", "--run", default="", help="run id under runs/<comp>/ (default: the latest finished run)"
-    )
+    _run_option(s)
     s.add_argument(
         "--upload", action="store_true", help="also upload the file to Kaggle (logged in submissions/log.csv)"
     )
@@ -170,7 +175,7 @@ def _add_submit_report(sub) -> None:
     )
     s = sub.add_parser("report", help=helptext, description=helptext)
     run = "run id under runs/<comp>/ or a run folder (default: the latest finished)"
-    s.add_argument("-r", "--run", default="", help=run)
+    _run_option(s, run)
     s.add_argument("run_pos", nargs="?", metavar="RUN", help="the same, as a word (older spelling)")
     _comp_option(s)
     s.add_argument(
@@ -193,9 +198,7 @@ def _add_kernel(sub) -> None:
         "to its end and its output fetched; then `kagglecv submit --kernel` submits it.",
     )
     _comp_option(s)
-    s.add_argument(
-        "-r", "--run", default="", help="run id under runs/<comp>/ (default: the latest finished run)"
-    )
+    _run_option(s)
     s.add_argument(
         "--push", action="store_true", help="after a dry run that passes: push and run it on Kaggle"
     )
@@ -274,7 +277,7 @@ def _add_predict_export(sub) -> None:
     )
     s = sub.add_parser("predict", help=helptext, description=helptext)
     _comp_option(s)
-    s.add_argument("-r", "--run", default="", help="run id (default: the latest finished run)")
+    _run_option(s)
     s.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or quoted globs"
     )
@@ -291,7 +294,7 @@ def _add_predict_export(sub) -> None:
     )
     s = sub.add_parser("export", help=helptext, description=helptext)
     _comp_option(s)
-    s.add_argument("-r", "--run", default="", help="run id (default: the latest finished run)")
+    _run_option(s)
     s.add_argument(
         "--force", action="store_true", help="replace an existing export (kept until the new one is complete)"
     )
