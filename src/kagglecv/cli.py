@@ -133,11 +133,10 @@ def cmd_train(args) -> None:
 
 def _print_cv(run_dir) -> None:
     from .report import cv_table, load_run  # one CV table for the terminal, the report and `report`
-    from .runs import read_summary
 
-    console.print(cv_table(load_run(run_dir)))
-    summary = read_summary(run_dir)
-    console.print(f"trained in {summary['seconds']:.0f} s on {summary['device']}")
+    run = load_run(run_dir)
+    console.print(cv_table(run))
+    console.print(f"trained in {run.summary['seconds']:.0f} s on {run.summary['device']}")
 
 
 def cmd_tune(args) -> None:
