@@ -31,8 +31,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), os.e
 import pandas as pd  # noqa: E402
 
 from kagglecv import verify  # noqa: E402
-from kagglecv.bench import synthetic_images  # noqa: E402
-from kagglecv.images import decode  # noqa: E402
+from kagglecv.bench.throughput import synthetic_images  # noqa: E402
+from kagglecv.core.images import decode  # noqa: E402
 
 SLUG = "dogs-vs-cats"
 
@@ -70,7 +70,7 @@ def _full_decode(path: Path) -> int:
 
 
 def time_unzip_and_decode(archive: Path, scratch: Path) -> tuple[float, float, list[Path]]:
-    from kagglecv.sources.archives import extract_nested
+    from kagglecv.prepare.sources.archives import extract_nested
 
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -88,10 +88,10 @@ def time_unzip_and_decode(archive: Path, scratch: Path) -> tuple[float, float, l
 
 def time_prepare_and_inspect(archive: Path, work: Path) -> tuple[float, float]:
     """`prepare` as `make data` runs it, in a scratch checkout whose download is the local zip."""
-    import kagglecv.sources.kaggle as kaggle
-    from kagglecv.competition import load_competition
-    from kagglecv.inspection import inspect_data
-    from kagglecv.layout import prepare
+    import kagglecv.prepare.sources.kaggle as kaggle
+    from kagglecv.core.competition import load_competition
+    from kagglecv.prepare.inspect import inspect_data
+    from kagglecv.prepare.layout import prepare
 
     def download(api, slug, folder, force=False, **retry):
         folder.mkdir(parents=True, exist_ok=True)

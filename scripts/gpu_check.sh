@@ -26,7 +26,7 @@ if [ -d .whl ]; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-python3 -c "import albumentations, cleanlab, timm, torch, kagglecv.cli, kagglecv.report; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())" \
+python3 -c "import albumentations, cleanlab, timm, torch, kagglecv.cli, kagglecv.report.page; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())" \
   || { echo "imports failed"; exit 1; }
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 
@@ -37,8 +37,8 @@ stage() {  # stage NAME SECONDS CMD...: run with a time limit, keep the log, pri
   echo "$name: rc=$? in $((SECONDS - t0)) s"
 }
 stage tests 200 python3 -m pytest -q -m "not slow" -p no:cacheprovider tests/test_gpu.py tests/test_end_to_end.py
-stage bench 200 python3 -m kagglecv.cli bench --models resnet50,convnext_tiny --img-size 224 --batch-size 128 \
+stage bench 200 python3 -m kagglecv bench --models resnet50,convnext_tiny --img-size 224 --batch-size 128 \
   --images 2048 --batches 30
 cp runs/bench/latest.json "$OUT/bench.json" 2>/dev/null
-stage demo 120 python3 -m kagglecv.cli demo
+stage demo 120 python3 -m kagglecv demo
 tail -n 4 "$OUT/tests.log"; tail -n 12 "$OUT/bench.log"; tail -n 4 "$OUT/demo.log"

@@ -65,8 +65,8 @@ def main() -> None:
     script = [sys.executable, "-I", str(args.export / "predict.py")]
     one = cold([*script, str(tmp / "1"), "--out", str(tmp / "o.csv"), "--device", "cpu"], env)
     infer = (
-        "import sys; from pathlib import Path; from kagglecv.competition import load_competition; "
-        "from kagglecv.infer import predict_images; "
+        "import sys; from pathlib import Path; from kagglecv.core.competition import load_competition; "
+        "from kagglecv.predict.new_images import predict_images; "
         f"predict_images(load_competition({spec['competition']!r}), Path('runs/{spec['competition']}/{spec['run']}'), "
         f"[sys.argv[1]], out=Path({str(tmp / 'k.csv')!r}))"
     )
@@ -75,8 +75,8 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from kagglecv.competition import load_competition
-    from kagglecv.infer import expand_inputs, load_ensemble, predict_paths
+    from kagglecv.core.competition import load_competition
+    from kagglecv.predict.new_images import expand_inputs, load_ensemble, predict_paths
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(args.export))

@@ -13,9 +13,9 @@ def run_with_tta_chosen(tmp_path_factory, finished_run_built, comp) -> tuple[Pat
     """(run folder relative to a project folder, a copy of the session's finished run whose
     tta_oof.json holds the choice `comp` gets). The cache is keyed by the folds' mtimes, which
     shutil.copytree keeps, so a further copy of this run reads the choice instead of making it."""
-    from kagglecv.engine import pick_device
-    from kagglecv.predict import load_fold_models
-    from kagglecv.tta import choose_tta
+    from kagglecv.ml.engine import pick_device
+    from kagglecv.predict.test_set import load_fold_models
+    from kagglecv.predict.tta import choose_tta
 
     built_root, rel = finished_run_built
     run_dir = shutil.copytree(built_root / rel, tmp_path_factory.mktemp("tta-chosen") / rel)

@@ -44,7 +44,7 @@ def shared_once(tmp_path_factory, name: str, build) -> Path:
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # pytest-<n>/, the run's own: popen-gw0/, popen-gw1/ ... lie in it
-    from kagglecv.locks import waiting
+    from kagglecv.core.locks import waiting
 
     folder, done = base / name, base / f"{name}.done"
     with waiting(base / f"{name}.lock"):
@@ -73,8 +73,8 @@ def _prepared(tmp_path_factory, slug: str) -> Path:
     def build(root: Path) -> None:
         shutil.copytree(REPO / "competitions", root / "competitions")
         with _inside(root):
-            from kagglecv.competition import load_competition
-            from kagglecv.layout import prepare
+            from kagglecv.core.competition import load_competition
+            from kagglecv.prepare.layout import prepare
 
             prepare(load_competition(slug))
 
@@ -119,9 +119,9 @@ def finished_run_built(tmp_path_factory, digits_prepared):
             shutil.copytree(REPO / name, root / name)
         shutil.copytree(digits_prepared, root / "data")
         with _inside(root):
-            from kagglecv.competition import load_competition
-            from kagglecv.config import load_config
-            from kagglecv.train import train
+            from kagglecv.core.competition import load_competition
+            from kagglecv.core.config import load_config
+            from kagglecv.train.run import train
 
             train(load_competition("digits-demo"), load_config("configs/smoke.yaml", FINISHED_RUN_ARGS))
 
@@ -147,10 +147,10 @@ MADE_RUN = "made"
 def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
     """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
     randomly initialised test_resnet folds: no training, so it takes a second."""
-    from kagglecv.competition import load_competition
-    from kagglecv.config import load_config
-    from kagglecv.model import create_model
-    from kagglecv.runs import gather, save_checkpoint
+    from kagglecv.core.competition import load_competition
+    from kagglecv.core.config import load_config
+    from kagglecv.core.runs import gather, save_checkpoint
+    from kagglecv.ml.model import create_model
 
     comp = load_competition(slug)
     info = json.loads((root / "data" / slug / "prepared.json").read_text())
@@ -186,7 +186,7 @@ def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo"
 @contextlib.contextmanager
 def interrupted_at_validation(monkeypatch, n: int):
     """Ctrl-C at training's n-th validation (the end of epoch n), as train() sees a user's interrupt."""
-    import kagglecv.fold as fold_mod
+    import kagglecv.train.one_fold as fold_mod
 
     real, calls = fold_mod.validate, {"n": 0}
 
@@ -215,7 +215,7 @@ def cli_text(capsys) -> str:
 def fake(workdir, monkeypatch):
     """A fake Kaggle on loopback holding every shipped competition; the real client points at it."""
     from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
-    from kagglecv.sources import kaggle as ksrc
+    from kagglecv.prepare.sources import kaggle as ksrc
 
     monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))
     with FakeKaggle({slug: competition_zip(slug) for slug in EXPECTED}) as server:

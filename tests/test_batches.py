@@ -4,8 +4,8 @@ DataLoader would cut, flips that only mirror, and one seed -> one stream (resume
 import numpy as np
 import torch
 
-from kagglecv.batches import BatchAffine, MemoryBatches
-from kagglecv.data import ImageDataset, make_loader
+from kagglecv.ml.batches import BatchAffine, MemoryBatches
+from kagglecv.ml.data import ImageDataset, make_loader
 
 
 def _images(n=70, size=8):

@@ -1,6 +1,6 @@
 import json
 
-from kagglecv.bench import run_bench, synthetic_images
+from kagglecv.bench.throughput import run_bench, synthetic_images
 
 
 def test_bench_measures_all_three_and_writes_json(workdir):

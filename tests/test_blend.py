@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kagglecv.blend import blend, blend_test_probs, fit_blend, greedy_weights, load_members, read_blend
-from kagglecv.errors import UserError
-from kagglecv.metrics import score
+from kagglecv.compete.blend import (
+    blend,
+    fit_blend,
+    greedy_weights,
+    load_members,
+)
+from kagglecv.core.errors import UserError
+from kagglecv.core.metrics import score
+from kagglecv.core.run_files import blend_test_probs, read_blend
 
 CLASSES = ["a", "b", "c"]
 

@@ -60,9 +60,7 @@ def test_run_with_missing_checkpoint(finished_run, capsys):
 @pytest.mark.slow
 def test_console_script_exit_code(workdir):
     """The installed entry point, as `make` calls it: exit 2 and a one-line message."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "kagglecv.cli", "data", "nope"], capture_output=True, text=True
-    )
+    proc = subprocess.run([sys.executable, "-m", "kagglecv", "data", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "unknown competition 'nope'" in proc.stdout
@@ -165,9 +163,9 @@ def test_edited_csvs_give_one_line_not_a_traceback(finished_run, capsys):
 def test_sample_columns_must_be_training_classes(workdir):
     import pandas as pd
 
-    from kagglecv.competition import load_competition
-    from kagglecv.errors import UserError
-    from kagglecv.submit import check_classes
+    from kagglecv.compete.submit import check_classes
+    from kagglecv.core.competition import load_competition
+    from kagglecv.core.errors import UserError
 
     comp = load_competition("dog-breed-identification")
     sample = pd.DataFrame({"id": ["a"], "beagle": [0.5], "poodle": [0.5]})
@@ -259,7 +257,7 @@ def test_make_variables_cannot_inject_shell(tmp_path):
 def test_one_grammar_old_spellings_kept():
     """-c/--comp and -r/--run everywhere (-m for the message, as the kaggle CLI spells them); the
     older positional forms of data and report still work."""
-    from kagglecv.cli_parser import parse
+    from kagglecv.cli.parser import parse
 
     assert parse(["data", "-c", "pets"]).comp == parse(["data", "pets"]).comp == "pets"
     assert parse(["data", "--comp", "pets", "--force"]).force
@@ -274,7 +272,7 @@ def test_one_grammar_old_spellings_kept():
 
 
 def test_two_different_names_for_one_thing(capsys):
-    from kagglecv.cli_parser import parse
+    from kagglecv.cli.parser import parse
 
     with pytest.raises(SystemExit) as e:
         parse(["data", "pets", "-c", "dogs"])
@@ -287,7 +285,7 @@ def test_two_different_names_for_one_thing(capsys):
 def test_config_lists_every_key_with_its_meaning(workdir, capsys):
     import dataclasses
 
-    from kagglecv.config import TrainConfig
+    from kagglecv.core.config import TrainConfig
 
     assert main(["config", "--config", "configs/default.yaml", "epochs=3"]) == 0
     text = cli_text(capsys)

@@ -12,9 +12,9 @@ from kagglecv.cli import main
 
 
 def test_blend_of_two_runs_submits_like_a_run_and_reuses_the_members_caches(finished_run, capsys):
-    from kagglecv.competition import load_competition
-    from kagglecv.config import load_config
-    from kagglecv.train import train
+    from kagglecv.core.competition import load_competition
+    from kagglecv.core.config import load_config
+    from kagglecv.train.run import train
 
     # a second real run beside the session's: another seed, and a fixed lr (no LR range test), trained
     # in-process (the CLI's train, and the report it ends with, are not what this test is about)

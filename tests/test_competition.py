@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from kagglecv.competition import known_competitions, load_competition, similar_competition
-from kagglecv.errors import UserError
+from kagglecv.core.competition import known_competitions, load_competition, similar_competition
+from kagglecv.core.errors import UserError
 
 
 def _write(workdir, data, slug="x"):
@@ -145,7 +145,7 @@ def test_layout_defaults_live_in_the_options_class(workdir):
     ],
 )
 def test_source_options_are_checked_before_fetching(workdir, source, message):
-    from kagglecv import sources
+    from kagglecv.prepare import sources
 
     _write(workdir, _valid() | {"source": source})
     with pytest.raises(UserError, match=message):

@@ -1,7 +1,7 @@
 import pytest
 
-from kagglecv.config import load_config
-from kagglecv.errors import UserError
+from kagglecv.core.config import load_config
+from kagglecv.core.errors import UserError
 
 
 def test_yaml_and_overrides(tmp_path):

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import REPO, cli_text
 from kagglecv.cli import main
-from kagglecv.errors import UserError
-from kagglecv.folds import make_folds
+from kagglecv.core.errors import UserError
+from kagglecv.prepare.folds import make_folds
 from test_folder import TINTS, encode, photo
 from test_layout import _images, _pixel_csvs
 
@@ -161,8 +161,8 @@ def test_make_folds_never_offers_a_dead_end():
 def tiny_digits(workdir):
     """digits-demo as its competition file has it, prepared from a raw/ of 40 4x4 pixel rows in its
     csv_pixels format (already there: nothing is fetched): the same layout, a fortieth of the images."""
-    from kagglecv.competition import load_competition
-    from kagglecv.layout import prepare
+    from kagglecv.core.competition import load_competition
+    from kagglecv.prepare.layout import prepare
 
     _pixel_csvs(workdir / "data" / "digits-demo" / "raw")
     prepare(load_competition("digits-demo"))
@@ -179,7 +179,7 @@ def test_a_second_make_data_is_refused_while_one_runs(tiny_digits, capsys):
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from kagglecv.locks import data_lock\n"
+            "import sys, time; from pathlib import Path; from kagglecv.core.locks import data_lock\n"
             "with data_lock(Path('data/digits-demo'), exclusive=True, what='make data COMP=digits-demo'):\n"
             "    print('held', flush=True); sys.stdin.read()",
         ],
@@ -287,7 +287,7 @@ def test_full_disk_during_a_folder_import(workdir, tmp_path, capsys, monkeypatch
 def test_too_little_room_for_a_folder_import_is_found_before_copying(workdir, tmp_path, capsys, monkeypatch):
     src = tmp_path / "pets"
     _pets(src, {"cat": 12, "dog": 12})
-    import kagglecv.sources.folder as folder
+    import kagglecv.prepare.sources.folder as folder
 
     monkeypatch.setattr(folder.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 2048))
 
@@ -306,7 +306,7 @@ def test_full_disk_while_laying_out_keeps_raw_and_the_previous_preparation(
     spec = workdir / "competitions" / "pets.yaml"
     spec.write_text(spec.read_text().replace("n_folds: 2", "n_folds: 3"))  # makes data split again
     before = _state(workdir)
-    import kagglecv.images as images
+    import kagglecv.core.images as images
 
     monkeypatch.setattr(images.shutil, "copyfile", _disk_full_after(0, shutil.copyfile))
     monkeypatch.setattr(
@@ -323,7 +323,7 @@ def test_full_disk_while_laying_out_keeps_raw_and_the_previous_preparation(
 def test_read_only_data_folder_is_one_line(tiny_digits, capsys, monkeypatch):
     root = tiny_digits / "data" / "digits-demo"
     (root / "prepared.json").unlink()
-    import kagglecv.layout_kinds as kinds
+    import kagglecv.prepare.label_layouts as kinds
 
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
@@ -337,7 +337,7 @@ def test_read_only_data_folder_is_one_line(tiny_digits, capsys, monkeypatch):
 
 def test_read_only_data_folder_refuses_before_anything(tiny_digits, capsys, monkeypatch):
     digits = tiny_digits
-    import kagglecv.locks as locks
+    import kagglecv.core.locks as locks
 
     def read_only(path, *args):
         raise OSError(errno.EROFS, "Read-only file system", str(path))

@@ -99,9 +99,9 @@ def test_the_default_recipe_shrunk_trains_on_the_cpu(digits_small):
     """configs/default.yaml as a GPU run uses it (head-only epoch with frozen BatchNorm, then layer-decayed
     LRs for everything, LR range test), shrunk: a tiny model, 32 px, 1+1 epochs, 2 folds, on the CPU
     (digits-small: it checks how the recipe trains, not how well)."""
-    from kagglecv.competition import load_competition
-    from kagglecv.config import load_config
-    from kagglecv.train import train
+    from kagglecv.core.competition import load_competition
+    from kagglecv.core.config import load_config
+    from kagglecv.train.run import train
 
     shrink = ["model=test_resnet", "pretrained=false", "img_size=32", "epochs=1", "train_folds=2"]
     shrink += ["batch_size=32", "lr_find_iters=20", "device=cpu", "workers=0"]

@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import kagglecv.export as export_mod
+import kagglecv.ship.export as export_mod
 from chosen_tta_run import run_with_tta_chosen
-from kagglecv.competition import load_competition
-from kagglecv.errors import UserError
-from kagglecv.export import export_run
-from kagglecv.images import decode
-from kagglecv.infer import ensemble_probs, load_ensemble, predict_paths, squash
+from kagglecv.core.competition import load_competition
+from kagglecv.core.errors import UserError
+from kagglecv.core.images import decode
+from kagglecv.predict.new_images import ensemble_probs, load_ensemble, predict_paths, squash
+from kagglecv.ship.export import export_run
 
 TEMPLATE = Path(export_mod.__file__).parent / "templates" / "export_predict.py"
 # The exported script run as a user without kagglecv would: isolated mode (-I: no PYTHONPATH, no
@@ -78,7 +78,7 @@ def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
 
 def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits, capsys, monkeypatch):
     run = finished_run  # no TTA choice cached: this test makes its own, with hflip
-    from kagglecv import tta
+    from kagglecv.predict import tta
 
     # a run whose OOF chose hflip, so the flips inside the ONNX graph and the script are exercised
     monkeypatch.setattr(tta, "candidate_sets", lambda h, v: {"hflip": [(None, 1.0), ("hflip", 1.0)]})

@@ -9,17 +9,17 @@ import pytest
 import timm
 import torch
 
-import kagglecv.fold as fold_mod
-import kagglecv.train as train_mod
+import kagglecv.train.one_fold as fold_mod
+import kagglecv.train.run as train_mod
 from conftest import FINISHED_RUN_ARGS, REPO, cli_text, interrupted_at_validation
 from kagglecv.cli import main
-from kagglecv.competition import load_competition
-from kagglecv.config import load_config
-from kagglecv.engine import Stepper, train_one_epoch
-from kagglecv.errors import UserError
-from kagglecv.model import create_model
-from kagglecv.runs import RUNS_DIR, gather, load_checkpoint
-from kagglecv.train import train
+from kagglecv.core.competition import load_competition
+from kagglecv.core.config import load_config
+from kagglecv.core.errors import UserError
+from kagglecv.core.runs import RUNS_DIR, gather, load_checkpoint
+from kagglecv.ml.engine import Stepper, train_one_epoch
+from kagglecv.ml.model import create_model
+from kagglecv.train.run import train
 
 RECIPE = [
     "device=cpu",  # bit-identical resume needs deterministic kernels; the GPU's may not be
@@ -57,7 +57,7 @@ def test_pretrained_offline_without_cache_is_a_clear_error(tmp_path, monkeypatch
 
 def _without_report(monkeypatch):
     """`kagglecv train` writes no report.html after training: seconds of figures a test may not need."""
-    monkeypatch.setattr("kagglecv.report.write_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr("kagglecv.report.page.write_report", lambda *args, **kwargs: None)
 
 
 def _without_saved_schedule(last_pt):

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from kagglecv.cli import main
-from kagglecv.holdout import holdout_mask
-from kagglecv.images import check_image, decode, export_rgb
-from kagglecv.sources.folder import write_competition
+from kagglecv.core.images import check_image, decode, export_rgb
+from kagglecv.prepare.holdout import holdout_mask
+from kagglecv.prepare.sources.folder import write_competition
 
 TINTS = {"cat": (255, 60, 0), "dog": (0, 60, 255)}
 
@@ -241,7 +241,7 @@ def test_tiny_images_are_duplicates_only_when_their_pixels_are_the_same():
     import numpy as np
     from PIL import Image
 
-    from kagglecv.images import Deduper
+    from kagglecv.core.images import Deduper
 
     def png(pixels: np.ndarray) -> bytes:
         buf = io.BytesIO()

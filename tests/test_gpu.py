@@ -22,7 +22,7 @@ def test_smoke_training_and_submit_on_the_gpu(digits):
 
 
 def test_autocast_dtype_matches_the_card():
-    from kagglecv.engine import amp_dtype, autocast, make_scaler
+    from kagglecv.ml.engine import amp_dtype, autocast, make_scaler
 
     cuda = torch.device("cuda")
     dtype = amp_dtype(cuda, True)
@@ -42,9 +42,9 @@ def test_fp16_with_loss_scaling_on_the_gpu(digits):
 def test_resume_on_the_gpu_finishes_the_run(digits, monkeypatch):
     """Interrupted and resumed on the card (CUDA RNG streams, scaler and EMA state restored). GPU kernels
     need not be deterministic, so this checks the run completes and learns; the CPU test checks bits."""
-    import kagglecv.train as train_mod
-    from kagglecv.competition import load_competition
-    from kagglecv.config import load_config
+    import kagglecv.train.run as train_mod
+    from kagglecv.core.competition import load_competition
+    from kagglecv.core.config import load_config
 
     cfg = load_config(
         "configs/smoke.yaml", ["device=cuda", "train_folds=1", "epochs=3", "ema=true", "lr=0.003"]

@@ -12,9 +12,15 @@ import pytest
 from PIL import Image
 
 from chosen_tta_run import run_with_tta_chosen
-from kagglecv.competition import load_competition
-from kagglecv.errors import UserError
-from kagglecv.infer import answer_frame, load_ensemble, predict_images, predict_paths, show_answers
+from kagglecv.core.competition import load_competition
+from kagglecv.core.errors import UserError
+from kagglecv.predict.new_images import (
+    answer_frame,
+    load_ensemble,
+    predict_images,
+    predict_paths,
+    show_answers,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ def run(digits, tta_chosen):
 
 def test_predict_answers_as_submit_does(finished_run, digits):
     run = finished_run  # as train left it: submit makes the TTA choice here, as a user's would
-    from kagglecv.submit import submit
+    from kagglecv.compete.submit import submit
 
     comp = load_competition("digits-demo")
     submit(comp, run.name)
@@ -47,9 +53,9 @@ def test_predict_answers_as_submit_does(finished_run, digits):
     assert (df["prob"] >= df["prob_2"]).all() and (df["prob_2"] >= df["prob_3"]).all()
     assert (df["error"].fillna("") == "").all()
 
-    from kagglecv.predict import read_cache
+    from kagglecv.core.run_files import read_test_cache
 
-    cached = read_cache(run)  # what submit predicted, per test image: the same probabilities here
+    cached = read_test_cache(run)  # what submit predicted, per test image: the same probabilities here
     paths = [digits / "data" / "digits-demo" / p for p in cached["images"]]
     probs, errors = predict_paths(load_ensemble(comp, run), paths)
     assert not errors

@@ -9,9 +9,9 @@ import pandas as pd
 from PIL import Image
 
 from kagglecv.cli import main
-from kagglecv.competition import load_competition
-from kagglecv.inspection import inspect_data
-from kagglecv.sources.folder import write_competition
+from kagglecv.core.competition import load_competition
+from kagglecv.prepare.inspect import inspect_data
+from kagglecv.prepare.sources.folder import write_competition
 from test_folder import TINTS, encode, make_folder, photo
 
 
@@ -88,7 +88,7 @@ def test_tiny_images_count_only_exact_copies(digits, capsys):
 
 
 def test_duplicate_groups_by_size():
-    from kagglecv.inspection import duplicate_groups
+    from kagglecv.prepare.inspect import duplicate_groups
 
     table = pd.DataFrame(
         {  # same perceptual hash for all; big ones group by it, tiny ones only by identical pixels

@@ -16,8 +16,8 @@ import pytest
 from conftest import cli_text
 from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
-from kagglecv.errors import UserError
-from kagglecv.sources import kaggle as ksrc
+from kagglecv.core.errors import UserError
+from kagglecv.prepare.sources import kaggle as ksrc
 
 
 def _not_done(workdir, slug: str) -> None:
@@ -295,7 +295,7 @@ def test_make_data_command_line(workdir, tmp_path):
         {"histopathologic-cancer-detection": competition_zip("histopathologic-cancer-detection")}
     ) as server:
         base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
-        cmd = [sys.executable, "-m", "kagglecv.cli", "data", "histopathologic-cancer-detection"]
+        cmd = [sys.executable, "-m", "kagglecv", "data", "histopathologic-cancer-detection"]
         env = {**base, **client_env(server, tmp_path / "nohome", creds=False)}
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert proc.returncode == 2 and "Traceback" not in proc.stdout + proc.stderr
@@ -322,7 +322,7 @@ def test_following_the_no_credentials_advice_works(workdir, tmp_path):
         env = {**base, **client_env(server, home, creds=False)}
         del env["KAGGLE_CONFIG_DIR"]
         (home / ".kaggle").rmdir()  # the client then reads ~/.config/kaggle/kaggle.json
-        cmd = [sys.executable, "-m", "kagglecv.cli", "data", "dogs-vs-cats"]
+        cmd = [sys.executable, "-m", "kagglecv", "data", "dogs-vs-cats"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "save the downloaded kaggle.json as ~/.kaggle/kaggle.json" in " ".join(proc.stdout.split())
@@ -490,7 +490,7 @@ def test_duplicate_member_is_refused_not_overwritten(tmp_path, fmt):
 
 @pytest.mark.parametrize("cap", ["members", "total", "ratio", "depth"])
 def test_archive_bomb_caps(tmp_path, monkeypatch, cap):
-    from kagglecv.sources import archives
+    from kagglecv.prepare.sources import archives
 
     archive = tmp_path / "bomb.zip"
     if cap == "depth":  # a.zip in b.zip in bomb.zip: two levels below the download, over a cap of 1

@@ -12,7 +12,7 @@ import yaml
 from conftest import cli_text
 from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
-from kagglecv.sources import kaggle as ksrc
+from kagglecv.prepare.sources import kaggle as ksrc
 
 SLUG = "mystery-contest"
 # the sample submission alone cannot tell: histopathologic's sample holds 0, like a class name

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from conftest import cli_text, make_run
-from kagglecv import upload as upload_mod
 from kagglecv.cli import main
-from kagglecv.errors import UserError
-from kagglecv.upload import read_log
+from kagglecv.compete import upload as upload_mod
+from kagglecv.compete.upload import read_log
+from kagglecv.core.errors import UserError
 
 # slug -> (columns of the file Kaggle receives, check on the value columns)
 FORMATS = {
@@ -110,7 +110,7 @@ def test_lost_answer_is_not_submitted_twice(fake, checked_file, capsys):
 
 
 def test_lost_answer_on_the_last_attempt_is_found_too(fake, checked_file, monkeypatch, capsys):
-    from kagglecv.sources import kaggle as ksrc
+    from kagglecv.prepare.sources import kaggle as ksrc
 
     comp, file = checked_file
     monkeypatch.setattr(ksrc, "RETRY_DELAYS", ())  # no retries: the first answer is the last
@@ -128,7 +128,7 @@ class _NoUploads(dict):
 
 
 def test_upload_of_builtin_competition_is_refused(workdir):
-    from kagglecv.competition import load_competition
+    from kagglecv.core.competition import load_competition
 
     file = workdir / "submissions" / "digits-demo-run1.csv"
     with pytest.raises(UserError, match=r"not a Kaggle competition \(source: builtin\)"):
@@ -140,22 +140,22 @@ def test_upload_of_builtin_competition_is_refused(workdir):
 KILLED_AFTER_KAGGLE_TOOK_IT = """
 import os, signal, sys
 from pathlib import Path
-from kagglecv import upload
-from kagglecv.competition import load_competition
+from kagglecv.compete import upload
+from kagglecv.core.competition import load_competition
 
-real = upload._settle
+real = upload.settle
 def killed(token, after, **changes):  # kill -9 between Kaggle's answer and the log row
     if changes.get("status") == upload.DONE:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(token, after, **changes)
-upload._settle = killed
+upload.settle = killed
 upload.upload(load_competition("digit-recognizer"), Path(sys.argv[1]), "run1", 0.9, "first")
 """
 
 
 @pytest.fixture
 def checked_file(fake, workdir):
-    from kagglecv.competition import load_competition
+    from kagglecv.core.competition import load_competition
 
     file = workdir / "submissions" / "digit-recognizer-run1.csv"
     file.parent.mkdir()
@@ -248,7 +248,7 @@ def test_refused_upload_is_logged_not_sent(fake, checked_file):
 
 def test_two_uploads_at_once_the_second_waits_its_turn(fake, checked_file):
     """The second would take the first's pending row for an interrupted upload."""
-    from kagglecv.locks import hold
+    from kagglecv.core.locks import hold
 
     comp, file = checked_file
     with hold(file.parent / ".upload.lock", True, "the first upload", "busy"):

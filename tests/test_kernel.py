@@ -14,15 +14,15 @@ import pytest
 from conftest import FINISHED_RUN_ARGS, cli_text
 from kaggle_fake import competition_zip
 from kaggle_fake_kernels import dumps_log
-from kagglecv import kernel as kernel_mod
-from kagglecv import kernel_push
 from kagglecv.cli import main
-from kagglecv.competition import load_competition, parse_competition
-from kagglecv.config import load_config, read_yaml
-from kagglecv.errors import UserError
-from kagglecv.layout import prepare
-from kagglecv.train import train
-from kagglecv.upload import read_log
+from kagglecv.compete.upload import read_log
+from kagglecv.core.competition import load_competition, parse_competition
+from kagglecv.core.config import load_config, read_yaml
+from kagglecv.core.errors import UserError
+from kagglecv.prepare.layout import prepare
+from kagglecv.ship import kernel as kernel_mod
+from kagglecv.ship import kernel_folder, kernel_push
+from kagglecv.train.run import train
 
 USER = "kaggle-user"  # the fake's account
 
@@ -46,7 +46,7 @@ def test_aerial_cactus_dry_run_push_and_code_submission(fake, workdir, quick, ca
     prepare(comp)
     # a fixed LR: the LR range test is no part of what make kernel builds, runs or pushes
     run_dir = train(comp, load_config("configs/smoke.yaml", [*FINISHED_RUN_ARGS, "lr=0.003"]))
-    out = kernel_mod.kernel_dir(comp, run_dir)
+    out = kernel_folder.kernel_dir(comp, run_dir)
     ours = out / "dryrun" / "working" / "submission.csv"
     # Kaggle's run writes what the dry run wrote (read when Kaggle serves the output)
     fake.kernel_runs["*"] = {"files": {"submission.csv": ours}, "log": dumps_log(["ok"])}
@@ -89,7 +89,7 @@ def test_aerial_cactus_dry_run_push_and_code_submission(fake, workdir, quick, ca
 
 
 def test_the_notebook_lays_out_pixel_rows_as_make_data_does(digits, monkeypatch, tmp_path):
-    from kagglecv import notebook
+    from kagglecv.ship import notebook
 
     comp = load_competition("digits-demo")
     raw = (comp.data_dir / "raw").resolve()
@@ -106,11 +106,11 @@ def test_the_notebook_lays_out_pixel_rows_as_make_data_does(digits, monkeypatch,
 
 def test_a_failing_dry_run_shows_its_traceback_and_pushes_nothing(finished_run, fake, monkeypatch, capsys):
     comp = as_kaggle(monkeypatch, load_competition("digits-demo"))
-    out = kernel_mod.kernel_dir(comp, finished_run)
+    out = kernel_folder.kernel_dir(comp, finished_run)
     (out / "notebook").mkdir(parents=True)
     (out / "dataset").mkdir()
     (out / "dataset" / "dataset-metadata.json").write_text(json.dumps({"id": f"{USER}/kagglecv-x"}))
-    (out / "notebook" / kernel_mod.NOTEBOOK_FILE).write_text(
+    (out / "notebook" / kernel_folder.NOTEBOOK_FILE).write_text(
         "def f():\n    raise RuntimeError('boom in the notebook')\nf()\n"
     )
     with pytest.raises(UserError, match="failed its dry run") as e:
@@ -125,7 +125,7 @@ def test_a_run_without_a_finished_fold_is_refused(finished_run, capsys):
         p.unlink()
     assert main(["kernel", "-c", "digits-demo", "-r", finished_run.name]) == 2
     assert "has no finished fold" in cli_text(capsys)
-    assert not kernel_mod.KERNELS_DIR.exists()
+    assert not kernel_folder.KERNELS_DIR.exists()
 
 
 def test_pushing_needs_a_kaggle_competition(finished_run):
@@ -210,7 +210,7 @@ def test_how_a_kaggle_run_ended_is_said_and_recorded(fake, workdir, quick, monke
     push = json.loads((out / kernel_push.PUSH_RECORD).read_text())
     assert push["status"] == kind and push["dataset"] == f"{USER}/kagglecv-digits"
     monkeypatch.setattr(kernel_mod, "kernel_dir", lambda c, r: out)
-    monkeypatch.setattr("kagglecv.runs.find_run", lambda slug, run: Path("runs/digits-demo/r1"))
+    monkeypatch.setattr("kagglecv.core.runs.find_run", lambda slug, run: Path("runs/digits-demo/r1"))
     with pytest.raises(UserError, match=f"ended {kind}, without a submission"):
         kernel_push.submit_kernel(comp, "r1")
     assert not fake.code_submissions
@@ -226,7 +226,7 @@ def test_a_polling_limit_is_a_timeout(fake, workdir, quick, monkeypatch):
 
 def test_submit_kernel_needs_a_push(finished_run, capsys, monkeypatch):
     comp = as_kaggle(monkeypatch, load_competition("digits-demo"))
-    monkeypatch.setattr("kagglecv.cli._comp", lambda slug: comp)
+    monkeypatch.setattr("kagglecv.cli.commands._comp", lambda slug: comp)
     assert main(["submit", "--kernel", "-r", finished_run.name]) == 2
     text = cli_text(capsys)
     assert "has no pushed notebook" in text and f"make kernel PUSH=1 RUN={finished_run.name}" in text
@@ -236,7 +236,7 @@ def test_submit_kernel_needs_a_push(finished_run, capsys, monkeypatch):
 
 
 def test_the_notebook_unpacks_only_the_test_archives(workdir, monkeypatch):
-    from kagglecv import notebook
+    from kagglecv.ship import notebook
 
     comp = load_competition("aerial-cactus-identification")
     source = workdir / "input" / "aerial-cactus-identification"
@@ -271,13 +271,13 @@ def test_compare_submissions(tmp_path):
     pd.DataFrame({"id": ["a.jpg", "b.jpg"], "has_cactus": [0.25, 0.75]}).to_csv(want, index=False)
     got = tmp_path / "got.csv"
     pd.DataFrame({"id": ["a.jpg", "b.jpg"], "has_cactus": [0.250000001, 0.75]}).to_csv(got, index=False)
-    assert kernel_mod.compare_submissions(got, want, comp) < 1e-8
+    assert kernel_folder.compare_submissions(got, want, comp) < 1e-8
     pd.DataFrame({"id": ["b.jpg", "a.jpg"], "has_cactus": [0.25, 0.75]}).to_csv(got, index=False)
     with pytest.raises(UserError, match="other ids at row 2"):
-        kernel_mod.compare_submissions(got, want, comp)
+        kernel_folder.compare_submissions(got, want, comp)
     pd.DataFrame({"id": ["a.jpg", "b.jpg"], "has_cactus": [0.3, 0.75]}).to_csv(got, index=False)
     with pytest.raises(UserError, match="differ by up to 5.00e-02"):
-        kernel_mod.compare_submissions(got, want, comp)
+        kernel_folder.compare_submissions(got, want, comp)
 
 
 def test_slugs_fit_kaggle():

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from kagglecv.competition import check_class_name, inside, load_competition
-from kagglecv.errors import UserError
-from kagglecv.folds import list_train_images, make_folds
-from kagglecv.layout import prepare, read_folds, read_prepared
+from kagglecv.core.competition import check_class_name, inside, load_competition
+from kagglecv.core.errors import UserError
+from kagglecv.prepare.folds import list_train_images, make_folds
+from kagglecv.prepare.layout import prepare, read_folds, read_prepared
 
 
 def _pixel_csvs(raw, n=40, side=4, seed=0):

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from conftest import cli_text
-from kagglecv import upload as upload_mod
 from kagglecv.cli import main
-from kagglecv.competition import load_competition
+from kagglecv.compete import upload as upload_mod
+from kagglecv.core.competition import load_competition
 
 
 @pytest.fixture

@@ -15,17 +15,17 @@ import pytest
 import timm
 import torch
 
-from kagglecv.errors import UserError
-from kagglecv.look import build_look
-from kagglecv.look.cam import cam_target, heatmaps
-from kagglecv.look.galleries import PER_KIND
+from kagglecv.core.errors import UserError
+from kagglecv.report.look import build_look
+from kagglecv.report.look.cam import cam_target, heatmaps
+from kagglecv.report.look.galleries import PER_KIND
 
 
 @pytest.fixture(scope="module")
 def looked(tmp_path_factory, finished_run_built):
     """(run folder, data folder, LookResult) of the session's finished run, copied here so the look
     it gains stays out of other tests' copies."""
-    from kagglecv.look import datamap
+    from kagglecv.report.look import datamap
 
     built_root, rel = finished_run_built
     root = tmp_path_factory.mktemp("look")
@@ -103,9 +103,9 @@ def test_unsupported_model_is_one_line():
 
 
 def test_unsupported_model_becomes_a_note(looked, monkeypatch):
-    import kagglecv.look.passes as passes
-    from kagglecv.look.galleries import gallery_rows
-    from kagglecv.report import load_run
+    import kagglecv.report.look.passes as passes
+    from kagglecv.report.look.galleries import gallery_rows
+    from kagglecv.report.page import load_run
 
     def refuse(model, name, size, in_chans=3):
         raise UserError(f"heatmaps: {name} is not supported (test)")
@@ -144,7 +144,7 @@ def test_missing_pieces_are_one_line(looked, tmp_path):
 
 
 def test_fold_spaces_aligned_and_test_shift_measured():
-    from kagglecv.look.datamap import OOD_RATIO, ood_ratio, procrustes
+    from kagglecv.report.look.datamap import OOD_RATIO, ood_ratio, procrustes
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(300, 8))

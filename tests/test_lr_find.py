@@ -7,11 +7,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FINISHED_RUN_ARGS
-from kagglecv.config import load_config
-from kagglecv.engine import Stepper
-from kagglecv.lr_find import range_test, valley
-from kagglecv.runs import load_checkpoint
-from kagglecv.train import train
+from kagglecv.core.config import load_config
+from kagglecv.core.runs import load_checkpoint
+from kagglecv.ml.engine import Stepper
+from kagglecv.train.lr_find import range_test, valley
+from kagglecv.train.run import train
 
 
 def _toy(seed=0):
@@ -71,7 +71,7 @@ def test_valley_picks_the_middle_of_the_descent():
 def test_training_after_lr_find_equals_training_with_that_lr(finished_run):
     """The finished run trained with lr=auto; fold 0 trained again with the LR it found typed in is
     bit-identical. On the CPU: bit-identical weights need deterministic kernels."""
-    from kagglecv.competition import load_competition
+    from kagglecv.core.competition import load_competition
 
     found = json.loads((finished_run / "lr_find.json").read_text())["suggestion"]
     cfg_fixed = load_config("configs/smoke.yaml", [*FINISHED_RUN_ARGS, "train_folds=1", f"lr={found!r}"])
@@ -88,7 +88,7 @@ def test_lr_find_json_is_written_atomically(tmp_path, monkeypatch):
     """A disk that fills up halfway through leaves no half lr_find.json for a resumed run to read."""
     from pathlib import Path
 
-    from kagglecv.lr_find import save_range_test
+    from kagglecv.train.lr_find import save_range_test
 
     result = {
         "lrs": [1e-4, 1e-3, 1e-2],

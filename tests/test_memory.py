@@ -7,16 +7,16 @@ import time
 import pytest
 import torch
 
-import kagglecv.memory as memory
+import kagglecv.train.memory as memory
 from conftest import cli_text
 from kagglecv.cli import main
-from kagglecv.competition import load_competition
-from kagglecv.config import load_config
-from kagglecv.errors import UserError
-from kagglecv.layout import read_folds, read_prepared
-from kagglecv.memory import cpu_cost, fit_batch
-from kagglecv.model import create_model
-from kagglecv.train import guard_memory
+from kagglecv.core.competition import load_competition
+from kagglecv.core.config import load_config
+from kagglecv.core.errors import UserError
+from kagglecv.ml.model import create_model
+from kagglecv.prepare.layout import read_folds, read_prepared
+from kagglecv.train.memory import cpu_cost, fit_batch
+from kagglecv.train.run import guard_memory
 
 CPU = torch.device("cpu")
 SIZES = dict(num_classes=10, n_images=1437, n_train=1150)

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_text
-from kagglecv import locks
-from kagglecv.claims import SETUP_LOCK
 from kagglecv.cli import main
+from kagglecv.core import locks
+from kagglecv.train.claims import SETUP_LOCK
 
 TINY = ["--comp", "digits-small", "--config", "configs/smoke.yaml", "lr=0.003", "device=cpu"]
 
-# `python -m kagglecv.cli` that, once its first epoch's fold<k>.last.pt is saved, stays in the middle
+# `python -m kagglecv` that, once its first epoch's fold<k>.last.pt is saved, stays in the middle
 # of its fold (as a slow trainer would) until it is killed
 PAUSED_TRAINER = """
 import sys, time
-import kagglecv.fold as fold
+import kagglecv.train.one_fold as fold
 real = fold.save_resume_state
 def save_then_stay(*args, **kwargs):
     real(*args, **kwargs)
@@ -122,7 +122,7 @@ def test_a_killed_trainer_lets_go_of_its_fold_and_resume_picks_it_up(digits_smal
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not locks.is_locked(run / "fold0.lock")  # the kernel dropped the claim with the process
-    monkeypatch.setattr("kagglecv.report.write_report", lambda *a, **k: None)  # figures: not the point
+    monkeypatch.setattr("kagglecv.report.page.write_report", lambda *a, **k: None)  # figures: not the point
     assert main(["train", "--comp", "digits-small", "--run", "kill", "--resume"]) == 0
     text = cli_text(capsys)
     assert "resuming fold 0" in text and (run / "summary.json").exists()
@@ -144,7 +144,7 @@ def test_a_trainer_takes_the_folds_nobody_holds(finished_run, capsys):
 
 def test_metrics_rows_of_other_folds_are_kept(tmp_path):
     """Two processes write metrics.csv for different folds: neither erases the other's rows."""
-    from kagglecv.runs import read_rows, write_rows
+    from kagglecv.core.runs import read_rows, write_rows
 
     row = {"lr": 0.1, "train_loss": 1.0, "val_loss": 1.0, "metric": 0.5}
     write_rows(tmp_path, [{"fold": 0, "epoch": 0, **row}], fold=0)

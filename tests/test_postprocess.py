@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kagglecv.metrics import score
-from kagglecv.postprocess import apply_postprocess, choose_postprocess, clip, temperature
+from kagglecv.core.metrics import score
+from kagglecv.predict.postprocess import apply_postprocess, choose_postprocess, clip, temperature
 
 
 def _overconfident(n: int = 1000, seed: int = 0):
@@ -57,7 +57,7 @@ def test_a_run_of_one_fold_keeps_its_probabilities_and_says_why(tmp_path, capsys
     """FOLDS=0 leaves OOF rows of one fold: nothing to nest over, so submit used to stop on a KeyError."""
     import pandas as pd
 
-    from kagglecv.postprocess import postprocess_for_run
+    from kagglecv.predict.postprocess import postprocess_for_run
 
     y, probs, _ = _overconfident(100)
     oof = pd.DataFrame({"label": y.astype(str), "fold": 0, "p_0": probs[:, 0], "p_1": probs[:, 1]})

@@ -6,16 +6,16 @@ import pandas as pd
 import pytest
 import torch
 
-import kagglecv.predict as predict_mod
+import kagglecv.predict.test_set as predict_mod
 from conftest import interrupted_at_validation
-from kagglecv.competition import load_competition
-from kagglecv.config import load_config, stage_sizes
-from kagglecv.errors import UserError
-from kagglecv.figures import fig_curves, size_changes
-from kagglecv.infer import load_ensemble, predict_paths
-from kagglecv.predict import load_fold_models, predict_test
-from kagglecv.runs import load_checkpoint
-from kagglecv.train import train
+from kagglecv.core.competition import load_competition
+from kagglecv.core.config import load_config, stage_sizes
+from kagglecv.core.errors import UserError
+from kagglecv.core.figures import fig_curves, size_changes
+from kagglecv.core.runs import load_checkpoint
+from kagglecv.predict.new_images import load_ensemble, predict_paths
+from kagglecv.predict.test_set import load_fold_models, predict_test
+from kagglecv.train.run import train
 
 # 2 folds x (16, 24, 32, 32 px, then one low-LR epoch at 40 px); predicted at 48 px
 RECIPE = [

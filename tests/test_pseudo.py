@@ -58,7 +58,7 @@ def test_pseudo_source_errors_are_one_line(finished_run, capsys):
 
 
 def test_the_report_says_what_pseudo_labels_a_run_used(finished_run):
-    from kagglecv.report import write_report
+    from kagglecv.report.page import write_report
 
     (finished_run / "pseudo.json").write_text(
         json.dumps({"source": "r0", "threshold": 0.9, "added": 3, "of": 360, "per_class": {"1": 2, "7": 1}})

@@ -76,7 +76,7 @@ def colour_run(tmp_path_factory):
     try:
         args = [
             *("epochs=6", "batch_size=4", "label_smoothing=0", "rotate=0", "shift=0", "scale=0"),
-            *("lr=auto", "lr_find_iters=40", "lr_find_start=1e-4", "lr_find_end=1"),
+            *("lr=auto", "lr_find_iters=40", "lr_find_start=1e-4", "lr_find_end=0.1"),
         ]
         assert main(["train", "--comp", "colours", "--config", "configs/smoke.yaml", *args]) == 0
     finally:
@@ -267,7 +267,7 @@ def write_synthetic_run(
 
 @pytest.mark.parametrize("n_classes", [2, 120])
 def test_report_many_classes_and_missing_pieces(tmp_path, n_classes, capsys):
-    from kagglecv.report import CM_MAX_CLASSES, write_report
+    from kagglecv.report.page import CM_MAX_CLASSES, write_report
 
     run_dir = tmp_path / "runs" / "dogs" / "r1"
     write_synthetic_run(run_dir, n_classes)
@@ -295,7 +295,7 @@ def test_report_many_classes_and_missing_pieces(tmp_path, n_classes, capsys):
 
 
 def test_confused_subset_keeps_the_classes_with_errors():
-    from kagglecv.report import confusion_subset, most_confused
+    from kagglecv.report.page import confusion_subset, most_confused
 
     cm = np.diag(np.full(120, 10))
     cm[7, 7], cm[7, 99] = 4, 6  # class 7 is taken for 99 six times
@@ -324,7 +324,7 @@ def test_report_user_errors(workdir, capsys):
 
 def test_weak_model_gets_a_caution_not_just_accusations(workdir, capsys):
     """Suspects from a model that barely beats guessing come with a warning, on the page and the terminal."""
-    from kagglecv.report import write_report
+    from kagglecv.report.page import write_report
 
     run = workdir / "runs" / "toy" / "weak"
     run.mkdir(parents=True)
@@ -362,7 +362,7 @@ def test_weak_model_gets_a_caution_not_just_accusations(workdir, capsys):
 
 def test_class_names_print_literally_in_every_table(tmp_path, capsys):
     """rich markup in a class name ('[old]', '[/x]') is text, not a style or a crash."""
-    from kagglecv.report import write_report
+    from kagglecv.report.page import write_report
 
     run_dir = tmp_path / "runs" / "dogs" / "r[1]"
     classes = ["dogs [old]", "cats[/x]", "[bold]birds"]
@@ -378,7 +378,7 @@ def test_class_names_print_literally_in_every_table(tmp_path, capsys):
 def _glyph_warnings(classes: list[str]) -> list[str]:
     import warnings
 
-    from kagglecv.figures import fig_confusion, png, use_fonts
+    from kagglecv.core.figures import fig_confusion, png, use_fonts
 
     use_fonts(classes)
     with warnings.catch_warnings(record=True) as caught:
@@ -388,7 +388,7 @@ def _glyph_warnings(classes: list[str]) -> list[str]:
 
 
 def test_cjk_class_names_are_drawn(monkeypatch):
-    from kagglecv import figures
+    from kagglecv.core import figures
 
     if not figures.cjk_fonts():
         pytest.skip(f"no CJK font installed (`{figures.CJK_INSTALL}`; .ci/run installs it)")
@@ -400,7 +400,7 @@ def test_cjk_class_names_are_drawn(monkeypatch):
 
 
 def test_no_cjk_font_is_one_warning(monkeypatch, capsys):
-    from kagglecv import figures
+    from kagglecv.core import figures
 
     monkeypatch.setitem(figures._state, "cjk", [])
     monkeypatch.delitem(figures._state, "warned", raising=False)
@@ -415,9 +415,9 @@ def test_no_cjk_font_is_one_warning(monkeypatch, capsys):
 def test_near_chance_compares_with_the_majority_baseline(tmp_path, capsys):
     """40 classes at ~41% accuracy are far above the majority baseline (2.5%): no caution. A fixed
     halfway mark between that baseline and 100% flagged it."""
-    from kagglecv.analysis import load_run, near_chance
-    from kagglecv.metrics import baseline_score
-    from kagglecv.report import write_report
+    from kagglecv.core.metrics import baseline_score
+    from kagglecv.report.analysis import load_run, near_chance
+    from kagglecv.report.page import write_report
 
     assert baseline_score("accuracy", np.array([0, 0, 0, 1]), 2) == 0.75  # always the majority class
     assert baseline_score("roc_auc", np.array([0, 0, 0, 1]), 2) == 0.5

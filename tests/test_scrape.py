@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from kagglecv.cli import main
-from kagglecv.competition import load_competition
-from kagglecv.errors import UserError
-from kagglecv.layout import prepare
-from kagglecv.sources import download, scrape, search
+from kagglecv.core.competition import load_competition
+from kagglecv.core.errors import UserError
+from kagglecv.prepare.layout import prepare
+from kagglecv.prepare.sources import download, scrape, search
 from test_folder import encode, photo
 
 TINTS = {"bjj": (255, 40, 0), "aikido": (0, 40, 255)}

@@ -18,9 +18,9 @@ import pytest
 
 from kagglecv import __version__
 from kagglecv.cli import main
-from kagglecv.errors import UserError
-from kagglecv.sources import download, download_cache, scrape, search
-from kagglecv.sources.search import Candidate
+from kagglecv.core.errors import UserError
+from kagglecv.prepare.sources import download, download_cache, scrape, search
+from kagglecv.prepare.sources.search import Candidate
 from test_folder import encode, photo
 from test_scrape import TINTS, FakeClock, Web, good_images, write_comp
 

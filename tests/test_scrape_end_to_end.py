@@ -8,7 +8,7 @@ import json
 import pandas as pd
 
 from kagglecv.cli import main
-from kagglecv.sources.search import SEARCH_URL_ENV
+from kagglecv.prepare.sources.search import SEARCH_URL_ENV
 from test_folder import encode, photo
 from test_scrape import TINTS, result, web  # noqa: F401  (web is a fixture)
 

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import MADE_RUN, REPO, cli_text, make_run
 from kagglecv.cli import main
-from kagglecv.competition import Submission, load_competition
-from kagglecv.errors import UserError
-from kagglecv.submit import format_submission, score_submission, validate_submission
+from kagglecv.compete.submit import format_submission, score_submission, validate_submission
+from kagglecv.core.competition import Submission, load_competition
+from kagglecv.core.errors import UserError
 
 CLASSES = ["cat", "dog"]
 
@@ -129,9 +129,9 @@ def made_run_tta(tmp_path_factory, made_run):
     """made_run with the TTA choice `make submit` makes for it already made and cached (tta_oof.json,
     keyed by the folds' mtimes, which a copy keeps): submit reads it instead of predicting every OOF
     view again, for the tests whose subject is not the TTA choice."""
-    from kagglecv.engine import pick_device
-    from kagglecv.predict import load_fold_models
-    from kagglecv.tta import choose_tta
+    from kagglecv.ml.engine import pick_device
+    from kagglecv.predict.test_set import load_fold_models
+    from kagglecv.predict.tta import choose_tta
 
     run = shutil.copytree(made_run, tmp_path_factory.mktemp("made-tta") / MADE_RUN)
     old = os.getcwd()
@@ -183,16 +183,16 @@ def test_submit_writes_its_own_record_and_never_edits_the_run(made_cold, capsys,
     assert record["file"] == f"submissions/digits-demo-{MADE_RUN}.csv" and record["uploads"] == []
     assert record["prior_rows"] == [] and record["model"] == "test_resnet"
 
-    from kagglecv.predict import read_cache
+    from kagglecv.core.run_files import read_test_cache
 
-    cached = read_cache(run)
+    cached = read_test_cache(run)
     assert cached["folds"] == [0, 1] and cached["classes"] == [str(d) for d in range(10)]
     assert cached["probs"].shape == (len(sub), 10) and len(cached["images"]) == len(sub)
     assert (np.array(cached["classes"])[cached["probs"].argmax(1)] == sub["Label"].astype(str)).all()
 
     # the report (and `kagglecv report`) finds the test score in the record; its look-inside section,
     # which would take most of a minute here, is tested in test_look.py
-    monkeypatch.setattr("kagglecv.report.LOOK_BUDGET_S", 0)
+    monkeypatch.setattr("kagglecv.report.page.LOOK_BUDGET_S", 0)
     assert main(["report", MADE_RUN, "--comp", "digits-demo"]) == 0
     assert f"test {expected:.4f}" in " ".join(cli_text(capsys).replace("│", " ").split())
     assert f"test accuracy <b>{expected:.4f}</b>" in (run / "report.html").read_text()
@@ -212,9 +212,9 @@ def test_prediction_cache_is_used_only_while_it_matches(made, capsys):
     assert main(["submit", "--comp", "digits-demo"]) == 0
     text = cli_text(capsys)
     assert "read from its cache" not in text and "predicting 360 test images" in text
-    from kagglecv.predict import read_cache
+    from kagglecv.core.run_files import read_test_cache
 
-    assert read_cache(run, key="not the key") is None and read_cache(run) is not None
+    assert read_test_cache(run, key="not the key") is None and read_test_cache(run) is not None
     assert not list(run.glob("*.tmp*"))
 
 
@@ -229,7 +229,7 @@ def test_folds_copied_in_but_not_gathered_are_refused(digits, capsys):
 
 
 def test_a_run_being_trained_is_not_submitted(made, capsys):
-    from kagglecv.locks import run_lock
+    from kagglecv.core.locks import run_lock
 
     with run_lock(made / "runs" / "digits-demo" / MADE_RUN, "make train"):
         assert main(["submit", "--comp", "digits-demo"]) == 2
@@ -237,7 +237,7 @@ def test_a_run_being_trained_is_not_submitted(made, capsys):
 
 
 def test_submit_waits_for_make_data(made, capsys):
-    from kagglecv.locks import data_lock
+    from kagglecv.core.locks import data_lock
 
     with data_lock(made / "data" / "digits-demo", exclusive=True, what="make data"):
         assert main(["submit", "--comp", "digits-demo"]) == 2
@@ -301,7 +301,7 @@ def test_unreadable_test_images_keep_their_rows_with_the_class_prior(made, capsy
 
 def test_class_prior_fills_probability_rows(comp):
     probs = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8]])
-    from kagglecv.submit import class_prior, fill_unreadable
+    from kagglecv.compete.submit import class_prior, fill_unreadable
 
     prior = class_prior(comp, {"train_counts": {"cat": 30, "dog": 10}}, CLASSES)
     filled, ids = fill_unreadable(probs, prior, pd.Series(["a", "b", "c"]))

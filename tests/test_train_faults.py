@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import FINISHED_RUN_ARGS, REPO, cli_text
-from kagglecv import locks
 from kagglecv.cli import main
-from kagglecv.errors import UserError
-from kagglecv.runs import find_run, latest_unfinished
+from kagglecv.core import locks
+from kagglecv.core.errors import UserError
+from kagglecv.core.runs import find_run, latest_unfinished
 
 TINY = ["--comp", "digits-demo", "--config", "configs/smoke.yaml", "train_folds=1", "lr=0.003", "device=cpu"]
 TINY_SMALL = ["--comp", "digits-small", *TINY[2:]]  # the same on digits-small (200 images)
@@ -98,7 +98,7 @@ def test_an_unfinished_run_points_to_resume(workdir):
 
 
 def test_the_recorded_device_is_the_one_trained_on(finished_run, monkeypatch):
-    from kagglecv.engine import pick_device
+    from kagglecv.ml.engine import pick_device
 
     assert json.loads((finished_run / "summary.json").read_text())["device"] == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, device=cpu asked
@@ -114,7 +114,7 @@ class _RunsCode:
 
 
 def test_a_weights_file_with_code_in_its_pickle_is_refused(workdir):
-    from kagglecv.model import create_model
+    from kagglecv.ml.model import create_model
 
     evil = workdir / "evil.pt"
     torch.save({"conv1.0.weight": torch.zeros(1), "x": _RunsCode()}, evil)
@@ -126,7 +126,7 @@ def test_a_weights_file_with_code_in_its_pickle_is_refused(workdir):
 def test_a_weights_file_for_another_model_is_named(workdir):
     import timm
 
-    from kagglecv.model import create_model
+    from kagglecv.ml.model import create_model
 
     path = workdir / "resnet.pth"
     torch.save(timm.create_model("test_efficientnet", num_classes=3).state_dict(), path)
@@ -151,9 +151,9 @@ def test_an_image_broken_after_make_data_is_replaced_with_one_warning(digits_sma
 
 
 def test_a_broken_image_in_the_memory_cache_is_replaced_by_one_of_its_class(digits, capsys):
-    from kagglecv.competition import load_competition
-    from kagglecv.config import load_config
-    from kagglecv.train import TrainData
+    from kagglecv.core.competition import load_competition
+    from kagglecv.core.config import load_config
+    from kagglecv.train.run import TrainData
 
     comp = load_competition("digits-demo")
     probe = TrainData(comp, load_config("configs/smoke.yaml", ["cache=memory"]), 32)
@@ -184,7 +184,7 @@ def test_gpus_2_with_a_fold_that_does_not_exist_is_one_line_before_launching(dig
 def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):
     """A rank that stops on a user error (exit 2) has said why; torchrun's ChildFailedError wall is dropped.
     Any other failure's traceback is shown."""
-    from kagglecv.dist import _run_quiet_on_user_error
+    from kagglecv.ml.dist import run_quiet_on_user_error
 
     wall = (  # as torch 2.x's torchrun writes it (rank 1 stopped by torchrun once rank 0 had exited)
         "import sys; print('W torchrun warning', file=sys.stderr); "
@@ -195,13 +195,13 @@ def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):
         "[1]:\\n  exitcode  : -15 (pid: 2)  (SIGTERM)\\nRoot Cause (first observed failure):\\n"
         "[0]:\\n  exitcode  : {code} (pid: 1)', file=sys.stderr); sys.exit(1)"
     )
-    assert _run_quiet_on_user_error([sys.executable, "-c", wall.format(code=2)], dict(os.environ)) == (
+    assert run_quiet_on_user_error([sys.executable, "-c", wall.format(code=2)], dict(os.environ)) == (
         1,
         True,
     )
     err = capfd.readouterr().err
     assert "W torchrun warning" in err and "Traceback" not in err and "SIGTERM" not in err
-    assert _run_quiet_on_user_error([sys.executable, "-c", wall.format(code=1)], dict(os.environ)) == (
+    assert run_quiet_on_user_error([sys.executable, "-c", wall.format(code=1)], dict(os.environ)) == (
         1,
         False,
     )
@@ -222,7 +222,7 @@ def test_the_offline_demo_makes_no_network_call_and_prints_no_warning(tmp_path):
     env.pop("NO_ALBUMENTATIONS_UPDATE", None)
     shrunk = ["epochs=1", "train_folds=1", "lr=0.003", "workers=0", *FINISHED_RUN_ARGS]
     shrunk += ["img_size=16", "batch_size=128", "tta=false"]  # less to compute; the same imports and stages
-    cmd = ["unshare", "-n", sys.executable, "-W", "default", "-m", "kagglecv.cli", "demo", *shrunk]
+    cmd = ["unshare", "-n", sys.executable, "-W", "default", "-m", "kagglecv", "demo", *shrunk]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
@@ -234,9 +234,9 @@ def test_messages_name_the_real_competition_and_are_never_cut_mid_word(tmp_path,
     offline-weights message cut the library's text mid-word ("...try aga)")."""
     import timm
 
-    from kagglecv import model as model_mod
-    from kagglecv.data import read_image
-    from kagglecv.errors import UserError
+    from kagglecv.core.errors import UserError
+    from kagglecv.ml import model as model_mod
+    from kagglecv.ml.data import read_image
 
     bad = tmp_path / "data" / "my-comp" / "train" / "cat" / "x.png"
     bad.parent.mkdir(parents=True)
@@ -279,8 +279,8 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_half_checkpoint(
 ):
     import errno
 
-    from kagglecv import runs
     from kagglecv.cli import main
+    from kagglecv.core import runs
 
     def full(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{path}.123.tmp.pt")

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from kagglecv import tta
-from kagglecv.competition import load_competition
+from kagglecv.core.competition import load_competition
+from kagglecv.predict import tta
 
 
 def test_candidate_sets_follow_the_flips_the_competition_allows():
@@ -22,8 +22,8 @@ def test_candidate_sets_follow_the_flips_the_competition_allows():
 def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monkeypatch, helps):
     """The real choose_tta over a real run's OOF rows; the views' probabilities are made up so that the
     larger scale fixes (or breaks) a third of the rows."""
-    from kagglecv.engine import pick_device
-    from kagglecv.predict import load_fold_models
+    from kagglecv.ml.engine import pick_device
+    from kagglecv.predict.test_set import load_fold_models
 
     comp = load_competition("digits-demo")
     models = load_fold_models(finished_run, [0, 1], pick_device("cpu"))
@@ -53,7 +53,7 @@ def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monke
 
 
 def test_the_report_shows_the_tta_table(tmp_path):
-    from kagglecv.report import write_report
+    from kagglecv.report.page import write_report
     from test_report import write_synthetic_run
 
     # the table reads only the run's tta_oof.json: a small run folder made up as train writes it will do

@@ -12,9 +12,9 @@ import yaml
 
 from conftest import REPO, cli_text
 from kagglecv.cli import main
-from kagglecv.config import load_config
-from kagglecv.errors import UserError
-from kagglecv.tune import parse_budget, parse_space
+from kagglecv.core.config import load_config
+from kagglecv.core.errors import UserError
+from kagglecv.tune.study import parse_budget, parse_space
 
 BASE = ["--comp", "digits-small", "--config", "configs/tune-tiny.yaml"]  # written by _tiny_recipe
 
@@ -122,7 +122,7 @@ def test_a_study_prunes_is_interrupted_and_continues(digits_small, monkeypatch, 
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr("kagglecv.train.train", interrupted)
+        m.setattr("kagglecv.train.run.train", interrupted)
         assert main(["tune", *BASE, "--trials", "3"]) == 130
     assert "rerun the same `make tune`" in cli_text(capsys)
     assert main(["tune", *BASE, "--trials", "3"]) == 0  # the study continues where it stopped
@@ -139,7 +139,7 @@ def test_a_study_prunes_is_interrupted_and_continues(digits_small, monkeypatch, 
 def test_two_processes_share_one_study(digits_small):
     _tiny_recipe(digits_small, lr_mult=[0.3, 3.0])
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KAGGLECV_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "kagglecv.cli", "tune", *BASE, "--trials", "3"]
+    cmd = [sys.executable, "-m", "kagglecv", "tune", *BASE, "--trials", "3"]
     procs = [
         subprocess.Popen(cmd, cwd=digits_small, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)
     ]

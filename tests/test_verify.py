@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile, JpegImagePlugin
 
-import kagglecv.verify as verify
-from kagglecv import images
-from kagglecv.competition import load_competition
-from kagglecv.images import PixelBudget, check_image, decode, measure, phash_hex
-from kagglecv.inspection import inspect_data
-from kagglecv.layout import prepare
+import kagglecv.prepare.verify as verify
+from kagglecv.core import images
+from kagglecv.core.competition import load_competition
+from kagglecv.core.images import PixelBudget, check_image, decode, measure, phash_hex
+from kagglecv.prepare.inspect import inspect_data
+from kagglecv.prepare.layout import prepare
 
 
 def _jpeg(seed: int, size=(160, 120), progressive=False) -> bytes:
@@ -231,7 +231,7 @@ def test_pixel_budget_bounds_decodes_at_once():
 
 
 def test_holdout_hashes_hand_made_raw_like_make_data(tmp_path):
-    from kagglecv.holdout import kept_images
+    from kagglecv.prepare.holdout import kept_images
 
     for cls in ("a", "b"):
         (tmp_path / cls / "sub").mkdir(parents=True)

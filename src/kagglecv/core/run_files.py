@@ -1,0 +1,87 @@
+"""The files of a run or blend folder that later stages read back: the test-prediction cache and a
+blend's weights. They live here, below every stage, because a stage earlier in the flow reads them
+too: pseudo-labels (train) learn from a finished run's or blend's cached test predictions.
+
+    cached = read_test_cache(run_dir)                     # {"probs", "images", "classes", ...} or None
+    if is_blend(run_dir):
+        spec = read_blend(run_dir)                        # members, weights, metric
+        probs = blend_test_probs(spec, [member probs...])  # the blend's test probabilities
+
+`make submit` writes test_probs.npz (predict/test_set.py); `make blend` writes blend.json
+(compete/blend.py). Both are written atomically; the cache is a cache (a read-only or full run
+folder only costs it), the blend file is the blend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kagglecv.core.console import console
+from kagglecv.core.errors import UserError
+from kagglecv.core.files import atomic_write, disk_error
+
+TEST_CACHE = "test_probs.npz"
+BLEND_FILE = "blend.json"
+BLEND_PREFIX = "blend-"
+
+
+def read_test_cache(run_dir: Path, key: str | None = None) -> dict | None:
+    """The cached test predictions (probs, images, classes, flips, folds), or None when absent,
+    unreadable or (given `key`) made for other images, flips or folds."""
+    try:
+        with np.load(run_dir / TEST_CACHE, allow_pickle=False) as z:
+            cached = {k: z[k] for k in z.files}
+        meta = json.loads(str(cached.pop("meta")))
+    except (OSError, ValueError, KeyError):
+        return None
+    if key is not None and meta.get("key") != key:
+        return None
+    return {**meta, "probs": cached["probs"]}
+
+
+def write_test_cache(run_dir: Path, probs: np.ndarray, meta: dict) -> None:
+    """Atomically; a run folder that cannot take it (read-only, full) only costs the cache."""
+    try:
+        atomic_write(
+            run_dir / TEST_CACHE, lambda p: np.savez(p, probs=probs, meta=np.array(json.dumps(meta)))
+        )
+    except OSError as e:
+        why = disk_error(e)
+        if why is None:
+            raise
+        console.print(f"[yellow]warning:[/] test predictions not cached ({why})")
+
+
+def is_blend(run_dir: Path) -> bool:
+    return (run_dir / BLEND_FILE).exists()
+
+
+def read_blend(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / BLEND_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir / BLEND_FILE} is unreadable ({e}); run `make blend` again") from None
+
+
+def to_ranks(probs: np.ndarray) -> np.ndarray:
+    """Per-class ranks scaled to [0, 1]: what rank averaging averages (ROC AUC sees only order)."""
+    from scipy.stats import rankdata
+
+    return np.stack([(rankdata(col) - 1) / max(len(col) - 1, 1) for col in probs.T], axis=1)
+
+
+def member_inputs(metric: str, probs: list[np.ndarray]) -> list[np.ndarray]:
+    """What a blend averages for this metric: ranks for ROC AUC, else the probabilities."""
+    return [to_ranks(p) for p in probs] if metric == "roc_auc" else list(probs)
+
+
+def combine(inputs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    return sum(w * p for w, p in zip(weights, inputs, strict=True))
+
+
+def blend_test_probs(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
+    """The test-set blend from each member's test probabilities (same order as spec['members'])."""
+    return combine(member_inputs(spec["metric"], member_probs), np.asarray(spec["weights"]))

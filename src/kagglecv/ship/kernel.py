@@ -1,0 +1,352 @@
+"""Kaggle code competitions: a notebook that predicts the test set with no internet, run here first.
+
+    kagglecv kernel [-c ..] [-r ..] [--push] [--force]    # make kernel [COMP=..] [RUN=..] [PUSH=1] [FORCE=1]
+    kagglecv submit --kernel [-m ..]                      # make submit KERNEL=1: the pushed version
+
+kernels/<comp>-<run>/            one folder per run, built once (FORCE=1 rebuilds it)
+    dataset/    the Kaggle dataset: the export's weights + model.json + predict.py, kernel.json (the
+                competition, class counts, post-processing), the kagglecv wheel, dataset-metadata.json
+    notebook/   kagglecv-notebook.py + kernel-metadata.json (no internet, GPU from the recipe)
+    dryrun/     the last local dry run: input/<competition>, input/<dataset>, working/submission.csv
+    output/     after --push: what the Kaggle run wrote (submission.csv and its log)
+    push.json   after --push: the dataset, the notebook and its version, how the run ended
+
+The dry run always comes first: the notebook is executed here, by a fresh Python with the network
+refused, in a folder laid out like /kaggle/input and /kaggle/working; its submission.csv must equal
+the one `make submit` writes for the run (ids and order exactly, values within VALUE_TOLERANCE), and
+its wall time is shown against the competition's notebook limit (submission.notebook_minutes). A
+dry run that fails shows the traceback's last lines and nothing is pushed. kernel_push.py talks to Kaggle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+from rich.markup import escape
+
+from kagglecv.core.competition import Competition
+from kagglecv.core.config import read_yaml
+from kagglecv.core.console import console
+from kagglecv.core.errors import UserError
+from kagglecv.core.files import human_bytes, link_or_copy
+from kagglecv.ship.kernel_folder import (
+    NOTEBOOK_FILE,
+    compare_submissions,
+    kernel_dir,
+)
+
+LOG_TAIL = 15  # lines of a failed run's log shown
+# Wheels the notebook installs besides kagglecv, for packages Kaggle's Python image lacks. The
+# notebook's path imports only kagglecv dependencies the image has (torch, torchvision, timm,
+# albumentations, cv2, sklearn, scipy, pandas, numpy, PIL, rich, yaml, safetensors), so: none. The
+# dry run refuses a notebook that imported one of the others (NOT_ON_KAGGLE_IMAGE).
+EXTRA_WHEELS: tuple[str, ...] = ()
+NOT_ON_KAGGLE_IMAGE = {"ddgs", "imagehash", "py7zr", "cleanlab", "pytorch_grad_cam"}  # kagglecv's other deps
+SKIP_FROM_EXPORT = {"model.onnx"}  # the notebook predicts with PyTorch: no need to upload it twice
+
+
+def short_slug(text: str) -> str:
+    """A Kaggle slug (lower-case words, 6..50 characters) for `text`; a long one keeps its start
+    and gains a digest, so two runs never share one."""
+    import hashlib
+
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(slug) > 50:
+        slug = slug[:41].rstrip("-") + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return slug.ljust(6, "0")
+
+
+def offline_username() -> str:
+    """The Kaggle user name without asking Kaggle (KAGGLE_USERNAME or kaggle.json); the push
+    rewrites the metadata with the name Kaggle knows the token by."""
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    for folder in (os.environ.get("KAGGLE_CONFIG_DIR"), "~/.kaggle", "~/.config/kaggle"):
+        try:
+            return json.loads((Path(folder).expanduser() / "kaggle.json").read_text())["username"]
+        except (TypeError, OSError, ValueError, KeyError):
+            continue
+    return "your-kaggle-username"
+
+
+# --- the folder: dataset + notebook -----------------------------------------------------------------
+
+
+def check_run(run_dir: Path) -> None:
+    from kagglecv.core.run_files import is_blend
+    from kagglecv.core.runs import finished_folds
+
+    if is_blend(run_dir):
+        raise UserError(f"{run_dir.name} is a blend: a notebook predicts with one run (RUN=<a member>)")
+    if not finished_folds(run_dir):
+        raise UserError(
+            f"run {run_dir.name} has no finished fold: train it first (`make train RESUME=1 RUN={run_dir.name}`)"
+        )
+
+
+def build_wheel(out: Path) -> str:
+    """kagglecv's wheel, built from this checkout (a copy of it: the checkout gets no build/)."""
+    import kagglecv
+
+    repo = Path(kagglecv.__file__).resolve().parents[2]
+    if not (repo / "pyproject.toml").exists():
+        raise UserError(f"make kernel builds the kagglecv wheel from a checkout; {repo} is none")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kagglecv"
+        shutil.copytree(repo / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (repo / name).exists():
+                shutil.copy(repo / name, src / name)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+        done = subprocess.run(
+            [*cmd, "--quiet", "--disable-pip-version-check", "-w", str(out), str(src)],
+            capture_output=True,
+            text=True,
+        )
+    wheels = sorted(out.glob("kagglecv-*.whl"))
+    if done.returncode or not wheels:
+        raise UserError(f"building the kagglecv wheel failed: {(done.stderr or done.stdout).strip()[-400:]}")
+    return wheels[-1].name
+
+
+def kernel_spec(comp: Competition, run_dir: Path) -> dict:
+    """kernel.json: what the notebook needs beyond the export to write `make submit`'s file."""
+    from kagglecv.core.runs import read_summary
+    from kagglecv.predict.postprocess import postprocess_for_run
+    from kagglecv.prepare.layout import read_prepared
+
+    info = read_prepared(comp)
+    cfg = read_yaml(run_dir / "config.yaml", "run config")
+    classes = [str(c) for c in info["classes"]]
+    return {
+        "format": 1,
+        "run": run_dir.name,
+        "cv_mean": read_summary(run_dir).get("cv_mean"),
+        "competition": read_yaml(comp.path, "competition file"),
+        "train_counts": info.get("train_counts") or {},
+        "postprocess": postprocess_for_run(comp.metric, run_dir, classes),
+        "predict": {
+            "device": cfg.get("device", "auto"),
+            "amp": bool(cfg.get("amp", True)),
+            "amp_dtype": cfg.get("amp_dtype", "auto"),
+        },
+    }
+
+
+def write_dataset(comp: Competition, run_dir: Path, export: Path, folder: Path, user: str) -> dict:
+    folder.mkdir(parents=True)
+    for p in sorted(export.iterdir()):
+        if p.is_file() and p.name not in SKIP_FROM_EXPORT:
+            link_or_copy(p, folder / p.name)
+    spec = kernel_spec(comp, run_dir)
+    spec["wheels"] = [build_wheel(folder), *EXTRA_WHEELS]
+    (folder / "kernel.json").write_text(json.dumps(spec, indent=2))
+    slug = short_slug(f"kagglecv {comp.slug} {run_dir.name}")
+    meta = {"title": slug, "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
+    (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2))
+    return spec
+
+
+def write_notebook(comp: Competition, spec: dict, folder: Path, dataset_id: str, user: str) -> None:
+    folder.mkdir(parents=True)
+    text = (resources.files("kagglecv.ship") / "templates" / "kernel_notebook.py").read_text()
+    text = text.replace('"__RUN__"', json.dumps(spec["run"])).replace(
+        '["__WHEELS__"]', json.dumps(spec["wheels"])
+    )
+    (folder / NOTEBOOK_FILE).write_text(text.replace("__RUN__", spec["run"]).replace("__COMP__", comp.slug))
+    slug = short_slug(f"kagglecv {comp.slug}")
+    meta = {
+        "id": f"{user}/{slug}",
+        "title": slug,
+        "code_file": NOTEBOOK_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": spec["predict"]["device"] != "cpu",
+        "enable_internet": False,
+        "dataset_sources": [dataset_id],
+        "competition_sources": [comp.source.get("competition", comp.slug)],
+        "kernel_sources": [],
+    }
+    (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2))
+
+
+def build(comp: Competition, run_dir: Path, out: Path) -> None:
+    """out/dataset and out/notebook, written in a hidden folder renamed at the end (an existing
+    kernel folder is complete)."""
+    from kagglecv.ship.export import export_dir, export_run
+
+    export = export_dir(comp, run_dir)
+    if export.is_dir():
+        console.print(f"using the export {escape(str(export))}/ (FORCE=1 on `make export` redoes it)")
+    else:
+        export = export_run(comp, run_dir)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        user = offline_username()
+        spec = write_dataset(comp, run_dir, export, tmp / "dataset", user)
+        dataset_id = json.loads((tmp / "dataset" / "dataset-metadata.json").read_text())["id"]
+        write_notebook(comp, spec, tmp / "notebook", dataset_id, user)
+        if out.exists():  # FORCE: the old folder goes once the new one is complete
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in (out / "dataset").iterdir())
+    console.print(
+        f"[green]✓[/] wrote {escape(str(out))}/ (dataset {human_bytes(size)}, notebook {NOTEBOOK_FILE})"
+    )
+
+
+# --- the dry run ------------------------------------------------------------------------------------
+
+
+def dry_run_env(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE", "PYTHONPATH"))}
+    env.update(
+        KAGGLECV_INPUT=str(root / "input"),
+        KAGGLECV_WORKING=str(root / "working"),
+        KAGGLECV_SCRATCH=str(root / "scratch"),
+        KAGGLECV_PIP_TARGET=str(root / "site"),
+        KAGGLECV_NO_NETWORK="1",
+        KAGGLECV_NO_PROGRESS="1",
+        PYTHONNOUSERSITE="1",
+    )
+    return env
+
+
+def lay_out_dry_run(comp: Competition, out: Path) -> Path:
+    """out/dryrun/: input/<competition> (the raw files `make data` fetched), input/<dataset>,
+    working/, all fresh."""
+    root = out / "dryrun"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "input").mkdir(parents=True)
+    (root / "working").mkdir()
+    raw = comp.data_dir / "raw"
+    if not raw.is_dir():
+        raise UserError(f"{raw}/ is missing: the dry run reads the competition's raw files; run `make data`")
+    (root / "input" / comp.source.get("competition", comp.slug)).symlink_to(raw.resolve())
+    dataset = json.loads((out / "dataset" / "dataset-metadata.json").read_text())["id"].split("/")[1]
+    (root / "input" / dataset).symlink_to((out / "dataset").resolve())
+    return root
+
+
+def dry_run(comp: Competition, out: Path) -> dict:
+    """Execute the notebook here as Kaggle would; returns its timings (seconds, images, modules)."""
+    root = lay_out_dry_run(comp, out)
+    limit = comp.submission.notebook_minutes * 60
+    console.print(f"dry run of {NOTEBOOK_FILE} (no network, {escape(str(root))}/ as /kaggle) ...")
+    t0 = time.time()
+    try:
+        done = subprocess.run(
+            [sys.executable, str((out / "notebook" / NOTEBOOK_FILE).resolve())],
+            cwd=root / "working",
+            env=dry_run_env(root.resolve()),
+            capture_output=True,
+            text=True,
+            timeout=limit,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(
+            f"the dry run ran past the competition's notebook limit ({comp.submission.notebook_minutes} min) "
+            "and was stopped: nothing was pushed"
+        ) from None
+    wall = time.time() - t0
+    log = done.stdout + done.stderr
+    (root / "notebook.log").write_text(log)
+    if done.returncode:
+        tail = "\n".join(log.strip().splitlines()[-LOG_TAIL:])
+        raise UserError(
+            f"the notebook failed its dry run (exit {done.returncode}); nothing was pushed. "
+            f"The log's last lines ({root / 'notebook.log'} has it all):\n{tail}"
+        )
+    from kagglecv.ship.notebook import TIMING_TAG
+
+    timing = next(
+        (json.loads(line.split(" ", 1)[1]) for line in log.splitlines() if line.startswith(TIMING_TAG)), {}
+    )
+    if not (root / "working" / "submission.csv").exists():
+        raise UserError(f"the dry run wrote no submission.csv in {root / 'working'}/; nothing was pushed")
+    site = str((root / "site").resolve())
+    if not str(timing.get("kagglecv", "")).startswith(site):
+        raise UserError(f"the dry run imported kagglecv from {timing.get('kagglecv')}, not from its wheel")
+    return {**timing, "wall_s": wall, "limit_s": limit}
+
+
+def check_modules(timing: dict) -> None:
+    """The notebook may import only those of kagglecv's dependencies that Kaggle's image has."""
+    lacking = sorted(set(timing.get("modules", [])) & NOT_ON_KAGGLE_IMAGE)
+    if lacking:
+        raise UserError(
+            f"the notebook imported {', '.join(lacking)}, which Kaggle's image lacks: nothing was pushed. "
+            "Put their wheels in kernel.EXTRA_WHEELS, or keep the import out of the notebook's path"
+        )
+
+
+def show_timing(comp: Competition, timing: dict) -> None:
+    minutes, limit = timing["wall_s"] / 60, comp.submission.notebook_minutes
+    n = timing.get("images", 0)
+    per = timing.get("predict_s", 0) / max(n, 1)
+    colour = "green" if minutes <= limit else "red"
+    console.print(
+        f"dry run: [{colour}]{timing['wall_s']:.1f} s[/] wall ({minutes:.2f} of the {limit} min Kaggle allows), "
+        f"{n} test images predicted in {timing.get('predict_s', 0):.1f} s ({per * 1000:.1f} ms/image on "
+        f"{timing.get('device', '?')}), setup {timing.get('setup_s', 0):.1f} s"
+    )
+    if minutes > limit:
+        console.print(
+            "[red]the dry run took longer than Kaggle's limit[/]: a Kaggle GPU may be faster, but "
+            "a run over the limit fails there"
+        )
+
+
+def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force: bool = False) -> Path:
+    """kernels/<comp>-<run>/ built (or the existing one), dry-run, checked against `make submit`,
+    and pushed to Kaggle with `push`."""
+    from kagglecv.compete.submit import submit
+    from kagglecv.core.runs import find_run
+
+    run_dir = find_run(comp.slug, run)
+    check_run(run_dir)
+    if push and comp.source_kind != "kaggle":
+        raise UserError(
+            f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}): nothing to push to"
+        )
+    out = kernel_dir(comp, run_dir)
+    if out.is_dir() and not force:
+        console.print(f"using {escape(str(out))}/ as built before (FORCE=1 rebuilds it)")
+    else:
+        build(comp, run_dir, out)
+    timing = dry_run(comp, out)
+    record = submit(comp, run_dir.name)
+    try:
+        worst = compare_submissions(out / "dryrun" / "working" / "submission.csv", Path(record["file"]), comp)
+    except UserError as e:
+        raise UserError(
+            f"{e}: the notebook does not write `make submit`'s file; nothing was pushed"
+        ) from None
+    numeric = comp.submission.kind in ("probability", "class_probabilities")
+    console.print(
+        f"[green]✓[/] the notebook's submission.csv equals {escape(record['file'])} (ids and order exact, "
+        + (f"values within {worst:.1e})" if numeric else "labels identical)")
+    )
+    show_timing(comp, timing)
+    check_modules(timing)
+    if push:
+        from kagglecv.ship.kernel_push import push_kernel
+
+        push_kernel(comp, out, record)
+    elif comp.source_kind == "kaggle":
+        console.print(f"not pushed; to run it on Kaggle: make kernel PUSH=1 RUN={escape(run_dir.name)}")
+    return out
