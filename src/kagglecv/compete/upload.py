@@ -52,6 +52,27 @@ def describe(comp: Competition, run: str, cv_mean: float, message: str | None, t
     return f"{message.strip()} ({tail})" if message and message.strip() else tail
 
 
+def pending_row(
+    comp: Competition, slug: str, file: str, run: str, cv_mean: float, message: str | None
+) -> dict:
+    """submissions/log.csv's row for a submission about to be sent (a file upload, or a notebook
+    version of a code competition): status pending, with a fresh token in its description, so a
+    kill before Kaggle answers leaves a row the next attempt can look up."""
+    token = f"kcv-{secrets.token_hex(4)}"
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "competition": slug,
+        "file": file,
+        "run": run,
+        "cv_mean": f"{cv_mean:.6f}",
+        "message": describe(comp, run, cv_mean, message, token),
+        "response": "",
+        "ref": 0,
+        "status": PENDING,
+        "token": token,
+    }
+
+
 # --- the log ---------------------------------------------------------------------------------------
 
 
@@ -237,20 +258,8 @@ def upload(
 def _upload_new(api, slug: str, file: Path, describe_as: tuple) -> dict:
     """A pending row, the upload, the row settled."""
     comp, run, cv_mean, message = describe_as
-    token = f"kcv-{secrets.token_hex(4)}"
-    description = describe(comp, run, cv_mean, message, token)
-    row = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "competition": slug,
-        "file": str(file),
-        "run": run,
-        "cv_mean": f"{cv_mean:.6f}",
-        "message": description,
-        "response": "",
-        "ref": 0,
-        "status": PENDING,
-        "token": token,
-    }
+    row = pending_row(comp, slug, str(file), run, cv_mean, message)
+    description, token = row["message"], row["token"]
     append_log(row)  # before sending: a kill from here on leaves a row the next upload looks up
     console.print(f"uploading {file} to {slug}: {description!r}")
     answer = _send(api, slug, file, description, token)

@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -272,7 +271,7 @@ def read_push(out: Path, run: str) -> dict:
 def submit_kernel(comp: Competition, run: str | None, message: str | None = None) -> dict:
     """Submit the run's pushed notebook version to the code competition; logged like an upload."""
     from kagglecv.compete.upload import DONE as LOG_DONE
-    from kagglecv.compete.upload import NOT_SENT, PENDING, append_log, describe, settle
+    from kagglecv.compete.upload import NOT_SENT, append_log, pending_row, settle
     from kagglecv.core.runs import find_run
 
     if comp.source_kind != "kaggle":
@@ -280,20 +279,10 @@ def submit_kernel(comp: Competition, run: str | None, message: str | None = None
     run_dir = find_run(comp.slug, run)
     push = read_push(kernel_dir(comp, run_dir), run_dir.name)
     api = connect()
-    slug, token = push["competition"], f"kcv-{secrets.token_hex(4)}"
-    description = describe(comp, run_dir.name, push["cv_mean"], message, token)
-    row = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "competition": slug,
-        "file": f"{push['kernel']} v{push['version']} submission.csv",
-        "run": run_dir.name,
-        "cv_mean": f"{push['cv_mean']:.6f}",
-        "message": description,
-        "response": "",
-        "ref": 0,
-        "status": PENDING,
-        "token": token,
-    }
+    slug = push["competition"]
+    file = f"{push['kernel']} v{push['version']} submission.csv"
+    row = pending_row(comp, slug, file, run_dir.name, push["cv_mean"], message)
+    description, token = row["message"], row["token"]
     append_log(row)
 
     def send():
