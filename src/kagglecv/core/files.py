@@ -7,6 +7,9 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -20,6 +23,47 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+
+
+def replace_dir(out: Path, build: Callable[[Path], T]) -> T:
+    """`build(tmp)` into a hidden folder beside `out`, then put it in `out`'s place: a folder under
+    the real name is always complete, and an existing `out` is kept until the new one is whole (it
+    moves aside, the new one is renamed in, then the old one goes), so at no moment is neither there.
+    Leftover half-builds of `out` by processes that are gone are removed first; a failed build
+    removes its own. Returns what `build` returns."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        result = build(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def remove_leftovers(out: Path) -> None:
+    """Hidden half-builds of `out` (.<name>.<pid>.tmp/.old) whose process is gone."""
+    for stale in [*out.parent.glob(f".{out.name}.*.tmp"), *out.parent.glob(f".{out.name}.*.old")]:
+        try:
+            pid = int(stale.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            if pid != os.getpid():
+                continue  # another build of this folder is under way
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def human_bytes(n: float) -> str:

@@ -37,7 +37,7 @@ from kagglecv.core.competition import Competition
 from kagglecv.core.config import read_yaml
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
-from kagglecv.core.files import human_bytes, link_or_copy
+from kagglecv.core.files import human_bytes, link_or_copy, replace_dir
 from kagglecv.ship.kernel_folder import (
     NOTEBOOK_FILE,
     compare_submissions,
@@ -190,19 +190,14 @@ def build(comp: Competition, run_dir: Path, out: Path) -> None:
         console.print(f"using the export {escape(str(export))}/ (FORCE=1 on `make export` redoes it)")
     else:
         export = export_run(comp, run_dir)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: Path) -> None:
         user = offline_username()
         spec = write_dataset(comp, run_dir, export, tmp / "dataset", user)
         dataset_id = json.loads((tmp / "dataset" / "dataset-metadata.json").read_text())["id"]
         write_notebook(comp, spec, tmp / "notebook", dataset_id, user)
-        if out.exists():  # FORCE: the old folder goes once the new one is complete
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    replace_dir(out, write)  # FORCE: the old folder goes once the new one is complete
     size = sum(p.stat().st_size for p in (out / "dataset").iterdir())
     console.print(
         f"[green]✓[/] wrote {escape(str(out))}/ (dataset {human_bytes(size)}, notebook {NOTEBOOK_FILE})"
