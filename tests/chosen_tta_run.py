@@ -14,7 +14,7 @@ def run_with_tta_chosen(tmp_path_factory, finished_run_built, comp) -> tuple[Pat
     tta_oof.json holds the choice `comp` gets). The cache is keyed by the folds' mtimes, which
     shutil.copytree keeps, so a further copy of this run reads the choice instead of making it."""
     from kagglecv.ml.engine import pick_device
-    from kagglecv.predict.test_set import load_fold_models
+    from kagglecv.predict.ensemble import load_fold_models
     from kagglecv.predict.tta import choose_tta
 
     built_root, rel = finished_run_built

@@ -147,9 +147,10 @@ MADE_RUN = "made"
 def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
     """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
     randomly initialised test_resnet folds: no training, so it takes a second."""
+    from kagglecv.core.checkpoint import CheckpointMeta, save_checkpoint
     from kagglecv.core.competition import load_competition
     from kagglecv.core.config import load_config
-    from kagglecv.core.runs import gather, save_checkpoint
+    from kagglecv.core.runs import gather
     from kagglecv.ml.model import create_model
 
     comp = load_competition(slug)
@@ -168,7 +169,7 @@ def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo"
                 "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                 "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
                 "ema": False, "config": cfg.to_dict()}  # fmt: skip
-        save_checkpoint(run / f"fold{k}.pt", model.state_dict(), meta)
+        save_checkpoint(run / f"fold{k}.pt", model.state_dict(), CheckpointMeta.from_json(meta))
         part = folds[folds["fold"] == k].copy()
         probs = rng.dirichlet(np.ones(len(classes)), size=len(part))
         for j, c in enumerate(classes):

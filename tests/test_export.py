@@ -21,7 +21,8 @@ from chosen_tta_run import run_with_tta_chosen
 from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import decode
-from kagglecv.predict.new_images import ensemble_probs, load_ensemble, predict_paths, squash
+from kagglecv.ml.data import squash
+from kagglecv.predict.new_images import load_ensemble, predict_paths
 from kagglecv.ship.export import export_run
 
 TEMPLATE = Path(export_mod.__file__).parent / "templates" / "export_predict.py"
@@ -122,7 +123,7 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits,
     import onnxruntime as ort
 
     # the ONNX graph: any batch size, the same probabilities (before the post-processing)
-    ours = ensemble_probs(ens, np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test]))
+    ours = ens.predict_array(np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test]))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     pixels = np.stack([squash(np.asarray(decode(p.read_bytes())[0]), 32) for p in test[:3]])
     got = session.run(None, {"pixels": pixels.transpose(0, 3, 1, 2).astype(np.float32)})[0]

@@ -13,10 +13,11 @@ import kagglecv.train.one_fold as fold_mod
 import kagglecv.train.run as train_mod
 from conftest import FINISHED_RUN_ARGS, REPO, cli_text, interrupted_at_validation
 from kagglecv.cli import main
+from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.competition import load_competition
 from kagglecv.core.config import load_config
 from kagglecv.core.errors import UserError
-from kagglecv.core.runs import RUNS_DIR, gather, load_checkpoint
+from kagglecv.core.runs import RUNS_DIR, gather
 from kagglecv.ml.engine import Stepper, train_one_epoch
 from kagglecv.ml.model import create_model
 from kagglecv.train.run import train
@@ -87,7 +88,7 @@ def test_resume_after_interruption_gives_the_same_result(digits_small, monkeypat
 
         assert main(["train", "--resume", "--comp", "digits-small"]) == 0
         b, meta_b = load_checkpoint(interrupted / "fold0.pt")
-        assert meta_a["best_epoch"] == meta_b["best_epoch"] and meta_a["score"] == meta_b["score"], at
+        assert meta_a.best_epoch == meta_b.best_epoch and meta_a.score == meta_b.score, at
         for k in a:
             assert torch.equal(a[k], b[k]), (at, old_file, k)
         assert not (interrupted / "fold0.last.pt").exists()
@@ -288,7 +289,7 @@ def test_ddp_with_gloo_on_two_cpu_processes(ddp_launch):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["fold_ids"] == [0] and summary["cv_mean"] > 0.2  # it learned, with half the data per rank
     _, meta = load_checkpoint(run / "fold0.pt")
-    assert meta["best_epoch"] >= 1  # its best weights are the ranks' (epoch 0 trained before torchrun)
+    assert meta.best_epoch >= 1  # its best weights are the ranks' (epoch 0 trained before torchrun)
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 4  # rank 0 alone wrote metrics: one row per epoch, not per rank
     assert not list(run.glob("*.last.pt"))

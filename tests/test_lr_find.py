@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FINISHED_RUN_ARGS
+from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.config import load_config
-from kagglecv.core.runs import load_checkpoint
 from kagglecv.ml.engine import Stepper
 from kagglecv.train.lr_find import range_test, valley
 from kagglecv.train.run import train
@@ -78,7 +78,7 @@ def test_training_after_lr_find_equals_training_with_that_lr(finished_run):
     run_fixed = train(load_competition("digits-demo"), cfg_fixed)
     a, meta_a = load_checkpoint(finished_run / "fold0.pt")
     b, _ = load_checkpoint(run_fixed / "fold0.pt")
-    assert meta_a["lr"] == found
+    assert meta_a.lr == found
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (finished_run / "lr_find.png").stat().st_size > 1000

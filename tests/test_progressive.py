@@ -8,13 +8,14 @@ import torch
 
 import kagglecv.predict.test_set as predict_mod
 from conftest import interrupted_at_validation
+from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.competition import load_competition
 from kagglecv.core.config import load_config, stage_sizes
 from kagglecv.core.errors import UserError
 from kagglecv.core.figures import fig_curves, size_changes
-from kagglecv.core.runs import load_checkpoint
+from kagglecv.predict.ensemble import load_fold_models
 from kagglecv.predict.new_images import load_ensemble, predict_paths
-from kagglecv.predict.test_set import load_fold_models, predict_test
+from kagglecv.predict.test_set import predict_test
 from kagglecv.train.run import train
 
 # 2 folds x (16, 24, 32, 32 px, then one low-LR epoch at 40 px); predicted at 48 px
@@ -62,8 +63,8 @@ def test_progressive_run_records_sizes_and_resumes_bit_identical(digits_small, m
     rows = pd.read_csv(straight / "metrics.csv")
     assert rows.groupby("fold")["img_size"].apply(list).tolist() == [[16, 24, 32, 32, 40]] * 2
     a, meta = load_checkpoint(straight / "fold1.pt")
-    assert meta["img_size"] == [16, 24, 32, 32, 40][meta["best_epoch"]]  # validated at its stage's size
-    assert meta["train_sizes"] == [16, 24, 32, 40] and meta["test_size"] == 48
+    assert meta.img_size == [16, 24, 32, 32, 40][meta.best_epoch]  # validated at its stage's size
+    assert meta.train_sizes == [16, 24, 32, 40] and meta.test_size == 48
 
     # fold 1 alone, Ctrl-C at its 4th validation: it resumes after epoch 2, inside the 32 px stage
     with interrupted_at_validation(monkeypatch, 4), pytest.raises(KeyboardInterrupt):

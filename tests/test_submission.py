@@ -130,7 +130,7 @@ def made_run_tta(tmp_path_factory, made_run):
     keyed by the folds' mtimes, which a copy keeps): submit reads it instead of predicting every OOF
     view again, for the tests whose subject is not the TTA choice."""
     from kagglecv.ml.engine import pick_device
-    from kagglecv.predict.test_set import load_fold_models
+    from kagglecv.predict.ensemble import load_fold_models
     from kagglecv.predict.tta import choose_tta
 
     run = shutil.copytree(made_run, tmp_path_factory.mktemp("made-tta") / MADE_RUN)

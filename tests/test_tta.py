@@ -23,12 +23,12 @@ def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monke
     """The real choose_tta over a real run's OOF rows; the views' probabilities are made up so that the
     larger scale fixes (or breaks) a third of the rows."""
     from kagglecv.ml.engine import pick_device
-    from kagglecv.predict.test_set import load_fold_models
+    from kagglecv.predict.ensemble import load_fold_models
 
     comp = load_competition("digits-demo")
     models = load_fold_models(finished_run, [0, 1], pick_device("cpu"))
     oof = json.loads((finished_run / "summary.json").read_text())
-    classes = models[0].meta["classes"]
+    classes = models[0].meta.classes
     import pandas as pd
 
     frame = pd.read_csv(finished_run / "oof.csv", dtype={"label": str})
@@ -44,11 +44,11 @@ def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monke
 
     monkeypatch.setattr(tta, "oof_views", fake_views)
     plan = tta.choose_tta(comp, finished_run, models)
-    assert plan["name"] == ("scale1.15" if helps else "none")
-    assert plan["scales"] == ([1.0, 1.15] if helps else [1.0])
-    assert plan["scores"]["none"] == pytest.approx((~third).mean(), abs=1e-6)
+    assert plan.name == ("scale1.15" if helps else "none")
+    assert plan.scales == ([1.0, 1.15] if helps else [1.0])
+    assert plan.scores["none"] == pytest.approx((~third).mean(), abs=1e-6)
     again = tta.choose_tta(comp, finished_run, models)  # cached: no second pass over the views
-    assert again == plan and json.loads((finished_run / tta.CACHE).read_text())["name"] == plan["name"]
+    assert again == plan and json.loads((finished_run / tta.CACHE).read_text())["name"] == plan.name
     assert oof["metric"] == "accuracy"
 
 

@@ -235,11 +235,12 @@ def run_test_probs(
     """(N x C probabilities, NaN rows for unreadable images; the run's classes; what prediction did)
     for one training run: its fold models, TTA, through the run's prediction cache."""
     from kagglecv.ml.engine import pick_device
-    from kagglecv.predict.test_set import load_fold_models, predict_test
+    from kagglecv.predict.ensemble import load_fold_models
+    from kagglecv.predict.test_set import predict_test
     from kagglecv.predict.tta import NO_TTA, choose_tta
 
     models = load_fold_models(run_dir, fold_ids, pick_device("auto"))
-    classes = models[0].meta["classes"]
+    classes = models[0].meta.classes
     if classes != [str(c) for c in info["classes"]]:
         raise UserError(
             f"run {run_dir.name} was trained on classes {classes[:5]}…, the prepared data has others; retrain"
@@ -258,8 +259,7 @@ def run_test_probs(
             tta=plan,
         )
         probs[[i for i, p in enumerate(paths) if p is not None]] = pred["probs"]
-    tta = {k: plan[k] for k in ("name", "flips", "scales", "scores")}
-    return probs, classes, {"tta": tta, "model": models[0].meta["model"]}
+    return probs, classes, {"tta": plan.record(), "model": models[0].meta.model}
 
 
 def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list, tta: str = "auto") -> tuple:

@@ -7,14 +7,15 @@ too: pseudo-labels (train) learn from a finished run's or blend's cached test pr
         spec = read_blend(run_dir)                        # members, weights, metric
         probs = blend_test_probs(spec, [member probs...])  # the blend's test probabilities
 
-`make submit` writes test_probs.npz (predict/test_set.py); `make blend` writes blend.json
-(compete/blend.py). Both are written atomically; the cache is a cache (a read-only or full run
+`make submit` writes test_probs.npz (predict/test_set.py) and tta_oof.json (the TTA plan chosen on
+OOF, predict/tta.py); `make blend` writes blend.json (compete/blend.py). Both are written atomically; the cache is a cache (a read-only or full run
 folder only costs it), the blend file is the blend.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write, disk_error
 
 TEST_CACHE = "test_probs.npz"
+TTA_PLAN = "tta_oof.json"
 BLEND_FILE = "blend.json"
 BLEND_PREFIX = "blend-"
 
@@ -85,3 +87,47 @@ def combine(inputs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
 def blend_test_probs(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
     """The test-set blend from each member's test probabilities (same order as spec['members'])."""
     return combine(member_inputs(spec["metric"], member_probs), np.asarray(spec["weights"]))
+
+
+@dataclass(frozen=True)
+class TTAPlan:
+    """Which test-time views to average: chosen on OOF (tta_oof.json), recorded by submit, read by
+    prediction, the export and the report."""
+
+    name: str  # the candidate set, e.g. "hflip+scale1.15"
+    flips: list[str] = field(default_factory=list)
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    scores: dict[str, float] = field(default_factory=dict)  # every candidate's OOF score
+    metric: str = ""
+    key: str = ""  # the fold checkpoints it was chosen for: another key means choose again
+
+    @property
+    def extra_scales(self) -> list[float]:
+        return [s for s in self.scales if s != 1.0]
+
+    @classmethod
+    def from_json(cls, d: dict) -> TTAPlan:
+        return cls(
+            name=str(d["name"]),
+            flips=[str(f) for f in d.get("flips", [])],
+            scales=[float(s) for s in d.get("scales", [1.0])],
+            scores={str(k): float(v) for k, v in (d.get("scores") or {}).items()},
+            metric=str(d.get("metric", "")),
+            key=str(d.get("key", "")),
+        )
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "name": self.name, "flips": self.flips, "scales": self.scales,
+                "scores": self.scores, "metric": self.metric}  # fmt: skip
+
+    def record(self) -> dict:
+        """What a submission record keeps of it."""
+        return {"name": self.name, "flips": self.flips, "scales": self.scales, "scores": self.scores}
+
+
+def read_tta_plan(run_dir: Path) -> TTAPlan | None:
+    """The TTA plan cached in a run folder, or None when it is absent or unreadable."""
+    try:
+        return TTAPlan.from_json(json.loads((run_dir / TTA_PLAN).read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import pickle
 import re
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
@@ -158,24 +158,7 @@ def find_run(slug: str, run: str | None) -> Path:
     return pick
 
 
-# ---- checkpoints and the summary gathered from the finished folds ---------------------------
-
-
-def save_checkpoint(path: Path, state_dict: dict, meta: dict) -> None:
-    # tensors + a JSON string: loads with weights_only=True, no pickled code
-    import torch
-
-    atomic_write(path, lambda p: torch.save({"state_dict": state_dict, "meta": json.dumps(meta)}, p))
-
-
-def load_checkpoint(path: Path) -> tuple[dict, dict]:
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        return ckpt["state_dict"], json.loads(ckpt["meta"])
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); retrain this run") from None
+# ---- the summary gathered from the finished folds ---------------------------
 
 
 def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None = None) -> dict:
@@ -188,17 +171,17 @@ def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None
     if not done:
         raise UserError(f"run {run_dir} has no finished fold yet; train it (RESUME=1 continues it)")
     metas = [load_checkpoint(run_dir / f"fold{k}.pt")[1] for k in done]
-    classes = metas[0]["classes"]
+    classes = metas[0].classes
     oof = pd.concat([pd.read_csv(run_dir / f"oof_fold{k}.csv", index_col="row") for k in done]).sort_index()
     atomic_write(run_dir / "oof.csv", lambda p: oof.to_csv(p, index=False))
     y = oof["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-    fold_scores = [float(m["score"]) for m in metas]
+    fold_scores = [float(m.score) for m in metas]
     old = read_summary(run_dir) if (run_dir / SUMMARY).exists() else {}
     summary = {
         **old,
         "competition": comp.slug,
         "run": run_dir.name,
-        "model": metas[0]["model"],
+        "model": metas[0].model,
         "folds": len(done),
         "fold_ids": done,
         "metric": comp.metric,
@@ -207,9 +190,9 @@ def gather(run_dir: Path, comp, seconds: float | None = None, device: str | None
         "cv_std": float(np.std(fold_scores)),
         "fold_scores": fold_scores,
         "oof_score": score(comp.metric, y, oof[[f"p_{c}" for c in classes]].to_numpy()),
-        "best_epochs": [m["best_epoch"] for m in metas],
-        "lr": metas[0]["lr"],
-        "img_size": metas[0]["img_size"],
+        "best_epochs": [m.best_epoch for m in metas],
+        "lr": metas[0].lr,
+        "img_size": metas[0].img_size,
     }
     if seconds is not None:  # training time, summed over interrupted and resumed sessions
         summary["seconds"] = round(old.get("seconds", 0.0) + seconds, 1)

@@ -5,19 +5,16 @@ folder source decodes them, then the same resize, fold ensemble and TTA as `make
 
     df = predict_images(comp, run_dir, ["photos/"], top_k=3)   # also writes predictions/<comp>-<run>-<time>.csv
 
-Owns: expanding the inputs into image files, decoding any image the folder source accepts (CMYK,
-16-bit, palette, EXIF-rotated, ...; see images.decode), the run's fold ensemble as one object
-(`Ensemble`, which `export` reuses) and the table + CSV of the answers. An image that cannot be
+Owns: expanding the inputs into image files, loading a run as one Ensemble with the TTA and
+post-processing `make submit` uses (load_ensemble, which `export` reuses), and the table + CSV of the
+answers. Decoding and prediction are the inference core's (ensemble.py). An image that cannot be
 decoded is listed with its reason; it ends nothing.
 """
 
 from __future__ import annotations
 
 import glob
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,46 +25,23 @@ from rich.table import Table
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
-from kagglecv.core.images import IMAGE_EXTS, decode
+from kagglecv.core.images import IMAGE_EXTS
 from kagglecv.core.runs import check_run, finished_folds, read_summary
-from kagglecv.ml.data import squash
-from kagglecv.predict.test_set import predict_size
+from kagglecv.predict.ensemble import Ensemble, load_fold_models, load_image
+
+__all__ = ["load_ensemble", "load_image", "expand_inputs", "predict_paths", "predict_images"]
 
 PREDICTIONS_DIR = Path("predictions")
-CHUNK = 64  # images decoded and predicted at a time: memory stays flat on a folder of 100k
 SHOW_ROWS = 50  # rows in the table; the CSV has them all
 
 
-@dataclass
-class Ensemble:
-    """A run's fold models on one device, with what their checkpoints say about the input."""
-
-    run_dir: Path
-    models: list  # torch modules in eval mode
-    folds: list[int]
-    meta: dict  # the first fold's checkpoint meta: model, classes, img_size, mean, std
-    config: object  # the run's TrainConfig (amp, amp_dtype, tta)
-    flips: list[str]  # test-time flips, as `make submit` averages them (chosen on OOF: tta.py)
-    scales: list[float]  # 1.0, plus a larger scale where the OOF chose one
-    postprocess: dict  # temperature/clip chosen on the run's OOF, as `make submit` applies it
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.meta["classes"]]
-
-    @property
-    def img_size(self) -> int:
-        """The size `make submit` predicts at: test_size where the recipe sets one, else img_size."""
-        return predict_size(self.meta)
-
-
 def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
-    """Every fold model of a finished run (the folds its summary lists), ready to predict."""
+    """Every fold model of a finished run (the folds its summary lists), ready to predict, with the
+    TTA views chosen on its OOF and its post-processing, as `make submit` predicts."""
     import torch
 
     from kagglecv.core.run_files import is_blend
     from kagglecv.predict.postprocess import postprocess_for_run
-    from kagglecv.predict.test_set import load_fold_models
     from kagglecv.predict.tta import choose_tta
 
     if is_blend(run_dir):
@@ -79,42 +53,14 @@ def load_ensemble(comp, run_dir: Path, device=None) -> Ensemble:
         raise UserError(f"run {run_dir} has no finished fold yet; train it (RESUME=1 continues it)")
     fold_ids = check_run(run_dir, summary)
     models = load_fold_models(run_dir, fold_ids, device or torch.device("cpu"))
-    first = models[0]
-    classes = [str(c) for c in first.meta["classes"]]
     plan = choose_tta(comp, run_dir, models)
-    return Ensemble(
+    return Ensemble.from_folds(
+        models,
+        flips=plan.flips,
+        scales=plan.scales,
+        postprocess=postprocess_for_run(comp.metric, run_dir, models[0].meta.classes),
         run_dir=run_dir,
-        models=[fm.model for fm in models],
-        folds=[fm.fold for fm in models],
-        meta=first.meta,
-        config=first.config,
-        flips=plan["flips"],
-        scales=plan["scales"],
-        postprocess=postprocess_for_run(comp.metric, run_dir, classes),
     )
-
-
-def ensemble_probs(ens: Ensemble, images: np.ndarray, flips: list[str] | None = None) -> np.ndarray:
-    """N x C softmax probabilities for uint8 N x H x W x 3 images at the run's size: each fold with
-    its TTA flips (engine.predict, as `make submit`), averaged over the folds; no post-processing."""
-    import torch
-
-    from kagglecv.ml.engine import Stepper, predict
-
-    device = next(ens.models[0].parameters()).device
-    batch = [(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), None)]
-    total = 0
-    for model in ens.models:
-        stepper = Stepper(
-            model,
-            device=device,
-            mean=ens.meta["mean"],
-            std=ens.meta["std"],
-            amp=ens.config.amp,
-            amp_dtype_name=ens.config.amp_dtype,
-        )
-        total = total + predict(stepper, batch, ens.flips if flips is None else flips)
-    return total / len(ens.models)
 
 
 # ---- inputs -> image files -> pixels ---------------------------------------------------------
@@ -159,48 +105,15 @@ def _folder_images(folder: Path) -> list[Path]:
     )
 
 
-def load_image(path: Path, size: int) -> np.ndarray | str:
-    """RGB uint8 at size x size, or why the file cannot be read (as a short reason)."""
-    if path.suffix.lower() not in IMAGE_EXTS:
-        return f"extension {path.suffix or '(none)'} is not an image's"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    if not data:
-        return "empty file"
-    try:
-        rgb = decode(data)[0]
-    except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
-        return f"cannot decode ({(str(e) or type(e).__name__)[:80]})"
-    return squash(np.asarray(rgb, dtype=np.uint8), size)
-
-
 def predict_paths(ens: Ensemble, paths: list[Path]) -> tuple[np.ndarray, dict[int, str]]:
     """N x C probabilities as `make submit` computes them (ensemble, TTA, post-processing; NaN rows
     for unreadable files) and {row: reason} for those files."""
     from kagglecv.predict.postprocess import apply_postprocess
 
-    probs = np.full((len(paths), len(ens.classes)), np.nan)
-    errors: dict[int, str] = {}
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:  # cv2/PIL free the GIL
-        for start in range(0, len(paths), CHUNK):
-            rows = list(range(start, min(start + CHUNK, len(paths))))
-            loaded = list(pool.map(lambda i: load_image(paths[i], ens.img_size), rows))
-            good, images = [], []
-            for i, img in zip(rows, loaded, strict=True):
-                if isinstance(img, str):
-                    errors[i] = img
-                else:
-                    good.append(i)
-                    images.append(img)
-            if good:
-                p = ensemble_probs(ens, np.stack(images))
-                for s in [s for s in ens.scales if s != 1.0]:  # the larger-scale view, as submit adds it
-                    size = int(round(ens.img_size * s))
-                    bigger = np.stack(list(pool.map(lambda i, size=size: load_image(paths[i], size), good)))
-                    p = (p * (1 + len(ens.flips)) + ensemble_probs(ens, bigger, [])) / (2 + len(ens.flips))
-                probs[good] = apply_postprocess(ens.postprocess, p)
+    probs, errors = ens.predict_files(paths)
+    good = ~np.isnan(probs).any(axis=1)
+    if good.any():
+        probs[good] = apply_postprocess(ens.postprocess, probs[good])
     return probs, errors
 
 

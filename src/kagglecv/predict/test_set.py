@@ -1,13 +1,15 @@
-"""Test-set prediction for a finished run: every fold model, averaged, with test-time flips, cached.
+"""Test-set prediction for a finished run (`make submit`): every fold model, averaged, with the TTA
+views chosen on OOF, cached.
 
-    models = load_fold_models(run_dir, [0, 1, 2, 3, 4], pick_device("auto"))
+    models = load_fold_models(run_dir, [0, 1, 2, 3, 4], pick_device("auto"))   # predict/ensemble.py
     out = predict_test(models, run_dir=run_dir, paths=paths, data_root=comp.data_dir, hflip=True, vflip=False)
     cached = read_test_cache(run_dir)  # core/run_files.py: later stages read it without predicting
 
-Owns loading a run's fold models (each checkpoint carries its model name, classes, input size,
-mean/std and its typed config, so nothing is guessed; a fold predicts at its checkpoint's test_size
-when the recipe set one (FixRes: test larger than trained), else at the size its best epoch trained at), decoding the test images once for all folds,
-TTA, and the prediction cache runs/<comp>/<run>/test_probs.npz. The cache is keyed by the test
+The fold models predict through the one inference core (ensemble.py); each predicts at its
+checkpoint's predict size (the recipe's test_size, FixRes, else the size its best epoch trained at),
+so folds are grouped by size. Owns decoding the test images once for all folds of a size (in RAM or
+through the disk cache, for test sets of any size) and the prediction cache
+runs/<comp>/<run>/test_probs.npz. The cache is keyed by the test
 images (names, sizes, times), the flips, the fold checkpoints and the prediction sizes, so a changed test set, other TTA
 or a retrained fold never reads a stale cache; it is written atomically. An image that cannot be
 decoded gets no model prediction: its row is NaN and the caller decides what stands in for it.
@@ -19,66 +21,19 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from kagglecv.core.config import TrainConfig, config_from_dict
+from kagglecv.core.config import TrainConfig
 from kagglecv.core.console import console, track
 from kagglecv.core.errors import UserError
 from kagglecv.core.run_files import TEST_CACHE, read_test_cache, write_test_cache
-from kagglecv.core.runs import load_checkpoint
 from kagglecv.ml.data import ImageDataset, cached_images, default_workers, make_loader, read_image
-from kagglecv.ml.engine import Stepper, predict
-from kagglecv.ml.model import create_model, place
+from kagglecv.predict.ensemble import Ensemble, FoldModel, load_fold_models, mix_scale_view
+from kagglecv.predict.tta import TTAPlan, tta_flips
 
-
-@dataclass
-class FoldModel:
-    """One fold's network, ready to predict, with what its checkpoint says about it."""
-
-    fold: int
-    model: torch.nn.Module
-    meta: dict
-    config: TrainConfig
-
-
-def load_fold_models(run_dir: Path, fold_ids: list[int], device: torch.device) -> list[FoldModel]:
-    """fold<k>.pt for each fold id, rebuilt from the checkpoint's own model name and config."""
-    models = []
-    for fold in fold_ids:
-        path = run_dir / f"fold{fold}.pt"
-        if not path.exists():
-            raise UserError(
-                f"run {run_dir.name} is missing {path.name} (its summary lists folds {list(fold_ids)}); "
-                f"copy the fold back, or retrain it with `make train RUN={run_dir.name} RESUME=1`"
-            )
-        state, meta = load_checkpoint(path)
-        try:
-            cfg = config_from_dict(meta.get("config") or {})
-        except UserError as e:
-            raise UserError(f"{path}: {e} (the checkpoint's recipe is not one this kagglecv reads)") from None
-        model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
-        try:
-            model.load_state_dict(state)
-        except RuntimeError:
-            raise UserError(
-                f"{path}: weights do not fit {meta['model']}; the checkpoint is damaged, retrain"
-            ) from None
-        models.append(FoldModel(fold, place(model, device).eval(), meta, cfg))
-    return models
-
-
-def tta_flips(cfg: TrainConfig, hflip: bool, vflip: bool) -> list[str]:
-    """The flips averaged at test time: those the competition allows, when the recipe asks for TTA."""
-    return [f for f, ok in (("hflip", hflip), ("vflip", vflip)) if ok and cfg.tta]
-
-
-def predict_size(meta: dict) -> int:
-    """The size a fold model predicts at: its recipe's test_size, else the size it was validated at."""
-    return int(meta.get("test_size") or meta["img_size"])
+__all__ = ["load_fold_models", "predict_test", "decode_test", "cache_key"]
 
 
 def cache_key(
@@ -135,37 +90,31 @@ def decode_test(paths: list[Path], size: int, cfg: TrainConfig, data_root: Path)
     return read_paths, None, bad
 
 
-def _ensemble(models: list[FoldModel], ds: ImageDataset, flips: list[str], batch_size: int) -> np.ndarray:
-    cfg = models[0].config
-    device = next(models[0].model.parameters()).device
-    workers = default_workers(cfg.workers, ds.images is not None, device.type == "cuda")
-    loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, pin=device.type == "cuda")
-    probs = np.zeros((len(ds), models[0].meta["num_classes"]), np.float32)
-    for fm in models:
-        stepper = Stepper(
-            fm.model,
-            device=device,
-            mean=fm.meta["mean"],
-            std=fm.meta["std"],
-            amp=fm.config.amp,
-            amp_dtype_name=fm.config.amp_dtype,
-        )
-        probs = probs + predict(stepper, loader, flips)
-    return probs / len(models)
+def _probs(
+    ens: Ensemble, ds: ImageDataset, flips: list[str], cfg: TrainConfig, batch_size: int
+) -> np.ndarray:
+    cuda = next(ens.models[0].parameters()).device.type == "cuda"
+    workers = default_workers(cfg.workers, ds.images is not None, cuda)
+    loader = make_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, pin=cuda)
+    return ens.probs(loader, flips)
 
 
-def _views(group, paths, size, flips, extra, cfg, data_root, batch_size):
+def _views(group: list[FoldModel], paths, size, plan: TTAPlan, data_root, batch_size):
     """(probabilities of one group of same-size folds, averaged over the flips and any larger-scale
     view, indices that failed to decode)."""
+    cfg = group[0].config
+    ens = Ensemble.from_folds(group, flips=plan.flips, scales=plan.scales)
     read_paths, images, bad = decode_test(paths, size, cfg, data_root)
     if len(bad) == len(paths):
-        return np.zeros((len(paths), group[0].meta["num_classes"])), bad
-    probs = _ensemble(group, ImageDataset(read_paths, np.zeros(len(paths)), size, images), flips, batch_size)
-    for s in extra:  # a larger-scale view (FixRes): one more view in the average
+        return np.zeros((len(paths), ens.meta.num_classes)), bad
+    probs = _probs(
+        ens, ImageDataset(read_paths, np.zeros(len(paths)), size, images), plan.flips, cfg, batch_size
+    )
+    for s in ens.extra_scales:  # a larger-scale view (FixRes): one more view in the average
         big = int(round(size * s))
         read_s, images_s, _ = decode_test(paths, big, cfg, data_root)
-        scaled = _ensemble(group, ImageDataset(read_s, np.zeros(len(paths)), big, images_s), [], batch_size)
-        probs = (probs * (1 + len(flips)) + scaled) / (2 + len(flips))
+        scaled = _probs(ens, ImageDataset(read_s, np.zeros(len(paths)), big, images_s), [], cfg, batch_size)
+        probs = mix_scale_view(probs, scaled, len(plan.flips))
     return probs, bad
 
 
@@ -178,16 +127,16 @@ def predict_test(
     hflip: bool,
     vflip: bool,
     batch_size: int = 128,
-    tta: dict | None = None,
+    tta: TTAPlan | None = None,
 ) -> dict:
     """N x C probabilities for `paths` (rows of undecodable images are NaN), from the cache when it
     matches, else predicted with every fold model and cached. Returns the cache's fields. `tta`
     (tta.choose_tta's plan) gives the flips and scales; without it, the flips the competition allows."""
-    meta, cfg = models[0].meta, models[0].config
+    meta = models[0].meta
     fold_ids = [fm.fold for fm in models]
-    flips = tta["flips"] if tta else tta_flips(cfg, hflip, vflip)
-    extra = [s for s in (tta or {}).get("scales", [1.0]) if s != 1.0]
-    sizes = [predict_size(fm.meta) for fm in models]
+    plan = tta or TTAPlan("flips", tta_flips(models[0].config, hflip, vflip))
+    flips, extra = plan.flips, plan.extra_scales
+    sizes = [fm.meta.predict_size for fm in models]
     key = cache_key(paths, data_root, flips + [f"scale{s:g}" for s in extra], run_dir, fold_ids, sizes)
     cached = read_test_cache(run_dir, key)
     if cached is not None:
@@ -197,16 +146,16 @@ def predict_test(
         f"predicting {len(paths)} test images with {len(models)} fold model(s) of run {run_dir.name}"
         + (f", TTA {'+'.join(flips + [f'scale{s:g}' for s in extra])}" if flips or extra else "")
     )
-    probs, bad = np.zeros((len(paths), meta["num_classes"])), []
+    probs, bad = np.zeros((len(paths), meta.num_classes)), []
     for size in sorted(set(sizes)):  # folds whose best epochs came from different stages differ
         group = [fm for fm, s in zip(models, sizes, strict=True) if s == size]
-        p, bad = _views(group, paths, size, flips, extra, cfg, data_root, batch_size)
+        p, bad = _views(group, paths, size, plan, data_root, batch_size)
         probs = probs + p * len(group) / len(models)
     probs[bad] = np.nan
     result = {
         "key": key,
         "images": [str(p.relative_to(data_root)) for p in paths],
-        "classes": meta["classes"],
+        "classes": meta.classes,
         "flips": flips,
         "scales": [1.0, *extra],
         "folds": list(fold_ids),

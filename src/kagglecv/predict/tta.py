@@ -1,6 +1,6 @@
 """Test-time augmentation chosen on out-of-fold predictions, not on the public leaderboard.
 
-    plan = choose_tta(comp, run_dir, models)   # {"name": "hflip", "flips": ["hflip"], "scales": [1.0], ...}
+    plan = choose_tta(comp, run_dir, models)   # TTAPlan(name="hflip", flips=["hflip"], scales=[1.0], ...)
 
 Each fold model predicts the validation images it held out under every primitive view: the image
 as trained, its horizontal / vertical flip (only where the competition allows flips) and the image
@@ -23,13 +23,21 @@ from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.metrics import HIGHER_IS_BETTER, score
+from kagglecv.core.run_files import TTA_PLAN, TTAPlan
 from kagglecv.ml.data import ImageDataset, cached_images, default_workers, make_loader
-from kagglecv.ml.engine import Stepper, predict_views
-from kagglecv.predict.test_set import tta_flips
+from kagglecv.ml.engine import predict_views
+from kagglecv.predict.ensemble import fold_stepper
 
-CACHE = "tta_oof.json"
+CACHE = TTA_PLAN
 SCALE = 1.15
-NO_TTA = {"name": "none (TTA=none)", "flips": [], "scales": [1.0], "scores": {}}  # submit --tta none
+
+
+NO_TTA = TTAPlan("none (TTA=none)")  # submit --tta none
+
+
+def tta_flips(cfg, hflip: bool, vflip: bool) -> list[str]:
+    """The flips averaged at test time: those the competition allows, when the recipe asks for TTA."""
+    return [f for f, ok in (("hflip", hflip), ("vflip", vflip)) if ok and cfg.tta]
 
 
 def candidate_sets(hflip: bool, vflip: bool) -> dict[str, list[tuple[str | None, float]]]:
@@ -54,27 +62,22 @@ def _key(run_dir: Path, fold_ids: list[int], sets: dict) -> str:
 
 def _view_probs(fm, ds: ImageDataset, views: list[str | None]) -> dict[str | None, np.ndarray]:
     """Softmax probabilities of one fold model for each flip view of `ds` (one decode per batch)."""
-    device = next(fm.model.parameters()).device
-    stepper = Stepper(
-        fm.model, device=device, mean=fm.meta["mean"], std=fm.meta["std"], amp=fm.config.amp,
-        amp_dtype_name=fm.config.amp_dtype,
-    )  # fmt: skip
-    workers = default_workers(fm.config.workers, ds.images is not None, device.type == "cuda")
-    loader = make_loader(ds, batch_size=128, shuffle=False, workers=workers, pin=device.type == "cuda")
+    stepper = fold_stepper(fm)
+    cuda = stepper.device.type == "cuda"
+    workers = default_workers(fm.config.workers, ds.images is not None, cuda)
+    loader = make_loader(ds, batch_size=128, shuffle=False, workers=workers, pin=cuda)
     return predict_views(stepper, loader, views)
 
 
 def oof_views(models, oof: pd.DataFrame, data_root: Path, sets: dict) -> dict:
     """(flip, scale) -> N x C OOF probabilities, each row from the fold model that held it out."""
     wanted = sorted({v for views in sets.values() for v in views}, key=lambda v: (v[1], str(v[0])))
-    from kagglecv.predict.test_set import predict_size
-
-    n, c = len(oof), models[0].meta["num_classes"]
+    n, c = len(oof), models[0].meta.num_classes
     probs = {v: np.zeros((n, c)) for v in wanted}
     for fm in models:
         rows = np.flatnonzero(oof["fold"].to_numpy() == fm.fold)
         paths = [data_root / p for p in oof["image"].iloc[rows]]
-        size = predict_size(fm.meta)  # as the test set is predicted (progressive runs: per fold)
+        size = fm.meta.predict_size  # as the test set is predicted (progressive runs: per fold)
         for scale in sorted({s for _, s in wanted}):
             s = int(round(size * scale))
             read, images = cached_images(
@@ -87,7 +90,7 @@ def oof_views(models, oof: pd.DataFrame, data_root: Path, sets: dict) -> dict:
     return probs
 
 
-def choose_tta(comp, run_dir: Path, models) -> dict:
+def choose_tta(comp, run_dir: Path, models) -> TTAPlan:
     """The TTA set with the best OOF score (plain prediction unless a set beats it), cached."""
     sets = candidate_sets(comp.hflip, comp.vflip)
     if not models[0].config.tta:
@@ -97,11 +100,11 @@ def choose_tta(comp, run_dir: Path, models) -> dict:
     try:
         cached = json.loads((run_dir / CACHE).read_text())
         if cached.get("key") == key:
-            return cached
-    except (OSError, ValueError):
+            return TTAPlan.from_json(cached)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"image": str, "label": str})
-    classes = models[0].meta["classes"]
+    classes = models[0].meta.classes
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     try:
         try:
@@ -113,30 +116,24 @@ def choose_tta(comp, run_dir: Path, models) -> dict:
     except UserError as e:  # the training images are gone or unreadable: the recipe's flips, unchosen
         flips = tta_flips(models[0].config, comp.hflip, comp.vflip)
         console.print(f"[yellow]TTA not chosen on OOF[/] ({e}); using the flips the competition allows")
-        return {
-            "name": "+".join(flips) or "none",
-            "flips": flips,
-            "scales": [1.0],
-            "scores": {},
-            "metric": comp.metric,
-        }
+        return TTAPlan("+".join(flips) or "none", flips, [1.0], {}, comp.metric)
     scores = {
         name: score(comp.metric, y, np.mean([views[v] for v in vs], axis=0)) for name, vs in sets.items()
     }
     sign = 1 if HIGHER_IS_BETTER[comp.metric] else -1
     best = max(sets, key=lambda k: (round(sign * scores[k], 6), -len(sets[k])))
-    plan = {
-        "key": key,
-        "name": best,
-        "flips": sorted({f for f, _ in sets[best] if f}),
-        "scales": sorted({s for _, s in sets[best]}),
-        "scores": {k: round(float(v), 6) for k, v in scores.items()},
-        "metric": comp.metric,
-    }
+    plan = TTAPlan(
+        name=best,
+        flips=sorted({f for f, _ in sets[best] if f}),
+        scales=sorted({s for _, s in sets[best]}),
+        scores={k: round(float(v), 6) for k, v in scores.items()},
+        metric=comp.metric,
+        key=key,
+    )
     try:
-        atomic_write(run_dir / CACHE, lambda p: p.write_text(json.dumps(plan, indent=2)))
+        atomic_write(run_dir / CACHE, lambda p: p.write_text(json.dumps(plan.to_json(), indent=2)))
     except OSError:
         pass  # a read-only run folder only costs the cache
-    table = ", ".join(f"{k} {v:.4f}" for k, v in plan["scores"].items())
+    table = ", ".join(f"{k} {v:.4f}" for k, v in plan.scores.items())
     console.print(f"TTA chosen on OOF {comp.metric}: [bold]{best}[/] ({table})")
     return plan

@@ -36,6 +36,7 @@ from kagglecv.core.figures import (
     use_fonts,
 )
 from kagglecv.core.files import atomic_write
+from kagglecv.core.run_files import read_tta_plan
 from kagglecv.report.analysis import (
     GRID_IMAGES,
     SUSPECT_MIN_P_OTHER,
@@ -115,13 +116,12 @@ def latest_test_score(run: Run) -> float | None:
 
 def _tta_table(run: Run) -> str:
     """The TTA candidates scored on the OOF images (tta_oof.json, written when the run is submitted)."""
-    try:
-        plan = json.loads((run.dir / "tta_oof.json").read_text())
-    except (OSError, ValueError):
+    plan = read_tta_plan(run.dir)
+    if plan is None:
         return ""
     rows = pd.DataFrame(
-        [{"TTA set": k, f"OOF {plan.get('metric', '')}": v, "used": "✓" if k == plan.get("name") else ""}
-         for k, v in plan.get("scores", {}).items()]
+        [{"TTA set": k, f"OOF {plan.metric}": v, "used": "✓" if k == plan.name else ""}
+         for k, v in plan.scores.items()]
     )  # fmt: skip
     return (
         "<h2>Test-time augmentation, chosen on OOF</h2><p class='note'>Each fold model predicted the "

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -27,9 +26,10 @@ from rich.markup import escape
 
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
-from kagglecv.core.files import human_bytes
+from kagglecv.core.files import human_bytes, replace_dir
 from kagglecv.core.images import IMAGE_EXTS
-from kagglecv.predict.new_images import Ensemble, load_ensemble, load_image
+from kagglecv.predict.ensemble import Ensemble, load_image
+from kagglecv.predict.new_images import load_ensemble
 
 EXPORTS_DIR = Path("exports")
 PARITY_TOLERANCE = 1e-4  # max |Δprob| between onnxruntime and PyTorch
@@ -53,8 +53,8 @@ def _ensemble_module(ens: Ensemble):
         def __init__(self) -> None:
             super().__init__()
             self.folds = torch.nn.ModuleList(ens.models)
-            self.register_buffer("mean", torch.tensor(ens.meta["mean"]).view(1, -1, 1, 1))
-            self.register_buffer("std", torch.tensor(ens.meta["std"]).view(1, -1, 1, 1))
+            self.register_buffer("mean", torch.tensor(ens.meta.mean).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(ens.meta.std).view(1, -1, 1, 1))
             self.flips = list(ens.flips)
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -76,15 +76,15 @@ def model_spec(comp, ens: Ensemble, weights: list[str]) -> dict:
     return {
         "format": 1,
         "competition": comp.slug,
-        "run": ens.run_dir.name,
-        "model": meta["model"],
-        "num_classes": int(meta["num_classes"]),
-        "in_chans": int(meta.get("in_chans", 3)),
+        "run": ens.run_dir.name if ens.run_dir else "",
+        "model": meta.model,
+        "num_classes": meta.num_classes,
+        "in_chans": meta.in_chans,
         "classes": ens.classes,
         "img_size": ens.img_size,
         "resize": "squash to img_size x img_size: area average when both sides are larger, else bilinear (OpenCV)",
-        "mean": [float(m) for m in meta["mean"]],
-        "std": [float(s) for s in meta["std"]],
+        "mean": list(meta.mean),
+        "std": list(meta.std),
         "tta": list(ens.flips),
         "tta_scales_in_submit": list(ens.scales),  # submit may add a larger-scale view; the export does not
         "folds": list(ens.folds),
@@ -92,8 +92,8 @@ def model_spec(comp, ens: Ensemble, weights: list[str]) -> dict:
         "weights": weights,
         "onnx": {
             "file": "model.onnx",
-            "input": f"{ONNX_INPUT}: float32 N x {int(meta.get('in_chans', 3))} x {ens.img_size} x {ens.img_size}, RGB 0..255",
-            "output": f"{ONNX_OUTPUT}: float32 N x {int(meta['num_classes'])}, the folds' mean softmax "
+            "input": f"{ONNX_INPUT}: float32 N x {meta.in_chans} x {ens.img_size} x {ens.img_size}, RGB 0..255",
+            "output": f"{ONNX_OUTPUT}: float32 N x {meta.num_classes}, the folds' mean softmax "
             "(TTA inside; postprocess below not applied)",
         },
         # temperature T / clip eps chosen on the run's OOF (log-loss competitions), as make submit applies it
@@ -109,7 +109,7 @@ def write_weights(ens: Ensemble, folder: Path) -> list[str]:
     for fold, model in zip(ens.folds, ens.models, strict=True):
         name = f"fold{fold}.safetensors"
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(folder / name), metadata={"fold": str(fold), "model": ens.meta["model"]})
+        save_file(state, str(folder / name), metadata={"fold": str(fold), "model": ens.meta.model})
         names.append(name)
     return names
 
@@ -120,7 +120,7 @@ def write_onnx(ens: Ensemble, path: Path) -> None:
     import torch
 
     net = _ensemble_module(ens)
-    example = torch.zeros(2, int(ens.meta.get("in_chans", 3)), ens.img_size, ens.img_size)
+    example = torch.zeros(2, ens.meta.in_chans, ens.img_size, ens.img_size)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         try:
@@ -128,7 +128,7 @@ def write_onnx(ens: Ensemble, path: Path) -> None:
         except (RuntimeError, ValueError, TypeError) as e:  # an operator ONNX lacks, a graph over 2 GB
             said = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise UserError(
-                f"{ens.meta['model']} does not export to ONNX ({type(e).__name__}: {said}); nothing was exported"
+                f"{ens.meta.model} does not export to ONNX ({type(e).__name__}: {said}); nothing was exported"
             ) from None
 
 
@@ -217,21 +217,6 @@ def write_export(comp, ens: Ensemble, tmp: Path) -> float:
     return delta
 
 
-def _remove_leftovers(out: Path) -> None:
-    """Hidden half-exports of this folder left by a killed `make export` (its process is gone)."""
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):
-        try:
-            pid = int(stale.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-            if pid != os.getpid():
-                continue  # another export of this run is under way
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def _readable(folder: Path) -> None:
     """safetensors writes its files 0600; an export is made to be copied and shared: the umask's modes."""
     umask = os.umask(0)
@@ -252,23 +237,12 @@ def export_run(comp, run_dir: Path, *, out_dir: Path | None = None, force: bool 
             "[yellow]note:[/] the OOF chose a larger-scale TTA view too; the export averages the flips "
             "at one size (one fixed-size ONNX graph), so it can differ slightly from `make submit`"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.mkdir()
-    try:
+
+    def build(tmp: Path) -> None:
         write_export(comp, ens, tmp)
         _readable(tmp)
-        if out.exists():  # force: the old folder goes only once the new one is complete
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    replace_dir(out, build)  # force: the old folder goes only once the new one is complete
     size = sum(p.stat().st_size for p in out.iterdir())
     console.print(
         f"[green]✓[/] exported {len(ens.models)} fold(s) of {escape(run_dir.name)} to {escape(str(out))}/ "

@@ -18,7 +18,6 @@ import json
 import os
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 
 KERNEL_JSON = "kernel.json"
-CHUNK = 64  # images decoded and predicted at a time
 TIMING_TAG = "KAGGLECV_TIMING"  # the line the dry run reads the notebook's timings from
 
 
@@ -112,61 +110,6 @@ def lay_out_test(comp: Competition, raw: Path) -> None:
         dst.symlink_to(src)
 
 
-def load_export(folder: Path, device) -> tuple[dict, list]:
-    """model.json and one kagglecv model per fold, weights from fold<k>.safetensors."""
-    from safetensors.torch import load_file
-
-    from kagglecv.ml.model import create_model
-
-    spec = json.loads((folder / "model.json").read_text())
-    models = []
-    for name in spec["weights"]:
-        model = create_model(spec["model"], num_classes=spec["num_classes"], in_chans=spec["in_chans"])
-        model.load_state_dict(load_file(str(folder / name)))
-        models.append(model.to(device).eval())
-    return spec, models
-
-
-def predict_files(spec: dict, models: list, how: dict, paths: list[Path], device) -> np.ndarray:
-    """N x C probabilities, NaN rows for images that do not decode: each fold with the export's
-    flips through engine.predict (as `make submit`), averaged over the folds."""
-    import torch
-
-    from kagglecv.ml.engine import Stepper, predict
-    from kagglecv.predict.new_images import load_image
-
-    probs = np.full((len(paths), spec["num_classes"]), np.nan)
-    steppers = [
-        Stepper(
-            m,
-            device=device,
-            mean=spec["mean"],
-            std=spec["std"],
-            amp=how["amp"],
-            amp_dtype_name=how["amp_dtype"],
-        )
-        for m in models
-    ]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool, torch.no_grad():
-        for start in range(0, len(paths), CHUNK):
-            rows = list(range(start, min(start + CHUNK, len(paths))))
-            loaded = list(pool.map(lambda i: load_image(paths[i], spec["img_size"]), rows))
-            good = [i for i, img in zip(rows, loaded, strict=True) if not isinstance(img, str)]
-            if not good:
-                continue
-            images = np.stack([img for img in loaded if not isinstance(img, str)])
-            batch = [(torch.from_numpy(images).permute(0, 3, 1, 2), None)]
-            p = sum(predict(s, batch, spec["tta"]) for s in steppers) / len(steppers)
-            for scale in [s for s in spec.get("tta_scales_in_submit", [1.0]) if s != 1.0]:
-                size = int(round(spec["img_size"] * scale))  # the larger-scale view submit also averages
-                bigger = np.stack(list(pool.map(lambda i, size=size: load_image(paths[i], size), good)))
-                big = [(torch.from_numpy(bigger).permute(0, 3, 1, 2), None)]
-                scaled = sum(predict(s, big, []) for s in steppers) / len(steppers)
-                p = (p * (1 + len(spec["tta"])) + scaled) / (2 + len(spec["tta"]))
-            probs[good] = p
-    return probs
-
-
 def submission_frame(comp: Competition, spec: dict, probs: np.ndarray, classes: list[str], sample):
     """submit.py's own steps after prediction: post-processing, class prior for unreadable rows,
     the format, the checks."""
@@ -204,6 +147,7 @@ def main(input_root: Path, working: Path, dataset: Path, started: float | None =
     """The notebook's work: test set -> working/submission.csv; prints its timings on one line."""
     from kagglecv.compete.submit import read_sample, test_images
     from kagglecv.ml.engine import pick_device
+    from kagglecv.predict.ensemble import Ensemble
 
     t0 = started or time.time()
     spec, comp = load_kernel_spec(dataset)
@@ -216,12 +160,13 @@ def main(input_root: Path, working: Path, dataset: Path, started: float | None =
     lay_out_test(comp, raw)
     t_data = time.time()
     device = pick_device(spec["predict"].get("device", "auto"))
-    export, models = load_export(dataset, device)
+    how = spec["predict"]
+    ens = Ensemble.from_export(dataset, device, amp=how["amp"], amp_dtype=how["amp_dtype"])
     sample = read_sample(comp)
     paths = test_images(comp, sample, {})
-    probs = predict_files(export, models, spec["predict"], paths, device)
+    probs, _ = ens.predict_files(paths)  # the views make submit averages; NaN rows: undecodable
     t_pred = time.time()
-    df = submission_frame(comp, spec, probs, [str(c) for c in export["classes"]], sample)
+    df = submission_frame(comp, spec, probs, ens.classes, sample)
     working.mkdir(parents=True, exist_ok=True)
     out = working / "submission.csv"
     out.write_text(df.to_csv(index=False))

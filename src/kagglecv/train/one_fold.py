@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kagglecv.core.checkpoint import CheckpointMeta, save_checkpoint
 from kagglecv.core.config import stage_sizes
 from kagglecv.core.console import console, progress
 from kagglecv.core.files import atomic_write
 from kagglecv.core.metrics import is_better, score
-from kagglecv.core.runs import save_checkpoint, write_rows
+from kagglecv.core.runs import write_rows
 from kagglecv.core.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 from kagglecv.ml import batches, dist
 from kagglecv.ml.data import make_loader, train_transform
@@ -319,24 +320,25 @@ def write_fold_outputs(run: RunContext, f: Fold) -> None:
     """fold<k>.pt (best weights + the JSON to rebuild the model) and oof_fold<k>.csv; then the resume
     file goes. Rank 0 writes; the others wait for it."""
     cfg, data = run.cfg, run.data
-    meta = {
-        "competition": run.comp.slug,
-        "model": cfg.model,
-        "num_classes": len(data.classes),
-        "classes": data.classes,
-        "in_chans": cfg.in_chans,
-        **run.inp,
-        "img_size": epoch_sizes(run)[f.best_epoch],  # the size its best epoch trained and validated at
-        "train_sizes": sorted(set(epoch_sizes(run))),
-        "test_size": cfg.test_size,  # predict.py predicts at this size when set
-        "fold": f.fold,
-        "best_epoch": f.best_epoch,
-        "metric": run.comp.metric,
-        "score": f.best,
-        "lr": run.lr,
-        "ema": cfg.ema,
-        "config": cfg.to_dict(),
-    }
+    meta = CheckpointMeta(
+        competition=run.comp.slug,
+        model=cfg.model,
+        num_classes=len(data.classes),
+        classes=list(data.classes),
+        in_chans=cfg.in_chans,
+        mean=run.inp["mean"],
+        std=run.inp["std"],
+        img_size=epoch_sizes(run)[f.best_epoch],  # the size its best epoch trained and validated at
+        train_sizes=sorted(set(epoch_sizes(run))),
+        test_size=cfg.test_size,  # prediction uses this size when set
+        fold=f.fold,
+        best_epoch=f.best_epoch,
+        metric=run.comp.metric,
+        score=f.best,
+        lr=run.lr,
+        ema=cfg.ema,
+        config=cfg.to_dict(),
+    )
     dist.barrier()
     if not dist.is_main():
         return

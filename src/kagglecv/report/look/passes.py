@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kagglecv.core.checkpoint import CheckpointMeta
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import IMAGE_EXTS
 from kagglecv.ml.data import ImageDataset, cached_images, default_workers, make_loader, read_image, to_input
@@ -49,17 +50,17 @@ class Context:
     train_paths: list[Path]
     test_paths: list[Path]
     suspects: set[str]
-    meta: dict  # the first fold checkpoint's
+    meta: CheckpointMeta | None  # the first fold checkpoint's (set once the first fold is loaded)
     device: torch.device
     models: dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
-        return int(self.meta["img_size"])
+        return self.meta.img_size
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.meta["mean"], device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.meta["std"], device=self.device).view(1, -1, 1, 1)
+        mean = torch.tensor(self.meta.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.meta.std, device=self.device).view(1, -1, 1, 1)
         return to_input(x, mean, std, self.device, False)
 
 
@@ -90,16 +91,16 @@ def open_context(run, data_dir: Path) -> Context:
             suspects = set(pd.read_csv(sus_path, dtype={"image": str})["image"])
         except (ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError):
             suspects = set()
-    ctx = Context(run, data_dir, fold_ids, folds, train_paths, test_paths, suspects, {},
+    ctx = Context(run, data_dir, fold_ids, folds, train_paths, test_paths, suspects, None,
                   torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # fmt: skip
     ctx.meta = load_fold(ctx, fold_ids[0])[1]
     return ctx
 
 
 def load_fold(ctx: Context, k: int):
-    """fold<k>.pt rebuilt from its own meta as prediction rebuilds it (predict.load_fold_models), in
+    """fold<k>.pt rebuilt from its own meta as prediction rebuilds it (predict/ensemble.load_fold_models), in
     eval mode; one model in memory at a time."""
-    from kagglecv.predict.test_set import load_fold_models
+    from kagglecv.predict.ensemble import load_fold_models
 
     if k not in ctx.models:
         (fm,) = load_fold_models(ctx.run.dir, [k], ctx.device)
@@ -125,7 +126,7 @@ def cost_per_image(ctx: Context, n: int = 16) -> dict:
     feats = (time.perf_counter() - t) / len(paths)
     cam = 0.0
     try:
-        target = cam_target(model, meta["model"], ctx.size, meta["in_chans"])
+        target = cam_target(model, meta.model, ctx.size, meta.in_chans)
         heatmaps(model, target, x[:1], [0])  # the first call pays the imports
         t = time.perf_counter()
         heatmaps(model, target, x[:4], [0] * len(x[:4]))
@@ -189,12 +190,12 @@ def fold_passes(ctx: Context, cam_rows: pd.DataFrame) -> FoldPasses:
         if not cam_ok:
             continue
         try:
-            target = cam_target(model, meta["model"], ctx.size, meta["in_chans"])
+            target = cam_target(model, meta.model, ctx.size, meta.in_chans)
         except UserError as e:  # the same architecture in every fold: said once
             cam_ok, fp.cam_what = False, "not available for this model"
             fp.notes.append(str(e))
             continue
-        fp.cam_what = f"{meta['model']}: {target.what}"
+        fp.cam_what = f"{meta.model}: {target.what}"
         _cams(ctx, model, target, rows, fp)
     return fp
 
