@@ -4,7 +4,7 @@ competitions/, data/<comp>/ and an export, e.g. after `make demo` and `make expo
     python scripts/time_export.py exports/digits-demo-<run> [--threads 1]
 
 Prints: the standalone predict.py on one image, cold (process start -> CSV written) and per image
-warm (in one process, over a folder of 100); `kagglecv predict` (infer.py)
+warm (in one process, over a folder of 100); `kagglecv predict` (predict/new_images.py)
 the same way; ONNX Runtime vs PyTorch eager images/s on the CPU for the exported ensemble.
 """
 

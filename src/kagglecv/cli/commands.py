@@ -1,4 +1,4 @@
-"""The `kagglecv` command: what each sub-command does (its grammar is in cli_parser.py).
+"""The `kagglecv` command: what each sub-command does (its grammar is in parser.py).
 
 kagglecv data -c digits-demo       # source -> raw/ -> class folders + folds.csv
 kagglecv train --config configs/demo.yaml epochs=10

@@ -2,7 +2,7 @@
 
 One spelling across commands, the way the kaggle CLI has one: `-c/--comp` names the competition and
 `-r/--run` the run everywhere; the older positional forms (`kagglecv data <comp>`, `kagglecv report
-<run>`) still work. Recipe settings are `key=value` words, never flags. cli.py holds what each
+<run>`) still work. Recipe settings are `key=value` words, never flags. commands.py holds what each
 command does.
 """
 

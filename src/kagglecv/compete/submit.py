@@ -5,7 +5,7 @@ sample_submission.csv, scored where the test labels are known, uploaded when ask
 
 Writes only its own files: submissions/<comp>-<run>.csv and its record submissions/<comp>-<run>.json
 (source run, folds, TTA, CV, local test score, upload refs). The run folder is read, never edited;
-prediction (predict.py) fills the run's test-prediction cache; records.py reads and writes the
+prediction (predict/test_set.py) fills the run's test-prediction cache; records.py reads and writes the
 records. torch is imported only when predicting.
 """
 

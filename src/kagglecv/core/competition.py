@@ -37,7 +37,7 @@ GROUP_DISTANCE = 6
 T = TypeVar("T")
 
 
-# --- layout options: one typed block per layout kind (layout.py and holdout.py read them) ---------
+# --- layout options: one typed block per layout kind (prepare/label_layouts.py and holdout.py read them) ---------
 
 
 @dataclass

@@ -321,7 +321,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     where = "config"
     if path:
         file_values = read_yaml(Path(path), "config file")
-        file_values.pop("tune", None)  # make tune's search space (tune.py checks it), not a recipe key
+        file_values.pop("tune", None)  # make tune's search space (tune/study.py checks it), not a recipe key
         values.update(renamed_keys(file_values, str(path)))
         where = str(path)
         build_config(values, where)  # report file errors against the file

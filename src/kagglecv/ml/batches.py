@@ -8,7 +8,7 @@ albumentations call, one tensor and one collate per image. Here a batch is one f
 array, and the recipe's rotation, shift, zoom and flips are one affine_grid + grid_sample over the
 whole batch (border pixels replicated, as the per-image transform does), on the training device.
 
-It quacks like the DataLoader fold.py seeds every epoch: `generator` (shuffling), `sampler` (None)
+It quacks like the DataLoader train/one_fold.py seeds every epoch: `generator` (shuffling), `sampler` (None)
 and `dataset.transform.set_random_seed` (the augmentation stream), so a resumed run draws exactly
 what an uninterrupted one would have.
 """
@@ -56,7 +56,7 @@ class BatchAffine:
 
 
 class _View:
-    """What fold.py reaches through `loader.dataset`: the transform to reseed, and the length."""
+    """What train/one_fold.py reaches through `loader.dataset`: the transform to reseed, and the length."""
 
     def __init__(self, n: int, transform):
         self.n, self.transform = n, transform

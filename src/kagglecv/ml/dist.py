@@ -199,7 +199,7 @@ FOLD_WORKER = "KAGGLECV_FOLD_WORKER"  # set in PARALLEL=folds workers: finding n
 def launch_fold_workers(n: int, argv: list[str], cpu: bool) -> list[int]:
     """PARALLEL=folds: n independent `kagglecv train` processes on one named run, one per GPU (each
     sees only its own) or, on the CPU, each with its share of the cores. No process group and no
-    gradient sync: they claim the run's folds one by one (train.py) and the last to finish gathers.
+    gradient sync: they claim the run's folds one by one (train/run.py) and the last to finish gathers.
     Returns their exit codes."""
     env = dict(os.environ)
     gpus = 0 if cpu else torch.cuda.device_count()

@@ -6,7 +6,7 @@ out/train/<class>/, out/test/ and the CSVs from raw/ (layout.py runs it in a sta
     csv_labels     train/<id>.jpg + labels.csv id,label (dog-breed-identification)
     class_folders  train/<class>/*.png (plant-seedlings-classification)
 
-Their options are the typed blocks in competition.py (CsvPixelsLayout, ...). Every class name passes
+Their options are the typed blocks in core/competition.py (CsvPixelsLayout, ...). Every class name passes
 competition.check_class_name and every target stays inside out/ (competition.inside). Images are
 hard-linked from raw/ where the disk allows (files.link_or_copy) and never opened for writing, so
 raw/ is never changed; an image in a nested folder keeps its sub-path in its name (a/x.png ->

@@ -9,7 +9,7 @@
     data/<comp>/prepared.json        written last, atomically: its presence means the shape is complete
 
 `prepare` owns data/<comp>/: it holds the folder's exclusive lock, fetches raw/ once (into
-raw.partial/, renamed when complete), runs the layout kind (layout_kinds.py, holdout.py) in
+raw.partial/, renamed when complete), runs the layout kind (label_layouts.py, holdout.py) in
 .staging/ and swaps the result in only when it is complete. Any half-written state a crash, a full
 disk or a kill leaves (raw.partial/, .staging/, a raw/ missing files its manifest lists, no or a
 damaged prepared.json) is found and redone by the next plain `make data`. `read_folds` is the one

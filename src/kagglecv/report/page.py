@@ -8,7 +8,7 @@ submissions/. Writes into the run folder: report.html (every figure embedded as 
 the file can be mailed or opened anywhere), figures/*.png (the same figures, one file each),
 confusion_matrix.csv and suspect_labels.csv. With k-fold every training image has an out-of-fold
 prediction, so the confusion matrix, the top losses and the suspect labels cover the whole training
-set, not one split. The numbers come from analysis.py, the figures from figures.py.
+set, not one split. The numbers come from analysis.py, the figures from core/figures.py.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The dataset folder holds the export (model.json + fold<k>.safetensors) and kerne
 competition's YAML, the run's class counts and post-processing, how it predicts). The competition's
 files are found under /kaggle/input (unpacked or as archives: only what the test set needs is
 unpacked, into a scratch folder, never into /kaggle/working), the test set is laid out as `make data`
-lays it out, and the submission is made by submit.py's own functions (order of ids, class prior for
+lays it out, and the submission is made by compete/submit.py's own functions (order of ids, class prior for
 unreadable images, post-processing, format, checks), so it is the file `make submit` writes.
 """
 

@@ -1,7 +1,7 @@
 """Starting several training processes from one `make train`: every check that can fail runs here,
 once, before any process starts (a user error is one line, never N tracebacks).
 
-    make train GPUS=4                   # relaunch: torchrun, data-parallel on each fold (dist.py)
+    make train GPUS=4                   # relaunch: torchrun, data-parallel on each fold (ml/dist.py)
     make train GPUS=4 PARALLEL=folds    # parallel_folds: four trainers of one run, each claiming folds
 """
 
@@ -52,7 +52,7 @@ def relaunch(args, cfg, comp, fold_ids) -> None:
 
 
 def parallel_folds(args, cfg, comp, fold_ids) -> Path | None:
-    """GPUS=N PARALLEL=folds: N trainers of one named run, each claiming whole folds (train.py)."""
+    """GPUS=N PARALLEL=folds: N trainers of one named run, each claiming whole folds (run.py)."""
     from kagglecv.core.runs import RUNS_DIR, latest_unfinished, run_name
     from kagglecv.ml.dist import launch_fold_workers
     from kagglecv.train.run import preflight

@@ -47,7 +47,7 @@ class RunContext:
     run_dir: Path
     lr: float = 0.0
     rows: list[dict] = field(default_factory=list)  # metrics.csv, one row per epoch
-    on_epoch: object = None  # called with each epoch's row (tune.py reports it to the trial)
+    on_epoch: object = None  # called with each epoch's row (tune/study.py reports it to the trial)
 
 
 @dataclass

@@ -14,7 +14,7 @@ finished gathers. A trainer that finds nothing left to claim refuses in one line
 
 Reads data/<comp>/folds.csv and the class folders (holding data/<comp>/ shared and the run folder to
 itself); writes runs/<comp>/<run-id>/ with the resolved config, plan.json (the fold ids), lr_find.png/
-json, metrics.csv, the folds' files (fold.py) and, gathered from the finished folds, oof.csv and
+json, metrics.csv, the folds' files (one_fold.py) and, gathered from the finished folds, oof.csv and
 summary.json.
 """
 
