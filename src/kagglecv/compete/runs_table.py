@@ -5,7 +5,8 @@
 Reads run folders (config.yaml, summary.json, finished folds, the run lock), blend folders, the
 submission records in submissions/ (local test score) and runs/<comp>/ledger.csv (public LB score,
 once `make lb` fetched it);
-writes nothing but runs/<comp>/runs.csv, the same table as a CSV. No torch here: it starts fast.
+writes nothing but runs/<comp>/runs.csv (the same table as a CSV) and runs.html (the table, with
+CV against public LB where `make lb` fetched it). No torch here: it starts fast.
 """
 
 from __future__ import annotations
