@@ -7,7 +7,7 @@ When the resized images sit in RAM as one uint8 array (data.cached_images) and n
 workers are wanted (the CPU trains), a DataLoader costs more than the model on small images: one
 albumentations call, one tensor and one collate per image. Here a batch is one fancy index into the
 array, and the recipe's rotation, shift, zoom and flips are one affine_grid + grid_sample over the
-whole batch (augment.BatchAffine, border pixels replicated as the per-image transform does), on the
+whole batch (augment.BatchAffine: a draw means what it means to the per-image transform), on the
 training device.
 
 It quacks like the DataLoader fold.py seeds every epoch: `generator` (shuffling), `sampler` (None)
