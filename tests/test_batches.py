@@ -4,7 +4,8 @@ DataLoader would cut, flips that only mirror, and one seed -> one stream (resume
 import numpy as np
 import torch
 
-from kagglecv.ml.batches import BatchAffine, MemoryBatches
+from kagglecv.ml.augment import Augment
+from kagglecv.ml.batches import MemoryBatches
 from kagglecv.ml.data import ImageDataset, make_loader
 
 
@@ -28,7 +29,7 @@ def test_batches_cut_like_the_dataloader():
 
 def test_a_flip_only_mirrors_and_both_ways_occur():
     x = torch.rand(16, 3, 8, 8) * 255
-    y = BatchAffine(0, 0, 0, hflip=True, vflip=False, seed=1)(x)
+    y = Augment(hflip=True).per_batch(seed=1)(x)
     same = [torch.allclose(y[i], x[i], atol=1e-3) for i in range(16)]
     mirrored = [torch.allclose(y[i], x[i].flip(2), atol=1e-3) for i in range(16)]
     assert all(a != b for a, b in zip(same, mirrored, strict=True)) and any(same) and any(mirrored)
@@ -39,7 +40,7 @@ def test_one_seed_one_stream():
 
     def epoch(seed):
         dl = MemoryBatches(
-            images, labels, batch_size=16, shuffle=True, augment=BatchAffine(10, 0.1, 0.1, True, False)
+            images, labels, batch_size=16, shuffle=True, augment=Augment(10, 0.1, 0.1, True).per_batch()
         )
         dl.generator.manual_seed(seed)  # what fold.run_epoch does every epoch
         dl.dataset.transform.set_random_seed(seed)

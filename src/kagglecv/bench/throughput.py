@@ -25,7 +25,8 @@ from rich.table import Table
 
 from kagglecv.core.config import load_config
 from kagglecv.core.console import console, track
-from kagglecv.ml.data import ImageDataset, default_workers, make_loader, train_transform, write_jpeg
+from kagglecv.ml.augment import Augment
+from kagglecv.ml.data import ImageDataset, default_workers, make_loader, write_jpeg
 from kagglecv.ml.engine import Stepper, pick_device
 from kagglecv.ml.model import create_model, place
 
@@ -80,10 +81,11 @@ def training_loader(cfg, paths, data_root: Path, img_size: int, batch: int, work
     cached, images = cached_images(paths, data_root, img_size, cfg.cache, cfg.cache_mb, "decoding")
     labels = np.arange(len(cached)) % 2
     workers = default_workers(workers, images is not None, device.type == "cuda")
-    ds = ImageDataset(cached, labels, img_size, images, transform=train_transform(cfg, True, False, 0))
+    augment = Augment.from_recipe(cfg, hflip=True, vflip=False)
+    ds = ImageDataset(cached, labels, img_size, images, transform=augment.per_item(0))
     if memory.fits(ds, workers, ddp=False):
-        kw = {"hflip": True, "vflip": False, "seed": 0, "device": device}
-        return memory.memory_batches(ds, cfg, batch_size=batch, shuffle=True, **kw), "RAM, batch aug"
+        kw = {"seed": 0, "device": device}
+        return memory.memory_batches(ds, augment, batch_size=batch, shuffle=True, **kw), "RAM, batch aug"
     loader = make_loader(ds, batch_size=batch, shuffle=True, workers=workers, pin=device.type == "cuda")
     return loader, f"{'RAM' if images is not None else 'disk cache'}, {workers} workers"
 

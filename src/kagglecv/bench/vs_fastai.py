@@ -18,6 +18,7 @@ from kagglecv.core.config import TrainConfig
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.runs import read_summary
+from kagglecv.ml.augment import Augment
 from kagglecv.prepare.layout import FOLDS, read_prepared
 
 FASTAI_MISSING = "fastai is not installed: `.venv/bin/pip install -e '.[bench]'` adds it"
@@ -63,8 +64,9 @@ def _datablock(fa, comp: Competition, cfg: TrainConfig, folds: pd.DataFrame, k: 
                same_size: bool):  # fmt: skip
     """fastai's DataBlock for fold k held out: our augmentations through aug_transforms on the batch."""
     mean, std = cfg.mean or [0.5] * 3, cfg.std or [0.5] * 3
-    augment = fa.aug_transforms(size=img_size, do_flip=comp.hflip, flip_vert=comp.vflip, max_rotate=cfg.rotate,
-                                min_zoom=1 - cfg.scale, max_zoom=1 + cfg.scale, max_lighting=0.0, max_warp=0.0,
+    aug = Augment.from_recipe(cfg, hflip=comp.hflip, vflip=comp.vflip)
+    augment = fa.aug_transforms(size=img_size, do_flip=aug.hflip, flip_vert=aug.vflip, max_rotate=aug.rotate,
+                                min_zoom=1 - aug.scale, max_zoom=1 + aug.scale, max_lighting=0.0, max_warp=0.0,
                                 p_affine=1.0)  # fmt: skip
     return fa.DataBlock(
         blocks=(fa.ImageBlock, fa.CategoryBlock),

@@ -1,12 +1,14 @@
 """Batches straight from the in-RAM image array, augmented a whole batch at a time.
 
-    dl = memory_batches(dataset, cfg, hflip=True, vflip=False, batch_size=64, shuffle=True, seed=3)
+    dl = memory_batches(dataset, Augment.from_recipe(cfg, hflip=True, vflip=False), batch_size=64,
+                        shuffle=True, seed=3)
 
 When the resized images sit in RAM as one uint8 array (data.cached_images) and no DataLoader
 workers are wanted (the CPU trains), a DataLoader costs more than the model on small images: one
 albumentations call, one tensor and one collate per image. Here a batch is one fancy index into the
 array, and the recipe's rotation, shift, zoom and flips are one affine_grid + grid_sample over the
-whole batch (border pixels replicated, as the per-image transform does), on the training device.
+whole batch (augment.BatchAffine: a draw means what it means to the per-image transform), on the
+training device.
 
 It quacks like the DataLoader train/one_fold.py seeds every epoch: `generator` (shuffling), `sampler` (None)
 and `dataset.transform.set_random_seed` (the augmentation stream), so a resumed run draws exactly
@@ -15,44 +17,10 @@ what an uninterrupted one would have.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-
-class BatchAffine:
-    """Random rotation (degrees), shift (fraction), zoom (+-fraction) and flips per image of a batch."""
-
-    def __init__(self, rotate: float, shift: float, scale: float, hflip: bool, vflip: bool, seed: int = 0):
-        self.rotate, self.shift, self.scale, self.hflip, self.vflip = rotate, shift, scale, hflip, vflip
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def set_random_seed(self, seed: int) -> None:
-        self.gen.manual_seed(int(seed))
-
-    def _uniform(self, n: int, half_width: float) -> torch.Tensor:
-        return (torch.rand(n, generator=self.gen, dtype=torch.float64) * 2 - 1) * half_width
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: float NCHW; returns the augmented batch (same shape, dtype and device)."""
-        if not (self.rotate or self.shift or self.scale or self.hflip or self.vflip):
-            return x
-        n = x.shape[0]
-        angle = self._uniform(n, math.radians(self.rotate))
-        zoom = 1 + self._uniform(n, self.scale)
-        tx, ty = self._uniform(n, 2 * self.shift), self._uniform(n, 2 * self.shift)  # grid spans [-1, 1]
-        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        # output pixel -> where to sample the input: rotated, zoomed, shifted
-        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-        for flip, column in ((self.hflip, 0), (self.vflip, 1)):  # a flip mirrors the output coordinate
-            if flip:
-                theta[:, :, column] *= torch.where(
-                    torch.rand(n, generator=self.gen) < 0.5, -1.0, 1.0
-                ).double()[:, None]
-        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+from kagglecv.ml.augment import Augment
 
 
 class _View:
@@ -85,9 +53,7 @@ class MemoryBatches:
         self.batch_size, self.shuffle, self.device = batch_size, shuffle, torch.device(device)
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
-        self.dataset = _View(
-            len(images), augment if augment is not None else BatchAffine(0, 0, 0, False, False)
-        )
+        self.dataset = _View(len(images), augment if augment is not None else Augment().per_batch())
         # as the DataLoader: no 1-image batch for BatchNorm while training
         self.drop_last = shuffle and len(images) > batch_size
 
@@ -108,10 +74,10 @@ class MemoryBatches:
 
 
 def memory_batches(
-    ds, cfg, *, hflip: bool, vflip: bool, batch_size: int, shuffle: bool, seed: int, device
+    ds, augment: Augment, *, batch_size: int, shuffle: bool, seed: int, device
 ) -> MemoryBatches:
-    """A data.ImageDataset's in-RAM images as MemoryBatches; augmented (the recipe's jitter) when shuffled."""
-    augment = BatchAffine(cfg.rotate, cfg.shift, cfg.scale, hflip, vflip, seed) if shuffle else None
+    """A data.ImageDataset's in-RAM images as MemoryBatches; augmented (`augment.per_batch`) when shuffled."""
+    augment = augment.per_batch(seed) if shuffle else None
     return MemoryBatches(
         ds.images,
         ds.labels,

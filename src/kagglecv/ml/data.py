@@ -1,4 +1,4 @@
-"""Datasets, albumentations transforms and loaders over the prepared shape.
+"""Datasets and loaders over the prepared shape (the training jitter: augment.Augment).
 
 Images are decoded and resized once per size: when the whole set fits in `cache_mb` they are kept in
 RAM as one uint8 array, otherwise resized copies go to data/<comp>/cache/<size>/ so full-size JPEGs
@@ -12,7 +12,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import albumentations as A
 import cv2
 import numpy as np
 import torch
@@ -156,26 +155,6 @@ def stand_ins(labels: np.ndarray, unreadable: set[int]) -> dict[int, int]:
             raise UserError(f"no readable image of class index {labels[i]} is left; rerun `make data`")
         out[i] = int(good[0])
     return out
-
-
-def train_transform(cfg, hflip: bool, vflip: bool, seed: int) -> A.Compose:
-    """Geometric jitter that keeps the class; flips only where the competition allows them."""
-    ops: list = []
-    if cfg.rotate or cfg.shift or cfg.scale:
-        ops.append(
-            A.Affine(
-                scale=(1 - cfg.scale, 1 + cfg.scale),
-                translate_percent=(-cfg.shift, cfg.shift),
-                rotate=(-cfg.rotate, cfg.rotate),
-                border_mode=cv2.BORDER_REPLICATE,
-                p=1.0,
-            )
-        )
-    if hflip:
-        ops.append(A.HorizontalFlip(p=0.5))
-    if vflip:
-        ops.append(A.VerticalFlip(p=0.5))
-    return A.Compose(ops, seed=seed)
 
 
 class ImageDataset(Dataset):

@@ -30,7 +30,8 @@ from kagglecv.core.metrics import is_better, score
 from kagglecv.core.runs import write_rows
 from kagglecv.core.state import get_rng_state, seed_everything, set_rng_state, to_cpu
 from kagglecv.ml import batches, dist
-from kagglecv.ml.data import make_loader, train_transform
+from kagglecv.ml.augment import Augment
+from kagglecv.ml.data import make_loader
 from kagglecv.ml.engine import Stepper, steps_per_epoch, train_one_epoch, validate
 from kagglecv.ml.model import create_model, place
 
@@ -123,17 +124,18 @@ def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool, size: in
     cfg, comp = run.cfg, run.comp
     dataset, workers = run.data.at(size)
     pin = run.device.type == "cuda"
+    augment = Augment.from_recipe(cfg, hflip=comp.hflip, vflip=comp.vflip)
     if batches.fits(dataset, workers, ddp):  # in RAM: whole batches, augmented at once
-        kw = {"hflip": comp.hflip, "vflip": comp.vflip, "seed": cfg.seed + fold, "device": run.device}
+        kw = {"seed": cfg.seed + fold, "device": run.device}
         return (
             batches.memory_batches(
-                dataset.subset(tr_idx), cfg, batch_size=cfg.batch_size, shuffle=True, **kw
+                dataset.subset(tr_idx), augment, batch_size=cfg.batch_size, shuffle=True, **kw
             ),
             batches.memory_batches(
-                dataset.subset(va_idx), cfg, batch_size=cfg.batch_size * 2, shuffle=False, **kw
+                dataset.subset(va_idx), augment, batch_size=cfg.batch_size * 2, shuffle=False, **kw
             ),
         )
-    train_ds = dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, cfg.seed + fold))
+    train_ds = dataset.subset(tr_idx, augment.per_item(cfg.seed + fold))
     sampler = None
     if ddp:
         from torch.utils.data.distributed import DistributedSampler

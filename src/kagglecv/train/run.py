@@ -48,7 +48,8 @@ from kagglecv.core.runs import (
 )
 from kagglecv.core.state import seed_everything
 from kagglecv.ml import dist
-from kagglecv.ml.data import ImageDataset, make_loader, train_transform, training_set
+from kagglecv.ml.augment import Augment
+from kagglecv.ml.data import ImageDataset, make_loader, training_set
 from kagglecv.ml.engine import pick_device
 from kagglecv.ml.model import create_model, resolve_input
 from kagglecv.prepare.layout import FOLDS, read_folds, read_prepared
@@ -200,7 +201,8 @@ def find_lr(run: RunContext) -> float:
         return dist.broadcast(None)
     stepper, _, _ = build_stepper(run, 0, tr_idx, tr_idx[:1], ddp=False)
     seed = cfg.seed + 10_000
-    lr_ds = run.data.dataset.subset(tr_idx, train_transform(cfg, comp.hflip, comp.vflip, seed))
+    augment = Augment.from_recipe(cfg, hflip=comp.hflip, vflip=comp.vflip)
+    lr_ds = run.data.dataset.subset(tr_idx, augment.per_item(seed))
     lr_dl = make_loader(
         lr_ds,
         batch_size=cfg.batch_size,
