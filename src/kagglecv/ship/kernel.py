@@ -126,14 +126,13 @@ def kernel_spec(comp: Competition, run_dir: Path) -> dict:
 
     info = read_prepared(comp)
     cfg = read_yaml(run_dir / "config.yaml", "run config")
-    classes = [str(c) for c in info["classes"]]
     return {
         "format": 1,
         "run": run_dir.name,
         "cv_mean": read_summary(run_dir).get("cv_mean"),
         "competition": read_yaml(comp.path, "competition file"),
-        "train_counts": info.get("train_counts") or {},
-        "postprocess": postprocess_for_run(comp.metric, run_dir, classes),
+        "train_counts": info.train_counts,
+        "postprocess": postprocess_for_run(comp.metric, run_dir, info.classes),
         "predict": {
             "device": cfg.get("device", "auto"),
             "amp": bool(cfg.get("amp", True)),

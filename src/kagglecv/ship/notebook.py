@@ -182,7 +182,7 @@ def submission_frame(comp: Competition, spec: dict, probs: np.ndarray, classes: 
     check_classes(comp, sample, classes)
     ok = ~np.isnan(probs).any(1)
     probs[ok] = apply_postprocess(spec["postprocess"], probs[ok])
-    prior = class_prior(comp, {"train_counts": spec["train_counts"]}, classes)
+    prior = class_prior(comp, spec["train_counts"], classes)
     probs, _ = fill_unreadable(probs, prior, sample[comp.submission.id_column])
     df = format_submission(comp, sample, probs, classes)
     validate_submission(df, sample, comp, classes)
@@ -218,7 +218,7 @@ def main(input_root: Path, working: Path, dataset: Path, started: float | None =
     device = pick_device(spec["predict"].get("device", "auto"))
     export, models = load_export(dataset, device)
     sample = read_sample(comp)
-    paths = test_images(comp, sample, {})
+    paths = test_images(comp, sample)  # none known unreadable: predict_files gives those NaN rows
     probs = predict_files(export, models, spec["predict"], paths, device)
     t_pred = time.time()
     df = submission_frame(comp, spec, probs, [str(c) for c in export["classes"]], sample)

@@ -52,6 +52,7 @@ from kagglecv.ml.data import ImageDataset, make_loader, train_transform, trainin
 from kagglecv.ml.engine import pick_device
 from kagglecv.ml.model import create_model, resolve_input
 from kagglecv.prepare.layout import FOLDS, read_folds, read_prepared
+from kagglecv.prepare.prepared import PreparedInfo
 from kagglecv.train.claims import SETUP_LOCK, claimed_elsewhere, gather_if_last, train_claimed
 from kagglecv.train.lr_find import range_test, save_range_test
 from kagglecv.train.memory import fit_batch
@@ -61,19 +62,24 @@ from kagglecv.train.one_fold import RunContext, build_stepper
 class TrainData:
     """Everything about the training images that does not change between folds."""
 
-    def __init__(self, comp: Competition, cfg: TrainConfig, size: int, cuda: bool = False, prepared=None):
+    def __init__(
+        self,
+        comp: Competition,
+        cfg: TrainConfig,
+        size: int,
+        cuda: bool = False,
+        prepared: tuple[PreparedInfo, pd.DataFrame] | None = None,
+    ):
         """`prepared`: (prepared.json, folds.csv) where the caller has read them already."""
         root = comp.data_dir
         info, self.folds = prepared or read_data(comp)
-        self.classes: list[str] = [str(c) for c in info["classes"]]
+        self.classes: list[str] = list(info.classes)
         self.pseudo = None
         if cfg.pseudo:  # confident test predictions join every training split, never a validation one
             from kagglecv.train.pseudo import pseudo_rows, report_pseudo
 
             rows = pseudo_rows(comp, cfg.pseudo, cfg.pseudo_threshold, self.classes)
-            self.pseudo = report_pseudo(
-                rows, cfg.pseudo, cfg.pseudo_threshold, int(info.get("n_test", 0)), self.classes
-            )
+            self.pseudo = report_pseudo(rows, cfg.pseudo, cfg.pseudo_threshold, info.n_test, self.classes)
             self.folds = pd.concat([self.folds, rows], ignore_index=True)
         self.labels = (
             self.folds["label"].astype(str).map({c: i for i, c in enumerate(self.classes)}).to_numpy()
@@ -157,14 +163,14 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     return device, inp, data
 
 
-def read_data(comp: Competition) -> tuple[dict, pd.DataFrame]:
+def read_data(comp: Competition) -> tuple[PreparedInfo, pd.DataFrame]:
     """prepared.json and the checked folds.csv."""
     info = read_prepared(comp)
     return info, read_folds(comp, info)
 
 
 def guard_memory(
-    comp: Competition, cfg: TrainConfig, info: dict, folds: pd.DataFrame, size: int, device
+    comp: Competition, cfg: TrainConfig, info: PreparedInfo, folds: pd.DataFrame, size: int, device
 ) -> None:
     """Stop before any image is decoded or run folder made when a training step will not fit
     (memory.py); `batch_size: auto` becomes the batch that fits, saved so a resume trains the same."""
@@ -172,7 +178,7 @@ def guard_memory(
     batch = dist.broadcast(  # one decision for every rank (rank 0 probes)
         fit_batch(
             cfg,
-            num_classes=len(info["classes"]),
+            num_classes=len(info.classes),
             n_images=len(folds),
             n_train=int((folds != 0).sum()),
             size=size,
