@@ -16,6 +16,7 @@ from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.layout import read_prepared
 from kagglecv.prepare.prepared import PreparedInfo
+from kagglecv.ship.kernel_spec import KernelPredict, KernelSpec
 
 BEFORE = Path(__file__).parent / "fixtures" / "before-stages"
 DIGITS = [str(d) for d in range(10)]
@@ -94,3 +95,74 @@ def test_a_fresh_prepared_json_reads_back_equal_with_the_previous_releases_keys(
     assert list(on_disk) == list(old("prepared.json"))  # the same keys, in the same order
     before = {k: v for k, v in old("prepared.json").items() if k != "prepared_at"}
     assert {k: v for k, v in on_disk.items() if k != "prepared_at"} == before  # same data, same record
+
+
+# --- kernel.json --------------------------------------------------------------------------------------
+
+
+def test_the_previous_releases_kernel_json_loads_with_its_values():
+    spec = KernelSpec.from_json(old("kernel.json"))
+    assert spec.format == 1 and spec.run == "old-run" and spec.cv_mean == 0.1
+    assert spec.competition["slug"] == "digits-small" and spec.competition["layout"]["kind"] == "csv_pixels"
+    assert spec.train_counts == dict.fromkeys(DIGITS, 20) and spec.postprocess == {"kind": "none"}
+    assert spec.predict == KernelPredict(device="auto", amp=True, amp_dtype="auto")
+    assert spec.wheels == [] and spec.extra == {}  # this file was saved before `wheels` was added
+
+
+def test_the_notebook_loads_the_previous_releases_kernel_json(tmp_path):
+    from kagglecv.ship.notebook import load_kernel_spec
+
+    shutil.copy(BEFORE / "kernel.json", tmp_path / "kernel.json")
+    spec, comp = load_kernel_spec(tmp_path)
+    assert spec.run == "old-run" and comp.slug == "digits-small" and comp.metric == "accuracy"
+    assert comp.submission.id_column == "ImageId" and comp.layout_options.id_start == 1
+
+
+def test_kernel_to_json_writes_back_every_key():
+    data = old("kernel.json")
+    out = KernelSpec.from_json(data).to_json()
+    assert {k: out[k] for k in data} == data and list(out)[: len(data)] == list(data)
+    assert out["wheels"] == []  # the one key the file lacked, at its default
+
+
+def test_an_unknown_kernel_key_is_kept_and_written_back():
+    data = old("kernel.json")
+    data["from_a_newer_release"] = 1
+    data["predict"]["channels_last"] = True
+    spec = KernelSpec.from_json(copy.deepcopy(data))
+    assert spec.extra == {"from_a_newer_release": 1} and spec.predict.extra == {"channels_last": True}
+    out = spec.to_json()
+    assert out["from_a_newer_release"] == 1 and out["predict"]["channels_last"] is True
+
+
+def test_a_missing_optional_kernel_key_gets_its_default_and_a_missing_run_is_damaged(tmp_path):
+    data = old("kernel.json")
+    for key in ("cv_mean", "train_counts", "postprocess", "format"):
+        del data[key]
+    del data["predict"]["amp_dtype"]
+    spec = KernelSpec.from_json(data)
+    assert spec.cv_mean is None and spec.train_counts == {} and spec.postprocess == {"kind": "none"}
+    assert spec.format == 1 and spec.predict.amp_dtype == "auto" and spec.predict.amp is True
+    with pytest.raises(ValueError, match="no run"):
+        KernelSpec.from_json({k: v for k, v in data.items() if k != "run"})
+    with pytest.raises(ValueError, match="competition"):
+        KernelSpec.from_json({**data, "competition": "digits-small"})
+    from kagglecv.ship.notebook import load_kernel_spec
+
+    (tmp_path / "kernel.json").write_text(json.dumps({**data, "cv_mean": "high"}))
+    with pytest.raises(UserError, match="kernel.json is damaged.*cv_mean"):
+        load_kernel_spec(tmp_path)
+
+
+def test_a_fresh_kernel_spec_equals_the_previous_releases_for_the_same_run(digits_small):
+    """kernel_spec on the run the old kernel.json was made from, over freshly prepared data: the same
+    record, and its JSON reads back equal."""
+    from kagglecv.ship.kernel import kernel_spec
+
+    run_dir = digits_small / "runs" / "digits-small" / "old-run"
+    shutil.copytree(BEFORE / "old-run", run_dir)
+    spec = kernel_spec(load_competition("digits-small"), run_dir)
+    assert spec == KernelSpec.from_json(old("kernel.json"))
+    text = json.dumps(spec.to_json(), indent=2)
+    assert KernelSpec.from_json(json.loads(text)) == spec
+    assert set(json.loads(text)) == {*old("kernel.json"), "wheels"}
