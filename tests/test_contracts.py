@@ -166,3 +166,15 @@ def test_a_fresh_kernel_spec_equals_the_previous_releases_for_the_same_run(digit
     text = json.dumps(spec.to_json(), indent=2)
     assert KernelSpec.from_json(json.loads(text)) == spec
     assert set(json.loads(text)) == {*old("kernel.json"), "wheels"}
+
+
+# --- the model input a run shares across its folds (RunContext.inp) ---------------------------------
+
+
+def test_model_input_is_typed_and_writes_the_checkpoint_meta_keys():
+    from kagglecv.ml.model import ModelInput, create_model, resolve_input
+
+    inp = resolve_input(create_model("test_resnet", num_classes=2), 24, None, [0.5, 0.5, 0.5])
+    assert isinstance(inp, ModelInput) and inp.img_size == 24 and inp.std == [0.5, 0.5, 0.5]
+    assert inp.to_json() == {"img_size": 24, "mean": inp.mean, "std": [0.5, 0.5, 0.5]}
+    assert len(inp.mean) == 3 and all(isinstance(m, float) for m in inp.mean)

@@ -50,7 +50,7 @@ from kagglecv.core.state import seed_everything
 from kagglecv.ml import dist
 from kagglecv.ml.data import ImageDataset, make_loader, train_transform, training_set
 from kagglecv.ml.engine import pick_device
-from kagglecv.ml.model import create_model, resolve_input
+from kagglecv.ml.model import ModelInput, create_model, resolve_input
 from kagglecv.prepare.layout import FOLDS, read_folds, read_prepared
 from kagglecv.prepare.prepared import PreparedInfo
 from kagglecv.train.claims import SETUP_LOCK, claimed_elsewhere, gather_if_last, train_claimed
@@ -156,7 +156,7 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     info, folds = read_data(comp)  # once: read_folds checks folds.csv and says what it finds
     seed_everything(cfg.seed)
     inp = resolve_input(probe_model(cfg), cfg.img_size, cfg.mean, cfg.std)
-    sizes = stage_sizes(cfg, inp["img_size"])
+    sizes = stage_sizes(cfg, inp.img_size)
     guard_memory(comp, cfg, info, folds, max(sizes), device)
     with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
         data = TrainData(comp, cfg, sizes[0], cuda=device.type == "cuda", prepared=(info, folds))
@@ -366,7 +366,9 @@ def _resumed_config(held, comp: Competition, run_dir: Path, what: str) -> TrainC
     return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
 
 
-def _banner(run_dir: Path, cfg: TrainConfig, data, inp: dict, device, fold_ids: list[int]) -> None:
+def _banner(
+    run_dir: Path, cfg: TrainConfig, data: TrainData, inp: ModelInput, device, fold_ids: list[int]
+) -> None:
     console.print(
         f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
         f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
@@ -375,9 +377,9 @@ def _banner(run_dir: Path, cfg: TrainConfig, data, inp: dict, device, fold_ids: 
     )
 
 
-def sizes_text(cfg: TrainConfig, inp: dict) -> str:
+def sizes_text(cfg: TrainConfig, inp: ModelInput) -> str:
     """'32px', or the stages: '16px x1 -> 24px x1 -> 32px x1' (+ the test size)."""
-    sizes = stage_sizes(cfg, inp["img_size"])
+    sizes = stage_sizes(cfg, inp.img_size)
     stages = [f"{s}px" + (f" x{sizes.count(s)}" if len(set(sizes)) > 1 else "") for s in dict.fromkeys(sizes)]
     return " -> ".join(stages) + (f" (test {cfg.test_size}px)" if cfg.test_size else "")
 
