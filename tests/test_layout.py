@@ -264,7 +264,7 @@ def test_a_damaged_prepared_json_is_not_prepared(tiny_digits, capsys):
     with pytest.raises(UserError, match="not prepared yet: run `make data COMP=digits-demo` first"):
         read_prepared(comp)
     prepare(comp)
-    assert "already prepared" not in capsys.readouterr().out and read_prepared(comp)["n_train"] == TINY
+    assert "already prepared" not in capsys.readouterr().out and read_prepared(comp).n_train == TINY
 
 
 def test_new_n_folds_splits_again_without_force(tiny_digits, capsys):

@@ -303,7 +303,7 @@ def test_class_prior_fills_probability_rows(comp):
     probs = np.array([[0.9, 0.1], [np.nan, np.nan], [0.2, 0.8]])
     from kagglecv.compete.submit import class_prior, fill_unreadable
 
-    prior = class_prior(comp, {"train_counts": {"cat": 30, "dog": 10}}, CLASSES)
+    prior = class_prior(comp, {"cat": 30, "dog": 10}, CLASSES)
     filled, ids = fill_unreadable(probs, prior, pd.Series(["a", "b", "c"]))
     assert ids == ["b"] and filled[1].tolist() == [0.75, 0.25] and filled[0].tolist() == [0.9, 0.1]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +29,19 @@ from kagglecv.core.metrics import score
 from kagglecv.core.runs import check_run, find_run, read_summary
 from kagglecv.core.tables import read_csv
 from kagglecv.prepare.layout import IMAGE_EXTS, read_prepared
+from kagglecv.prepare.prepared import PreparedInfo
 
 
-def test_images(comp: Competition, sample: pd.DataFrame, info: dict) -> list[Path | None]:
+def test_images(comp: Competition, sample: pd.DataFrame, unreadable: Iterable[str] = ()) -> list[Path | None]:
     """The test image for each id of sample_submission.csv, in its order; None for an image that
-    `make data` found unreadable (prepared.json's unreadable_test): its row still goes in."""
+    `make data` found unreadable (`unreadable`: prepared.json's unreadable_test): its row still goes in."""
     test_dir = comp.data_dir / "test"
     redo = f"rerun `make data COMP={comp.slug} FORCE=1`"
     if not test_dir.is_dir():
         raise UserError(f"{test_dir}/ is missing (the test images were moved or deleted): {redo}")
     key = (lambda p: p.stem) if comp.submission.id_is == "stem" else (lambda p: p.name)
     by_id: dict[str, Path | None] = {key(p): p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
-    unreadable = {key(Path(name)) for name in info.get("unreadable_test") or []}
-    by_id.update(dict.fromkeys(unreadable))
+    by_id.update(dict.fromkeys(key(Path(name)) for name in unreadable))
     ids = sample[comp.submission.id_column].astype(str)
     missing = [i for i in ids if i not in by_id]
     if missing:
@@ -56,9 +57,9 @@ def test_images(comp: Competition, sample: pd.DataFrame, info: dict) -> list[Pat
     return [by_id[i] for i in ids]
 
 
-def class_prior(comp: Competition, info: dict, classes: list[str]) -> np.ndarray:
-    """The training class frequencies (prepared.json's train_counts, else folds.csv), in `classes` order."""
-    counts = info.get("train_counts")
+def class_prior(comp: Competition, counts: Mapping[str, int] | None, classes: list[str]) -> np.ndarray:
+    """The training class frequencies (`counts`: prepared.json's train_counts; else folds.csv), in
+    `classes` order."""
     if not counts:
         counts = read_csv(comp.data_dir / "folds.csv", "folds")["label"].astype(str).value_counts().to_dict()
     prior = np.array([float(counts.get(c, 0)) for c in classes])
@@ -230,7 +231,7 @@ def read_sample(comp: Competition) -> pd.DataFrame:
 
 
 def run_test_probs(
-    comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], paths: list, tta: str = "auto"
+    comp: Competition, info: PreparedInfo, run_dir: Path, fold_ids: list[int], paths: list, tta: str = "auto"
 ) -> tuple:
     """(N x C probabilities, NaN rows for unreadable images; the run's classes; what prediction did)
     for one training run: its fold models, TTA, through the run's prediction cache."""
@@ -241,7 +242,7 @@ def run_test_probs(
 
     models = load_fold_models(run_dir, fold_ids, pick_device("auto"))
     classes = models[0].meta.classes
-    if classes != [str(c) for c in info["classes"]]:
+    if classes != info.classes:
         raise UserError(
             f"run {run_dir.name} was trained on classes {classes[:5]}…, the prepared data has others; retrain"
         )
@@ -262,7 +263,9 @@ def run_test_probs(
     return probs, classes, {"tta": plan.record(), "model": models[0].meta.model}
 
 
-def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list, tta: str = "auto") -> tuple:
+def blend_test_probs(
+    comp: Competition, info: PreparedInfo, blend_dir: Path, paths: list, tta: str = "auto"
+) -> tuple:
     """A blend's test probabilities: each member run predicted once (its cache serves every later
     submit), combined with the weights fitted on the OOF predictions."""
     from kagglecv.core.run_files import blend_test_probs as combine
@@ -286,13 +289,15 @@ def blend_test_probs(comp: Competition, info: dict, blend_dir: Path, paths: list
     return probs, spec["classes"], {"tta": member_tta, "model": "blend of " + ", ".join(spec["members"])}
 
 
-def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: list[int], tta: str = "auto"):
+def predict_and_format(
+    comp: Competition, info: PreparedInfo, run_dir: Path, fold_ids: list[int], tta: str = "auto"
+):
     """(submission frame, run classes, what prediction did) for a checked run or blend."""
     from kagglecv.core.run_files import is_blend
     from kagglecv.predict.postprocess import apply_postprocess, postprocess_for_run
 
     sample = read_sample(comp)
-    paths = test_images(comp, sample, info)
+    paths = test_images(comp, sample, info.unreadable_test)
     if is_blend(run_dir):
         probs, classes, pred = blend_test_probs(comp, info, run_dir, paths, tta)
     else:
@@ -302,7 +307,7 @@ def predict_and_format(comp: Competition, info: dict, run_dir: Path, fold_ids: l
     ok = ~np.isnan(probs).any(1)
     probs[ok] = apply_postprocess(plan, probs[ok])
     probs, filled = fill_unreadable(
-        probs, class_prior(comp, info, classes), sample[comp.submission.id_column]
+        probs, class_prior(comp, info.train_counts, classes), sample[comp.submission.id_column]
     )
     df = format_submission(comp, sample, probs, classes)
     validate_submission(df, sample, comp, classes)

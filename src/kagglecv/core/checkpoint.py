@@ -5,33 +5,36 @@
     create_model(meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans)
 
 The file is tensors plus one JSON string, so it loads with torch's weights_only=True (no pickled
-code). CheckpointMeta.from_json reads what any earlier kagglecv wrote: the keys it does not know are
-kept in `extra` and written back by to_json, so a newer file read by this build loses nothing.
+code). CheckpointMeta follows core/json_record.py as the other records do: what any earlier
+kagglecv wrote loads (a missing key gets its default), and keys it does not know are kept in
+`extra` and written back, so a newer file read by this build loses nothing.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from kagglecv.core import json_record as jr
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CheckpointMeta:
-    """What fold<k>.pt says about its model: enough to rebuild it and feed it as it was trained."""
+    """What fold<k>.pt says about its model: enough to rebuild it and feed it as it was trained.
+    The fields in the order train has always written them."""
 
+    competition: str = ""
     model: str  # the timm name
+    num_classes: int = 0  # len(classes) where a file lacks it
     classes: list[str]
+    in_chans: int = 3
     img_size: int  # the size its best epoch trained and validated at
     mean: list[float]
     std: list[float]
-    in_chans: int = 3
-    num_classes: int = 0  # len(classes) where an old file lacks it
-    competition: str = ""
     train_sizes: list[int] = field(default_factory=list)  # progressive resizing: every stage's size
     test_size: int | None = None  # the recipe's test_size (FixRes): predicted at this size when set
     fold: int = 0
@@ -43,33 +46,43 @@ class CheckpointMeta:
     config: dict = field(default_factory=dict)  # the run's resolved recipe (TrainConfig.to_dict())
     extra: dict = field(default_factory=dict)  # keys this build does not know, kept as they were
 
+    def __post_init__(self) -> None:
+        if not self.num_classes:
+            object.__setattr__(self, "num_classes", len(self.classes))
+
     @property
     def predict_size(self) -> int:
         """The size the fold predicts at: the recipe's test_size, else the size it was validated at."""
         return int(self.test_size or self.img_size)
 
     @classmethod
-    def from_json(cls, d: dict) -> CheckpointMeta:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        missing = [k for k in ("model", "classes", "img_size", "mean", "std") if k not in d]
-        if missing:
-            raise ValueError(f"checkpoint meta lacks {', '.join(missing)}")
-        classes = [str(c) for c in d["classes"]]
-        values = {k: v for k, v in d.items() if k in known}
-        values.update(
-            classes=classes,
-            num_classes=int(d.get("num_classes") or len(classes)),
-            img_size=int(d["img_size"]),
-            in_chans=int(d.get("in_chans") or 3),
-            mean=[float(m) for m in d["mean"]],
-            std=[float(s) for s in d["std"]],
-            config=d.get("config") or {},
-        )
-        return cls(**values, extra={k: v for k, v in d.items() if k not in known})
+    def from_json(cls, data: dict) -> CheckpointMeta:
+        """ValueError when a key it needs is missing or of the wrong kind (core/json_record.py)."""
+        return jr.from_json(cls, data, "checkpoint meta", READERS)
 
     def to_json(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return {**out, **self.extra}
+        return jr.to_json(self)
+
+
+READERS: dict[str, jr.Reader] = {
+    "competition": jr.text,
+    "model": jr.text,
+    "num_classes": jr.whole,
+    "classes": jr.str_list,
+    "in_chans": jr.whole,
+    "img_size": jr.whole,
+    "mean": jr.floats,
+    "std": jr.floats,
+    "train_sizes": jr.wholes,
+    "test_size": jr.whole,
+    "fold": jr.whole,
+    "best_epoch": jr.whole,
+    "metric": jr.text,
+    "score": jr.number,
+    "lr": jr.number,
+    "ema": jr.flag,
+    "config": jr.json_object,
+}
 
 
 def save_checkpoint(path: Path, state_dict: dict, meta: CheckpointMeta) -> None:

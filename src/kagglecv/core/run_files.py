@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kagglecv.core import json_record as jr
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write, disk_error
@@ -89,40 +90,43 @@ def blend_test_probs(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
     return combine(member_inputs(spec["metric"], member_probs), np.asarray(spec["weights"]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TTAPlan:
     """Which test-time views to average: chosen on OOF (tta_oof.json), recorded by submit, read by
-    prediction, the export and the report."""
+    prediction, the export and the report. The fields in the order the file has always listed them."""
 
+    key: str = ""  # the fold checkpoints it was chosen for: another key means choose again
     name: str  # the candidate set, e.g. "hflip+scale1.15"
     flips: list[str] = field(default_factory=list)
     scales: list[float] = field(default_factory=lambda: [1.0])
     scores: dict[str, float] = field(default_factory=dict)  # every candidate's OOF score
     metric: str = ""
-    key: str = ""  # the fold checkpoints it was chosen for: another key means choose again
+    extra: dict = field(default_factory=dict)  # keys this build does not know, kept as they were
 
     @property
     def extra_scales(self) -> list[float]:
         return [s for s in self.scales if s != 1.0]
 
     @classmethod
-    def from_json(cls, d: dict) -> TTAPlan:
-        return cls(
-            name=str(d["name"]),
-            flips=[str(f) for f in d.get("flips", [])],
-            scales=[float(s) for s in d.get("scales", [1.0])],
-            scores={str(k): float(v) for k, v in (d.get("scores") or {}).items()},
-            metric=str(d.get("metric", "")),
-            key=str(d.get("key", "")),
-        )
+    def from_json(cls, data: dict) -> TTAPlan:
+        return jr.from_json(cls, data, TTA_PLAN, TTA_READERS)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "name": self.name, "flips": self.flips, "scales": self.scales,
-                "scores": self.scores, "metric": self.metric}  # fmt: skip
+        return jr.to_json(self)
 
     def record(self) -> dict:
         """What a submission record keeps of it."""
         return {"name": self.name, "flips": self.flips, "scales": self.scales, "scores": self.scores}
+
+
+TTA_READERS: dict[str, jr.Reader] = {
+    "key": jr.text,
+    "name": jr.text,
+    "flips": jr.str_list,
+    "scales": jr.floats,
+    "scores": jr.scores,
+    "metric": jr.text,
+}
 
 
 def read_tta_plan(run_dir: Path) -> TTAPlan | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import textwrap
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import timm
@@ -149,11 +150,24 @@ def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def resolve_input(model: torch.nn.Module, img_size: int | None, mean, std) -> dict:
+@dataclass
+class ModelInput:
+    """What a model is fed: the image size and the per-channel normalisation."""
+
+    img_size: int
+    mean: list[float]
+    std: list[float]
+
+    def to_json(self) -> dict:
+        """The img_size, mean and std keys of a checkpoint's meta."""
+        return asdict(self)
+
+
+def resolve_input(model: torch.nn.Module, img_size: int | None, mean, std) -> ModelInput:
     """The model's own input size / mean / std, overridden where the recipe says so."""
     dc = resolve_data_config(model=model)
-    return {
-        "img_size": int(img_size or dc["input_size"][-1]),
-        "mean": [float(m) for m in (mean or dc["mean"])],
-        "std": [float(s) for s in (std or dc["std"])],
-    }
+    return ModelInput(
+        img_size=int(img_size or dc["input_size"][-1]),
+        mean=[float(m) for m in (mean or dc["mean"])],
+        std=[float(s) for s in (std or dc["std"])],
+    )

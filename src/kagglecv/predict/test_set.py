@@ -134,7 +134,7 @@ def predict_test(
     (tta.choose_tta's plan) gives the flips and scales; without it, the flips the competition allows."""
     meta = models[0].meta
     fold_ids = [fm.fold for fm in models]
-    plan = tta or TTAPlan("flips", tta_flips(models[0].config, hflip, vflip))
+    plan = tta or TTAPlan(name="flips", flips=tta_flips(models[0].config, hflip, vflip))
     flips, extra = plan.flips, plan.extra_scales
     sizes = [fm.meta.predict_size for fm in models]
     key = cache_key(paths, data_root, flips + [f"scale{s:g}" for s in extra], run_dir, fold_ids, sizes)

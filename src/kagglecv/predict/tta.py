@@ -32,7 +32,7 @@ CACHE = TTA_PLAN
 SCALE = 1.15
 
 
-NO_TTA = TTAPlan("none (TTA=none)")  # submit --tta none
+NO_TTA = TTAPlan(name="none (TTA=none)")  # submit --tta none
 
 
 def tta_flips(cfg, hflip: bool, vflip: bool) -> list[str]:
@@ -101,7 +101,7 @@ def choose_tta(comp, run_dir: Path, models) -> TTAPlan:
         cached = json.loads((run_dir / CACHE).read_text())
         if cached.get("key") == key:
             return TTAPlan.from_json(cached)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, AttributeError):
         pass
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"image": str, "label": str})
     classes = models[0].meta.classes
@@ -116,7 +116,7 @@ def choose_tta(comp, run_dir: Path, models) -> TTAPlan:
     except UserError as e:  # the training images are gone or unreadable: the recipe's flips, unchosen
         flips = tta_flips(models[0].config, comp.hflip, comp.vflip)
         console.print(f"[yellow]TTA not chosen on OOF[/] ({e}); using the flips the competition allows")
-        return TTAPlan("+".join(flips) or "none", flips, [1.0], {}, comp.metric)
+        return TTAPlan(name="+".join(flips) or "none", flips=flips, metric=comp.metric)
     scores = {
         name: score(comp.metric, y, np.mean([views[v] for v in vs], axis=0)) for name, vs in sets.items()
     }

@@ -20,6 +20,7 @@ from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import IMAGE_EXTS
 from kagglecv.core.tables import read_csv
+from kagglecv.prepare.prepared import PreparedInfo
 
 FOLDS = "folds.csv"
 
@@ -93,7 +94,7 @@ def too_few_for_folds(comp: Competition, counts: pd.Series, held: pd.Series | No
     return UserError(f"{comp.path}: too few images for n_folds: {k} in class(es) {listing}; {need}: {fix}")
 
 
-def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
+def read_folds(comp: Competition, info: PreparedInfo) -> pd.DataFrame:
     """data/<comp>/folds.csv (image, label, fold), checked: every later stage trusts what this
     returns. Fold ids are exactly 0..n_folds-1, each image is listed once, every class is in every
     training split (else a model is scored on a class it never saw); a validation fold without some
@@ -126,7 +127,7 @@ def read_folds(comp: Competition, info: dict) -> pd.DataFrame:
             f"{folds_path}: {repeated.iloc[0]} is listed {int((folds['image'] == repeated.iloc[0]).sum())} "
             f"times ({len(repeated)} repeated rows); each image belongs to exactly one fold; {redo}"
         )
-    _check_fold_classes(folds, [str(c) for c in info["classes"]], folds_path, redo)
+    _check_fold_classes(folds, info.classes, folds_path, redo)
     return folds
 
 

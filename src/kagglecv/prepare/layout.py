@@ -46,8 +46,8 @@ from kagglecv.prepare.label_layouts import (
     layout_csv_pixels,
     layout_label_in_name,
 )
+from kagglecv.prepare.prepared import PREPARED, PreparedInfo
 
-PREPARED = "prepared.json"
 PARTIAL, OLD_RAW, STAGING = "raw.partial", "raw.old", ".staging"  # never complete: removed on sight
 
 LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {
@@ -62,26 +62,25 @@ LAYOUTS: dict[str, Callable[[Competition, Path, Path], None]] = {
 # --- what is there: prepared.json, raw/, leftovers ------------------------------------------------
 
 
-def _prepared_info(comp: Competition) -> dict | None:
+def _prepared_info(comp: Competition) -> PreparedInfo | None:
     """prepared.json's record, or None when it is missing or damaged (then nothing is prepared)."""
     try:
-        info = json.loads((comp.data_dir / PREPARED).read_text())
+        return PreparedInfo.from_json(json.loads((comp.data_dir / PREPARED).read_text()))
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) and "classes" in info else None
 
 
 def is_prepared(comp: Competition) -> bool:
     return _prepared_info(comp) is not None
 
 
-def _write_marker(path: Path, info: dict) -> None:
+def _write_marker(path: Path, info: PreparedInfo) -> None:
     """prepared.json atomically and on disk (file and folder fsync'd): after a crash or a power cut
     it is either absent or complete, never empty or half-written."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "w") as f:
-            f.write(json.dumps(info, indent=2))
+            f.write(json.dumps(info.to_json(), indent=2))
             f.flush()
             os.fsync(f.fileno())
 
@@ -205,16 +204,14 @@ def _prepare(comp: Competition, force: bool, seed: int) -> Path:
     whole = (root / FOLDS).is_file() and (root / "train").is_dir() and (root / "test").is_dir()
     info = _prepared_info(comp) if whole else None  # a part deleted by hand: laid out again
     if info is not None and not force:
-        if info.get("n_folds") == comp.n_folds:
+        if info.n_folds == comp.n_folds:
             console.print(
                 f"[green]✓[/] {escape(comp.slug)} already prepared in {escape(str(root))}/ "
                 "(FORCE=1 / --force redoes it)"
             )
             remember_last(comp.slug)
             return root
-        console.print(
-            f"n_folds is now {comp.n_folds} (was {info.get('n_folds')}): splitting {comp.slug} again"
-        )
+        console.print(f"n_folds is now {comp.n_folds} (was {info.n_folds}): splitting {comp.slug} again")
     problem = None if force else _raw_problem(raw)
     if problem:
         console.print(f"[yellow]{escape(str(raw))}/ is incomplete ({escape(problem)}): fetching it again[/]")
@@ -232,14 +229,14 @@ def _prepare(comp: Competition, force: bool, seed: int) -> Path:
     _write_marker(root / PREPARED, info)
     remember_last(comp.slug)
     console.print(
-        f"[green]✓[/] prepared {escape(comp.slug)}: {info['n_train']} train images in "
-        f"{len(info['classes'])} classes, {info['n_test']} test images, {comp.n_folds} folds "
+        f"[green]✓[/] prepared {escape(comp.slug)}: {info.n_train} train images in "
+        f"{len(info.classes)} classes, {info.n_test} test images, {comp.n_folds} folds "
         f"-> {escape(str(root))}/"
     )
     return root
 
 
-def _lay_out_or_clean_up(comp: Competition, raw: Path, seed: int, force: bool) -> dict:
+def _lay_out_or_clean_up(comp: Competition, raw: Path, seed: int, force: bool) -> PreparedInfo:
     """_lay_out, with .staging/ removed whatever stops it, and a full disk or a failure after FORCE
     told as what to do next."""
     staging = comp.data_dir / STAGING
@@ -270,7 +267,7 @@ def _no_room(comp: Competition, raw: Path, e: OSError) -> UserError:
     )
 
 
-def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
+def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> PreparedInfo:
     """raw/ -> the prepared shape in `staging`, swapped into data/<comp>/ once complete; returns
     what prepared.json records."""
     root = comp.data_dir
@@ -306,21 +303,22 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> dict:
             (staging / name).rename(target)
     shutil.rmtree(staging)
     counts = folds["label"].value_counts().sort_index()
-    return {
-        "competition": comp.slug,
-        "classes": sorted(counts.index.tolist()),
-        "train_counts": {k: int(v) for k, v in counts.items()},
-        "n_train": int(len(folds)),
-        "n_test": sum(1 for p in (root / "test").iterdir() if p.suffix.lower() in IMAGE_EXTS),
-        "n_folds": comp.n_folds,
-        "fold_seed": seed,
-        "has_solution": (root / "solution.csv").exists(),
-        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **unreadable,
-    }
+    return PreparedInfo(
+        competition=comp.slug,
+        classes=sorted(str(c) for c in counts.index),
+        train_counts={str(k): int(v) for k, v in counts.items()},
+        n_train=int(len(folds)),
+        n_test=sum(1 for p in (root / "test").iterdir() if p.suffix.lower() in IMAGE_EXTS),
+        n_folds=comp.n_folds,
+        fold_seed=seed,
+        has_solution=(root / "solution.csv").exists(),
+        prepared_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        unreadable_train=unreadable["unreadable_train"],
+        unreadable_test=unreadable["unreadable_test"],
+    )
 
 
-def read_prepared(comp: Competition) -> dict:
+def read_prepared(comp: Competition) -> PreparedInfo:
     """prepared.json's record; a missing or damaged one means: not prepared (yet)."""
     info = _prepared_info(comp)
     if info is None:

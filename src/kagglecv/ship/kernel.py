@@ -43,6 +43,7 @@ from kagglecv.ship.kernel_folder import (
     compare_submissions,
     kernel_dir,
 )
+from kagglecv.ship.kernel_spec import KERNEL_JSON, KernelPredict, KernelSpec
 
 LOG_TAIL = 15  # lines of a failed run's log shown
 # Wheels the notebook installs besides kagglecv, for packages Kaggle's Python image lacks. The
@@ -118,7 +119,7 @@ def build_wheel(out: Path) -> str:
     return wheels[-1].name
 
 
-def kernel_spec(comp: Competition, run_dir: Path) -> dict:
+def kernel_spec(comp: Competition, run_dir: Path) -> KernelSpec:
     """kernel.json: what the notebook needs beyond the export to write `make submit`'s file."""
     from kagglecv.core.runs import read_summary
     from kagglecv.predict.postprocess import postprocess_for_run
@@ -126,43 +127,39 @@ def kernel_spec(comp: Competition, run_dir: Path) -> dict:
 
     info = read_prepared(comp)
     cfg = read_yaml(run_dir / "config.yaml", "run config")
-    classes = [str(c) for c in info["classes"]]
-    return {
-        "format": 1,
-        "run": run_dir.name,
-        "cv_mean": read_summary(run_dir).get("cv_mean"),
-        "competition": read_yaml(comp.path, "competition file"),
-        "train_counts": info.get("train_counts") or {},
-        "postprocess": postprocess_for_run(comp.metric, run_dir, classes),
-        "predict": {
-            "device": cfg.get("device", "auto"),
-            "amp": bool(cfg.get("amp", True)),
-            "amp_dtype": cfg.get("amp_dtype", "auto"),
-        },
-    }
+    return KernelSpec(
+        run=run_dir.name,
+        cv_mean=read_summary(run_dir).get("cv_mean"),
+        competition=read_yaml(comp.path, "competition file"),
+        train_counts=info.train_counts,
+        postprocess=postprocess_for_run(comp.metric, run_dir, info.classes),
+        predict=KernelPredict(
+            device=cfg.get("device", "auto"),
+            amp=bool(cfg.get("amp", True)),
+            amp_dtype=cfg.get("amp_dtype", "auto"),
+        ),
+    )
 
 
-def write_dataset(comp: Competition, run_dir: Path, export: Path, folder: Path, user: str) -> dict:
+def write_dataset(comp: Competition, run_dir: Path, export: Path, folder: Path, user: str) -> KernelSpec:
     folder.mkdir(parents=True)
     for p in sorted(export.iterdir()):
         if p.is_file() and p.name not in SKIP_FROM_EXPORT:
             link_or_copy(p, folder / p.name)
     spec = kernel_spec(comp, run_dir)
-    spec["wheels"] = [build_wheel(folder), *EXTRA_WHEELS]
-    (folder / "kernel.json").write_text(json.dumps(spec, indent=2))
+    spec.wheels = [build_wheel(folder), *EXTRA_WHEELS]
+    (folder / KERNEL_JSON).write_text(json.dumps(spec.to_json(), indent=2))
     slug = short_slug(f"kagglecv {comp.slug} {run_dir.name}")
     meta = {"title": slug, "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
     (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2))
     return spec
 
 
-def write_notebook(comp: Competition, spec: dict, folder: Path, dataset_id: str, user: str) -> None:
+def write_notebook(comp: Competition, spec: KernelSpec, folder: Path, dataset_id: str, user: str) -> None:
     folder.mkdir(parents=True)
     text = (resources.files("kagglecv.ship") / "templates" / "kernel_notebook.py").read_text()
-    text = text.replace('"__RUN__"', json.dumps(spec["run"])).replace(
-        '["__WHEELS__"]', json.dumps(spec["wheels"])
-    )
-    (folder / NOTEBOOK_FILE).write_text(text.replace("__RUN__", spec["run"]).replace("__COMP__", comp.slug))
+    text = text.replace('"__RUN__"', json.dumps(spec.run)).replace('["__WHEELS__"]', json.dumps(spec.wheels))
+    (folder / NOTEBOOK_FILE).write_text(text.replace("__RUN__", spec.run).replace("__COMP__", comp.slug))
     slug = short_slug(f"kagglecv {comp.slug}")
     meta = {
         "id": f"{user}/{slug}",
@@ -171,7 +168,7 @@ def write_notebook(comp: Competition, spec: dict, folder: Path, dataset_id: str,
         "language": "python",
         "kernel_type": "script",
         "is_private": True,
-        "enable_gpu": spec["predict"]["device"] != "cpu",
+        "enable_gpu": spec.predict.device != "cpu",
         "enable_internet": False,
         "dataset_sources": [dataset_id],
         "competition_sources": [comp.source.get("competition", comp.slug)],

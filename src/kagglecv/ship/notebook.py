@@ -25,14 +25,18 @@ import numpy as np
 from kagglecv.core.competition import Competition, parse_competition
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.ship.kernel_spec import KERNEL_JSON, KernelSpec
 
-KERNEL_JSON = "kernel.json"
 TIMING_TAG = "KAGGLECV_TIMING"  # the line the dry run reads the notebook's timings from
 
 
-def load_kernel_spec(dataset: Path) -> tuple[dict, Competition]:
-    spec = json.loads((dataset / KERNEL_JSON).read_text())
-    comp = parse_competition(spec["competition"], Path(f"{spec['competition']['slug']}.yaml"))
+def load_kernel_spec(dataset: Path) -> tuple[KernelSpec, Competition]:
+    path = dataset / KERNEL_JSON
+    try:
+        spec = KernelSpec.from_json(json.loads(path.read_text()))
+    except ValueError as e:
+        raise UserError(f"{path} is damaged ({e}): rebuild the dataset with `make kernel FORCE=1`") from None
+    comp = parse_competition(spec.competition, Path(f"{spec.competition.get('slug')}.yaml"))
     return spec, comp
 
 
@@ -110,7 +114,7 @@ def lay_out_test(comp: Competition, raw: Path) -> None:
         dst.symlink_to(src)
 
 
-def submission_frame(comp: Competition, spec: dict, probs: np.ndarray, classes: list[str], sample):
+def submission_frame(comp: Competition, spec: KernelSpec, probs: np.ndarray, classes: list[str], sample):
     """submit.py's own steps after prediction: post-processing, class prior for unreadable rows,
     the format, the checks."""
     from kagglecv.compete.submit import (
@@ -124,8 +128,8 @@ def submission_frame(comp: Competition, spec: dict, probs: np.ndarray, classes: 
 
     check_classes(comp, sample, classes)
     ok = ~np.isnan(probs).any(1)
-    probs[ok] = apply_postprocess(spec["postprocess"], probs[ok])
-    prior = class_prior(comp, {"train_counts": spec["train_counts"]}, classes)
+    probs[ok] = apply_postprocess(spec.postprocess, probs[ok])
+    prior = class_prior(comp, spec.train_counts, classes)
     probs, _ = fill_unreadable(probs, prior, sample[comp.submission.id_column])
     df = format_submission(comp, sample, probs, classes)
     validate_submission(df, sample, comp, classes)
@@ -159,12 +163,11 @@ def main(input_root: Path, working: Path, dataset: Path, started: float | None =
     raw = raw_view(comp, source, scratch / "raw")
     lay_out_test(comp, raw)
     t_data = time.time()
-    device = pick_device(spec["predict"].get("device", "auto"))
-    how = spec["predict"]
-    ens = Ensemble.from_export(dataset, device, amp=how["amp"], amp_dtype=how["amp_dtype"])
+    device = pick_device(spec.predict.device)
+    ens = Ensemble.from_export(dataset, device, amp=spec.predict.amp, amp_dtype=spec.predict.amp_dtype)
     sample = read_sample(comp)
-    paths = test_images(comp, sample, {})
-    probs, _ = ens.predict_files(paths)  # the views make submit averages; NaN rows: undecodable
+    paths = test_images(comp, sample)  # none known unreadable: predict_files gives those NaN rows
+    probs, _ = ens.predict_files(paths)  # the views make submit averages
     t_pred = time.time()
     df = submission_frame(comp, spec, probs, ens.classes, sample)
     working.mkdir(parents=True, exist_ok=True)

@@ -15,15 +15,18 @@ fold<k>.pt (the best epoch's weights + the JSON to rebuild the model) and oof_fo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from kagglecv.core.checkpoint import CheckpointMeta, save_checkpoint
-from kagglecv.core.config import stage_sizes
+from kagglecv.core.competition import Competition
+from kagglecv.core.config import TrainConfig, stage_sizes
 from kagglecv.core.console import console, progress
 from kagglecv.core.files import atomic_write
 from kagglecv.core.metrics import is_better, score
@@ -33,22 +36,28 @@ from kagglecv.ml import batches, dist
 from kagglecv.ml.augment import Augment
 from kagglecv.ml.data import make_loader
 from kagglecv.ml.engine import Stepper, steps_per_epoch, train_one_epoch, validate
-from kagglecv.ml.model import create_model, place
+from kagglecv.ml.model import ModelInput, create_model, place
+
+if TYPE_CHECKING:
+    from kagglecv.train.run import TrainData  # run.py imports this module
+
+# a fold's batches: a DataLoader over images decoded by workers, or whole in-RAM batches (batches.py)
+Loader = torch.utils.data.DataLoader | batches.MemoryBatches
 
 
 @dataclass
 class RunContext:
     """What every fold of a run shares: the competition, recipe, data, input spec, device, LR."""
 
-    comp: object
-    cfg: object
-    data: object  # train.TrainData
-    inp: dict
+    comp: Competition
+    cfg: TrainConfig
+    data: TrainData
+    inp: ModelInput
     device: torch.device
     run_dir: Path
     lr: float = 0.0
     rows: list[dict] = field(default_factory=list)  # metrics.csv, one row per epoch
-    on_epoch: object = None  # called with each epoch's row (tune/study.py reports it to the trial)
+    on_epoch: Callable[[dict], None] | None = None  # each epoch's row (tune/study.py reports it to the trial)
 
 
 @dataclass
@@ -59,8 +68,8 @@ class Fold:
     tr_idx: np.ndarray
     va_idx: np.ndarray
     stepper: Stepper
-    train_dl: object
-    val_dl: object
+    train_dl: Loader
+    val_dl: Loader
     best: float | None = None
     best_epoch: int = -1
     best_state: dict | None = None
@@ -72,7 +81,7 @@ class Fold:
 
 def build_stepper(
     run: RunContext, fold: int, tr_idx, va_idx, ddp: bool = True, size: int | None = None
-) -> tuple[Stepper, object, object]:
+) -> tuple[Stepper, Loader, Loader]:
     """A fresh model, optimizer (layer-decayed param groups) and loaders for one split."""
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
@@ -105,8 +114,8 @@ def build_stepper(
         model,
         optimizer=opt,
         device=device,
-        mean=run.inp["mean"],
-        std=run.inp["std"],
+        mean=run.inp.mean,
+        std=run.inp.std,
         amp=cfg.amp,
         amp_dtype_name=cfg.amp_dtype,
         label_smoothing=cfg.label_smoothing,
@@ -118,7 +127,7 @@ def build_stepper(
     return stepper, *fold_loaders(run, fold, tr_idx, va_idx, ddp, size or run.data.size)
 
 
-def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool, size: int):
+def fold_loaders(run: RunContext, fold: int, tr_idx, va_idx, ddp: bool, size: int) -> tuple[Loader, Loader]:
     """The training loader (augmented; under DDP each rank its own shard) and the validation loader,
     at one image size."""
     cfg, comp = run.cfg, run.comp
@@ -207,7 +216,7 @@ def total_epochs(cfg) -> int:
 
 def epoch_sizes(run: RunContext) -> list[int]:
     """The training (and validation) size of each epoch of a fold."""
-    return stage_sizes(run.cfg, run.inp["img_size"])
+    return stage_sizes(run.cfg, run.inp.img_size)
 
 
 def phases(cfg) -> list[tuple[str, int, int]]:
@@ -328,8 +337,8 @@ def write_fold_outputs(run: RunContext, f: Fold) -> None:
         num_classes=len(data.classes),
         classes=list(data.classes),
         in_chans=cfg.in_chans,
-        mean=run.inp["mean"],
-        std=run.inp["std"],
+        mean=run.inp.mean,
+        std=run.inp.std,
         img_size=epoch_sizes(run)[f.best_epoch],  # the size its best epoch trained and validated at
         train_sizes=sorted(set(epoch_sizes(run))),
         test_size=cfg.test_size,  # prediction uses this size when set

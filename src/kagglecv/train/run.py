@@ -51,8 +51,9 @@ from kagglecv.ml import dist
 from kagglecv.ml.augment import Augment
 from kagglecv.ml.data import ImageDataset, make_loader, training_set
 from kagglecv.ml.engine import pick_device
-from kagglecv.ml.model import create_model, resolve_input
+from kagglecv.ml.model import ModelInput, create_model, resolve_input
 from kagglecv.prepare.layout import FOLDS, read_folds, read_prepared
+from kagglecv.prepare.prepared import PreparedInfo
 from kagglecv.train.claims import SETUP_LOCK, claimed_elsewhere, gather_if_last, train_claimed
 from kagglecv.train.lr_find import range_test, save_range_test
 from kagglecv.train.memory import fit_batch
@@ -62,19 +63,24 @@ from kagglecv.train.one_fold import RunContext, build_stepper
 class TrainData:
     """Everything about the training images that does not change between folds."""
 
-    def __init__(self, comp: Competition, cfg: TrainConfig, size: int, cuda: bool = False, prepared=None):
+    def __init__(
+        self,
+        comp: Competition,
+        cfg: TrainConfig,
+        size: int,
+        cuda: bool = False,
+        prepared: tuple[PreparedInfo, pd.DataFrame] | None = None,
+    ):
         """`prepared`: (prepared.json, folds.csv) where the caller has read them already."""
         root = comp.data_dir
         info, self.folds = prepared or read_data(comp)
-        self.classes: list[str] = [str(c) for c in info["classes"]]
+        self.classes: list[str] = list(info.classes)
         self.pseudo = None
         if cfg.pseudo:  # confident test predictions join every training split, never a validation one
             from kagglecv.train.pseudo import pseudo_rows, report_pseudo
 
             rows = pseudo_rows(comp, cfg.pseudo, cfg.pseudo_threshold, self.classes)
-            self.pseudo = report_pseudo(
-                rows, cfg.pseudo, cfg.pseudo_threshold, int(info.get("n_test", 0)), self.classes
-            )
+            self.pseudo = report_pseudo(rows, cfg.pseudo, cfg.pseudo_threshold, info.n_test, self.classes)
             self.folds = pd.concat([self.folds, rows], ignore_index=True)
         self.labels = (
             self.folds["label"].astype(str).map({c: i for i, c in enumerate(self.classes)}).to_numpy()
@@ -151,21 +157,21 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     info, folds = read_data(comp)  # once: read_folds checks folds.csv and says what it finds
     seed_everything(cfg.seed)
     inp = resolve_input(probe_model(cfg), cfg.img_size, cfg.mean, cfg.std)
-    sizes = stage_sizes(cfg, inp["img_size"])
+    sizes = stage_sizes(cfg, inp.img_size)
     guard_memory(comp, cfg, info, folds, max(sizes), device)
     with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
         data = TrainData(comp, cfg, sizes[0], cuda=device.type == "cuda", prepared=(info, folds))
     return device, inp, data
 
 
-def read_data(comp: Competition) -> tuple[dict, pd.DataFrame]:
+def read_data(comp: Competition) -> tuple[PreparedInfo, pd.DataFrame]:
     """prepared.json and the checked folds.csv."""
     info = read_prepared(comp)
     return info, read_folds(comp, info)
 
 
 def guard_memory(
-    comp: Competition, cfg: TrainConfig, info: dict, folds: pd.DataFrame, size: int, device
+    comp: Competition, cfg: TrainConfig, info: PreparedInfo, folds: pd.DataFrame, size: int, device
 ) -> None:
     """Stop before any image is decoded or run folder made when a training step will not fit
     (memory.py); `batch_size: auto` becomes the batch that fits, saved so a resume trains the same."""
@@ -173,7 +179,7 @@ def guard_memory(
     batch = dist.broadcast(  # one decision for every rank (rank 0 probes)
         fit_batch(
             cfg,
-            num_classes=len(info["classes"]),
+            num_classes=len(info.classes),
             n_images=len(folds),
             n_train=int((folds != 0).sum()),
             size=size,
@@ -362,7 +368,9 @@ def _resumed_config(held, comp: Competition, run_dir: Path, what: str) -> TrainC
     return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
 
 
-def _banner(run_dir: Path, cfg: TrainConfig, data, inp: dict, device, fold_ids: list[int]) -> None:
+def _banner(
+    run_dir: Path, cfg: TrainConfig, data: TrainData, inp: ModelInput, device, fold_ids: list[int]
+) -> None:
     console.print(
         f"[bold]run[/] {run_dir}  ·  {cfg.model} ({'pretrained' if cfg.pretrained else 'from scratch'}) "
         f"· {len(data.classes)} classes · {len(data.labels)} images · folds {','.join(map(str, fold_ids))} "
@@ -371,9 +379,9 @@ def _banner(run_dir: Path, cfg: TrainConfig, data, inp: dict, device, fold_ids: 
     )
 
 
-def sizes_text(cfg: TrainConfig, inp: dict) -> str:
+def sizes_text(cfg: TrainConfig, inp: ModelInput) -> str:
     """'32px', or the stages: '16px x1 -> 24px x1 -> 32px x1' (+ the test size)."""
-    sizes = stage_sizes(cfg, inp["img_size"])
+    sizes = stage_sizes(cfg, inp.img_size)
     stages = [f"{s}px" + (f" x{sizes.count(s)}" if len(set(sizes)) > 1 else "") for s in dict.fromkeys(sizes)]
     return " -> ".join(stages) + (f" (test {cfg.test_size}px)" if cfg.test_size else "")
 
