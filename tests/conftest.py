@@ -215,7 +215,7 @@ def cli_text(capsys) -> str:
 @pytest.fixture
 def fake(workdir, monkeypatch):
     """A fake Kaggle on loopback holding every shipped competition; the real client points at it."""
-    from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+    from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
     from kagglecv.prepare.sources import kaggle as ksrc
 
     monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))

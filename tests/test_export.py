@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import kagglecv.ship.export as export_mod
-from chosen_tta_run import run_with_tta_chosen
+from helpers.chosen_tta_run import run_with_tta_chosen
 from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import decode

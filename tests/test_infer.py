@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chosen_tta_run import run_with_tta_chosen
+from helpers.chosen_tta_run import run_with_tta_chosen
 from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.predict.new_images import (

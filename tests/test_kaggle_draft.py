@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import cli_text
-from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.prepare.sources import kaggle as ksrc
 

@@ -168,7 +168,7 @@ def test_killed_between_accept_and_log_is_not_sent_twice(fake, checked_file, wor
     import subprocess
     import sys
 
-    from kaggle_fake import client_env
+    from helpers.kaggle_fake import client_env
 
     comp, file = checked_file
     base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import FINISHED_RUN_ARGS, cli_text
-from kaggle_fake import competition_zip
-from kaggle_fake_kernels import dumps_log
+from helpers.kaggle_fake import competition_zip
+from helpers.kaggle_fake_kernels import dumps_log
 from kagglecv.cli import main
 from kagglecv.compete.upload import read_log
 from kagglecv.core.competition import load_competition, parse_competition
