@@ -140,7 +140,7 @@ def _template():
 
 
 def test_standalone_decodes_like_kagglecv_and_resizes_close_without_opencv(tmp_path, monkeypatch):
-    from test_infer import _odd_images
+    from helpers.images import odd_images
 
     (tmp_path / "data" / "digits-demo" / "test").mkdir(parents=True)
     from PIL import Image
@@ -148,7 +148,7 @@ def test_standalone_decodes_like_kagglecv_and_resizes_close_without_opencv(tmp_p
     Image.fromarray((np.random.default_rng(0).random((28, 28, 3)) * 255).astype(np.uint8)).save(
         tmp_path / "data" / "digits-demo" / "test" / "1.png"
     )
-    _odd_images(tmp_path / "odd")
+    odd_images(tmp_path / "odd")
     ep = _template()
     for p in sorted((tmp_path / "odd").rglob("*.*")):
         try:

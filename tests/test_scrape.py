@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers.images import encode, photo
 from kagglecv.cli import main
 from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.layout import prepare
 from kagglecv.prepare.sources import download, scrape, search
-from test_folder import encode, photo
 
 TINTS = {"bjj": (255, 40, 0), "aikido": (0, 40, 255)}
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers.images import encode, photo
 from kagglecv import __version__
 from kagglecv.cli import main
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.sources import download, download_cache, scrape, search
 from kagglecv.prepare.sources.search import Candidate
-from test_folder import encode, photo
 from test_scrape import TINTS, FakeClock, Web, good_images, write_comp
 
 

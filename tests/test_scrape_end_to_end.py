@@ -7,9 +7,9 @@ import json
 
 import pandas as pd
 
+from helpers.images import encode, photo
 from kagglecv.cli import main
 from kagglecv.prepare.sources.search import SEARCH_URL_ENV
-from test_folder import encode, photo
 from test_scrape import TINTS, result, web  # noqa: F401  (web is a fixture)
 
 
