@@ -224,6 +224,18 @@ def fake(workdir, monkeypatch):
         yield server
 
 
+@pytest.fixture
+def web(monkeypatch):
+    """A loopback stand-in for the web (helpers.web.Web), for the scrape source, closed after the test."""
+    from helpers.web import Web
+    from kagglecv.prepare.sources import download
+
+    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")  # the stand-in web lives on 127.0.0.1
+    w = Web()
+    yield w
+    w.close()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _optuna_logs_through_logging():
     """Optuna's own log handler keeps the sys.stderr of the moment it is made, which under pytest is
