@@ -7,7 +7,8 @@ import json
 
 import pandas as pd
 
-from conftest import FINISHED_RUN_ARGS, cli_text
+from helpers.cli import cli_text
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 
 

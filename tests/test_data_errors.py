@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, cli_text
+from helpers.cli import cli_text
 from helpers.images import TINTS, encode, labelled_images, photo, pixel_csvs
+from helpers.repo import REPO
 from kagglecv.cli import main
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.folds import make_folds

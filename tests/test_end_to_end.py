@@ -8,7 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import FINISHED_RUN_ARGS, REPO
+from helpers.repo import REPO
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 
 

@@ -124,7 +124,7 @@ def test_bad_paths_are_one_line(workdir, tta_chosen, inputs, says):
 
 def test_a_missing_image_is_named_before_a_missing_run(workdir, capsys):
     """`kagglecv predict` with a typo in the path and no run trained yet: the path is what it names."""
-    from conftest import cli_text
+    from helpers.cli import cli_text
     from kagglecv.cli import main
 
     assert main(["predict", "-c", "digits-demo", "nowhere/cat.jpg"]) == 2

@@ -13,7 +13,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from conftest import cli_text
+from helpers.cli import cli_text
 from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.core.errors import UserError

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from conftest import cli_text
+from helpers.cli import cli_text
 from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.prepare.sources import kaggle as ksrc

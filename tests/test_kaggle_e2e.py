@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cli_text, make_run
+from helpers.cli import cli_text
+from helpers.runs import make_run
 from kagglecv.cli import main
 from kagglecv.compete import upload as upload_mod
 from kagglecv.compete.upload import read_log

@@ -11,7 +11,9 @@ import time
 import pytest
 import torch
 
-from conftest import FINISHED_RUN_ARGS, REPO, cli_text
+from helpers.cli import cli_text
+from helpers.repo import REPO
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 from kagglecv.core import locks
 from kagglecv.core.errors import UserError

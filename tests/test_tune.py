@@ -10,7 +10,8 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, cli_text
+from helpers.cli import cli_text
+from helpers.repo import REPO
 from kagglecv.cli import main
 from kagglecv.core.config import load_config
 from kagglecv.core.errors import UserError
