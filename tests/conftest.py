@@ -1,25 +1,75 @@
 """Shared fixtures: every test runs in its own working folder with the repo's competitions/ and
 configs/, so data/, runs/ and submissions/ never touch the checkout. Plain code the tests share lies
-in helpers/."""
+in helpers/; torch and optuna are set up here without being imported (see `_after_import`)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.register_assert_rewrite("helpers")  # their asserts (cli_text's) report as a test's do
 
 from helpers.repo import REPO  # noqa: E402
 from helpers.runs import FINISHED_RUN_ARGS  # noqa: E402
 
-# Tests often share this 2-core machine with other work; one intra-op thread avoids OpenMP
-# threads spinning against each other (which slows everything down many times over).
-torch.set_num_threads(1)
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` right after the first import of the top-level module `name`, by whatever
+    imports it, and then steps aside."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None  # not an ordinary installed package: the other finders answer
+        exec_module = spec.loader.exec_module
+
+        def exec_then(module):
+            exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            self.then(module)
+
+        spec.loader.exec_module = exec_then
+        return spec
+
+
+def _after_import(name: str, then) -> None:
+    """`then(module)` once `name` is imported (now, if it already is): conftest configures torch and
+    optuna without importing them, so collection and the tests that need neither never load them."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+def _one_torch_thread(torch) -> None:
+    # Tests often share this 2-core machine with other work; one intra-op thread avoids OpenMP
+    # threads spinning against each other (which slows everything down many times over).
+    torch.set_num_threads(1)
+
+
+def _optuna_logs_through_logging(optuna) -> None:
+    """Optuna's own log handler keeps the sys.stderr of the moment it is made, which under pytest is
+    one test's capture, closed by the next test: route its records through Python's logging (as
+    kagglecv's tune does), which pytest captures per test."""
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+_after_import("torch", _one_torch_thread)
+_after_import("optuna", _optuna_logs_through_logging)
 
 # pytest-xdist hands its workers COLUMNS=<the terminal's width>; kagglecv's console (imported after
 # this) must size itself as it does in a plain pytest run, piped, or tables wrap differently.
@@ -158,14 +208,3 @@ def web(monkeypatch):
     w = Web()
     yield w
     w.close()
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _optuna_logs_through_logging():
-    """Optuna's own log handler keeps the sys.stderr of the moment it is made, which under pytest is
-    one test's capture, closed by the next test: route its records through Python's logging (as
-    kagglecv's tune does), which pytest captures per test."""
-    import optuna
-
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
