@@ -77,6 +77,7 @@ def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # ~7 s
 def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits, capsys, monkeypatch):
     run = finished_run  # no TTA choice cached: this test makes its own, with hflip
     from kagglecv.predict import tta

@@ -88,6 +88,7 @@ def colour_run(tmp_path_factory):
     return root, run_dir, flipped
 
 
+@pytest.mark.slow  # `colour_run` trains for this module: ~9 s
 def test_flipped_labels_rank_first(colour_run):
     _, run_dir, flipped = colour_run
     suspects = pd.read_csv(run_dir / "suspect_labels.csv")
@@ -106,6 +107,7 @@ def embedded_pngs(page: str) -> list[bytes]:
     ]
 
 
+@pytest.mark.slow  # needs `colour_run` (a training, ~9 s)
 def test_report_is_self_contained_and_complete(colour_run):
     root, run_dir, _ = colour_run
     page = (run_dir / "report.html").read_text()
@@ -164,6 +166,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.slow  # needs `colour_run` (a training, ~9 s)
 def test_report_renders_in_headless_chromium(colour_run, tmp_path):
     browser = chromium()
     if browser is None:
@@ -202,6 +205,7 @@ def test_report_renders_in_headless_chromium(colour_run, tmp_path):
     assert check == {"n": page.count("<img"), "bad": []}
 
 
+@pytest.mark.slow  # ~6 s, and needs `colour_run` (a training, ~9 s)
 def test_cli_report_reprints_tables(colour_run, capsys, monkeypatch):
     root, run_dir, _ = colour_run
     monkeypatch.chdir(root)

@@ -213,6 +213,7 @@ def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):
 # ---- no network ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess runs `kagglecv demo`: a whole training, ~20 s
 def test_the_offline_demo_makes_no_network_call_and_prints_no_warning(tmp_path):
     """`kagglecv demo`, shrunk, in a network namespace with no interfaces: albumentations' version check
     (or anything else that phones home) would fail there, and say so in a warning."""
