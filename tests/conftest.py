@@ -1,26 +1,75 @@
 """Shared fixtures: every test runs in its own working folder with the repo's competitions/ and
-configs/, so data/, runs/ and submissions/ never touch the checkout."""
+configs/, so data/, runs/ and submissions/ never touch the checkout. Plain code the tests share lies
+in helpers/; torch and optuna are set up here without being imported (see `_after_import`)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import importlib.abc
+import importlib.machinery
 import os
 import shutil
+import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+pytest.register_assert_rewrite("helpers")  # their asserts (cli_text's) report as a test's do
+
+from helpers.repo import REPO  # noqa: E402
+from helpers.runs import FINISHED_RUN_ARGS  # noqa: E402
 
 
-# Tests often share this 2-core machine with other work; one intra-op thread avoids OpenMP
-# threads spinning against each other (which slows everything down many times over).
-torch.set_num_threads(1)
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` right after the first import of the top-level module `name`, by whatever
+    imports it, and then steps aside."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None  # not an ordinary installed package: the other finders answer
+        exec_module = spec.loader.exec_module
+
+        def exec_then(module):
+            exec_module(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
+            self.then(module)
+
+        spec.loader.exec_module = exec_then
+        return spec
+
+
+def _after_import(name: str, then) -> None:
+    """`then(module)` once `name` is imported (now, if it already is): conftest configures torch and
+    optuna without importing them, so collection and the tests that need neither never load them."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
+
+
+def _one_torch_thread(torch) -> None:
+    # Tests often share this 2-core machine with other work; one intra-op thread avoids OpenMP
+    # threads spinning against each other (which slows everything down many times over).
+    torch.set_num_threads(1)
+
+
+def _optuna_logs_through_logging(optuna) -> None:
+    """Optuna's own log handler keeps the sys.stderr of the moment it is made, which under pytest is
+    one test's capture, closed by the next test: route its records through Python's logging (as
+    kagglecv's tune does), which pytest captures per test."""
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
+_after_import("torch", _one_torch_thread)
+_after_import("optuna", _optuna_logs_through_logging)
 
 # pytest-xdist hands its workers COLUMNS=<the terminal's width>; kagglecv's console (imported after
 # this) must size itself as it does in a plain pytest run, piped, or tables wrap differently.
@@ -106,10 +155,6 @@ def digits_small(workdir, digits_small_prepared):
     return workdir
 
 
-# what `finished_run` trained: configs/smoke.yaml as it is (LR range test, 2 folds x 1 epoch) on the CPU
-FINISHED_RUN_ARGS = ["device=cpu"]
-
-
 @pytest.fixture(scope="session")
 def finished_run_built(tmp_path_factory, digits_prepared):
     """One smoke training on digits-demo, once per session (see `finished_run`)."""
@@ -141,81 +186,10 @@ def finished_run(digits, finished_run_built) -> Path:
     return digits / rel
 
 
-MADE_RUN = "made"
-
-
-def make_run(root: Path, fold_ids=(0, 1), listed=None, slug: str = "digits-demo", recipe=()) -> Path:
-    """runs/<slug>/made/ as train leaves it (fold<k>.pt + oof_fold<k>.csv, gathered), with two
-    randomly initialised test_resnet folds: no training, so it takes a second."""
-    from kagglecv.core.checkpoint import CheckpointMeta, save_checkpoint
-    from kagglecv.core.competition import load_competition
-    from kagglecv.core.config import load_config
-    from kagglecv.core.runs import gather
-    from kagglecv.ml.model import create_model
-
-    comp = load_competition(slug)
-    info = json.loads((root / "data" / slug / "prepared.json").read_text())
-    classes = [str(c) for c in info["classes"]]
-    folds = pd.read_csv(root / "data" / slug / "folds.csv")
-    cfg = load_config(root / "configs" / "smoke.yaml", list(recipe))
-    run = root / "runs" / slug / MADE_RUN
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    rng = np.random.default_rng(0)
-    for k in fold_ids:
-        torch.manual_seed(k)
-        model = create_model("test_resnet", num_classes=len(classes), in_chans=3)
-        meta = {"competition": slug, "model": "test_resnet", "num_classes": len(classes),
-                "classes": classes, "in_chans": 3, "img_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-                "fold": k, "best_epoch": 0, "metric": "accuracy", "score": 0.1 * (k + 1), "lr": 0.002,
-                "ema": False, "config": cfg.to_dict()}  # fmt: skip
-        save_checkpoint(run / f"fold{k}.pt", model.state_dict(), CheckpointMeta.from_json(meta))
-        part = folds[folds["fold"] == k].copy()
-        probs = rng.dirichlet(np.ones(len(classes)), size=len(part))
-        for j, c in enumerate(classes):
-            part[f"p_{c}"] = probs[:, j]
-        part["pred"] = [classes[j] for j in probs.argmax(1)]
-        part.to_csv(run / f"oof_fold{k}.csv", index=True, index_label="row")
-    gather(run, comp)
-    if listed is not None:  # a summary gathered before the other folds were copied in
-        summary = json.loads((run / "summary.json").read_text())
-        summary["fold_ids"], summary["folds"] = list(listed), len(listed)
-        (run / "summary.json").write_text(json.dumps(summary))
-    return run
-
-
-@contextlib.contextmanager
-def interrupted_at_validation(monkeypatch, n: int):
-    """Ctrl-C at training's n-th validation (the end of epoch n), as train() sees a user's interrupt."""
-    import kagglecv.train.one_fold as fold_mod
-
-    real, calls = fold_mod.validate, {"n": 0}
-
-    def validate(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fold_mod, "validate", validate)
-    try:
-        yield
-    finally:
-        monkeypatch.setattr(fold_mod, "validate", real)
-
-
-def cli_text(capsys) -> str:
-    """What a CLI call printed, on one line; a user never sees a traceback."""
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text
-    return " ".join(text.split())
-
-
 @pytest.fixture
 def fake(workdir, monkeypatch):
     """A fake Kaggle on loopback holding every shipped competition; the real client points at it."""
-    from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+    from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
     from kagglecv.prepare.sources import kaggle as ksrc
 
     monkeypatch.setattr(ksrc, "RETRY_DELAYS", (0.0, 0.0))
@@ -224,12 +198,13 @@ def fake(workdir, monkeypatch):
         yield server
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _optuna_logs_through_logging():
-    """Optuna's own log handler keeps the sys.stderr of the moment it is made, which under pytest is
-    one test's capture, closed by the next test: route its records through Python's logging (as
-    kagglecv's tune does), which pytest captures per test."""
-    import optuna
+@pytest.fixture
+def web(monkeypatch):
+    """A loopback stand-in for the web (helpers.web.Web), for the scrape source, closed after the test."""
+    from helpers.web import Web
+    from kagglecv.prepare.sources import download
 
-    optuna.logging.disable_default_handler()
-    optuna.logging.enable_propagation()
+    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")  # the stand-in web lives on 127.0.0.1
+    w = Web()
+    yield w
+    w.close()

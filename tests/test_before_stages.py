@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from conftest import cli_text
+from helpers.cli import cli_text
 from kagglecv.cli import main
 from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.run_files import TTAPlan

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, cli_text, interrupted_at_validation
+from helpers.cli import cli_text
+from helpers.repo import REPO
+from helpers.runs import interrupted_at_validation
 from kagglecv.cli import main
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
-from conftest import FINISHED_RUN_ARGS, cli_text
+from helpers.cli import cli_text
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 
 
+@pytest.mark.slow  # ~9 s
 def test_blend_of_two_runs_submits_like_a_run_and_reuses_the_members_caches(finished_run, capsys):
     from kagglecv.core.competition import load_competition
     from kagglecv.core.config import load_config

@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, cli_text
+from helpers.cli import cli_text
+from helpers.images import TINTS, encode, labelled_images, photo, pixel_csvs
+from helpers.repo import REPO
 from kagglecv.cli import main
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.folds import make_folds
-from test_folder import TINTS, encode, photo
-from test_layout import _images, _pixel_csvs
 
 
 def _pets(src, per_class: dict[str, int]) -> None:
@@ -152,9 +152,9 @@ def test_too_few_images_names_the_file_and_what_each_class_needs(workdir, tmp_pa
 
 def test_make_folds_never_offers_a_dead_end():
     with pytest.raises(UserError, match=r"c \(1\): every class needs at least n_folds images; add images$"):
-        make_folds(_images({"a": 10, "c": 1}), 5, seed=0)
+        make_folds(labelled_images({"a": 10, "c": 1}), 5, seed=0)
     with pytest.raises(UserError, match=r"c \(3\): .*; add images, or set n_folds: 3$"):
-        make_folds(_images({"a": 10, "c": 3}), 5, seed=0)
+        make_folds(labelled_images({"a": 10, "c": 3}), 5, seed=0)
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def tiny_digits(workdir):
     from kagglecv.core.competition import load_competition
     from kagglecv.prepare.layout import prepare
 
-    _pixel_csvs(workdir / "data" / "digits-demo" / "raw")
+    pixel_csvs(workdir / "data" / "digits-demo" / "raw")
     prepare(load_competition("digits-demo"))
     return workdir
 

@@ -8,7 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import FINISHED_RUN_ARGS, REPO
+from helpers.repo import REPO
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 
 
@@ -32,6 +33,7 @@ def spine(tmp_path_factory):
     return root, data_rc, train_rc, printed.getvalue()
 
 
+@pytest.mark.slow  # `spine` prepares and trains digits-demo for this module: ~13 s
 def test_data_train_submit(spine, monkeypatch, capsys):
     workdir, data_rc, train_rc, out = spine
     monkeypatch.chdir(workdir)
@@ -85,6 +87,7 @@ def test_data_train_submit(spine, monkeypatch, capsys):
     assert "test accuracy" in out
 
 
+@pytest.mark.slow  # needs `spine` (a training, ~13 s)
 def test_same_seed_same_cv(finished_run, spine):
     """Two trainings of configs/smoke.yaml + FINISHED_RUN_ARGS (LR range test, 2 folds, seed 0): conftest's
     (in-process train() on digits-demo prepared by layout.prepare) and this module's spine (the CLI,

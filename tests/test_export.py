@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import kagglecv.ship.export as export_mod
-from chosen_tta_run import run_with_tta_chosen
+from helpers.chosen_tta_run import run_with_tta_chosen
 from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import decode
@@ -77,6 +77,7 @@ def _standalone(script: Path, images: Path, out: Path, cv2: bool = True) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # ~7 s
 def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits, capsys, monkeypatch):
     run = finished_run  # no TTA choice cached: this test makes its own, with hflip
     from kagglecv.predict import tta
@@ -140,7 +141,7 @@ def _template():
 
 
 def test_standalone_decodes_like_kagglecv_and_resizes_close_without_opencv(tmp_path, monkeypatch):
-    from test_infer import _odd_images
+    from helpers.images import odd_images
 
     (tmp_path / "data" / "digits-demo" / "test").mkdir(parents=True)
     from PIL import Image
@@ -148,7 +149,7 @@ def test_standalone_decodes_like_kagglecv_and_resizes_close_without_opencv(tmp_p
     Image.fromarray((np.random.default_rng(0).random((28, 28, 3)) * 255).astype(np.uint8)).save(
         tmp_path / "data" / "digits-demo" / "test" / "1.png"
     )
-    _odd_images(tmp_path / "odd")
+    odd_images(tmp_path / "odd")
     ep = _template()
     for p in sorted((tmp_path / "odd").rglob("*.*")):
         try:

@@ -11,7 +11,9 @@ import torch
 
 import kagglecv.train.one_fold as fold_mod
 import kagglecv.train.run as train_mod
-from conftest import FINISHED_RUN_ARGS, REPO, cli_text, interrupted_at_validation
+from helpers.cli import cli_text
+from helpers.repo import REPO
+from helpers.runs import FINISHED_RUN_ARGS, interrupted_at_validation
 from kagglecv.cli import main
 from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.competition import load_competition

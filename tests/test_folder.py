@@ -3,100 +3,17 @@ prepared shape with a stratified labelled holdout; broken files are reported, ne
 
 from __future__ import annotations
 
-import io
-
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from helpers.images import AWKWARD, TINTS, awkward, encode, make_folder, photo
 from kagglecv.cli import main
 from kagglecv.core.images import check_image, decode, export_rgb
 from kagglecv.prepare.holdout import holdout_mask
 from kagglecv.prepare.sources.folder import write_competition
-
-TINTS = {"cat": (255, 60, 0), "dog": (0, 60, 255)}
-
-
-def photo(seed: int, tint=(0, 0, 0), size=(80, 64)) -> Image.Image:
-    """A small RGB picture with its own perceptual hash (random colour blocks, smoothed) and a
-    class tint a tiny CNN can learn."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (6, 6, 3)).astype(np.float64)
-    small = np.clip(small * 0.6 + np.array(tint) * 0.4, 0, 255).astype(np.uint8)
-    return Image.fromarray(small, "RGB").resize(size, Image.BICUBIC)
-
-
-def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def awkward(name: str, img: Image.Image) -> bytes:
-    """`img` saved the way files people really have are saved."""
-    if name == "rgba.png":
-        rgba = img.convert("RGBA")
-        rgba.putalpha(200)
-        return encode(rgba, "PNG")
-    if name == "palette.png":
-        return encode(img.convert("P", palette=Image.ADAPTIVE), "PNG")
-    if name == "gray16.png":
-        return encode(Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257), "PNG")
-    if name == "cmyk.jpg":
-        return encode(img.convert("CMYK"), "JPEG")
-    if name == "rotated.jpg":
-        exif = Image.Exif()
-        exif[0x0112] = 6  # stored sideways: viewers turn it 90 degrees clockwise
-        return encode(img, "JPEG", exif=exif)
-    fmt = {"photo.webp": "WEBP", "photo.bmp": "BMP", "photo.tif": "TIFF"}[name]
-    return encode(img, fmt)
-
-
-AWKWARD = [
-    "rgba.png",
-    "palette.png",
-    "gray16.png",
-    "cmyk.jpg",
-    "photo.webp",
-    "photo.bmp",
-    "photo.tif",
-    "rotated.jpg",
-]
-
-
-def make_folder(root, n_per_class: int = 12, seed0: int = 0) -> list[str]:
-    """root/<class>/ with plain JPEGs in nested subfolders, every awkward mode, and broken files.
-    Returns the files (relative to root) that must be skipped."""
-    skipped = []
-    seed = seed0
-    for cls, tint in TINTS.items():
-        d = root / cls
-        (d / "nested" / "deeper").mkdir(parents=True)
-        for i in range(n_per_class):
-            seed += 1
-            sub = d if i % 3 else d / "nested" / ("deeper" if i % 2 else "")
-            (sub / f"{cls}_{i}.jpg").write_bytes(encode(photo(seed, tint)))
-        for name in AWKWARD:
-            seed += 1
-            (d / f"{seed}_{name}").write_bytes(awkward(name, photo(seed, tint)))
-        good = encode(photo(seed0 + 2000, tint))
-        (d / "truncated.jpg").write_bytes(good[: len(good) // 2])
-        (d / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>403 Forbidden</body></html>")
-        (d / "notes.txt").write_text("not an image")
-        (d / "empty.png").write_bytes(b"")
-        (d / ".DS_Store").write_bytes(b"\x00\x01")
-        (d / "tiny.png").write_bytes(encode(photo(seed0 + 3000, tint, size=(10, 10)), "PNG"))
-        skipped += [
-            f"{cls}/truncated.jpg",
-            f"{cls}/page.jpg",
-            f"{cls}/notes.txt",
-            f"{cls}/empty.png",
-            f"{cls}/tiny.png",
-        ]
-    (root / "README.txt").write_text("stray file outside the class folders")
-    return skipped
 
 
 def test_awkward_modes_decode_upright_rgb(tmp_path):

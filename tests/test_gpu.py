@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import interrupted_at_validation
+from helpers.runs import interrupted_at_validation
 from kagglecv.cli import main
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

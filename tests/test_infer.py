@@ -3,15 +3,14 @@ source accepts, unreadable files listed, and one line for a path or a run that i
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
-from chosen_tta_run import run_with_tta_chosen
+from helpers.chosen_tta_run import run_with_tta_chosen
+from helpers.images import odd_images
 from kagglecv.core.competition import load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.predict.new_images import (
@@ -62,35 +61,9 @@ def test_predict_answers_as_submit_does(finished_run, digits):
     np.testing.assert_allclose(probs, cached["probs"], atol=1e-5, rtol=0)
 
 
-def _odd_images(folder):
-    """The same digit saved the ways people's files come: CMYK, 16-bit, RGBA, palette, EXIF-rotated."""
-    folder.mkdir()
-    rgb = Image.open(next((folder.parent / "data" / "digits-demo" / "test").glob("1.png"))).convert("RGB")
-    rgb = rgb.resize((56, 40))
-    rgb.save(folder / "plain.png")
-    rgb.convert("CMYK").save(folder / "cmyk.jpg", quality=100)
-    Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257).save(folder / "grey16.png")
-    rgb.convert("RGBA").save(folder / "rgba.png")
-    rgb.convert("P").save(folder / "palette.png")
-    rotated = rgb.transpose(Image.Transpose.ROTATE_270)  # stored sideways, EXIF says turn it back
-    exif = Image.Exif()
-    exif[0x0112] = 8  # a viewer turns it 90° counter-clockwise
-    rotated.save(folder / "exif.png", exif=exif)  # lossless: only the turn differs
-    rgb.save(folder / "exif_twin.png")
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 50)
-    (folder / "notes.txt").write_text("not an image")
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "gone.jpg").symlink_to(folder / "deleted.jpg")  # a broken link
-    (folder / "sub").mkdir()
-    buf = io.BytesIO()
-    rgb.save(buf, "WEBP", lossless=True)
-    (folder / "sub" / "nested.webp").write_bytes(buf.getvalue())
-    return rgb
-
-
 def test_any_image_the_folder_source_takes_and_unreadable_listed(run, digits, capsys):
     comp = load_competition("digits-demo")
-    _odd_images(digits / "odd")
+    odd_images(digits / "odd")
     files = sorted(p for p in (digits / "odd").rglob("*") if not p.is_dir())
     ens = load_ensemble(comp, run)
     probs, errors = predict_paths(ens, files)
@@ -151,7 +124,7 @@ def test_bad_paths_are_one_line(workdir, tta_chosen, inputs, says):
 
 def test_a_missing_image_is_named_before_a_missing_run(workdir, capsys):
     """`kagglecv predict` with a typo in the path and no run trained yet: the path is what it names."""
-    from conftest import cli_text
+    from helpers.cli import cli_text
     from kagglecv.cli import main
 
     assert main(["predict", "-c", "digits-demo", "nowhere/cat.jpg"]) == 2

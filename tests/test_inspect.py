@@ -8,11 +8,11 @@ import shutil
 import pandas as pd
 from PIL import Image
 
+from helpers.images import TINTS, encode, make_folder, photo
 from kagglecv.cli import main
 from kagglecv.core.competition import load_competition
 from kagglecv.prepare.inspect import inspect_data
 from kagglecv.prepare.sources.folder import write_competition
-from test_folder import TINTS, encode, make_folder, photo
 
 
 def test_inspect_reports_what_matters(workdir, tmp_path, capsys):

@@ -13,8 +13,8 @@ import zipfile
 import pandas as pd
 import pytest
 
-from conftest import cli_text
-from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+from helpers.cli import cli_text
+from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.sources import kaggle as ksrc
@@ -84,7 +84,7 @@ def test_broken_kaggle_json_is_named(workdir, monkeypatch, capsys, content, expe
 def test_missing_credentials_name_the_usual_place(workdir, monkeypatch, capsys):
     """Without KAGGLE_CONFIG_DIR and ~/.kaggle/, kaggle 2.x on Linux reads ~/.config/kaggle/kaggle.json,
     but ~/.kaggle/kaggle.json is read first once it exists: that is the place to name."""
-    from kaggle_fake import _kaggle_api_class
+    from helpers.kaggle_fake import _kaggle_api_class
 
     home = workdir / "home"
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
@@ -289,7 +289,7 @@ def test_make_data_command_line(workdir, tmp_path):
     import subprocess
     import sys
 
-    from kaggle_fake import client_env
+    from helpers.kaggle_fake import client_env
 
     with FakeKaggle(
         {"histopathologic-cancer-detection": competition_zip("histopathologic-cancer-detection")}
@@ -314,7 +314,7 @@ def test_following_the_no_credentials_advice_works(workdir, tmp_path):
     import subprocess
     import sys
 
-    from kaggle_fake import client_env
+    from helpers.kaggle_fake import client_env
 
     home = tmp_path / "fresh"
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:

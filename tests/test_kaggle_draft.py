@@ -9,8 +9,8 @@ import json
 import pytest
 import yaml
 
-from conftest import cli_text
-from kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
+from helpers.cli import cli_text
+from helpers.kaggle_fake import EXPECTED, FakeKaggle, competition_zip, use_fake_kaggle
 from kagglecv.cli import main
 from kagglecv.prepare.sources import kaggle as ksrc
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import cli_text, make_run
+from helpers.cli import cli_text
+from helpers.runs import make_run
 from kagglecv.cli import main
 from kagglecv.compete import upload as upload_mod
 from kagglecv.compete.upload import read_log
@@ -168,7 +169,7 @@ def test_killed_between_accept_and_log_is_not_sent_twice(fake, checked_file, wor
     import subprocess
     import sys
 
-    from kaggle_fake import client_env
+    from helpers.kaggle_fake import client_env
 
     comp, file = checked_file
     base = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}

@@ -11,9 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import FINISHED_RUN_ARGS, cli_text
-from kaggle_fake import competition_zip
-from kaggle_fake_kernels import dumps_log
+from helpers.cli import cli_text
+from helpers.kaggle_fake import competition_zip
+from helpers.kaggle_fake_kernels import dumps_log
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 from kagglecv.compete.upload import read_log
 from kagglecv.core.competition import load_competition, parse_competition

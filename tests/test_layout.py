@@ -8,31 +8,17 @@ import pandas as pd
 import pytest
 import yaml
 
+from helpers.images import labelled_images, pixel_csvs
 from kagglecv.core.competition import check_class_name, inside, load_competition
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.folds import list_train_images, make_folds
 from kagglecv.prepare.layout import prepare, read_folds, read_prepared
 
 
-def _pixel_csvs(raw, n=40, side=4, seed=0):
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(n, side * side))
-    labels = np.arange(n) % 4
-    cols = [f"pixel{i}" for i in range(side * side)]
-    train = pd.DataFrame(pixels, columns=cols)
-    train.insert(0, "label", labels)
-    test = pd.DataFrame(pixels[:6], columns=cols)
-    raw.mkdir(parents=True)
-    train.to_csv(raw / "train.csv", index=False)
-    test.to_csv(raw / "test.csv", index=False)
-    pd.DataFrame({"ImageId": range(1, 7), "Label": 0}).to_csv(raw / "sample_submission.csv", index=False)
-    return pixels, labels
-
-
 def test_csv_pixels_to_class_folders(workdir):
     comp = load_competition("digits-demo")
     comp.source = {"kind": "builtin", "dataset": "none"}  # raw/ already there: the source is not asked
-    pixels, labels = _pixel_csvs(workdir / "data" / "digits-demo" / "raw")
+    pixels, labels = pixel_csvs(workdir / "data" / "digits-demo" / "raw")
     prepare(comp)
     root = workdir / "data" / "digits-demo"
     assert sorted(p.name for p in (root / "train").iterdir()) == ["0", "1", "2", "3"]
@@ -65,20 +51,15 @@ def test_prepare_is_idempotent_and_force_redoes(digits, capsys):
 def test_failed_layout_leaves_nothing_looking_complete(workdir):
     comp = load_competition("digits-demo")
     raw = workdir / "data" / "digits-demo" / "raw"
-    _pixel_csvs(raw)
+    pixel_csvs(raw)
     (raw / "test.csv").write_text("pixel0,pixel1\n1,2\n")  # wrong columns
     with pytest.raises(UserError, match="columns differ"):
         prepare(comp)
     assert not (workdir / "data" / "digits-demo" / "prepared.json").exists()
 
 
-def _images(n_per_class):
-    rows = [(f"train/{c}/{i}.png", c) for c, n in n_per_class.items() for i in range(n)]
-    return pd.DataFrame(rows, columns=["image", "label"])
-
-
 def test_folds_are_stratified_and_stable():
-    images = _images({"a": 50, "b": 25, "c": 10})
+    images = labelled_images({"a": 50, "b": 25, "c": 10})
     folds = make_folds(images, 5, seed=1)
     per_fold = folds.groupby(["fold", "label"]).size().unstack()
     assert (per_fold["a"] == 10).all() and (per_fold["b"] == 5).all() and (per_fold["c"] == 2).all()
@@ -90,7 +71,7 @@ def test_folds_are_stratified_and_stable():
 
 
 def test_groups_share_a_fold_whatever_the_input_order():
-    images = _images({"b": 30, "a": 30})  # not sorted by path: b's rows come first
+    images = labelled_images({"b": 30, "a": 30})  # not sorted by path: b's rows come first
     groups = images["image"].str.extract(r"/(\d+)\.png$")[0].astype(int) // 3  # triples of near copies
     groups = groups.astype(str) + images["label"]
     folds = make_folds(images, 5, seed=0, groups=groups)
@@ -101,7 +82,7 @@ def test_groups_share_a_fold_whatever_the_input_order():
 
 def test_too_few_images_for_folds():
     with pytest.raises(UserError, match=r"too few images for 5 folds in class\(es\) c \(3\)"):
-        make_folds(_images({"a": 10, "c": 3}), 5, seed=0)
+        make_folds(labelled_images({"a": 10, "c": 3}), 5, seed=0)
 
 
 def test_list_train_images_nested(tmp_path):
@@ -239,7 +220,7 @@ TINY = 40  # training images in `tiny_digits`
 def tiny_digits(workdir):
     """digits-demo as the competition file has it, prepared from a raw/ of 40 4x4 pixel rows in its
     csv_pixels format (already there: nothing is fetched): the same layout, a fortieth of the images."""
-    _pixel_csvs(workdir / "data" / "digits-demo" / "raw", n=TINY)
+    pixel_csvs(workdir / "data" / "digits-demo" / "raw", n=TINY)
     prepare(load_competition("digits-demo"))
     return workdir
 

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import cli_text
+from helpers.cli import cli_text
 from kagglecv.cli import main
 from kagglecv.compete import upload as upload_mod
 from kagglecv.core.competition import load_competition

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import FINISHED_RUN_ARGS
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.config import load_config
 from kagglecv.ml.engine import Stepper

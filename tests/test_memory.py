@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kagglecv.train.memory as memory
-from conftest import cli_text
+from helpers.cli import cli_text
 from kagglecv.cli import main
 from kagglecv.core.competition import load_competition
 from kagglecv.core.config import load_config

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli_text
+from helpers.cli import cli_text
+from helpers.repo import REPO
 from kagglecv.cli import main
 from kagglecv.core import locks
 from kagglecv.train.claims import SETUP_LOCK

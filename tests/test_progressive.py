@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import kagglecv.predict.test_set as predict_mod
-from conftest import interrupted_at_validation
+from helpers.runs import interrupted_at_validation
 from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.competition import load_competition
 from kagglecv.core.config import load_config, stage_sizes

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from conftest import FINISHED_RUN_ARGS, cli_text
+from helpers.cli import cli_text
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 
 SMOKE = ["--config", "configs/smoke.yaml", *FINISHED_RUN_ARGS]
@@ -25,6 +27,7 @@ def _confident_cache(run_dir, solution: pd.DataFrame, n_sure: int) -> None:
     np.savez(run_dir / "test_probs.npz", probs=probs, meta=np.array(meta))
 
 
+@pytest.mark.slow  # ~8 s
 def test_pseudo_labels_join_training_splits_only(finished_run, capsys):
     assert main(["submit", "-c", "digits-demo", "-r", finished_run.name]) == 0
     solution = pd.read_csv("data/digits-demo/solution.csv", dtype=str)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from helpers.runs import write_synthetic_run
 from kagglecv.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,6 +88,7 @@ def colour_run(tmp_path_factory):
     return root, run_dir, flipped
 
 
+@pytest.mark.slow  # `colour_run` trains for this module: ~9 s
 def test_flipped_labels_rank_first(colour_run):
     _, run_dir, flipped = colour_run
     suspects = pd.read_csv(run_dir / "suspect_labels.csv")
@@ -105,6 +107,7 @@ def embedded_pngs(page: str) -> list[bytes]:
     ]
 
 
+@pytest.mark.slow  # needs `colour_run` (a training, ~9 s)
 def test_report_is_self_contained_and_complete(colour_run):
     root, run_dir, _ = colour_run
     page = (run_dir / "report.html").read_text()
@@ -163,6 +166,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.slow  # needs `colour_run` (a training, ~9 s)
 def test_report_renders_in_headless_chromium(colour_run, tmp_path):
     browser = chromium()
     if browser is None:
@@ -201,6 +205,7 @@ def test_report_renders_in_headless_chromium(colour_run, tmp_path):
     assert check == {"n": page.count("<img"), "bad": []}
 
 
+@pytest.mark.slow  # ~6 s, and needs `colour_run` (a training, ~9 s)
 def test_cli_report_reprints_tables(colour_run, capsys, monkeypatch):
     root, run_dir, _ = colour_run
     monkeypatch.chdir(root)
@@ -215,54 +220,6 @@ def test_cli_report_reprints_tables(colour_run, capsys, monkeypatch):
         found = re.search(rf"│ {true}\s+│ {pred}\s+│\s+(\d+) │", out)
         assert found and int(found.group(1)) == cm.loc[true, pred], out
     assert (run_dir / "suspect_labels.csv").read_text() == before  # same run, same answer
-
-
-def write_synthetic_run(
-    run_dir: Path, n_classes: int, per_class: int = 5, seed: int = 0, classes=None, signal: float = 3.0
-) -> None:
-    """A run folder as train writes it, with fixed LR (no lr_find.json), no test score and no images."""
-    rng = np.random.default_rng(seed)
-    classes = classes or [f"breed_{i:03d}" for i in range(n_classes)]
-    y = np.repeat(np.arange(n_classes), per_class)
-    logits = rng.normal(0, 1, (len(y), n_classes))
-    logits[np.arange(len(y)), y] += signal
-    logits[np.arange(len(y)), (y + 1) % n_classes] += 2.5 * (y % 7 == 0)  # some classes get confused
-    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    oof = pd.DataFrame(
-        {
-            "image": [f"train/{classes[c]}/{i}.jpg" for i, c in enumerate(y)],
-            "label": [classes[c] for c in y],
-            "fold": np.arange(len(y)) % 2,
-            **{f"p_{c}": probs[:, j] for j, c in enumerate(classes)},
-            "pred": [classes[j] for j in probs.argmax(1)],
-        }
-    )
-    run_dir.mkdir(parents=True)
-    oof.to_csv(run_dir / "oof.csv", index=False)
-    pd.DataFrame(
-        [(f, e, 1e-3, 2 - e / 2, 2.1 - e / 3, 0.3 + e / 10) for f in (0, 1) for e in range(3)],
-        columns=["fold", "epoch", "lr", "train_loss", "val_loss", "metric"],
-    ).to_csv(run_dir / "metrics.csv", index=False)
-    (run_dir / "config.yaml").write_text("model: resnet50\nlr: 0.001\nepochs: 3\n")
-    summary = {
-        "competition": "dogs",
-        "run": run_dir.name,
-        "model": "resnet50",
-        "folds": 2,
-        "fold_ids": [0, 1],
-        "metric": "accuracy",
-        "higher_is_better": True,
-        "cv_mean": 0.5,
-        "cv_std": 0.01,
-        "fold_scores": [0.49, 0.51],
-        "oof_score": 0.5,
-        "best_epochs": [2, 1],
-        "lr": 0.001,
-        "img_size": 224,
-        "device": "cuda",
-        "seconds": 100.0,
-    }
-    (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 @pytest.mark.parametrize("n_classes", [2, 120])

@@ -16,21 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers.images import encode, photo
+from helpers.web import TINTS, FakeClock, good_images, write_comp
 from kagglecv import __version__
 from kagglecv.cli import main
 from kagglecv.core.errors import UserError
 from kagglecv.prepare.sources import download, download_cache, scrape, search
 from kagglecv.prepare.sources.search import Candidate
-from test_folder import encode, photo
-from test_scrape import TINTS, FakeClock, Web, good_images, write_comp
-
-
-@pytest.fixture
-def web(monkeypatch):
-    monkeypatch.setenv(download.ALLOW_LOOPBACK_ENV, "1")  # test_scrape's stand-in web, on 127.0.0.1
-    w = Web()
-    yield w
-    w.close()
 
 
 def downloader(**kw) -> download.Downloader:
@@ -258,9 +250,9 @@ def test_disk_errors_are_named_as_such(web, tmp_path):
 
 
 def test_no_image_reachable_says_network_and_proxy(web, workdir, monkeypatch, capsys):
-    from test_scrape import _closed_port
+    from helpers.web import closed_port
 
-    gone = f"http://127.0.0.1:{_closed_port()}"
+    gone = f"http://127.0.0.1:{closed_port()}"
     web.searches = {q: [{"image": f"{gone}/{q}/{i}.jpg"} for i in range(3)] for q in ("bjj", "aikido")}
     write_comp(workdir, web, classes={"bjj": ["bjj"], "aikido": ["aikido"]}, retries=0)
     monkeypatch.setenv(search.SEARCH_URL_ENV, web.base + "/search")

@@ -7,13 +7,13 @@ import json
 
 import pandas as pd
 
+from helpers.images import encode, photo
+from helpers.web import TINTS, result
 from kagglecv.cli import main
 from kagglecv.prepare.sources.search import SEARCH_URL_ENV
-from test_folder import encode, photo
-from test_scrape import TINTS, result, web  # noqa: F401  (web is a fixture)
 
 
-def test_scrape_train_submit(workdir, web, monkeypatch, capsys):  # noqa: F811
+def test_scrape_train_submit(workdir, web, monkeypatch, capsys):
     spec = workdir / "competitions" / "bjj-vs-aikido.yaml"
     spec.write_text(
         spec.read_text().replace("search_pause: 2.0", "search_pause: 0")

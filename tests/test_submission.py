@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import MADE_RUN, REPO, cli_text, make_run
+from helpers.cli import cli_text
+from helpers.repo import REPO
+from helpers.runs import MADE_RUN, make_run
 from kagglecv.cli import main
 from kagglecv.compete.submit import format_submission, score_submission, validate_submission
 from kagglecv.core.competition import Submission, load_competition

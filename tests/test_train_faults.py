@@ -11,7 +11,9 @@ import time
 import pytest
 import torch
 
-from conftest import FINISHED_RUN_ARGS, REPO, cli_text
+from helpers.cli import cli_text
+from helpers.repo import REPO
+from helpers.runs import FINISHED_RUN_ARGS
 from kagglecv.cli import main
 from kagglecv.core import locks
 from kagglecv.core.errors import UserError
@@ -211,6 +213,7 @@ def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):
 # ---- no network ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a subprocess runs `kagglecv demo`: a whole training, ~20 s
 def test_the_offline_demo_makes_no_network_call_and_prints_no_warning(tmp_path):
     """`kagglecv demo`, shrunk, in a network namespace with no interfaces: albumentations' version check
     (or anything else that phones home) would fail there, and say so in a warning."""

@@ -53,8 +53,8 @@ def test_a_view_is_kept_only_where_it_beats_plain_prediction(finished_run, monke
 
 
 def test_the_report_shows_the_tta_table(tmp_path):
+    from helpers.runs import write_synthetic_run
     from kagglecv.report.page import write_report
-    from test_report import write_synthetic_run
 
     # the table reads only the run's tta_oof.json: a small run folder made up as train writes it will do
     run_dir = tmp_path / "runs" / "dogs" / "r1"

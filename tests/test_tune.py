@@ -10,7 +10,8 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, cli_text
+from helpers.cli import cli_text
+from helpers.repo import REPO
 from kagglecv.cli import main
 from kagglecv.core.config import load_config
 from kagglecv.core.errors import UserError
@@ -92,6 +93,7 @@ def _tiny_recipe(workdir, batch_size=32, **space):
     (workdir / "configs" / "tune-tiny.yaml").write_text(yaml.safe_dump(recipe))
 
 
+@pytest.mark.slow  # ~8 s
 def test_a_study_prunes_is_interrupted_and_continues(digits_small, monkeypatch, capsys):
     import optuna
 

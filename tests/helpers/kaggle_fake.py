@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from kaggle_fake_kernels import KernelServices
+from helpers.kaggle_fake_kernels import KernelServices
 
 RPC = "/api/v1/competitions.CompetitionApiService/"
 INTROSPECT = "/api/v1/security.OAuthService/IntrospectToken"
