@@ -84,6 +84,12 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits,
 
     # a run whose OOF chose hflip, so the flips inside the ONNX graph and the script are exercised
     monkeypatch.setattr(tta, "candidate_sets", lambda h, v: {"hflip": [(None, 1.0), ("hflip", 1.0)]})
+    # and a temperature + clip as nested CV fits them on a log-loss OOF, so the export must carry both
+    # and the standalone script apply them (whether this tiny run's OOF wants one moves with training)
+    from kagglecv.predict import postprocess
+
+    plan = {"kind": "temperature+clip", "T": 1.7, "eps": 1e-3, "nested_log_loss": {"none": 1.0}}
+    monkeypatch.setattr(postprocess, "postprocess_for_run", lambda metric, run_dir, classes: dict(plan))
     comp = _comp("log_loss")
     out = export_run(comp, run)
     assert out == Path("exports") / f"digits-demo-{run.name}"
@@ -99,7 +105,7 @@ def test_export_predicts_without_kagglecv_as_kagglecv_does(finished_run, digits,
     assert spec["img_size"] == 32 and spec["tta"] == ["hflip"] and spec["folds"] == [0, 1]
     assert spec["submission"]["id_column"] == "ImageId" and spec["submission"]["kind"] == "class_name"
     assert spec["onnx"]["max_abs_diff_vs_torch"] <= 1e-4
-    assert "T" in spec["postprocess"]  # the tiny run is under-confident: a temperature fixes it
+    assert spec["postprocess"] == {"kind": "temperature+clip", "T": 1.7, "eps": 1e-3}
     assert "max |Δprob|" in capsys.readouterr().out
     umask = os.umask(0)
     os.umask(umask)
