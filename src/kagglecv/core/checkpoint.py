@@ -16,6 +16,7 @@ import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from kagglecv.core import json_record as jr
 from kagglecv.core.errors import UserError
@@ -23,9 +24,30 @@ from kagglecv.core.files import atomic_write
 
 
 @dataclass(frozen=True, kw_only=True)
-class CheckpointMeta:
+class CheckpointMeta(jr.JsonRecord):
     """What fold<k>.pt says about its model: enough to rebuild it and feed it as it was trained.
     The fields in the order train has always written them."""
+
+    WHAT: ClassVar[str] = "checkpoint meta"
+    READERS: ClassVar[dict[str, jr.Reader]] = {
+        "competition": jr.text,
+        "model": jr.text,
+        "num_classes": jr.whole,
+        "classes": jr.str_list,
+        "in_chans": jr.whole,
+        "img_size": jr.whole,
+        "mean": jr.floats,
+        "std": jr.floats,
+        "train_sizes": jr.wholes,
+        "test_size": jr.whole,
+        "fold": jr.whole,
+        "best_epoch": jr.whole,
+        "metric": jr.text,
+        "score": jr.number,
+        "lr": jr.number,
+        "ema": jr.flag,
+        "config": jr.json_object,
+    }
 
     competition: str = ""
     model: str  # the timm name
@@ -54,35 +76,6 @@ class CheckpointMeta:
     def predict_size(self) -> int:
         """The size the fold predicts at: the recipe's test_size, else the size it was validated at."""
         return int(self.test_size or self.img_size)
-
-    @classmethod
-    def from_json(cls, data: dict) -> CheckpointMeta:
-        """ValueError when a key it needs is missing or of the wrong kind (core/json_record.py)."""
-        return jr.from_json(cls, data, "checkpoint meta", READERS)
-
-    def to_json(self) -> dict:
-        return jr.to_json(self)
-
-
-READERS: dict[str, jr.Reader] = {
-    "competition": jr.text,
-    "model": jr.text,
-    "num_classes": jr.whole,
-    "classes": jr.str_list,
-    "in_chans": jr.whole,
-    "img_size": jr.whole,
-    "mean": jr.floats,
-    "std": jr.floats,
-    "train_sizes": jr.wholes,
-    "test_size": jr.whole,
-    "fold": jr.whole,
-    "best_epoch": jr.whole,
-    "metric": jr.text,
-    "score": jr.number,
-    "lr": jr.number,
-    "ema": jr.flag,
-    "config": jr.json_object,
-}
 
 
 def save_checkpoint(path: Path, state_dict: dict, meta: CheckpointMeta) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import MISSING, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 T = TypeVar("T")
 Reader = Callable[[Any, str], Any]  # (the JSON value, what it is for messages) -> the field's value
@@ -46,6 +46,30 @@ def to_json(record: Any) -> dict[str, Any]:
             value = getattr(record, f.name)
             out[f.name] = value.to_json() if hasattr(value, "to_json") else copy.deepcopy(value)
     return {**out, **copy.deepcopy(record.extra)}
+
+
+class JsonRecord:
+    """What a record dataclass inherits: from_json / to_json by the rule above. A subclass names
+    WHAT (the file, for messages) and READERS (one reader per field but `extra`).
+
+        @dataclass(kw_only=True)
+        class PreparedInfo(JsonRecord):
+            WHAT: ClassVar[str] = "prepared.json"
+            READERS: ClassVar[dict[str, Reader]] = {"classes": str_list, ...}
+    """
+
+    WHAT: ClassVar[str] = "record"
+    READERS: ClassVar[dict[str, Reader]] = {}
+
+    @classmethod
+    def from_json(cls, data: Any, what: str | None = None):
+        """The record of a parsed JSON object; ValueError when it is damaged. `what` names it in
+        messages (a record nested in another's key), else WHAT."""
+        return from_json(cls, data, what or cls.WHAT, cls.READERS)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field under its own key, in the class's order, then `extra`."""
+        return to_json(self)
 
 
 # --- readers: (JSON value, what) -> the field's value, or ValueError -------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -91,9 +92,19 @@ def blend_test_probs(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TTAPlan:
+class TTAPlan(jr.JsonRecord):
     """Which test-time views to average: chosen on OOF (tta_oof.json), recorded by submit, read by
     prediction, the export and the report. The fields in the order the file has always listed them."""
+
+    WHAT: ClassVar[str] = TTA_PLAN
+    READERS: ClassVar[dict[str, jr.Reader]] = {
+        "key": jr.text,
+        "name": jr.text,
+        "flips": jr.str_list,
+        "scales": jr.floats,
+        "scores": jr.scores,
+        "metric": jr.text,
+    }
 
     key: str = ""  # the fold checkpoints it was chosen for: another key means choose again
     name: str  # the candidate set, e.g. "hflip+scale1.15"
@@ -107,26 +118,9 @@ class TTAPlan:
     def extra_scales(self) -> list[float]:
         return [s for s in self.scales if s != 1.0]
 
-    @classmethod
-    def from_json(cls, data: dict) -> TTAPlan:
-        return jr.from_json(cls, data, TTA_PLAN, TTA_READERS)
-
-    def to_json(self) -> dict:
-        return jr.to_json(self)
-
     def record(self) -> dict:
         """What a submission record keeps of it."""
         return {"name": self.name, "flips": self.flips, "scales": self.scales, "scores": self.scores}
-
-
-TTA_READERS: dict[str, jr.Reader] = {
-    "key": jr.text,
-    "name": jr.text,
-    "flips": jr.str_list,
-    "scales": jr.floats,
-    "scores": jr.scores,
-    "metric": jr.text,
-}
 
 
 def read_tta_plan(run_dir: Path) -> TTAPlan | None:

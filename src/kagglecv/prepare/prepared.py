@@ -13,7 +13,7 @@ kind, is damaged (read_prepared: not prepared).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from kagglecv.core import json_record as jr
 
@@ -21,8 +21,23 @@ PREPARED = "prepared.json"
 
 
 @dataclass(kw_only=True)
-class PreparedInfo:
+class PreparedInfo(jr.JsonRecord):
     """prepared.json; the fields in the order the file has always listed them."""
+
+    WHAT: ClassVar[str] = PREPARED
+    READERS: ClassVar[dict[str, jr.Reader]] = {
+        "competition": jr.text,
+        "classes": jr.str_list,
+        "train_counts": jr.counts,
+        "n_train": jr.whole,
+        "n_test": jr.whole,
+        "n_folds": jr.whole,
+        "fold_seed": jr.whole,
+        "has_solution": jr.flag,
+        "prepared_at": jr.text,
+        "unreadable_train": jr.str_list,
+        "unreadable_test": jr.str_list,
+    }
 
     competition: str = ""
     classes: list[str]  # sorted; every later stage's class order (the one key a file must have)
@@ -36,27 +51,3 @@ class PreparedInfo:
     unreadable_train: list[str] = field(default_factory=list)  # train/<class>/<img>, left out of every fold
     unreadable_test: list[str] = field(default_factory=list)  # <img> relative to test/: rows get the prior
     extra: dict[str, Any] = field(default_factory=dict)  # keys this release does not know, kept as read
-
-    @classmethod
-    def from_json(cls, data: Any) -> PreparedInfo:
-        """The record of a parsed prepared.json; ValueError when it is damaged."""
-        return jr.from_json(cls, data, PREPARED, READERS)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object prepared.json holds: every field under its own key, then `extra`."""
-        return jr.to_json(self)
-
-
-READERS: dict[str, jr.Reader] = {
-    "competition": jr.text,
-    "classes": jr.str_list,
-    "train_counts": jr.counts,
-    "n_train": jr.whole,
-    "n_test": jr.whole,
-    "n_folds": jr.whole,
-    "fold_seed": jr.whole,
-    "has_solution": jr.flag,
-    "prepared_at": jr.text,
-    "unreadable_train": jr.str_list,
-    "unreadable_test": jr.str_list,
-}

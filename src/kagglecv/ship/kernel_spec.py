@@ -13,7 +13,7 @@ key of the wrong kind) is a ValueError. Only the standard library and core: the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from kagglecv.core import json_record as jr
 
@@ -21,55 +21,40 @@ KERNEL_JSON = "kernel.json"
 
 
 @dataclass(kw_only=True)
-class KernelPredict:
+class KernelPredict(jr.JsonRecord):
     """How the notebook predicts: the run recipe's device and mixed precision."""
+
+    WHAT: ClassVar[str] = f"{KERNEL_JSON} predict"
+    READERS: ClassVar[dict[str, jr.Reader]] = {"device": jr.text, "amp": jr.flag, "amp_dtype": jr.text}
 
     device: str = "auto"
     amp: bool = True
     amp_dtype: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)  # keys this release does not know, kept as read
 
-    @classmethod
-    def from_json(cls, data: Any, what: str = f"{KERNEL_JSON} predict") -> KernelPredict:
-        return jr.from_json(cls, data, what, {"device": jr.text, "amp": jr.flag, "amp_dtype": jr.text})
-
-    def to_json(self) -> dict[str, Any]:
-        return jr.to_json(self)
-
 
 @dataclass(kw_only=True)
-class KernelSpec:
+class KernelSpec(jr.JsonRecord):
     """kernel.json; the fields in the order the file has always listed them."""
+
+    WHAT: ClassVar[str] = KERNEL_JSON
+    READERS: ClassVar[dict[str, jr.Reader]] = {
+        "format": jr.whole,
+        "run": jr.text,
+        "cv_mean": jr.number,
+        "competition": jr.json_object,
+        "train_counts": jr.counts,
+        "postprocess": jr.json_object,
+        "predict": KernelPredict.from_json,
+        "wheels": jr.str_list,
+    }
 
     format: int = 1
     run: str  # the run the dataset's export came from (the notebook finds its dataset by it)
     cv_mean: float | None = None
     competition: dict[str, Any]  # the competition's YAML as read: notebook.py parses it (parse_competition)
-    train_counts: dict[str, int] = field(
-        default_factory=dict
-    )  # prepared.json's: the prior of unreadable rows
+    train_counts: dict[str, int] = field(default_factory=dict)  # prepared.json's: unreadable rows' prior
     postprocess: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})  # postprocess.py's plan
     predict: KernelPredict = field(default_factory=KernelPredict)
     wheels: list[str] = field(default_factory=list)  # the wheel files in the dataset the notebook installs
     extra: dict[str, Any] = field(default_factory=dict)  # keys this release does not know, kept as read
-
-    @classmethod
-    def from_json(cls, data: Any) -> KernelSpec:
-        """The record of a parsed kernel.json; ValueError when it is damaged."""
-        return jr.from_json(cls, data, KERNEL_JSON, READERS)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON object kernel.json holds: every field under its own key, then `extra`."""
-        return jr.to_json(self)
-
-
-READERS: dict[str, jr.Reader] = {
-    "format": jr.whole,
-    "run": jr.text,
-    "cv_mean": jr.number,
-    "competition": jr.json_object,
-    "train_counts": jr.counts,
-    "postprocess": jr.json_object,
-    "predict": KernelPredict.from_json,
-    "wheels": jr.str_list,
-}
