@@ -27,9 +27,7 @@ from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.images import IMAGE_EXTS
 from kagglecv.core.runs import check_run, finished_folds, read_summary
-from kagglecv.predict.ensemble import Ensemble, load_fold_models, load_image
-
-__all__ = ["load_ensemble", "load_image", "expand_inputs", "predict_paths", "predict_images"]
+from kagglecv.predict.ensemble import Ensemble, load_fold_models
 
 PREDICTIONS_DIR = Path("predictions")
 SHOW_ROWS = 50  # rows in the table; the CSV has them all

@@ -1,7 +1,7 @@
 """Test-set prediction for a finished run (`make submit`): every fold model, averaged, with the TTA
 views chosen on OOF, cached.
 
-    models = load_fold_models(run_dir, [0, 1, 2, 3, 4], pick_device("auto"))   # predict/ensemble.py
+    models = load_fold_models(run_dir, [0, 1, 2, 3, 4], pick_device("auto"))   # ensemble.py
     out = predict_test(models, run_dir=run_dir, paths=paths, data_root=comp.data_dir, hflip=True, vflip=False)
     cached = read_test_cache(run_dir)  # core/run_files.py: later stages read it without predicting
 
@@ -30,10 +30,8 @@ from kagglecv.core.console import console, track
 from kagglecv.core.errors import UserError
 from kagglecv.core.run_files import TEST_CACHE, read_test_cache, write_test_cache
 from kagglecv.ml.data import ImageDataset, cached_images, default_workers, make_loader, read_image
-from kagglecv.predict.ensemble import Ensemble, FoldModel, load_fold_models, mix_scale_view
+from kagglecv.predict.ensemble import Ensemble, FoldModel, mix_scale_view
 from kagglecv.predict.tta import TTAPlan, tta_flips
-
-__all__ = ["load_fold_models", "predict_test", "decode_test", "cache_key"]
 
 
 def cache_key(
