@@ -84,7 +84,7 @@ def test_broken_kaggle_json_is_named(workdir, monkeypatch, capsys, content, expe
 def test_missing_credentials_name_the_usual_place(workdir, monkeypatch, capsys):
     """Without KAGGLE_CONFIG_DIR and ~/.kaggle/, kaggle 2.x on Linux reads ~/.config/kaggle/kaggle.json,
     but ~/.kaggle/kaggle.json is read first once it exists: that is the place to name."""
-    from helpers.kaggle_fake import _kaggle_api_class
+    from helpers.kaggle_fake import kaggle_api_class
 
     home = workdir / "home"
     with FakeKaggle({"dogs-vs-cats": competition_zip("dogs-vs-cats")}) as server:
@@ -93,7 +93,7 @@ def test_missing_credentials_name_the_usual_place(workdir, monkeypatch, capsys):
         monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
         (home / ".kaggle").rmdir()
         # what the client computes at import in this situation
-        monkeypatch.setattr(_kaggle_api_class(), "config", str(home / ".config" / "kaggle" / "kaggle.json"))
+        monkeypatch.setattr(kaggle_api_class(), "config", str(home / ".config" / "kaggle" / "kaggle.json"))
         assert main(["data", "dogs-vs-cats"]) == 2
         text = cli_text(capsys)
         assert "save the downloaded kaggle.json as ~/.kaggle/kaggle.json (chmod 600)" in text, text
@@ -101,7 +101,7 @@ def test_missing_credentials_name_the_usual_place(workdir, monkeypatch, capsys):
 
         # a kaggle.json where the client does not look (~/.kaggle/ exists, so it reads that one)
         (home / ".kaggle").mkdir()
-        monkeypatch.setattr(_kaggle_api_class(), "config", str(home / ".kaggle" / "kaggle.json"))
+        monkeypatch.setattr(kaggle_api_class(), "config", str(home / ".kaggle" / "kaggle.json"))
         (home / ".config" / "kaggle").mkdir(parents=True)
         (home / ".config" / "kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
         assert main(["data", "dogs-vs-cats"]) == 2

@@ -327,7 +327,7 @@ def client_env(fake: FakeKaggle, home, *, creds=True, token=False, proxy=True) -
     return env
 
 
-def _kaggle_api_class():
+def kaggle_api_class():
     """Import KaggleApi; `import kaggle` runs authenticate() and may print a banner."""
     with contextlib.redirect_stdout(io.StringIO()):
         from kaggle.api.kaggle_api_extended import KaggleApi
@@ -347,7 +347,7 @@ def point_kaggle_client_at(url: str, monkeypatch) -> None:
     import kagglesdk.kaggle_env as kenv  # does not import the kaggle package
 
     monkeypatch.setitem(kenv._env_to_endpoint, kenv.KaggleEnv.LOCAL, url.rstrip("/"))
-    KaggleApi = _kaggle_api_class()
+    KaggleApi = kaggle_api_class()
     monkeypatch.setattr(KaggleApi, "args", [*KaggleApi.args, "--local"])
 
 
@@ -361,7 +361,7 @@ def use_fake_kaggle(monkeypatch, fake: FakeKaggle, home, **client_env_kwargs) ->
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     point_kaggle_client_at(fake.url, monkeypatch)
-    KaggleApi = _kaggle_api_class()
+    KaggleApi = kaggle_api_class()
     monkeypatch.setattr(KaggleApi, "config_dir", env["KAGGLE_CONFIG_DIR"])
     monkeypatch.setattr(KaggleApi, "config", os.path.join(env["KAGGLE_CONFIG_DIR"], "kaggle.json"))
 
