@@ -10,7 +10,6 @@ import timm
 import torch
 
 import kagglecv.train.one_fold as fold_mod
-import kagglecv.train.run as train_mod
 from helpers.cli import cli_text
 from helpers.repo import REPO
 from helpers.runs import FINISHED_RUN_ARGS, interrupted_at_validation
@@ -23,6 +22,7 @@ from kagglecv.core.runs import RUNS_DIR, gather
 from kagglecv.ml.engine import Stepper, train_one_epoch
 from kagglecv.ml.model import create_model
 from kagglecv.train.run import train
+from kagglecv.train.train_data import TrainData
 
 RECIPE = [
     "device=cpu",  # bit-identical resume needs deterministic kernels; the GPU's may not be
@@ -185,13 +185,13 @@ def test_a_run_saved_before_a_new_config_key_still_continues(finished_run, monke
 def test_disk_cache_is_built_once(digits_small):
     comp = load_competition("digits-small")
     cfg = load_config("configs/smoke.yaml", ["cache=disk"])
-    data = train_mod.TrainData(comp, cfg, 32)
+    data = TrainData(comp, cfg, 32)
     cached = sorted((digits_small / "data" / "digits-small" / "cache" / "32").rglob("*.jpg"))
     assert len(cached) == 200 and data.dataset.images is None  # every training image
     stamp = cached[0].stat().st_mtime_ns
     img, _ = data.dataset[0]
     assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
-    train_mod.TrainData(comp, cfg, 32)
+    TrainData(comp, cfg, 32)
     assert cached[0].stat().st_mtime_ns == stamp
 
 

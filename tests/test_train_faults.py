@@ -155,7 +155,7 @@ def test_an_image_broken_after_make_data_is_replaced_with_one_warning(digits_sma
 def test_a_broken_image_in_the_memory_cache_is_replaced_by_one_of_its_class(digits, capsys):
     from kagglecv.core.competition import load_competition
     from kagglecv.core.config import load_config
-    from kagglecv.train.run import TrainData
+    from kagglecv.train.train_data import TrainData
 
     comp = load_competition("digits-demo")
     probe = TrainData(comp, load_config("configs/smoke.yaml", ["cache=memory"]), 32)

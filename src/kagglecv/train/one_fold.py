@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,9 +36,7 @@ from kagglecv.ml.augment import Augment
 from kagglecv.ml.data import make_loader
 from kagglecv.ml.engine import Stepper, steps_per_epoch, train_one_epoch, validate
 from kagglecv.ml.model import ModelInput, create_model, place
-
-if TYPE_CHECKING:
-    from kagglecv.train.run import TrainData  # run.py imports this module
+from kagglecv.train.train_data import TrainData
 
 # a fold's batches: a DataLoader over images decoded by workers, or whole in-RAM batches (batches.py)
 Loader = torch.utils.data.DataLoader | batches.MemoryBatches
