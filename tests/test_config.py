@@ -37,6 +37,8 @@ def test_unknown_key_names_the_closest(tmp_path):
         ("lr=-1", "lr must lie between 0 and 10"),
         ("layer_decay=1.5", "layer_decay must lie in"),
         ("label_smoothing=1.0", "label_smoothing in"),
+        ("scale=1.2", "scale must lie in"),
+        ("rotate=-5", "rotate and shift must not be negative"),
     ],
 )
 def test_bad_values(override, message):

@@ -111,6 +111,11 @@ class TrainConfig:
             raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
         if self.workers is not None and self.workers < 0:
             raise UserError(f"config: workers must be 0 or more (or null for automatic), got {self.workers}")
+        if min(self.rotate, self.shift, self.scale) < 0 or self.scale >= 1:
+            raise UserError(
+                f"config: rotate and shift must not be negative and scale must lie in [0, 1) "
+                f"(a zoom of 1 +- scale), got rotate={self.rotate}, shift={self.shift}, scale={self.scale}"
+            )
         if isinstance(self.batch_size, str) and self.batch_size != "auto":
             raise UserError(f"config: batch_size must be a number or 'auto', got {self.batch_size!r}")
         self._check_sizes()
