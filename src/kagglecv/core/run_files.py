@@ -127,5 +127,5 @@ def read_tta_plan(run_dir: Path) -> TTAPlan | None:
     """The TTA plan cached in a run folder, or None when it is absent or unreadable."""
     try:
         return TTAPlan.from_json(json.loads((run_dir / TTA_PLAN).read_text()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError):  # absent, not JSON, or not a plan (json_record says why)
         return None

@@ -23,7 +23,7 @@ from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.metrics import HIGHER_IS_BETTER, score
-from kagglecv.core.run_files import TTA_PLAN, TTAPlan
+from kagglecv.core.run_files import TTA_PLAN, TTAPlan, read_tta_plan
 from kagglecv.ml.data import ImageDataset, cached_images, default_workers, make_loader
 from kagglecv.ml.engine import predict_views
 from kagglecv.predict.ensemble import fold_stepper
@@ -97,12 +97,9 @@ def choose_tta(comp, run_dir: Path, models) -> TTAPlan:
         sets = {"none": sets["none"]}
     fold_ids = [fm.fold for fm in models]
     key = _key(run_dir, fold_ids, sets)
-    try:
-        cached = json.loads((run_dir / CACHE).read_text())
-        if cached.get("key") == key:
-            return TTAPlan.from_json(cached)
-    except (OSError, ValueError, AttributeError):
-        pass
+    cached = read_tta_plan(run_dir)
+    if cached is not None and cached.key == key:
+        return cached
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"image": str, "label": str})
     classes = models[0].meta.classes
     y = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
