@@ -1,12 +1,15 @@
 """Faults around training (issue 10): locks, which run is picked, weights files with code in them,
 an image that broke after `make data`, GPUS=N errors before torchrun starts, no network at all."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +184,57 @@ def test_gpus_2_with_a_fold_that_does_not_exist_is_one_line_before_launching(dig
     assert main(["train", *TINY, "--gpus", "2", "--folds", "7"]) == 2
     out = cli_text(capsys)
     assert "error: folds [7] do not exist: folds.csv has folds 0..4" in out and "launching" not in out
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and every process under it (from /proc: Linux; elsewhere `pid` alone)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+@pytest.mark.slow  # torchrun starts two CPU processes that import torch and train: ~40 s
+def test_gpus_2_with_lr_auto_finishes_instead_of_hanging_on_the_setup_lock(digits_small):
+    """make train GPUS=2 with lr: auto: rank 1 took the run's setup lock and waited in the range test's
+    broadcast for rank 0, which waited for the lock, forever. Here the ranks get a deadline instead."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KAGGLECV_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    env["TORCHRUN"] = "--standalone"  # a free port: tests run side by side
+    recipe = ["lr=auto", "lr_find_iters=5", "train_folds=1", "img_size=16", "device=cpu"]
+    cmd = [sys.executable, "-m", "kagglecv", "train", *TINY_SMALL[:4], *recipe, "--gpus", "2"]
+    proc = subprocess.Popen(cmd, cwd=digits_small, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    try:
+        out = proc.communicate(timeout=240)[0]
+    except subprocess.TimeoutExpired:
+        for pid in _process_tree(proc.pid):  # torchrun's ranks live in sessions of their own
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out = proc.communicate()[0]
+        pytest.fail(f"make train GPUS=2 with lr: auto hangs:\n{out}")
+    assert proc.returncode == 0, out
+    (run,) = (digits_small / "runs" / "digits-small").iterdir()  # one run, no stub beside it
+    assert (run / "lr_find.json").exists() and (run / "summary.json").exists(), out
+
+
+def test_ctrl_c_in_the_range_test_leaves_no_stub_run_for_resume(digits_small, monkeypatch, capsys):
+    """Stopped before any fold trained (the hang above ended with Ctrl-C): no run folder is left that
+    RESUME=1 would pick as the latest unfinished run."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("kagglecv.train.run.range_test", interrupted)
+    assert main(["train", *TINY_SMALL[:4], "lr=auto", "device=cpu"]) == 130
+    assert not list((digits_small / "runs" / "digits-small").iterdir())
+    assert main(["train", "--comp", "digits-small", "--resume"]) == 2
+    assert "nothing to resume for digits-small: there is no run yet" in cli_text(capsys)
 
 
 def test_torchruns_traceback_after_a_user_error_is_held_back(capfd):

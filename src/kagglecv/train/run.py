@@ -136,11 +136,15 @@ def find_lr(run: RunContext) -> float:
     """The range test on fold 0's training split with a throwaway model: the same LR for every fold
     and every machine that trains part of the run, and no effect on any fold's own training.
     Rank 0 runs it, writes lr_find.png/json into the run folder and tells the others."""
+    return float(dist.broadcast(_range_test(run) if dist.is_main() else None))
+
+
+def _range_test(run: RunContext) -> float:
+    """The range test itself, on this process alone: no collective call in it, so rank 0 may run it
+    under a file lock that no other rank waits for."""
     cfg, comp = run.cfg, run.comp
     seed_everything(cfg.seed)
     tr_idx = np.flatnonzero(run.data.folds["fold"].to_numpy() != 0)
-    if not dist.is_main():
-        return dist.broadcast(None)
     stepper, _, _ = build_stepper(run, 0, tr_idx, tr_idx[:1], ddp=False)
     seed = cfg.seed + 10_000
     augment = Augment.from_recipe(cfg, hflip=comp.hflip, vflip=comp.vflip)
@@ -158,7 +162,7 @@ def find_lr(run: RunContext) -> float:
     console.print(
         f"[bold]lr range test[/]: suggestion {result['suggestion']:.2e} (valley rule) -> {run.run_dir / 'lr_find.png'}"
     )
-    return dist.broadcast(result["suggestion"])
+    return result["suggestion"]
 
 
 def lr_find_command(comp: Competition, cfg: TrainConfig) -> float:
@@ -172,14 +176,17 @@ def lr_find_command(comp: Competition, cfg: TrainConfig) -> float:
 
 def chosen_lr(run: RunContext) -> float:
     """The recipe's LR, the one this run's range test already found (resumed, or another part of
-    the run), or a new range test's. Rank 0 decides what is on disk and tells the others."""
+    the run), or a new range test's. Rank 0 alone takes the run's setup lock (one range test for
+    every process that trains the run), decides under it, and tells the other ranks once it has let
+    go: a collective call under a lock that another rank waits for would hang them all."""
     if run.cfg.lr != "auto":
         return float(run.cfg.lr)
-    lr_json = run.run_dir / "lr_find.json"
-    found = dist.broadcast(
-        json.loads(lr_json.read_text())["chosen"] if dist.is_main() and lr_json.exists() else None
-    )
-    return float(found) if found is not None else find_lr(run)
+    lr = None
+    if dist.is_main():
+        with locks.waiting(run.run_dir / SETUP_LOCK):
+            lr_json = run.run_dir / "lr_find.json"
+            lr = json.loads(lr_json.read_text())["chosen"] if lr_json.exists() else _range_test(run)
+    return float(dist.broadcast(lr))
 
 
 # ---- a run: locks, plan, folds, then the summary gathered from whatever folds are finished ------
@@ -275,20 +282,13 @@ def train(
         _banner(run_dir, cfg, data, inp, device, fold_ids)
         run = RunContext(comp, cfg, data, inp, device, run_dir, on_epoch=on_epoch)
         try:
-            with locks.waiting(run_dir / SETUP_LOCK):  # one range test for all who share the run
-                run.lr = chosen_lr(run)
+            run.lr = chosen_lr(run)
             run.rows = read_rows(run_dir)
             trained, busy = train_claimed(run, fold_ids, what)
-        except UserError:
-            if (
-                started_here
-                and dist.is_main()
-                and not has_progress(run_dir)
-                and not claimed_elsewhere(run_dir)
-            ):
-                shutil.rmtree(
-                    run_dir, ignore_errors=True
-                )  # nothing trained: leave no stub for RESUME to pick
+        except (UserError, KeyboardInterrupt):  # Ctrl-C in the range test too
+            stub = started_here and not has_progress(run_dir) and not claimed_elsewhere(run_dir)
+            if stub and dist.is_main():  # nothing trained: leave no stub for RESUME to pick
+                shutil.rmtree(run_dir, ignore_errors=True)
             raise
         dist.barrier()
         if dist.is_main():
