@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -108,6 +109,39 @@ def test_the_recorded_device_is_the_one_trained_on(finished_run, monkeypatch):
     assert json.loads((finished_run / "summary.json").read_text())["device"] == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, device=cpu asked
     assert pick_device("cpu").type == "cpu" and pick_device("auto").type == "cuda"
+
+
+def test_resume_of_a_finished_run_leaves_it_as_it_is(finished_run, capsys):
+    """RESUME=1 RUN=<finished run> gathered it again and rewrote finished_at: it became "the latest run"."""
+    before = (finished_run / "summary.json").read_bytes()
+    assert main(["train", "--comp", "digits-demo", "--run", finished_run.name, "--resume"]) == 0
+    assert f"run {finished_run.name} is already finished" in cli_text(capsys)
+    assert (finished_run / "summary.json").read_bytes() == before
+
+
+def test_resume_after_make_data_split_again_refuses_in_one_line(finished_run, capsys):
+    """n_folds edited, `make data` split again, then RESUME=1: the folds left would train on another
+    split (images in oof.csv twice, a CV that means nothing)."""
+    for name in ("fold1.pt", "oof_fold1.csv", "summary.json"):
+        (finished_run / name).unlink()
+    spec = finished_run.parents[2] / "competitions" / "digits-demo.yaml"
+    spec.write_text(spec.read_text().replace("n_folds: 5", "n_folds: 3"))
+    assert main(["data", "--comp", "digits-demo"]) == 0
+    assert main(["train", "--comp", "digits-demo", "--run", finished_run.name, "--resume"]) == 2
+    text = cli_text(capsys)
+    assert f"error: run {finished_run.name} was started on another split" in text, text
+    assert not (finished_run / "fold1.pt").exists()
+
+
+def test_make_runs_judges_a_run_against_the_split_it_started_on(finished_run, capsys):
+    """Folds 0,1 of a 5-fold split: 2/5 and partial, whatever n_folds the competition says today."""
+    spec = finished_run.parents[2] / "competitions" / "digits-demo.yaml"
+    text = spec.read_text()
+    for n in (2, 10):
+        spec.write_text(text.replace("n_folds: 5", f"n_folds: {n}"))
+        assert main(["runs", "--comp", "digits-demo"]) == 0
+        row = pd.read_csv(finished_run.parent / "runs.csv").iloc[0]
+        assert (row["folds"], row["state"]) == ("2/5", "partial"), cli_text(capsys)
 
 
 # ---- weights files ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from rich.table import Table
 from kagglecv.compete.records import SUBMISSIONS_DIR
 from kagglecv.core.files import atomic_write
 from kagglecv.core.locks import LOCK_NAME, is_locked
-from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds
+from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds, n_folds_of
 
 COLUMNS = [
     "run", "model", "img_size", "epochs", "folds", "cv_mean", "cv_std", "oof_score",
@@ -82,6 +82,7 @@ def run_row(run_dir: Path, records: list[dict], n_folds: int | None, ledger: pd.
     cfg = _config(run_dir)
     s = summary or {}
     done = len(finished_folds(run_dir)) if s.get("kind") != "blend" else s.get("folds", 0)
+    n_folds = n_folds_of(run_dir) or n_folds  # the split the run started on, not today's n_folds
     total = n_folds or s.get("folds") or done
     epochs = (cfg.get("freeze_epochs") or 0) + (cfg.get("epochs") or 0) if cfg else None
     return {

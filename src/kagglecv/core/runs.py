@@ -28,6 +28,7 @@ from kagglecv.core.locks import LOCK_NAME, is_locked, waiting
 
 RUNS_DIR = Path("runs")
 SUMMARY = "summary.json"
+PLAN = "plan.json"
 
 
 def run_name(model: str) -> str:
@@ -82,6 +83,32 @@ def write_summary(run_dir: Path, summary: dict) -> None:
 def has_progress(run_dir: Path) -> bool:
     """A finished fold or a fold under way: something that resuming would not redo."""
     return any(run_dir.glob("fold*.last.pt")) or bool(finished_folds(run_dir))
+
+
+def read_plan(run_dir: Path) -> dict:
+    """plan.json, written when the run started: its fold ids, and the split they come from (n_folds,
+    a hash of folds.csv; absent in runs from before they were recorded). {} when missing or damaged."""
+    try:
+        plan = json.loads((run_dir / PLAN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+def n_folds_of(run_dir: Path) -> int | None:
+    """How many folds the split this run started on had: a run is complete against its own split,
+    not against the competition's n_folds of today."""
+    n = read_plan(run_dir).get("n_folds")
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def is_gathered(run_dir: Path) -> bool:
+    """summary.json lists every finished fold and no fold is under way: nothing left to gather."""
+    try:
+        listed = json.loads((run_dir / SUMMARY).read_text()).get("fold_ids")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return listed == finished_folds(run_dir) and not any(run_dir.glob("fold*.last.pt"))
 
 
 def finished_at(run_dir: Path) -> float:

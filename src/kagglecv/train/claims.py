@@ -14,7 +14,7 @@ from pathlib import Path
 from kagglecv.core import locks
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
-from kagglecv.core.runs import fold_done, gather
+from kagglecv.core.runs import fold_done, gather, is_gathered
 from kagglecv.ml import dist
 from kagglecv.train.one_fold import RunContext, train_fold
 
@@ -68,6 +68,8 @@ def gather_if_last(
     run_dir = run.run_dir
     with locks.waiting(run_dir / SETUP_LOCK):
         left = [k for k in fold_ids if not fold_done(run_dir, k)]
+        if not left and not trained and is_gathered(run_dir):
+            return  # a finished run trained again: its summary (and finished_at) stay as they are
         if not left:
             gather(run_dir, run.comp, seconds=seconds, device=run.device.type)
             return

@@ -38,7 +38,7 @@ def relaunch(args, cfg, comp, fold_ids) -> None:
         raise UserError(
             f"run {run} is already being trained (see {run_dir / LOCK_NAME}); wait for it to finish"
         )
-    preflight(comp, cfg, fold_ids)
+    preflight(comp, cfg, fold_ids, run_dir)
     relaunch_train(
         args.gpus,
         comp=comp.slug,
@@ -62,7 +62,7 @@ def parallel_folds(args, cfg, comp, fold_ids) -> Path | None:
         from kagglecv.core.config import config_from_dict, read_yaml
 
         cfg = config_from_dict(read_yaml(RUNS_DIR / comp.slug / run / "config.yaml", "run config"))
-    preflight(comp, cfg, fold_ids)
+    preflight(comp, cfg, fold_ids, RUNS_DIR / comp.slug / run)
     argv = ["train", f"--comp={comp.slug}", f"--config={args.config}", f"--run-name={run}"]
     argv += [f"--folds={args.folds}"] * bool(args.folds) + ["--resume"] * args.resume + list(args.overrides)
     codes = launch_fold_workers(args.gpus, argv, cpu=cfg.device == "cpu")

@@ -42,6 +42,7 @@ from kagglecv.core.runs import (
     finished_folds,
     gather,
     has_progress,
+    is_gathered,
     latest_unfinished,
     new_run_dir,
     read_rows,
@@ -57,6 +58,7 @@ from kagglecv.train.claims import SETUP_LOCK, claimed_elsewhere, gather_if_last,
 from kagglecv.train.lr_find import range_test, save_range_test
 from kagglecv.train.memory import fit_batch
 from kagglecv.train.one_fold import RunContext, build_stepper
+from kagglecv.train.plan import all_folds, check_split, planned_folds, write_plan
 from kagglecv.train.train_data import TrainData, read_data
 
 
@@ -71,11 +73,14 @@ def check_device(cfg: TrainConfig) -> None:
         raise UserError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
 
 
-def preflight(comp: Competition, cfg: TrainConfig, fold_ids: list[int] | None) -> None:
+def preflight(comp: Competition, cfg: TrainConfig, fold_ids: list[int] | None, run_dir: Path) -> None:
     """Every check that can stop a training, done before torchrun starts its processes: the data is
-    prepared, folds.csv is sound and has those folds, the weights can be found."""
+    prepared, folds.csv is sound, has those folds and is the split the run started on, the weights
+    can be found."""
     check_device(cfg)
     folds = read_data(comp)[1]
+    if (run_dir / "config.yaml").exists() and not is_gathered(run_dir):
+        check_split(run_dir, comp)
     if fold_ids is not None:
         check_fold_ids(fold_ids, int(folds["fold"].nunique()))
     probe_model(cfg)
@@ -179,13 +184,11 @@ def chosen_lr(run: RunContext) -> float:
     the run), or a new range test's. Rank 0 alone takes the run's setup lock (one range test for
     every process that trains the run), decides under it, and tells the other ranks once it has let
     go: a collective call under a lock that another rank waits for would hang them all."""
-    if run.cfg.lr != "auto":
-        return float(run.cfg.lr)
-    lr = None
+    lr, lr_json = run.cfg.lr, run.run_dir / "lr_find.json"
     if dist.is_main():
         with locks.waiting(run.run_dir / SETUP_LOCK):
-            lr_json = run.run_dir / "lr_find.json"
-            lr = json.loads(lr_json.read_text())["chosen"] if lr_json.exists() else _range_test(run)
+            if lr == "auto":
+                lr = json.loads(lr_json.read_text())["chosen"] if lr_json.exists() else _range_test(run)
     return float(dist.broadcast(lr))
 
 
@@ -207,27 +210,15 @@ def _lock(held: contextlib.ExitStack, comp: Competition, run_dir: Path | None, w
     dist.all_or_none(take)
 
 
-def _plan(run_dir: Path | None, cfg: TrainConfig, fold_ids: list[int] | None) -> list[int] | None:
-    """The fold ids to train: FOLDS=, else the ones the run was started with (plan.json)."""
-    plan = run_dir / "plan.json" if run_dir else None
-    if fold_ids is None and plan is not None and plan.exists():
-        return json.loads(plan.read_text())["fold_ids"]
-    return fold_ids
-
-
-def _all_folds(cfg: TrainConfig, n_folds: int) -> list[int]:
-    if cfg.train_folds > n_folds:
-        console.print(
-            f"[yellow]note:[/] train_folds={cfg.train_folds} but folds.csv has {n_folds}: training all {n_folds}"
-        )
-    return list(range(min(cfg.train_folds, n_folds)))
-
-
-def _start_run_folder(run_dir: Path, cfg: TrainConfig, fold_ids: list[int]) -> bool:
-    """config.yaml + plan.json; a run folder started with another recipe refuses. True when new."""
+def _start_run_folder(
+    run_dir: Path, comp: Competition, cfg: TrainConfig, fold_ids: list[int], n_folds: int
+) -> bool:
+    """config.yaml + plan.json; a run folder started with another recipe or on another split
+    refuses. True when new."""
     cfg_path = run_dir / "config.yaml"
     started_here = not cfg_path.exists()
     if not started_here:
+        check_split(run_dir, comp)
         # keys added to kagglecv since the run started take their defaults, as its resume does
         saved = config_from_dict(yaml.safe_load(cfg_path.read_text()) or {}).to_dict()
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in cfg.to_dict().items() if saved.get(k) != v]
@@ -238,7 +229,7 @@ def _start_run_folder(run_dir: Path, cfg: TrainConfig, fold_ids: list[int]) -> b
             )
     if dist.is_main():  # atomic: other ranks may be reading them right now
         atomic_write(cfg_path, lambda p: p.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-        atomic_write(run_dir / "plan.json", lambda p: p.write_text(json.dumps({"fold_ids": fold_ids})))
+        write_plan(run_dir, comp, fold_ids, n_folds)
     dist.barrier()
     return started_here
 
@@ -262,19 +253,20 @@ def train(
         if resume:
             run_dir = run_dir or latest_unfinished(comp.slug)
             cfg = _resumed_config(held, comp, run_dir, what)
-            planned = _plan(run_dir, cfg, fold_ids)
+            planned = planned_folds(run_dir, fold_ids)
             if planned is not None and set(planned) <= set(finished_folds(run_dir)):
                 return _gather_only(run_dir, comp)
+            check_split(run_dir, comp)
             console.print(f"[yellow]resuming[/] {run_dir} with its saved config")
         device, inp, data = prepare_training(comp, cfg)
-        fold_ids = _plan(run_dir, cfg, fold_ids) or _all_folds(cfg, data.n_folds)
+        fold_ids = planned_folds(run_dir, fold_ids) or all_folds(cfg, data.n_folds)
         check_fold_ids(fold_ids, data.n_folds)
         if run_dir is None:
             run_dir = dist.broadcast(new_run_dir(comp.slug, cfg.model) if dist.is_main() else None)
         if not resume:  # a new folder, or a named run that other processes may be training too
             _lock(held, comp, run_dir, what)
         run_dir.mkdir(parents=True, exist_ok=True)
-        started_here = _start_run_folder(run_dir, cfg, fold_ids)
+        started_here = _start_run_folder(run_dir, comp, cfg, fold_ids, data.n_folds)
         if data.pseudo is not None and dist.is_main():
             from kagglecv.train.pseudo import write_pseudo_record
 
@@ -323,8 +315,15 @@ def sizes_text(cfg: TrainConfig, inp: ModelInput) -> str:
 
 
 def _gather_only(run_dir: Path, comp: Competition) -> Path:
-    """RESUME of a run whose folds are all finished (some maybe trained elsewhere and copied in)."""
+    """RESUME of a run whose folds are all finished (some maybe trained elsewhere and copied in);
+    one whose summary lists them all already is left as it is (finished_at says which run is latest)."""
     done = finished_folds(run_dir)
+    if is_gathered(run_dir):
+        console.print(
+            f"run {run_dir.name} is already finished (folds {','.join(map(str, done))} in its summary.json): "
+            "nothing to train or gather; left as it is"
+        )
+        return run_dir
     if dist.is_main():
         gather(run_dir, comp)
     console.print(
