@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import kagglecv.predict.test_set as predict_mod
+from helpers.cli import cli_text
 from helpers.runs import interrupted_at_validation
+from kagglecv.cli import main
 from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.competition import load_competition
 from kagglecv.core.config import load_config, stage_sizes
@@ -49,11 +51,21 @@ def test_stage_sizes_spread_the_epochs_over_growing_sizes():
         (["test_size=4"], "test_size must be at least 8"),
         (["final_lr_mult=0"], "final_lr_mult must lie in"),
         (["img_size=[16, 32]"], "'img_size' must be"),
+        (["img_size=32", "final_size=16"], "final_size 16 is smaller than the training size 32"),
+        (["img_sizes=[16, 32]", "final_size=24"], "final_size 24 is smaller than the training size 32"),
     ],
 )
 def test_bad_size_keys_are_one_line_errors(overrides, says):
     with pytest.raises(UserError, match=says):
         load_config(None, overrides)
+
+
+def test_a_final_size_below_the_models_own_size_is_refused_before_a_run_folder(digits_small, capsys):
+    """img_size: null trains at the model's own size, known once the model is made: still one line."""
+    args = ["train", "-c", "digits-small", "--config", "configs/smoke.yaml", "device=cpu", "lr=0.01"]
+    assert main([*args, "img_size=null", "final_size=16"]) == 2
+    assert "error: config: final_size 16 is smaller than the training size" in cli_text(capsys)
+    assert not (digits_small / "runs").exists()
 
 
 def test_progressive_run_records_sizes_and_resumes_bit_identical(digits_small, monkeypatch):

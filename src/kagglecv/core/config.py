@@ -333,7 +333,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if overrides:
         values.update(renamed_keys(parse_overrides(overrides), "override"))
         where = "override"
-    return build_config(values, where)
+    cfg = build_config(values, where)
+    check_final_size(cfg, cfg.img_size, where)
+    return cfg
+
+
+def check_final_size(cfg: TrainConfig, base: int | None, where: str) -> None:
+    """final_size is the last, larger stage: not below the size the epochs before it train at (the
+    last of img_sizes, else img_size; `base` is the model's own size where img_size is null). Checked
+    for recipes, not for the saved config of a run that trained already."""
+    last = cfg.img_sizes[-1] if cfg.img_sizes else base
+    if cfg.final_size is not None and last is not None and cfg.final_size < last:
+        raise UserError(
+            f"{where}: final_size {cfg.final_size} is smaller than the training size {last} before it; "
+            "final_size is a last stage at a larger size: raise it, or leave it out"
+        )
 
 
 def stage_sizes(cfg: TrainConfig, base: int) -> list[int]:
@@ -367,6 +381,7 @@ __all__ = [
     "TrainConfig",
     "build_spec",
     "check_fields",
+    "check_final_size",
     "config_from_dict",
     "describe_config",
     "load_config",

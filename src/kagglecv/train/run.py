@@ -33,7 +33,7 @@ import yaml
 
 from kagglecv.core import locks
 from kagglecv.core.competition import Competition
-from kagglecv.core.config import TrainConfig, config_from_dict, stage_sizes
+from kagglecv.core.config import TrainConfig, check_final_size, config_from_dict, stage_sizes
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
@@ -104,6 +104,7 @@ def prepare_training(comp: Competition, cfg: TrainConfig):
     info, folds = read_data(comp)  # once: read_folds checks folds.csv and says what it finds
     seed_everything(cfg.seed)
     inp = resolve_input(probe_model(cfg), cfg.img_size, cfg.mean, cfg.std)
+    check_final_size(cfg, inp.img_size, "config")  # img_size: null is the model's own size
     sizes = stage_sizes(cfg, inp.img_size)
     guard_memory(comp, cfg, info, folds, max(sizes), device)
     with dist.local_main_first():  # one rank per machine builds the disk cache; the others reuse it
