@@ -45,6 +45,23 @@ def test_batch_auto_on_the_cpu_picks_a_sane_batch(digits):
     assert fit_batch(small, **{**SIZES, "n_train": 100}, size=32, device=CPU) == 8  # >= 8 steps an epoch
 
 
+def test_the_auto_line_says_when_the_batch_is_only_the_cap(digits, capsys):
+    """ "64 fits" read as "64 is the most that fits" when 64 was only where auto starts."""
+    cfg = load_config("configs/smoke.yaml", ["batch_size=auto"])
+    comp = load_competition("digits-demo")
+    info = read_prepared(comp)
+    guard_memory(comp, cfg, info, read_folds(comp, info), 32, CPU)
+    said = cli_text(capsys)
+    assert "batch_size auto: 64 (the cap: the most auto tries on cpu) fits at 32px on cpu; larger" in said
+    from kagglecv.train.memory import auto_line
+
+    assert auto_line(8, 100, 32, CPU).startswith("8 (the cap: an eighth of the 100 training images")
+    assert (
+        auto_line(4, 1150, 128, CPU)
+        == "4 fits at 128px on cpu (the largest power of 2 that does, below the cap of 64)"
+    )
+
+
 def test_auto_halves_to_what_fits_and_refuses_when_nothing_does(monkeypatch):
     cfg = load_config(None, ["batch_size=auto", "model=test_resnet", "cache=disk"])
     cost = cpu_cost(cfg, create_model("test_resnet", num_classes=10), 128, 1437)

@@ -147,6 +147,26 @@ def _pow2_floor(n: int) -> int:
     return 2 ** int(math.log2(n)) if n >= 1 else 0
 
 
+def auto_cap(device_type: str, n_train: int) -> int:
+    """Where `batch_size: auto` starts: AUTO_START, and at most an eighth of the training split (a
+    power of 2), so that an epoch has 8 steps or more."""
+    return min(AUTO_START[device_type], max(1, _pow2_floor(n_train // 8)))
+
+
+def auto_line(batch: int, n_train: int, size: int, device) -> str:
+    """What `batch_size: auto` chose, and why: a cap is not the largest batch that fits."""
+    cap = auto_cap(device.type, n_train)
+    where = f"at {size}px on {device.type}"
+    if batch < cap:
+        return f"{batch} fits {where} (the largest power of 2 that does, below the cap of {cap})"
+    why = (
+        f"the most auto tries on {device.type}"
+        if cap == AUTO_START[device.type]
+        else f"an eighth of the {n_train} training images, for 8 steps an epoch or more"
+    )
+    return f"{batch} (the cap: {why}) fits {where}; larger batches were not tried"
+
+
 def fit_batch(cfg, *, num_classes: int, n_images: int, n_train: int, size: int, device) -> int:
     """The batch size to train with: the recipe's when it fits, the largest that fits for
     `batch_size: auto` (never above AUTO_START, nor above an eighth of the training split). Raises
@@ -154,7 +174,7 @@ def fit_batch(cfg, *, num_classes: int, n_images: int, n_train: int, size: int, 
     from kagglecv.ml.model import create_model, place
 
     auto = cfg.batch_size == "auto"
-    want = min(AUTO_START[device.type], max(1, _pow2_floor(n_train // 8))) if auto else cfg.batch_size
+    want = auto_cap(device.type, n_train) if auto else cfg.batch_size
     rng = get_rng_state()
     try:
         model = create_model(

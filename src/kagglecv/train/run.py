@@ -56,7 +56,7 @@ from kagglecv.ml.model import ModelInput, create_model, resolve_input
 from kagglecv.prepare.prepared import PreparedInfo
 from kagglecv.train.claims import SETUP_LOCK, claimed_elsewhere, gather_if_last, train_claimed
 from kagglecv.train.lr_find import range_test, save_range_test
-from kagglecv.train.memory import fit_batch
+from kagglecv.train.memory import auto_line, fit_batch
 from kagglecv.train.one_fold import RunContext, build_stepper
 from kagglecv.train.plan import all_folds, check_split, planned_folds, write_plan
 from kagglecv.train.train_data import TrainData, read_data
@@ -118,20 +118,16 @@ def guard_memory(
     """Stop before any image is decoded or run folder made when a training step will not fit
     (memory.py); `batch_size: auto` becomes the batch that fits, saved so a resume trains the same."""
     folds = folds["fold"].to_numpy()
+    n_train = int((folds != 0).sum())
     batch = dist.broadcast(  # one decision for every rank (rank 0 probes)
         fit_batch(
-            cfg,
-            num_classes=len(info.classes),
-            n_images=len(folds),
-            n_train=int((folds != 0).sum()),
-            size=size,
-            device=device,
+            cfg, num_classes=len(info.classes), n_images=len(folds), n_train=n_train, size=size, device=device
         )
         if dist.is_main()
         else None
     )
     if cfg.batch_size == "auto":
-        console.print(f"[bold]batch_size auto[/]: {batch} fits at {size}px on {device.type}")
+        console.print(f"[bold]batch_size auto[/]: {auto_line(batch, n_train, size, device)}")
         cfg.batch_size = batch  # in place: config.yaml records the number, and resume reads it
 
 
