@@ -15,7 +15,8 @@ from helpers.repo import REPO
 from kagglecv.cli import main
 from kagglecv.core.config import load_config
 from kagglecv.core.errors import UserError
-from kagglecv.tune.study import parse_budget, parse_space
+from kagglecv.tune.space import parse_space
+from kagglecv.tune.study import parse_budget
 
 BASE = ["--comp", "digits-small", "--config", "configs/tune-tiny.yaml"]  # written by _tiny_recipe
 
@@ -156,3 +157,104 @@ def test_two_processes_share_one_study(digits_small):
     # only once finished, so the other cannot end the study under it)
     assert len(finished) >= 3 and all(re.search(r"trial \d+ (complete|pruned)", o) for o in outs), outs
     assert len(list((runs / "tune" / "lr").glob("*/lr_find.json"))) == 1  # one range test
+
+
+# ---- issue 22: what a study says, and what it leaves --------------------------------------------
+
+
+def test_tune_with_the_default_recipe_and_no_weights_is_one_line(digits_small, tmp_path, monkeypatch, capsys):
+    """resnet50 pretrained, the hub unreachable and nothing cached: every trial failed and the report of
+    the first one was a traceback (optuna keeps no fail_reason); now one line before any trial."""
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    assert main(["tune", "--comp", "digits-small", "--trials", "2"]) == 2
+    text = cli_text(capsys)
+    assert "error: could not load pretrained weights for 'resnet50'" in text and "unreachable" in text, text
+    assert "trial 0" not in text
+
+
+def test_failing_trials_say_why_and_three_in_a_row_stop_the_study(digits_small, capsys):
+    _tiny_recipe(digits_small, model=["no_such_net_a", "no_such_net_b"])
+    assert main(["tune", *BASE, "--trials", "10"]) == 2
+    text = cli_text(capsys)
+    assert re.search(r"trial 0 fail: .* · unknown timm model 'no_such_net_[ab]'", text), text
+    assert "error: the last 3 trials failed, so the study stopped: unknown timm model" in text
+    assert "trial 3 " not in text
+
+
+def test_args_win_over_the_tune_block_and_name_their_own_study(digits_small, capsys):
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.study import load_tune_recipe, run_tune
+
+    _tiny_recipe(digits_small, epochs=[1, 3], mixup=[0.0, 0.4])
+    comp = load_competition("digits-small")
+    run_tune(comp, "configs/tune-tiny.yaml", [], trials=0, budget=None)
+    text = cli_text(capsys)
+    assert "study digits-small-tune-tiny (" in text and "epochs int [1, 3]" in text, text
+    run_tune(comp, "configs/tune-tiny.yaml", ["epochs=2"], trials=0, budget=None)
+    text = cli_text(capsys)
+    assert (
+        "note: ARGS win over the tune: block: not searched, fixed for every trial: epochs int [1, 3] (ARGS epochs=2)"
+        in text
+    )
+    assert "study digits-small-tune-tiny-epochs=2 (" in text and "0 trials so far" in text, text
+    assert "epochs int" not in text.split("trials so far")[1]
+    with pytest.raises(UserError, match="ARGS fix every key the search would tune"):
+        load_tune_recipe("configs/tune-tiny.yaml", ["epochs=2", "mixup=0.1"])
+
+
+def test_a_recipe_without_a_tune_block_says_the_built_in_space(digits_small, capsys):
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.study import run_tune
+
+    run_tune(load_competition("digits-small"), "configs/smoke.yaml", [], trials=0, budget=None)
+    assert (
+        "note: configs/smoke.yaml has no tune: block, so the built-in space is searched: lr_mult float "
+        "[0.3, 3.0] log, label_smoothing float [0.0, 0.2], mixup float [0.0, 0.4]"
+    ) in cli_text(capsys)
+
+
+def _finished_study(name: str, value: float):
+    """A study holding one finished trial with this score (no training: the files it leaves are the point)."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, direction="maximize")
+    mixup = optuna.distributions.FloatDistribution(0.0, 0.4)
+    config = load_config("configs/smoke.yaml", ["mixup=0.1"]).to_dict()  # what the trial trained
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"mixup": 0.1}, distributions={"mixup": mixup}, value=value, user_attrs={"config": config}
+        )
+    )
+    return study
+
+
+def test_a_later_study_replaces_the_tuned_recipe_only_with_a_better_score(workdir, capsys):
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.page import write_outputs
+
+    comp, root = load_competition("digits-small"), workdir / "runs" / "digits-small"
+    root.mkdir(parents=True)
+    tuned = workdir / "configs" / "tuned-digits-small.yaml"
+
+    def study(name, value):
+        out = write_outputs(_finished_study(name, value), comp, {}, "configs/smoke.yaml", root)
+        return out, cli_text(capsys)
+
+    out, _ = study("first", 0.9)
+    assert out["yaml"] == "configs/tuned-digits-small.yaml" and "study first" in tuned.read_text()
+    out, text = study("worse", 0.8)
+    assert "study first" in tuned.read_text() and out["yaml"] == "configs/tuned-worse.yaml"
+    assert (
+        "note: configs/tuned-digits-small.yaml (study first: accuracy 0.9000) is not beaten by 0.8000: kept"
+        in text
+    )
+    assert load_config(workdir / "configs" / "tuned-worse.yaml").mixup == 0.1  # a whole recipe all the same
+    out, _ = study("better", 0.95)
+    assert out["yaml"] == "configs/tuned-digits-small.yaml" and "study better" in tuned.read_text()
+    tuned.write_text("model: resnet18\n")  # the user's own file of that name
+    out, text = study("best", 0.99)
+    assert tuned.read_text() == "model: resnet18\n" and out["yaml"] == "configs/tuned-best.yaml"
+    assert "was not written by make tune: kept" in text

@@ -1,10 +1,13 @@
 """What a tune study leaves behind: configs/tuned-<comp>.yaml (the best trial as a whole recipe) and
 runs/<comp>/tune.html (history, learning curves, parameter importances, the best trials), both
-rewritten after every `make tune` session, also an interrupted one."""
+rewritten after every `make tune` session, also an interrupted one. The recipe's first line names
+the study and its score: another study replaces it only with a better score (else its best goes to
+configs/tuned-<study>.yaml, and a line says so), and a file make tune did not write is never replaced."""
 
 from __future__ import annotations
 
 import html
+import re
 from pathlib import Path
 
 import yaml
@@ -33,16 +36,51 @@ def write_outputs(study, comp, base: dict, config: str, root: Path) -> dict:
         return out
     best = study.best_trial
     out.update(best_value=best.value, best_trial=best.number, best_params=best.params)
-    out["yaml"] = str(_write_recipe(best, comp, base, config, study.study_name))
-    out["html"] = str(_write_page(study, complete, comp, root))
+    path, kept = _recipe_path(comp, best.value, study.study_name)
+    out["yaml"] = str(_write_recipe(best, comp, base, config, study.study_name, path))
+    out["html"] = str(_write_page(study, complete, comp, root, path))
     console.print(
         f"[bold]best[/] trial {best.number}: {comp.metric} {best.value:.4f} "
         f"({out['complete']} finished, {out['pruned']} pruned, {out['failed']} failed) -> {out['yaml']}, {out['html']}"
     )
+    if kept:
+        out["kept"] = kept
+        console.print(f"[yellow]note:[/] {kept}; this study's best -> {path}", soft_wrap=True)
     return out
 
 
-def _write_recipe(best, comp, base: dict, config: str, study_name: str) -> Path:
+# the first line of a tuned recipe: which study, and the score a later study must beat to replace it
+HEAD = re.compile(r"# make tune, study (\S+): trial \d+, (\S+) (\S+) on its tune folds")
+
+
+def _recipe_path(comp, value: float, study_name: str) -> tuple[Path, str]:
+    """configs/tuned-<comp>.yaml where it may take this study's best: not there yet, or written by
+    make tune from this same study or with a worse score. Else configs/tuned-<study>.yaml, and why."""
+    from kagglecv.core.metrics import HIGHER_IS_BETTER
+
+    path = CONFIGS_DIR / f"tuned-{comp.slug}.yaml"
+    try:
+        m = HEAD.match(path.read_text().split("\n", 1)[0])
+    except FileNotFoundError:
+        return path, ""
+    except (OSError, UnicodeDecodeError):
+        m = None
+    other = CONFIGS_DIR / f"tuned-{study_name}.yaml"
+    if m is None:
+        return other, f"{path} was not written by make tune: kept"
+    study, metric, score = m.groups()
+    if study == study_name:
+        return path, ""  # a study's best only gets better
+    try:
+        old = float(score)
+    except ValueError:
+        return other, f"{path} holds no score to compare with: kept"
+    if metric == comp.metric and (value > old if HIGHER_IS_BETTER[comp.metric] else value < old):
+        return path, ""
+    return other, f"{path} (study {study}: {metric} {score}) is not beaten by {value:.4f}: kept"
+
+
+def _write_recipe(best, comp, base: dict, config: str, study_name: str, path: Path) -> Path:
     """The base recipe's train_folds (trials train fewer) with everything the best trial used."""
     cfg = dict(best.user_attrs["config"])
     cfg["train_folds"] = base.get("train_folds", cfg["train_folds"])
@@ -50,11 +88,8 @@ def _write_recipe(best, comp, base: dict, config: str, study_name: str) -> Path:
         f"# make tune, study {study_name}: trial {best.number}, {comp.metric} {best.value:.4f} on its tune folds\n"
         f"# base recipe: {config or '(defaults)'}; tuned: "
         + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
-        + "\n# train it: make train COMP={} CONFIG={}\n".format(
-            comp.slug, CONFIGS_DIR / f"tuned-{comp.slug}.yaml"
-        )
+        + f"\n# train it: make train COMP={comp.slug} CONFIG={path}\n"
     )
-    path = CONFIGS_DIR / f"tuned-{comp.slug}.yaml"
     CONFIGS_DIR.mkdir(exist_ok=True)
     atomic_write(path, lambda p: p.write_text(head + yaml.safe_dump(cfg, sort_keys=False)))
     return path
@@ -145,7 +180,7 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _write_page(study, complete, comp, root: Path) -> Path:
+def _write_page(study, complete, comp, root: Path, recipe: Path) -> Path:
     import optuna
 
     direction_max = study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -155,7 +190,7 @@ def _write_page(study, complete, comp, root: Path) -> Path:
         f"<h1>{html.escape(comp.slug)}: tune study {html.escape(study.study_name)}</h1>",
         f"<p>{len(trials)} trials: {len(complete)} finished, "
         f"{sum(t.state.name == 'PRUNED' for t in trials)} pruned. Best: trial {study.best_trial.number}, "
-        f"{html.escape(comp.metric)} {study.best_value:.4f} -> configs/tuned-{html.escape(comp.slug)}.yaml</p>",
+        f"{html.escape(comp.metric)} {study.best_value:.4f} -> {html.escape(str(recipe))}</p>",
         img_tag(png(_fig_history(trials, direction_max)), "history"),
         img_tag(png(_fig_curves(trials)), "learning curves"),
         img_tag(png(imp_fig), "importances") if imp_fig is not None else f"<p>{html.escape(imp_note)}</p>",

@@ -14,6 +14,10 @@ The search space is the recipe's `tune:` block, one line per recipe key (or `lr_
       mixup: {low: 0.0, high: 0.4, log: false}   # the explicit form
       tune_folds: 1                     # settings (TuneSettings): folds per trial, pruning
 
+Without a tune: block the built-in space is searched (a line says which). Keys given in ARGS win:
+fixed for every trial, left out of the search (a line says so), and part of the study's name,
+<comp>-<recipe>[-<ARGS>], so a study continues only with the ARGS it started with.
+
 Every value is checked against the recipe key's type when the recipe loads. `lr_mult` multiplies
 the LR range test's suggestion, which is run once per (model, img_size, batch_size) and cached in
 runs/<comp>/tune/lr/. A trial trains the first `tune_folds` folds through train.train (folds
@@ -21,156 +25,27 @@ claimed, resume state, everything real) into runs/<comp>/tune/<study>/trial-<n>/
 epoch's validation score to Optuna and is stopped by its MedianPruner when it falls behind the
 median of earlier trials at the same epoch. The study lives in runs/<comp>/tune.db (SQLite) or
 --storage (any database URL Optuna takes: several machines then work on one study). Ctrl-C keeps
-the finished trials; rerunning continues the study. The best trial becomes configs/tuned-<comp>.yaml
-(the whole recipe, ready for `make train CONFIG=...`) and runs/<comp>/tune.html shows the study.
+the finished trials; rerunning continues the study. A failed trial's line says why; three failures
+in a row stop the study with one line. The best trial becomes configs/tuned-<comp>.yaml (the whole
+recipe, ready for `make train CONFIG=...`; a better score than the file's own, else
+configs/tuned-<study>.yaml: page.py) and runs/<comp>/tune.html shows the study.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import hashlib
 import json
 import re
 import time
-import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from kagglecv.core.config import (
-    TrainConfig,
-    build_config,
-    build_spec,
-    check_fields,
-    key,
-    read_yaml,
-    renamed_keys,
-)
+from kagglecv.core.config import TrainConfig, build_config
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.tune.space import Param, TuneSettings, load_tune_recipe
 
-# the search space when the recipe has no tune: block
-DEFAULT_SPACE = {"lr_mult": [0.3, 3.0], "label_smoothing": [0.0, 0.2], "mixup": [0.0, 0.4]}
-
-
-@dataclass
-class TuneSettings:
-    tune_folds: int = key(1, "folds each trial trains (the first N of folds.csv)")
-    warmup_epochs: int = key(2, "epochs every trial trains before the pruner may stop it")
-    startup_trials: int = key(3, "trials that run unpruned before pruning starts")
-
-    def __post_init__(self) -> None:
-        if self.tune_folds < 1 or self.warmup_epochs < 0 or self.startup_trials < 0:
-            raise UserError("tune: tune_folds must be 1 or more; warmup_epochs and startup_trials 0 or more")
-
-
-@dataclass
-class Param:
-    """One dimension of the search space: a choice, an int range or a float range (log or not)."""
-
-    name: str
-    kind: str  # choice | int | float | fixed
-    values: list = dataclasses.field(default_factory=list)
-    low: float = 0.0
-    high: float = 0.0
-    log: bool = False
-
-    def suggest(self, trial):
-        if self.kind == "fixed":
-            return self.values[0]
-        if self.kind == "choice":
-            return trial.suggest_categorical(self.name, self.values)
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def describe(self) -> str:
-        if self.kind in ("choice", "fixed"):
-            return f"{self.kind} {self.values}"
-        return f"{self.kind} [{self.low}, {self.high}]{' log' if self.log else ''}"
-
-
-def _param(name: str, spec: Any, where: str) -> Param:
-    """A YAML spec as a Param (the rules are in the module docstring)."""
-    if isinstance(spec, dict):
-        extra = set(spec) - {"choices", "low", "high", "log"}
-        if extra or not ("choices" in spec) ^ ({"low", "high"} <= set(spec)):
-            raise UserError(f"{where}: '{name}' takes {{choices: [...]}} or {{low: a, high: b, log: bool}}")
-        if "choices" in spec:
-            if not isinstance(spec["choices"], list) or not spec["choices"]:
-                raise UserError(f"{where}: '{name}' choices must be a non-empty list")
-            return Param(name, "choice", list(spec["choices"]))
-        low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
-        is_int = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
-        return Param(name, "int" if is_int else "float", low=low, high=high, log=log)
-    if not isinstance(spec, list):
-        return Param(name, "fixed", [spec])
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in spec)
-    if len(spec) == 2 and numbers:
-        low, high = spec
-        if all(isinstance(v, int) for v in spec):
-            return Param(name, "int", low=low, high=high)
-        return Param(name, "float", low=float(low), high=float(high), log=low > 0 and high >= 10 * low)
-    if not spec:
-        raise UserError(f"{where}: '{name}' has an empty list; give the values to try")
-    return Param(name, "choice", list(spec))
-
-
-def _check(p: Param, where: str) -> None:
-    """Every value the parameter can take passes the recipe key's own type check."""
-    if p.kind in ("int", "float") and not p.low < p.high:
-        raise UserError(f"{where}: '{p.name}' range [{p.low}, {p.high}] needs low < high")
-    if p.kind in ("int", "float") and p.log and p.low <= 0:
-        raise UserError(f"{where}: '{p.name}' on a log scale needs low > 0, got {p.low}")
-    if p.name == "lr_mult":
-        bad = [v for v in (p.values or [p.low, p.high]) if not isinstance(v, int | float) or v <= 0]
-        if bad:
-            raise UserError(f"{where}: lr_mult multiplies the range test's LR: positive numbers, got {bad}")
-        return
-    for v in p.values or [p.low, p.high]:
-        check_fields(TrainConfig, {p.name: v}, where, what="tune key")
-
-
-def parse_space(block: dict | None, where: str) -> tuple[TuneSettings, list[Param]]:
-    """The tune: block as (settings, parameters); unknown keys name the closest valid one."""
-    if block is None:
-        block = DEFAULT_SPACE
-    if not isinstance(block, dict):
-        raise UserError(f"{where}: expected a mapping of key: values to try, got {type(block).__name__}")
-    block = renamed_keys(block, where)
-    names = {f.name for f in dataclasses.fields(TuneSettings)}
-    settings = build_spec(TuneSettings, {k: v for k, v in block.items() if k in names}, where, "tune key")
-    valid = [*typing.get_type_hints(TrainConfig), "lr_mult", *names]
-    params = []
-    for name, spec in block.items():
-        if name in names:
-            continue
-        if name not in valid:
-            close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
-            raise UserError(
-                f"{where}: unknown tune key '{name}'.{f' Did you mean {close[0]!r}?' if close else ''}"
-            )
-        if name in ("train_folds", "seed", "device"):
-            raise UserError(f"{where}: '{name}' is not a hyperparameter to tune")
-        p = _param(name, spec, where)
-        _check(p, where)
-        params.append(p)
-    if {"lr", "lr_mult"} <= {p.name for p in params}:
-        raise UserError(f"{where}: tune either lr or lr_mult (a multiplier on the range test's LR), not both")
-    return settings, params
-
-
-def load_tune_recipe(path: str, overrides: list[str]) -> tuple[dict, TuneSettings, list[Param]]:
-    """(the recipe's values with overrides, settings, parameters), all checked."""
-    from kagglecv.core.config import load_config, parse_overrides
-
-    raw = read_yaml(Path(path), "config file") if path else {}
-    where = f"{path}: tune" if path else "tune"
-    settings, params = parse_space(raw.get("tune"), where)
-    load_config(path, overrides)  # the base recipe's own checks
-    values = {k: v for k, v in renamed_keys(raw, str(path)).items() if k != "tune"}
-    values.update(renamed_keys(parse_overrides(overrides), "override"))
-    return values, settings, params
+FAILS_IN_A_ROW = 3  # trials failing one after another with nothing finished between: the study stops
 
 
 def parse_budget(text: str) -> float | None:
@@ -226,6 +101,13 @@ def make_objective(comp, base: dict, settings: TuneSettings, params: list[Param]
     from kagglecv.train.run import train
 
     def objective(trial) -> float:
+        try:
+            return run_trial(trial)
+        except UserError as e:  # optuna keeps no reason for a failed trial: the report line needs it
+            trial.set_user_attr("fail_reason", " ".join(str(e).split())[:300])
+            raise
+
+    def run_trial(trial) -> float:
         cfg = trial_config(trial, base, params, comp, trials_dir.parent / "lr")
         trial.set_user_attr("config", cfg.to_dict())
         run_dir = trials_dir / f"trial-{trial.number}"
@@ -269,13 +151,16 @@ def run_tune(
     from kagglecv.prepare.layout import read_prepared
     from kagglecv.tune.page import write_outputs
 
-    base, settings, params = load_tune_recipe(config, overrides)
+    base, settings, params, notes = load_tune_recipe(config, overrides)
     if trials is None and budget is None:
         raise UserError("give TRIALS=N or BUDGET=30m (or both): the study needs a way to stop")
     read_prepared(comp)  # not prepared: one line now, not a failed trial later
+    probe_base_model(base, params)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
     root = RUNS_DIR / comp.slug
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{comp.slug}-{Path(config).stem if config else 'default'}"
+    name = study_name(comp.slug, config, overrides)
     storage = storage or f"sqlite:///{root / 'tune.db'}"
     study = _open_study(comp, name, storage, settings, root)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -288,7 +173,8 @@ def run_tune(
         + (f" · {budget:.0f} s budget" if budget else "")
     )
     objective = make_objective(comp, base, settings, params, root / "tune" / name)
-    callbacks = [_report_trial]
+    failing = FailStreak()
+    callbacks = [_report_trial, failing]
     if trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(trials, states=done))
     t0 = time.time()
@@ -300,7 +186,53 @@ def run_tune(
     finally:  # Ctrl-C included: the finished trials are in the database; show what they found
         result = write_outputs(study, comp, base, config, root)
         result["seconds"] = time.time() - t0
+    failing.stop_here()
     return result
+
+
+def study_name(slug: str, config: str, overrides: list[str]) -> str:
+    """<comp>-<recipe>, and the ARGS that fix keys for every trial: a study continues only with the
+    same ones (its trials are comparable), other ARGS start another study."""
+    from kagglecv.core.config import parse_overrides, renamed_keys
+
+    name = f"{slug}-{Path(config).stem if config else 'default'}"
+    fixed = renamed_keys(parse_overrides(overrides), "override")
+    if not fixed:
+        return name
+    args = ",".join(f"{k}={v}" for k, v in sorted(fixed.items()))
+    tag = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", args)
+    return f"{name}-{tag if len(tag) <= 48 else hashlib.sha256(args.encode()).hexdigest()[:12]}"
+
+
+def probe_base_model(base: dict, params: list[Param]) -> None:
+    """The recipe's model and weights, where no trial changes them: an offline hub or a missing
+    weights file is one line now, not the reason every trial fails."""
+    from kagglecv.train.run import probe_model
+
+    if not {p.name for p in params} & {"model", "pretrained", "pretrained_file", "in_chans"}:
+        probe_model(build_config(base, "tune"))
+
+
+class FailStreak:
+    """A study callback: after FAILS_IN_A_ROW failed trials with none finished between, stop the
+    study (each would fail the same way until something is fixed) and then say why in one line."""
+
+    def __init__(self) -> None:
+        self.count, self.reason = 0, ""
+
+    def __call__(self, study, trial) -> None:
+        failed = trial.state.name == "FAIL"
+        self.count = self.count + 1 if failed else 0
+        self.reason = trial.user_attrs.get("fail_reason", "") if failed else ""
+        if self.count >= FAILS_IN_A_ROW:
+            study.stop()
+
+    def stop_here(self) -> None:
+        if self.count >= FAILS_IN_A_ROW:
+            raise UserError(
+                f"the last {self.count} trials failed, so the study stopped: {self.reason or 'see above'}; "
+                "fix that and rerun `make tune` (the study continues)"
+            )
 
 
 def _open_study(comp, name: str, storage: str, settings, root: Path):
@@ -350,6 +282,6 @@ def _report_trial(study, trial) -> None:
     except ValueError:
         pass
     why = ""
-    if trial.state.name == "FAIL":
-        why = " · " + str(trial.system_attrs.get("fail_reason", "")).splitlines()[-1][:200]
+    if trial.state.name == "FAIL":  # the UserError's message, kept by the objective
+        why = " · " + (trial.user_attrs.get("fail_reason") or "see the messages above")
     console.print(f"trial {trial.number} {state}: {value} · {params}{best}{why}", soft_wrap=True)
