@@ -240,7 +240,7 @@ def test_make_predict_on_a_path_with_spaces(finished_run):
 @needs_make
 def test_make_tune_budget_nonsense_is_one_line(workdir):
     """BUDGET=-5m reached argparse as an option of its own ("expected one argument" and the usage);
-    0m started no trial and still wrote a tuned recipe."""
+    0m asked for a study that starts no trial."""
     for budget in ("-5m", "0m", "abc", "0"):
         out = make("tune", f"BUDGET={budget}", "COMP=digits-demo", kcv=real_kcv(), cwd=workdir)
         said = " ".join((out.stdout + out.stderr).split())
