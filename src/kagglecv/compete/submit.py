@@ -268,17 +268,14 @@ def blend_test_probs(
 ) -> tuple:
     """A blend's test probabilities: each member run predicted once (its cache serves every later
     submit), combined with the weights fitted on the OOF predictions."""
+    from kagglecv.compete.blend import member_dir
     from kagglecv.core.run_files import blend_test_probs as combine
     from kagglecv.core.run_files import read_blend
 
     spec = read_blend(blend_dir)
     member_probs, member_tta = [], {}
     for name in spec["members"]:
-        member = blend_dir.parent / name
-        if not member.is_dir():
-            raise UserError(
-                f"blend {blend_dir.name} needs run {name}, which is gone from {blend_dir.parent}/"
-            )
+        member = member_dir(blend_dir, name)
         fold_ids = check_run(member, read_summary(member))
         probs, classes, pred = run_test_probs(comp, info, member, fold_ids, paths, tta)
         if classes != spec["classes"]:
