@@ -37,8 +37,8 @@ def _probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
     return skill * onehot + (1 - skill) * noise
 
 
-def _write_run(root, name: str, y, folds, probs, metric="log_loss", finished=True, images=None):
-    run = root / "runs" / "toy" / name
+def _write_run(root, name: str, y, folds, probs, metric="log_loss", finished=True, images=None, slug="toy"):
+    run = root / "runs" / slug / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("model: x\n")
     images = images if images is not None else [f"train/{CLASSES[c]}/{i:04d}.png" for i, c in enumerate(y)]
@@ -203,3 +203,25 @@ def test_report_on_a_blend_speaks_of_its_members_never_retraining_it(tmp_path, m
     with pytest.raises(UserError, match="is a blend of r1, r2") as e:
         write_report(out, look=True)
     assert "retrain" not in str(e.value)
+
+
+def test_runs_table_shows_whole_sizes_and_epochs_and_a_dash_for_a_blend(workdir, capsys):
+    """A blend has no image size or epochs of its own: its empty cells must not turn the columns into
+    floats (32.0000 in the table, 32.0 in runs.csv, a blank epoch column)."""
+    from kagglecv.cli import main
+
+    y, folds = _truth()
+    for i, name in enumerate(("r1", "r2"), start=1):
+        run = _write_run(workdir, name, y, folds, _probs(y, 0.5 - i / 10, i), "accuracy", slug="digits-demo")
+        (run / "config.yaml").write_text("model: resnet18\nimg_size: 32\nepochs: 3\nfreeze_epochs: 1\n")
+    made = blend("digits-demo", ["r1", "r2"])
+    capsys.readouterr()
+    assert main(["runs", "-c", "digits-demo"]) == 0
+    said = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[3:5]]
+            for line in said.splitlines() if line.count("│") > 5}  # fmt: skip
+    assert rows["r1"] == ["32", "4"] and rows["r2"] == ["32", "4"]
+    assert rows[made.name] == ["-", "-"] and "32.0" not in said
+    csv = (workdir / "runs" / "digits-demo" / "runs.csv").read_text()
+    assert ",32,4," in csv and "32.0" not in csv
+    assert "32.0" not in (workdir / "runs" / "digits-demo" / "runs.html").read_text()
