@@ -36,6 +36,19 @@ def test_lb_matches_public_scores_by_ref_and_names_the_two_finals(fake, three_up
     assert "ref 2 (run2), ref 3 (run3)" in text  # the two best CV, best first
 
 
+def test_lb_shows_each_status_as_a_word_not_the_clients_enum(fake, three_uploads, workdir, capsys):
+    fake.public_scores = {1: "0.90100"}
+    assert main(["lb", "-c", "digit-recognizer"]) == 0
+    text = cli_text(capsys)
+    ledger = pd.read_csv(workdir / "runs" / "digit-recognizer" / "ledger.csv")
+    assert dict(zip(ledger["ref"], ledger["status"], strict=True)) == {
+        1: "complete",
+        2: "pending",
+        3: "pending",
+    }
+    assert "SubmissionStatus" not in text and "complete" in text and "pending" in text
+
+
 def test_lb_keeps_unscored_submissions_and_later_fills_them(fake, three_uploads, workdir, capsys):
     fake.public_scores = {1: "0.90100"}
     assert main(["lb", "-c", "digit-recognizer"]) == 0
