@@ -17,6 +17,7 @@ GPUS ?= 1
 RESUME ?=
 ARGS ?=
 UPLOAD ?=
+AGAIN ?=
 MSG ?=
 FORCE ?=
 PUSH ?=
@@ -30,7 +31,7 @@ PARALLEL ?= data
 TRIALS ?=
 BUDGET ?= 30m
 STORAGE ?=
-export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL PARALLEL TRIALS BUDGET STORAGE
+export PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD AGAIN MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL PARALLEL TRIALS BUDGET STORAGE
 
 help: ## show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,8 +61,8 @@ tune: install ## Optuna search over the recipe's tune: block: make tune [COMP=..
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) lr-find -c "$$COMP" --config "$$CONFIG" $$ARGS
 
-submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]] [TTA=none] [KERNEL=1]
-	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} $${KERNEL:+--kernel} -m "$$MSG" --tta "$${TTA:-auto}"
+submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."] [AGAIN=1]] [TTA=none] [KERNEL=1]
+	$(KCV) submit -c "$$COMP" -r "$$RUN" $${UPLOAD:+--upload} $${AGAIN:+--again} $${KERNEL:+--kernel} -m "$$MSG" --tta "$${TTA:-auto}"
 
 kernel: install ## code competitions: notebook + dataset, dry run here, then Kaggle: make kernel [COMP=..] [RUN=..] [PUSH=1] [FORCE=1]
 	$(KCV) kernel -c "$$COMP" -r "$$RUN" $${PUSH:+--push} $${FORCE:+--force}

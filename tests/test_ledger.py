@@ -20,7 +20,7 @@ def three_uploads(fake, workdir):
     (workdir / "submissions").mkdir()
     for i, cv in enumerate((0.91, 0.95, 0.93), start=1):
         file = workdir / "submissions" / f"digit-recognizer-run{i}.csv"
-        file.write_text("ImageId,Label\n1,0\n")
+        file.write_text(f"ImageId,Label\n1,{i}\n")  # three different files: none is a resend
         upload_mod.upload(comp, file, f"run{i}", cv, None)
     return comp
 

@@ -318,10 +318,12 @@ def submit(
     upload: bool = False,
     message: str | None = None,
     tta: str = "auto",
+    again: bool = False,
 ) -> dict:
     """Predict the test set with a run, write submissions/<comp>-<run>.csv and its record (.json
     beside it), score it where labels are known, upload it when asked. The run folder is only read
-    (and its prediction caches filled). `tta`: auto (chosen on OOF) or none. Returns the record."""
+    (and its prediction caches filled). `tta`: auto (chosen on OOF) or none; `again`: upload even
+    bytes Kaggle already took. Returns the record."""
     with data_lock(comp.data_dir, exclusive=False, what="make submit"):
         info = read_prepared(comp)
         run_dir = find_run(comp.slug, run)
@@ -357,7 +359,7 @@ def submit(
                 f"[bold]test {comp.metric}: {record['test_score']:.4f}[/]  "
                 f"(CV {summary['cv_mean']:.4f} ± {summary.get('cv_std', 0):.4f})"
             )
-    _upload(comp, record, upload, message)
+    _upload(comp, record, upload, message, again)
     return record
 
 
@@ -372,12 +374,12 @@ def local_score(comp: Competition, df: pd.DataFrame, classes: list[str], out: Pa
         raise UserError(f"{out} is written and checked, but cannot be scored: {e}") from None
 
 
-def _upload(comp: Competition, record: dict, upload: bool, message: str | None) -> None:
+def _upload(comp: Competition, record: dict, upload: bool, message: str | None, again: bool) -> None:
     """Send the file when asked (and record Kaggle's answer), else say how."""
     if upload:
         from kagglecv.compete.upload import upload as send
 
-        row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message)
+        row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message, again=again)
         if row is not None:
             record["uploads"].append({**row, "ref": int(row.get("ref") or 0)})  # the log keeps text
             write_record(record)
