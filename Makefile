@@ -2,7 +2,7 @@
 # so `make demo` and `make test` work straight from a fresh clone.
 # The variables below reach each command through the environment and are read there as "$$NAME":
 # a value is never pasted into the shell's text, so `make data COMP='; rm -rf ~ #'` runs nothing.
-# On/off ones (UPLOAD, FORCE, RESUME, PUSH, KERNEL, LOOK) go as --upload="$$UPLOAD": kagglecv reads
+# On/off ones (UPLOAD, AGAIN, FORCE, RESUME, PUSH, KERNEL, LOOK) go as --upload="$$UPLOAD": kagglecv reads
 # 1/true/yes/on and 0/false/no/off/empty, and stops on any other word.
 .DEFAULT_GOAL := help
 .PHONY: help install data inspect train tune lr-find submit kernel report runs blend lb predict export config bench demo list test lint format
@@ -25,6 +25,7 @@ GPUS ?= 1
 RESUME ?=
 ARGS ?=
 UPLOAD ?=
+AGAIN ?=
 MSG ?=
 FORCE ?=
 PUSH ?=
@@ -39,7 +40,7 @@ TRIALS ?=
 BUDGET ?= 30m
 STORAGE ?=
 TORCHRUN ?=
-VARIABLES := PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL PARALLEL TRIALS BUDGET STORAGE TORCHRUN
+VARIABLES := PYTHON COMP CONFIG RUN SRC FOLDS GPUS RESUME ARGS UPLOAD AGAIN MSG FORCE RUNS LOOK IMG TOPK TTA PUSH KERNEL PARALLEL TRIALS BUDGET STORAGE TORCHRUN
 export $(VARIABLES)
 
 # A command-line variable kagglecv does not read (`make train run=x`, `make train epochs=3`) is named
@@ -78,8 +79,8 @@ tune: install ## Optuna search over the recipe's tune: block: make tune [COMP=..
 lr-find: install ## only the LR range test: make lr-find [COMP=..] [CONFIG=..] [ARGS=..]
 	set -f; $(KCV) lr-find --comp="$$COMP" --config="$$CONFIG" $$ARGS
 
-submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."]] [TTA=none] [KERNEL=1]
-	$(KCV) submit --comp="$$COMP" --run="$$RUN" --upload="$$UPLOAD" --kernel="$$KERNEL" --message="$$MSG" --tta="$${TTA:-auto}"
+submit: install ## predict, write + check the CSV: make submit [COMP=..] [RUN=<run-id>] [UPLOAD=1 [MSG="..."] [AGAIN=1]] [TTA=none] [KERNEL=1]
+	$(KCV) submit --comp="$$COMP" --run="$$RUN" --upload="$$UPLOAD" --again="$$AGAIN" --kernel="$$KERNEL" --message="$$MSG" --tta="$${TTA:-auto}"
 
 kernel: install ## code competitions: notebook + dataset, dry run here, then Kaggle: make kernel [COMP=..] [RUN=..] [PUSH=1] [FORCE=1]
 	$(KCV) kernel --comp="$$COMP" --run="$$RUN" --push="$$PUSH" --force="$$FORCE"

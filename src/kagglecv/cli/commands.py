@@ -182,7 +182,14 @@ def cmd_submit(args) -> None:
 
         submit_kernel(_comp(args.comp), args.run or None, args.message or None)
         return
-    submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None, tta=args.tta)
+    submit(
+        _comp(args.comp),
+        args.run or None,
+        upload=args.upload,
+        message=args.message or None,
+        tta=args.tta,
+        again=args.again,
+    )
 
 
 def cmd_kernel(args) -> None:

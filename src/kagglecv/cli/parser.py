@@ -164,6 +164,12 @@ def _add_submit_report(sub) -> None:
         "--upload", action="store_true", help="also upload the file to Kaggle (logged in submissions/log.csv)"
     )
     s.add_argument(
+        "--again",
+        action="store_true",
+        help="upload even a file whose very bytes the competition already took (asked on a terminal, "
+        "refused elsewhere without this)",
+    )
+    s.add_argument(
         "-m", "--message", default="", help="words for the submission's description (run id and CV are added)"
     )
     s.add_argument(
