@@ -26,6 +26,7 @@ from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.locks import data_lock
 from kagglecv.core.metrics import score
+from kagglecv.core.names import check_name
 from kagglecv.core.runs import check_run, find_run, read_summary
 from kagglecv.core.tables import read_csv
 from kagglecv.prepare.layout import IMAGE_EXTS, read_prepared
@@ -274,7 +275,7 @@ def blend_test_probs(
     spec = read_blend(blend_dir)
     member_probs, member_tta = [], {}
     for name in spec["members"]:
-        member = blend_dir.parent / name
+        member = blend_dir.parent / check_name(name, f"{blend_dir / 'blend.json'}: a member")
         if not member.is_dir():
             raise UserError(
                 f"blend {blend_dir.name} needs run {name}, which is gone from {blend_dir.parent}/"

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.core.names import check_name
 from kagglecv.core.runs import RUNS_DIR
 
 PSEUDO_FOLD = -1  # the fold id of pseudo-labelled rows: in no validation split
@@ -31,7 +32,7 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
     """(N x C test probabilities, test image paths relative to data/<comp>/, classes) of a run or blend."""
     from kagglecv.core.run_files import blend_test_probs, is_blend, read_blend, read_test_cache
 
-    run_dir = RUNS_DIR / slug / source
+    run_dir = RUNS_DIR / slug / check_name(source, "pseudo= (a run or blend id)")
     if not run_dir.is_dir():
         raise UserError(
             f"pseudo={source}: no run or blend '{source}' in {RUNS_DIR / slug}/ (`make runs` lists them)"
@@ -39,7 +40,7 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
     members = read_blend(run_dir)["members"] if is_blend(run_dir) else [source]
     caches = []
     for name in members:
-        cached = read_test_cache(RUNS_DIR / slug / name)
+        cached = read_test_cache(RUNS_DIR / slug / check_name(name, f"{run_dir}: a blend member"))
         if cached is None:
             raise UserError(
                 f"pseudo={source}: run {name} has no cached test predictions yet; "
