@@ -227,7 +227,8 @@ def _send(api, slug: str, file: Path, description: str, token: str):
 def upload(
     comp: Competition, file: Path, run: str, cv_mean: float, message: str | None = None
 ) -> dict | None:
-    """Upload `file` to the competition; None where Kaggle only takes notebook submissions."""
+    """Upload `file` to the competition (the settled log row). Where Kaggle takes submissions only
+    from notebooks nothing can be sent: an error that says how (`make kernel PUSH=1`)."""
     if comp.source_kind != "kaggle":
         raise UserError(
             f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}); {file} is written, "
@@ -235,11 +236,14 @@ def upload(
         )
     slug = comp.source.get("competition", comp.slug)
     if not comp.submission.upload:
-        console.print(
-            f"[yellow]{slug} takes submissions only from Kaggle notebooks[/]: {file} is written and checked; "
-            f"submit it as the output of a notebook at {competition_url(slug)}/code"
+        how = (
+            f"`make kernel PUSH=1 RUN={run}` runs it as a notebook on Kaggle, then `make submit KERNEL=1 RUN={run}` submits it"
+            if comp.submission.code_competition
+            else f"submit it as the output of a notebook at {competition_url(slug)}/code"
         )
-        return None
+        raise UserError(
+            f"{slug} takes submissions only from Kaggle notebooks: nothing was uploaded ({file} is written and checked); {how}"
+        )
     api = connect()
     with _one_upload_at_a_time():
         for row in settle_pending(api, slug):
