@@ -117,6 +117,23 @@ def test_a_stale_export_of_an_older_run_of_that_name_is_not_reused(finished_run,
     assert sorted(p.name for p in out.iterdir()) == ["dataset", "notebook"]  # no second copy left
 
 
+def test_a_kernel_folder_built_from_another_run_of_that_name_is_not_dry_run(finished_run, monkeypatch):
+    comp = load_competition("digits-demo")
+    out = kernel_folder.kernel_dir(comp, finished_run)
+    (out / "dataset").mkdir(parents=True)
+    (out / "notebook").mkdir()
+    old = {"run": finished_run.name, "fingerprint": {"run": finished_run.name, "checkpoints": {}}}
+    (out / "dataset" / "model.json").write_text(json.dumps(old))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("dry-ran a kernel folder of another run")
+
+    monkeypatch.setattr(kernel_mod, "dry_run", must_not_run)
+    with pytest.raises(UserError, match=f"built from another run named {finished_run.name}") as e:
+        kernel_mod.make_kernel(comp, finished_run.name)
+    assert "make kernel FORCE=1" in str(e.value) and (out / "dataset" / "model.json").exists()
+
+
 def test_two_make_kernel_of_one_run_do_not_share_the_folder(finished_run, monkeypatch):
     comp = load_competition("digits-demo")
     out = kernel_folder.kernel_dir(comp, finished_run)

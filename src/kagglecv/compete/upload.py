@@ -237,12 +237,14 @@ def upload(
     slug = comp.source.get("competition", comp.slug)
     if not comp.submission.upload:
         how = (
-            f"`make kernel PUSH=1 RUN={run}` runs it as a notebook on Kaggle, then `make submit KERNEL=1 RUN={run}` submits it"
+            f"`make kernel PUSH=1 RUN={run}` runs it as a notebook on Kaggle, "
+            f"then `make submit KERNEL=1 RUN={run}` submits it"
             if comp.submission.code_competition
             else f"submit it as the output of a notebook at {competition_url(slug)}/code"
         )
         raise UserError(
-            f"{slug} takes submissions only from Kaggle notebooks: nothing was uploaded ({file} is written and checked); {how}"
+            f"{slug} takes submissions only from Kaggle notebooks: nothing was uploaded "
+            f"({file} is written and checked); {how}"
         )
     api = connect()
     with _one_upload_at_a_time():

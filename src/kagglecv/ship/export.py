@@ -268,18 +268,26 @@ def listed_files(export: Path) -> list[str]:
     return names
 
 
-def export_belongs(export: Path, run_dir: Path) -> bool:
-    """True when `export` was made from this run as it is now (the same fold checkpoints) and lists
-    its files: only then may it stand for the run."""
+def made_from(folder: Path, run_dir: Path) -> bool:
+    """True when the model.json in `folder` (an export, or a kernel dataset holding one) was made
+    from this run as it is now: the same fold checkpoints."""
     from kagglecv.core.runs import check_run, read_summary
 
     try:
-        spec = _model_json(export)
-        listed_files(export)
+        spec = _model_json(folder)
     except UserError:
         return False
     folds = check_run(run_dir, read_summary(run_dir))
     return spec.get("fingerprint") == run_fingerprint(run_dir, folds)
+
+
+def export_belongs(export: Path, run_dir: Path) -> bool:
+    """True when `export` lists its files and was made from this run: only then may it stand for it."""
+    try:
+        listed_files(export)
+    except UserError:
+        return False
+    return made_from(export, run_dir)
 
 
 def _readable(folder: Path) -> None:

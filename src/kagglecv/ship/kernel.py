@@ -216,10 +216,23 @@ def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force
     out = kernel_dir(comp, run_dir)
     with kernel_lock(out):
         if out.is_dir() and not force:
+            _check_built_from(out, run_dir)
             console.print(f"using {escape(str(out))}/ as built before (FORCE=1 rebuilds it)")
         else:
             build(comp, run_dir, out)
         return _check_and_push(comp, run_dir, out, push)
+
+
+def _check_built_from(out: Path, run_dir: Path) -> None:
+    """A kernel folder built from another run of the same name (or by an older kagglecv, with no
+    fingerprint) is not this run's: say so rather than dry-run and push it."""
+    from kagglecv.ship.export import made_from
+
+    if (out / "dataset" / "model.json").exists() and not made_from(out / "dataset", run_dir):
+        raise UserError(
+            f"{out}/ was built from another run named {run_dir.name} (or by an older kagglecv): "
+            f"`make kernel FORCE=1 RUN={run_dir.name}` rebuilds it for this run"
+        )
 
 
 def _check_and_push(comp: Competition, run_dir: Path, out: Path, push: bool) -> Path:
