@@ -15,7 +15,10 @@ The dry run always comes first: the notebook is executed here, by a fresh Python
 refused, in a folder laid out like /kaggle/input and /kaggle/working; its submission.csv must equal
 the one `make submit` writes for the run (ids and order exactly, values within VALUE_TOLERANCE), and
 its wall time is shown against the competition's notebook limit (submission.notebook_minutes). A
-dry run that fails shows the traceback's last lines and nothing is pushed. kernel_push.py talks to Kaggle.
+dry run that fails shows the traceback's last lines and nothing is pushed. kernel_push.py talks to Kaggle;
+kernel_dataset.py says what the dataset and the notebook hold. One `make kernel` of a run at a time
+(an flock on kernels/.<comp>-<run>.lock), and a kernel folder or an export of another run of the same
+name is never taken for this one.
 """
 
 from __future__ import annotations
