@@ -146,8 +146,8 @@ def _print_cv(run_dir) -> None:
 def cmd_tune(args) -> None:
     from kagglecv.tune.study import parse_budget, run_tune
 
-    if args.trials and not args.trials.isdigit():
-        raise UserError(f"TRIALS must be a whole number, got {args.trials!r}")
+    if args.trials and not (args.trials.isdigit() and int(args.trials) > 0):
+        raise UserError(f"TRIALS must be a whole number, got {args.trials!r} (1 or more; empty for no limit)")
     run_tune(
         _comp(args.comp),
         args.config,
@@ -182,7 +182,14 @@ def cmd_submit(args) -> None:
 
         submit_kernel(_comp(args.comp), args.run or None, args.message or None)
         return
-    submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None, tta=args.tta)
+    submit(
+        _comp(args.comp),
+        args.run or None,
+        upload=args.upload,
+        message=args.message or None,
+        tta=args.tta,
+        again=args.again,
+    )
 
 
 def cmd_kernel(args) -> None:
@@ -307,13 +314,15 @@ def cmd_lb(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from kagglecv.cli.make_words import img_paths
     from kagglecv.core.runs import find_run
     from kagglecv.predict.new_images import expand_inputs, predict_images
 
+    images = [*args.images, *img_paths(args.img)]
     comp = _comp(args.comp)
-    expand_inputs(args.images)  # a path that is not there is named first, before any run is looked for
+    expand_inputs(images)  # a path that is not there is named first, before any run is looked for
     out = Path(args.out) if args.out else None
-    predict_images(comp, find_run(comp.slug, args.run or None), args.images, top_k=args.top_k, out=out)
+    predict_images(comp, find_run(comp.slug, args.run or None), images, top_k=args.top_k, out=out)
 
 
 def cmd_export(args) -> None:
@@ -371,8 +380,9 @@ def _check_first(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
-    args = parse(argv)
+    args = None
     try:
+        args = parse(argv)  # UPLOAD=maybe is an error before anything runs
         _check_first(args)
         COMMANDS[args.command](args)
     except UserError as e:
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        advice = INTERRUPTED.get(args.command, "rerun the command")
+        advice = INTERRUPTED.get(getattr(args, "command", ""), "rerun the command")
         console.print(f"[yellow]interrupted[/]: nothing half-written is marked complete; {escape(advice)}")
         return 130
     return 0
