@@ -45,15 +45,17 @@ def test_data_train_submit_upload(fake, workdir, slug, capsys):
         capsys
     )
     capsys.readouterr()
-    assert main(["submit", "--upload", "--message", "first try"]) == 0, cli_text(capsys)
+    code = main(["submit", "--upload", "--message", "first try"])
     text = cli_text(capsys)
+    assert code == (2 if slug == "aerial-cactus-identification" else 0), text
     (run_dir,) = (workdir / "runs" / slug).iterdir()
     written = workdir / "submissions" / f"{slug}-{run_dir.name}.csv"
     sample = pd.read_csv(workdir / "data" / slug / "sample_submission.csv")
     columns, check = FORMATS[slug]
 
-    if slug == "aerial-cactus-identification":  # Kaggle takes it only from notebooks
+    if slug == "aerial-cactus-identification":  # Kaggle takes it only from notebooks: an error, not 0
         assert fake.submissions == [] and "takes submissions only from Kaggle notebooks" in text
+        assert f"make kernel PUSH=1 RUN={run_dir.name}" in text and "nothing was uploaded" in text
         received = written.read_bytes()
     else:
         (sub,) = fake.submissions

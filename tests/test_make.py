@@ -114,7 +114,11 @@ def test_make_expands_nothing_typed_after_make(tmp_path, kcv):
 def test_make_on_off_variables_pass_their_word_and_kagglecv_reads_it(workdir, kcv):
     """UPLOAD=0 uploaded (make's ${UPLOAD:+--upload} is on for any word): the word goes to kagglecv,
     which reads 1/true/yes/on and 0/false/no/off/empty, and stops on any other."""
-    for target, flags in {"submit": ["UPLOAD", "AGAIN", "KERNEL"], "train": ["RESUME"], "data": ["FORCE"]}.items():
+    for target, flags in {
+        "submit": ["UPLOAD", "AGAIN", "KERNEL"],
+        "train": ["RESUME"],
+        "data": ["FORCE"],
+    }.items():
         words = make(target, *[f"{f}=0" for f in flags], kcv=kcv).stdout.splitlines()
         assert all(f"[{OPTIONS[f]}=0]" in words for f in flags), words
     for target, flags in {"kernel": ["PUSH", "FORCE"], "report": ["LOOK"], "export": ["FORCE"]}.items():

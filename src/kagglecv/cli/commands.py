@@ -11,7 +11,6 @@ kagglecv demo                      # all three on the built-in digits, offline
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from kagglecv.cli.parser import parse
@@ -19,6 +18,7 @@ from kagglecv.core.competition import COMPETITIONS_DIR
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import disk_error
+from kagglecv.core.names import check_name
 
 
 def _comp(slug: str | None):
@@ -94,8 +94,8 @@ def cmd_train(args) -> None:
 
     cfg = _config(args)  # config errors first: they are cheaper to fix than a missing dataset
     comp = _comp(args.comp)
-    if args.run and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.run):
-        raise UserError(f"RUN must be a plain name (letters, digits, - _ .), got {args.run!r}")
+    if args.run:
+        check_name(args.run, "RUN")
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     fold_ids = _fold_list(args.folds)
@@ -201,14 +201,14 @@ def cmd_kernel(args) -> None:
 def cmd_report(args) -> None:
     from pathlib import Path
 
+    from kagglecv.core.runs import find_run, run_at
     from kagglecv.report.page import write_report
 
     run = args.run or ""
     look = True if args.look else None
-    if run and (Path(run) / "summary.json").exists():  # a run folder's path: no competition needed
-        write_report(Path(run), look=look)
+    if "/" in run or os.sep in run:  # a run folder's path: no competition needed
+        write_report(run_at(Path(run)), look=look)
         return
-    from kagglecv.core.runs import find_run
 
     comp = _comp(args.comp)
     write_report(find_run(comp.slug, run or None), comp.data_dir, look=look)
@@ -356,8 +356,10 @@ COMMANDS = {
 
 
 def _check_first(args) -> None:
-    """What can fail before any heavy import: the checkout, and the recipe (a typo in it is found in
-    milliseconds, before torch loads)."""
+    """What can fail before any heavy import: the checkout, a COMP that is no plain name, and the
+    recipe (a typo in it is found in milliseconds, before torch loads)."""
+    if getattr(args, "comp", ""):
+        check_name(args.comp, "COMP (a competition slug)")
     run_folder = args.command == "report" and args.run and Path(args.run).is_dir()
     if args.command not in ("bench", "config") and not run_folder and not COMPETITIONS_DIR.is_dir():
         raise UserError(

@@ -24,7 +24,7 @@ from kagglecv.compete.records import SUBMISSIONS_DIR
 from kagglecv.core.files import atomic_write
 from kagglecv.core.locks import LOCK_NAME, is_locked
 from kagglecv.core.run_files import is_blend
-from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds, n_folds_of
+from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds, n_folds_of, run_folders
 
 COLUMNS = [
     "run", "model", "img_size", "epochs", "folds", "cv_mean", "cv_std", "oof_score",
@@ -110,11 +110,8 @@ def runs_frame(slug: str, higher_is_better: bool, n_folds: int | None = None) ->
     from kagglecv.compete.lb import read_ledger
 
     records, ledger = submission_records(slug), read_ledger(slug)
-    dirs = (
-        [p for p in base.iterdir() if p.is_dir() and ((p / "config.yaml").exists() or (p / SUMMARY).exists())]
-        if base.exists()
-        else []
-    )
+    # a folder whose name breaks the name rule is skipped with a line (core/runs.run_folders)
+    dirs = run_folders(base, "config.yaml", SUMMARY)
     frame = pd.DataFrame([run_row(p, records, n_folds, ledger) for p in dirs], columns=COLUMNS)
     if frame.empty:
         return frame

@@ -275,7 +275,7 @@ def blend_test_probs(
     spec = read_blend(blend_dir)
     member_probs, member_tta = [], {}
     for name in spec["members"]:
-        member = member_dir(blend_dir, name)
+        member = member_dir(blend_dir, name)  # its name checked by the name rule there
         fold_ids = check_run(member, read_summary(member))
         probs, classes, pred = run_test_probs(comp, info, member, fold_ids, paths, tta)
         if classes != spec["classes"]:

@@ -241,8 +241,9 @@ def upload(
     *,
     again: bool = False,
 ) -> dict | None:
-    """Upload `file` to the competition; None where Kaggle only takes notebook submissions, or where
-    the same bytes went there before and the user would not send them again (`again`: send anyway)."""
+    """Upload `file` to the competition (the settled log row); None where the same bytes went there
+    before and the user would not send them again (`again`: send anyway). Where Kaggle takes
+    submissions only from notebooks nothing can be sent: an error that says how (`make kernel PUSH=1`)."""
     if comp.source_kind != "kaggle":
         raise UserError(
             f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}); {file} is written, "
@@ -250,11 +251,16 @@ def upload(
         )
     slug = comp.source.get("competition", comp.slug)
     if not comp.submission.upload:
-        console.print(
-            f"[yellow]{slug} takes submissions only from Kaggle notebooks[/]: {file} is written and checked; "
-            f"submit it as the output of a notebook at {competition_url(slug)}/code"
+        how = (
+            f"`make kernel PUSH=1 RUN={run}` runs it as a notebook on Kaggle, "
+            f"then `make submit KERNEL=1 RUN={run}` submits it"
+            if comp.submission.code_competition
+            else f"submit it as the output of a notebook at {competition_url(slug)}/code"
         )
-        return None
+        raise UserError(
+            f"{slug} takes submissions only from Kaggle notebooks: nothing was uploaded "
+            f"({file} is written and checked); {how}"
+        )
     api = connect()
     with _one_upload_at_a_time():
         for row in settle_pending(api, slug):

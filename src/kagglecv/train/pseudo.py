@@ -23,6 +23,7 @@ from rich.table import Table
 
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.core.names import check_name
 from kagglecv.core.runs import RUNS_DIR
 
 PSEUDO_FOLD = -1  # the fold id of pseudo-labelled rows: in no validation split
@@ -32,7 +33,7 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
     """(N x C test probabilities, test image paths relative to data/<comp>/, classes) of a run or blend."""
     from kagglecv.core.run_files import blend_probabilities, is_blend, read_blend, read_test_cache
 
-    run_dir = RUNS_DIR / slug / source
+    run_dir = RUNS_DIR / slug / check_name(source, "pseudo= (a run or blend id)")
     if not run_dir.is_dir():
         raise UserError(
             f"pseudo={source}: no run or blend '{source}' in {RUNS_DIR / slug}/ (`make runs` lists them)"
@@ -40,7 +41,7 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
     members = read_blend(run_dir)["members"] if is_blend(run_dir) else [source]
     caches = []
     for name in members:
-        if not (RUNS_DIR / slug / name).is_dir():  # a blend's member deleted since the blend
+        if not (RUNS_DIR / slug / check_name(name, f"{run_dir}: a blend member")).is_dir():  # deleted since
             raise UserError(
                 f"pseudo={source}: blend member run {name} is gone from {RUNS_DIR / slug}/; retrain it "
                 f"under that name, or blend again without it (`make blend RUNS=...`) and use that blend"

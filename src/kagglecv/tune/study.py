@@ -199,8 +199,8 @@ def study_name(slug: str, config: str, overrides: list[str]) -> str:
     fixed = renamed_keys(parse_overrides(overrides), "override")
     if not fixed:
         return name
-    args = ",".join(f"{k}={v}" for k, v in sorted(fixed.items()))
-    tag = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", args)
+    args = "+".join(f"{k}={v}" for k, v in sorted(fixed.items()))
+    tag = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", args)
     return f"{name}-{tag if len(tag) <= 48 else hashlib.sha256(args.encode()).hexdigest()[:12]}"
 
 
