@@ -32,7 +32,10 @@ def _lock_kinds(tmp_path):
     run = tmp_path / "runs" / "c" / "r1"
     return {
         "data": (tmp_path / "data" / ".c.lock", lambda: locks.data_lock(tmp_path / "data" / "c", True, "x")),
-        "data shared": (tmp_path / "data" / ".c.lock", lambda: locks.data_lock(tmp_path / "data" / "c", False, "x")),
+        "data shared": (
+            tmp_path / "data" / ".c.lock",
+            lambda: locks.data_lock(tmp_path / "data" / "c", False, "x"),
+        ),
         "run": (run / locks.LOCK_NAME, lambda: locks.run_lock(run, "x")),
         "run share": (run / locks.LOCK_NAME, lambda: locks.run_share(run, "x")),
         "fold": (run / "fold0.lock", lambda: locks.claim(run / "fold0.lock", "x")),
