@@ -3,9 +3,9 @@
 Kaggle serves a competition as one zip, and inside it often more archives: dogs-vs-cats ships
 train.zip, CIFAR-10 ships train.7z, others .tar.gz. Every archive is checked before anything is
 written: no absolute or `..` paths, no links, no name twice, enough free disk, and caps that keep a
-zip bomb out (nesting depth, member count, unpacked size and its ratio to the archive's size and to the download's, all
-archives of one download together). Then it is unpacked, and the archives found inside are
-unpacked in place too.
+zip bomb out (nesting depth, member count, unpacked size, and its ratio to the archive's size and
+to the download's: all archives of one download together, so nesting cannot multiply past a cap).
+Then it is unpacked, and the archives found inside are unpacked in place too.
 """
 
 from __future__ import annotations
