@@ -7,8 +7,8 @@ import os
 import stat
 
 import pytest
-from helpers.cli import cli_text
 
+from helpers.cli import cli_text
 from kagglecv.cli import main
 from kagglecv.core import locks
 from kagglecv.core.errors import UserError
