@@ -1,7 +1,7 @@
 """`make tune`: an Optuna study over the recipe's `tune:` block, each trial a short real training.
 
     kagglecv tune -c digits-demo --config configs/tune-demo.yaml --budget 10m
-    kagglecv tune --trials 40 --storage postgresql://host/db   # the same on every machine: one study
+    KAGGLECV_STORAGE=postgresql://user:pw@host/db kagglecv tune --trials 40   # every machine: one study
 
 The search space is the recipe's `tune:` block, one line per recipe key (or `lr_mult`):
 
@@ -20,7 +20,8 @@ runs/<comp>/tune/lr/. A trial trains the first `tune_folds` folds through train.
 claimed, resume state, everything real) into runs/<comp>/tune/<study>/trial-<n>/, reports every
 epoch's validation score to Optuna and is stopped by its MedianPruner when it falls behind the
 median of earlier trials at the same epoch. The study lives in runs/<comp>/tune.db (SQLite) or
---storage (any database URL Optuna takes: several machines then work on one study). Ctrl-C keeps
+--storage / $KAGGLECV_STORAGE (any database URL Optuna takes: several machines then work on one
+study; the variable keeps a password out of `ps`, and a printed URL shows it as ***). Ctrl-C keeps
 the finished trials; rerunning continues the study. The best trial becomes configs/tuned-<comp>.yaml
 (the whole recipe, ready for `make train CONFIG=...`) and runs/<comp>/tune.html shows the study.
 """
@@ -30,12 +31,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import re
 import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from kagglecv.core.config import (
     TrainConfig,
@@ -48,6 +52,7 @@ from kagglecv.core.config import (
 )
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.tune.storage import STORAGE_ENV, masked_url, storage_errors
 
 # the search space when the recipe has no tune: block
 DEFAULT_SPACE = {"lr_mult": [0.3, 3.0], "label_smoothing": [0.0, 0.2], "mixup": [0.0, 0.4]}
@@ -276,12 +281,12 @@ def run_tune(
     root = RUNS_DIR / comp.slug
     root.mkdir(parents=True, exist_ok=True)
     name = f"{comp.slug}-{Path(config).stem if config else 'default'}"
-    storage = storage or f"sqlite:///{root / 'tune.db'}"
+    storage = storage or os.environ.get(STORAGE_ENV, "") or f"sqlite:///{root / 'tune.db'}"
     study = _open_study(comp, name, storage, settings, root)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     before = len(study.get_trials(states=done))
     console.print(
-        f"[bold]tune[/] study {name} ({storage}): {before} trials so far · "
+        f"[bold]tune[/] study {name} ({escape(masked_url(storage))}): {before} trials so far · "
         + " · ".join(p.name + " " + p.describe() for p in params)
         + f" · {settings.tune_folds} fold(s) per trial"
         + (f" · until {trials} trials" if trials else "")
@@ -317,7 +322,7 @@ def _open_study(comp, name: str, storage: str, settings, root: Path):
     optuna.logging.enable_propagation()
     # two processes that create one new SQLite study at once race on optuna's schema table
     # (IntegrityError on alembic_version): the first creates it, the others then load it
-    with waiting(root / ".tune.lock"):
+    with waiting(root / ".tune.lock"), storage_errors(storage):
         return optuna.create_study(
             study_name=name,
             storage=storage,
