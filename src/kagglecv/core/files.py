@@ -23,7 +23,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     cannot redirect the write; it keeps the suffix, so writers that pick a format by it still do,
     and gets the permissions a plain new file would (mkstemp alone would make it private)."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=f".tmp{path.suffix}")
-    tmp = Path(name)
+    tmp = path.parent / Path(name).name  # spelled as `path` is (mkstemp makes it absolute)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         os.close(fd)
