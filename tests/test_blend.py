@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,8 @@ def _probs(y: np.ndarray, skill: float, seed: int) -> np.ndarray:
     return skill * onehot + (1 - skill) * noise
 
 
-def _write_run(root, name: str, y, folds, probs, metric="log_loss", finished=True, images=None):
-    run = root / "runs" / "toy" / name
+def _write_run(root, name: str, y, folds, probs, metric="log_loss", finished=True, images=None, slug="toy"):
+    run = root / "runs" / slug / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("model: x\n")
     images = images if images is not None else [f"train/{CLASSES[c]}/{i:04d}.png" for i, c in enumerate(y)]
@@ -124,6 +125,7 @@ def test_default_members_are_the_finished_runs_on_the_same_folds(tmp_path, monke
         ("single", "at least two"),
         ("no_oof", "oof.csv is missing"),
         ("unknown", "no run 'nope'"),
+        ("blend", 'blend-.* is a blend, .*RUNS="r1 r2'),
     ],
 )
 def test_blend_refuses_in_one_line(tmp_path, monkeypatch, case, expected):
@@ -141,6 +143,9 @@ def test_blend_refuses_in_one_line(tmp_path, monkeypatch, case, expected):
         (_write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2)) / "oof.csv").unlink()
     elif case == "unknown":
         names = ["r1", "nope"]
+    elif case == "blend":  # a blend of blends: its test predictions could never be made
+        _write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2))
+        names = [blend("toy", ["r1", "r2"]).name, "r1"]
     with pytest.raises(UserError, match=expected) as e:
         blend("toy", names)
     assert "\n" not in str(e.value)
@@ -153,3 +158,70 @@ def test_roc_auc_blends_rank_averages():
     b = a**3  # same order, other calibration: its ranks equal a's
     fit = fit_blend("roc_auc", yb, folds, [a, b])
     assert score("roc_auc", yb, fit["oof"]) == pytest.approx(score("roc_auc", yb, a), abs=0.02)
+
+
+@pytest.mark.parametrize("case", ["gone", "blend"])
+def test_submitting_a_blend_whose_member_cannot_be_predicted_gives_advice_that_works(digits, case, capsys):
+    """A member deleted since the blend (or a blend as member, made before those were refused): the
+    advice is to retrain it or blend again, never to submit what is not there."""
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    runs = digits / "runs" / "digits-demo"
+    blend_dir = runs / "blend-x"
+    blend_dir.mkdir(parents=True)
+    name = "r9" if case == "gone" else "blend-y"
+    spec = {"members": [name, "r8"], "weights": [0.5, 0.5], "metric": "accuracy", "classes": CLASSES}
+    (blend_dir / "blend.json").write_text(json.dumps(spec))
+    (blend_dir / "config.yaml").write_text(json.dumps({"blend": spec["members"]}))
+    summary = {"kind": "blend", "metric": "accuracy", "cv_mean": 0.5, "folds": 2, "fold_ids": [0, 1]}
+    (blend_dir / "summary.json").write_text(json.dumps(summary))
+    if case == "blend":
+        shutil.copytree(blend_dir, runs / name)
+    assert main(["submit", "-c", "digits-demo", "-r", "blend-x"]) == 2
+    said = cli_text(capsys)
+    assert name in said and "make blend RUNS=" in said and "make submit" not in said
+    assert ("retrain it" in said) == (case == "gone")
+
+
+def test_report_on_a_blend_speaks_of_its_members_never_retraining_it(tmp_path, monkeypatch, capsys):
+    """A blend has no fold models and no epochs: the report says what it is made of, and its look
+    inside section points at a member instead of asking to retrain the blend."""
+    from helpers.cli import cli_text
+    from helpers.runs import write_synthetic_run
+    from kagglecv.report.page import write_report
+
+    monkeypatch.chdir(tmp_path)
+    for i in (1, 2):
+        write_synthetic_run(tmp_path / "runs" / "dogs" / f"r{i}", 4, per_class=10, seed=i)
+    out = blend("dogs", ["r1", "r2"])
+    page = write_report(out, look=None).read_text()
+    said = cli_text(capsys)
+    assert "retrain" not in said + page and "None" not in said
+    assert f"{out.name} is a blend of r1, r2" in said and "RUN=<member> LOOK=1" in said
+    assert "blend of r1" in page and " px" not in page
+    with pytest.raises(UserError, match="is a blend of r1, r2") as e:
+        write_report(out, look=True)
+    assert "retrain" not in str(e.value)
+
+
+def test_runs_table_shows_whole_sizes_and_epochs_and_a_dash_for_a_blend(workdir, capsys):
+    """A blend has no image size or epochs of its own: its empty cells must not turn the columns into
+    floats (32.0000 in the table, 32.0 in runs.csv, a blank epoch column)."""
+    from kagglecv.cli import main
+
+    y, folds = _truth()
+    for i, name in enumerate(("r1", "r2"), start=1):
+        run = _write_run(workdir, name, y, folds, _probs(y, 0.5 - i / 10, i), "accuracy", slug="digits-demo")
+        (run / "config.yaml").write_text("model: resnet18\nimg_size: 32\nepochs: 3\nfreeze_epochs: 1\n")
+    made = blend("digits-demo", ["r1", "r2"])
+    capsys.readouterr()
+    assert main(["runs", "-c", "digits-demo"]) == 0
+    said = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[3:5]]
+            for line in said.splitlines() if line.count("│") > 5}  # fmt: skip
+    assert rows["r1"] == ["32", "4"] and rows["r2"] == ["32", "4"]
+    assert rows[made.name] == ["-", "-"] and "32.0" not in said
+    csv = (workdir / "runs" / "digits-demo" / "runs.csv").read_text()
+    assert ",32,4," in csv and "32.0" not in csv
+    assert "32.0" not in (workdir / "runs" / "digits-demo" / "runs.html").read_text()

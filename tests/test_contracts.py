@@ -157,7 +157,7 @@ def test_a_missing_optional_kernel_key_gets_its_default_and_a_missing_run_is_dam
 def test_a_fresh_kernel_spec_equals_the_previous_releases_for_the_same_run(digits_small):
     """kernel_spec on the run the old kernel.json was made from, over freshly prepared data: the same
     record, and its JSON reads back equal."""
-    from kagglecv.ship.kernel import kernel_spec
+    from kagglecv.ship.kernel_dataset import kernel_spec
 
     run_dir = digits_small / "runs" / "digits-small" / "old-run"
     shutil.copytree(BEFORE / "old-run", run_dir)

@@ -4,6 +4,7 @@ source accepts, unreadable files listed, and one line for a path or a run that i
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,6 +157,111 @@ def test_table_escapes_class_names_and_caps_top_k(capsys):
     show_answers(df, 5)
     text = capsys.readouterr().out
     assert "[red]stop[/red]" in text and "a[b].jpg" in text and "bad.jpg: cannot decode" in text
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims width x height pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 99))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _exported(comp, run, folder: Path) -> Path:
+    """What `make export` writes for predict.py to read (weights, model.json, the script), without
+    the ONNX graph and its parity check, which are not what this compares."""
+    import json
+    from importlib import resources
+
+    from kagglecv.ship.export import model_spec, write_weights
+
+    folder.mkdir()
+    ens = load_ensemble(comp, run)
+    weights = write_weights(ens, folder)
+    (folder / "model.json").write_text(json.dumps(model_spec(comp, ens, weights)))
+    template = resources.files("kagglecv.ship") / "templates" / "export_predict.py"
+    (folder / "predict.py").write_text(template.read_text())
+    return folder
+
+
+@pytest.mark.slow  # ~11 s: two runs of the script, each importing torch and timm
+def test_the_exported_script_and_kagglecv_predict_answer_the_same_inputs_alike(run, digits, monkeypatch):
+    """The same inputs (folders, a GIF, an image over the pixel cap, hidden, empty and vanished files,
+    a file named twice) through `kagglecv predict` and the exported predict.py: the same rows in the
+    same order, the same reasons for the unreadable ones, the same answers; an empty folder is the
+    same one-line error in both."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    comp = load_competition("digits-demo")
+    out = _exported(comp, run, digits / "export")
+    monkeypatch.chdir(digits)
+    test = sorted(Path("data/digits-demo/test").glob("*.png"))[:4]
+    (Path("inputs") / "sub").mkdir(parents=True)
+    for i, p in enumerate(test):
+        shutil.copy(p, Path("inputs") / ("sub" if i == 3 else "") / p.name)
+    Image.open(test[0]).convert("RGB").save("inputs/anim.gif")  # not an extension either takes
+    Path("inputs/huge.png").write_bytes(
+        _png_claiming(11_000, 10_000)
+    )  # over MAX_PIXELS, under Pillow's own cap
+    Path("inputs/.hidden.png").write_bytes(test[0].read_bytes())  # hidden: neither reads it
+    Path("inputs/empty.png").write_bytes(b"")
+    Path("inputs/gone.png").symlink_to("nowhere.png")
+    Path("empty").mkdir()
+    inputs = ["inputs", "inputs/anim.gif", f"inputs/{test[0].name}", "inputs/s*/*.png"]
+
+    ours = predict_images(comp, run, inputs, top_k=1, out=Path("ours.csv"))
+    script = [sys.executable, str(out / "predict.py"), "--device", "cpu"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([*script, *inputs, "--out", "theirs.csv"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = pd.read_csv("theirs.csv", dtype=str, keep_default_na=False)
+    assert theirs["image"].tolist() == ours["image"].tolist()
+    assert len(ours) == 8 and "inputs/.hidden.png" not in ours["image"].tolist()
+    assert theirs["error"].tolist() == ours["error"].tolist()
+    errors = dict(zip(ours["image"], ours["error"], strict=True))
+    assert errors["inputs/anim.gif"] == "extension .gif is not an image's"
+    assert errors["inputs/huge.png"] == "cannot decode (11000x10000 pixels)"
+    assert errors["inputs/empty.png"] == "empty file" and errors["inputs/gone.png"]
+    read = ours["error"] == ""
+    assert read.sum() == 4 and theirs.loc[read, "class"].tolist() == ours.loc[read, "class"].tolist()
+    np.testing.assert_allclose(
+        theirs.loc[read, "prob"].astype(float), ours.loc[read, "prob"], atol=1e-5, rtol=0
+    )
+
+    with pytest.raises(UserError) as e:
+        predict_images(comp, run, ["empty"])
+    done = subprocess.run([*script, "empty"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {e.value}"
+
+
+def test_the_exported_script_keeps_kagglecvs_extensions_and_pixel_cap():
+    """predict.py must run without kagglecv, so it holds copies of the two values that decide which
+    files are read: they must stay equal to kagglecv's own."""
+    import ast
+    from importlib import resources
+
+    from kagglecv import MAX_PIXELS
+    from kagglecv.core.images import IMAGE_EXTS
+
+    text = (resources.files("kagglecv.ship") / "templates" / "export_predict.py").read_text()
+    values = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse(text).body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("IMAGE_EXTS", "MAX_PIXELS")
+    }
+    assert values == {"IMAGE_EXTS": IMAGE_EXTS, "MAX_PIXELS": MAX_PIXELS}
 
 
 @pytest.mark.parametrize("target", ["the input", "oof.csv", "new file in the run", "a user's csv", "a link"])

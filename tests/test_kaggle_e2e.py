@@ -45,15 +45,17 @@ def test_data_train_submit_upload(fake, workdir, slug, capsys):
         capsys
     )
     capsys.readouterr()
-    assert main(["submit", "--upload", "--message", "first try"]) == 0, cli_text(capsys)
+    code = main(["submit", "--upload", "--message", "first try"])
     text = cli_text(capsys)
+    assert code == (2 if slug == "aerial-cactus-identification" else 0), text
     (run_dir,) = (workdir / "runs" / slug).iterdir()
     written = workdir / "submissions" / f"{slug}-{run_dir.name}.csv"
     sample = pd.read_csv(workdir / "data" / slug / "sample_submission.csv")
     columns, check = FORMATS[slug]
 
-    if slug == "aerial-cactus-identification":  # Kaggle takes it only from notebooks
+    if slug == "aerial-cactus-identification":  # Kaggle takes it only from notebooks: an error, not 0
         assert fake.submissions == [] and "takes submissions only from Kaggle notebooks" in text
+        assert f"make kernel PUSH=1 RUN={run_dir.name}" in text and "nothing was uploaded" in text
         received = written.read_bytes()
     else:
         (sub,) = fake.submissions
@@ -102,7 +104,7 @@ def test_lost_answer_is_not_submitted_twice(fake, checked_file, capsys):
     upload_mod.upload(comp, file, "run1", 0.9, "first")  # an earlier, unrelated submission
     fake.lost_answers[comp.slug] = 1
     capsys.readouterr()
-    upload_mod.upload(comp, file, "run1", 0.9, "second")
+    upload_mod.upload(comp, file, "run1", 0.9, "second", again=True)  # the same bytes, on purpose
     text = cli_text(capsys)
     assert "retrying" in text and "the last attempt did arrive; not submitting again" in text
     assert [s["description"].split(" (")[0] for s in fake.submissions] == ["first", "second"]
@@ -256,3 +258,56 @@ def test_two_uploads_at_once_the_second_waits_its_turn(fake, checked_file):
         with pytest.raises(UserError, match="another upload is running .*the first upload"):
             upload_mod.upload(comp, file, "run1", 0.9, None)
     assert fake.submissions == [] and read_log() == []
+
+
+# --- the same bytes again -----------------------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    """stdin as a person at a terminal answers."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_identical_file_is_not_uploaded_twice_without_a_yes(fake, checked_file, monkeypatch, capsys):
+    """UPLOAD=1 run twice on the same file (or its bytes under another name): a second submission of
+    the day spent on nothing. Refused in one line where nobody can answer, asked on a terminal."""
+    comp, file = checked_file
+    upload_mod.upload(comp, file, "run1", 0.9, None)
+    twin = file.with_name("digit-recognizer-run2.csv")
+    twin.write_bytes(file.read_bytes())
+    capsys.readouterr()
+    for same in (file, twin):
+        with pytest.raises(UserError) as e:
+            upload_mod.upload(comp, same, "run1", 0.9, None)
+        said = str(e.value)
+        assert "already took from you (ref 1" in said and "AGAIN=1" in said and "\n" not in said
+    assert len(fake.submissions) == 1
+    monkeypatch.setattr("sys.stdin", _Terminal("\n"))  # Enter: the default is no
+    assert upload_mod.upload(comp, twin, "run1", 0.9, None) is None
+    assert "not sent" in cli_text(capsys) and len(fake.submissions) == 1
+    monkeypatch.setattr("sys.stdin", _Terminal("y\n"))
+    assert upload_mod.upload(comp, twin, "run1", 0.9, None)["ref"] == "2"
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert upload_mod.upload(comp, file, "run1", 0.9, None, again=True)["ref"] == "3"
+    file.write_text("ImageId,Label\n1,7\n")  # other bytes: sent without a question
+    assert upload_mod.upload(comp, file, "run1", 0.9, None)["ref"] == "4"
+    assert len(fake.submissions) == 4
+
+
+def test_an_upload_logged_before_the_log_kept_hashes_is_found_through_the_record(fake, checked_file):
+    """log.csv rows written by an older kagglecv have no sha256; the submission record beside the
+    file lists its uploads while its bytes are unchanged."""
+    comp, file = checked_file
+    row = upload_mod.upload(comp, file, "run1", 0.9, None)
+    rows = read_log()
+    for r in rows:
+        r["sha256"] = ""
+    upload_mod._write_log(rows, "test")
+    sha = upload_mod._sha256(file)
+    record = {"file": str(file), "sha256": sha, "uploads": [{**row, "ref": int(row["ref"])}]}
+    file.with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="already took from you"):
+        upload_mod.upload(comp, file, "run1", 0.9, None)
+    assert len(fake.submissions) == 1

@@ -282,6 +282,6 @@ def test_compare_submissions(tmp_path):
 
 
 def test_slugs_fit_kaggle():
-    long = kernel_mod.short_slug("kagglecv histopathologic-cancer-detection 20261201-145808-convnext_tiny")
+    long = kernel_folder.short_slug("kagglecv histopathologic-cancer-detection 20261201-145808-convnext_tiny")
     assert 6 <= len(long) <= 50 and long == long.lower() and "_" not in long
-    assert kernel_mod.short_slug("x") == "x00000"
+    assert kernel_folder.short_slug("x") == "x00000"

@@ -20,7 +20,7 @@ def three_uploads(fake, workdir):
     (workdir / "submissions").mkdir()
     for i, cv in enumerate((0.91, 0.95, 0.93), start=1):
         file = workdir / "submissions" / f"digit-recognizer-run{i}.csv"
-        file.write_text("ImageId,Label\n1,0\n")
+        file.write_text(f"ImageId,Label\n1,{i}\n")  # three different files: none is a resend
         upload_mod.upload(comp, file, f"run{i}", cv, None)
     return comp
 
@@ -34,6 +34,19 @@ def test_lb_matches_public_scores_by_ref_and_names_the_two_finals(fake, three_up
     assert dict(zip(ledger["ref"], ledger["run"], strict=True)) == {1: "run1", 2: "run2", 3: "run3"}
     assert "Spearman 1.000" in text  # CV and public LB rank the three alike
     assert "ref 2 (run2), ref 3 (run3)" in text  # the two best CV, best first
+
+
+def test_lb_shows_each_status_as_a_word_not_the_clients_enum(fake, three_uploads, workdir, capsys):
+    fake.public_scores = {1: "0.90100"}
+    assert main(["lb", "-c", "digit-recognizer"]) == 0
+    text = cli_text(capsys)
+    ledger = pd.read_csv(workdir / "runs" / "digit-recognizer" / "ledger.csv")
+    assert dict(zip(ledger["ref"], ledger["status"], strict=True)) == {
+        1: "complete",
+        2: "pending",
+        3: "pending",
+    }
+    assert "SubmissionStatus" not in text and "complete" in text and "pending" in text
 
 
 def test_lb_keeps_unscored_submissions_and_later_fills_them(fake, three_uploads, workdir, capsys):

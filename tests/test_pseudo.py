@@ -68,3 +68,51 @@ def test_the_report_says_what_pseudo_labels_a_run_used(finished_run):
     )
     page = write_report(finished_run).read_text()
     assert "pseudo-labels: 3 of 360 test images predicted by r0" in page and "1 2, 7 1" in page
+
+
+def _blend_with_cached_test(root, probs_a, probs_b, metric="roc_auc"):
+    """runs/toy/{a,b}/ with cached test predictions and runs/toy/blend-x/ weighting them equally."""
+    from kagglecv.core.run_files import write_test_cache
+
+    images = [f"test/{i}.png" for i in range(len(probs_a))]
+    for name, probs in (("a", probs_a), ("b", probs_b)):
+        (root / "runs" / "toy" / name).mkdir(parents=True)
+        write_test_cache(root / "runs" / "toy" / name, probs, {"images": images, "classes": ["0", "1"]})
+    blend_dir = root / "runs" / "toy" / "blend-x"
+    blend_dir.mkdir()
+    spec = {"members": ["a", "b"], "weights": [0.5, 0.5], "metric": metric, "classes": ["0", "1"]}
+    (blend_dir / "blend.json").write_text(json.dumps(spec))
+    return blend_dir
+
+
+def test_pseudo_labels_of_a_rank_blend_come_from_probabilities_not_ranks(tmp_path, monkeypatch):
+    """ROC AUC blends average ranks; ranks put the top image of every class at 1 whatever the models
+    thought. Pseudo-labels must see the members' probabilities: none here reaches 0.9."""
+    from types import SimpleNamespace
+
+    from kagglecv.train.pseudo import pseudo_rows, source_probs
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    unsure = [np.stack([1 - p, p], 1) for p in (rng.uniform(0.4, 0.6, 40), rng.uniform(0.4, 0.6, 40))]
+    _blend_with_cached_test(tmp_path, *unsure)
+    probs, images, classes = source_probs("toy", "blend-x")
+    np.testing.assert_allclose(probs, (unsure[0] + unsure[1]) / 2)
+    comp = SimpleNamespace(slug="toy", data_dir=tmp_path / "data" / "toy")
+    assert pseudo_rows(comp, "blend-x", 0.9, ["0", "1"]).empty
+
+
+def test_a_blend_member_that_is_gone_is_named_with_advice_that_works(tmp_path, monkeypatch):
+    from kagglecv.core.errors import UserError
+    from kagglecv.train.pseudo import source_probs
+
+    monkeypatch.chdir(tmp_path)
+    sure = np.array([[0.99, 0.01], [0.02, 0.98]])
+    _blend_with_cached_test(tmp_path, sure, sure)
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "toy" / "b")
+    with pytest.raises(UserError) as e:
+        source_probs("toy", "blend-x")
+    said = str(e.value)
+    assert "member run b is gone" in said and "make submit" not in said and "\n" not in said

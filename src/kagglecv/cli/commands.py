@@ -11,7 +11,6 @@ kagglecv demo                      # all three on the built-in digits, offline
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from kagglecv.cli.parser import parse
@@ -19,6 +18,7 @@ from kagglecv.core.competition import COMPETITIONS_DIR
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import disk_error
+from kagglecv.core.names import check_name
 
 
 def _comp(slug: str | None):
@@ -94,8 +94,8 @@ def cmd_train(args) -> None:
 
     cfg = _config(args)  # config errors first: they are cheaper to fix than a missing dataset
     comp = _comp(args.comp)
-    if args.run and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.run):
-        raise UserError(f"RUN must be a plain name (letters, digits, - _ .), got {args.run!r}")
+    if args.run:
+        check_name(args.run, "RUN")
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     fold_ids = _fold_list(args.folds)
@@ -146,8 +146,8 @@ def _print_cv(run_dir) -> None:
 def cmd_tune(args) -> None:
     from kagglecv.tune.study import parse_budget, run_tune
 
-    if args.trials and not args.trials.isdigit():
-        raise UserError(f"TRIALS must be a whole number, got {args.trials!r}")
+    if args.trials and not (args.trials.isdigit() and int(args.trials) > 0):
+        raise UserError(f"TRIALS must be a whole number, got {args.trials!r} (1 or more; empty for no limit)")
     run_tune(
         _comp(args.comp),
         args.config,
@@ -182,7 +182,14 @@ def cmd_submit(args) -> None:
 
         submit_kernel(_comp(args.comp), args.run or None, args.message or None)
         return
-    submit(_comp(args.comp), args.run or None, upload=args.upload, message=args.message or None, tta=args.tta)
+    submit(
+        _comp(args.comp),
+        args.run or None,
+        upload=args.upload,
+        message=args.message or None,
+        tta=args.tta,
+        again=args.again,
+    )
 
 
 def cmd_kernel(args) -> None:
@@ -194,14 +201,14 @@ def cmd_kernel(args) -> None:
 def cmd_report(args) -> None:
     from pathlib import Path
 
+    from kagglecv.core.runs import find_run, run_at
     from kagglecv.report.page import write_report
 
     run = args.run or ""
     look = True if args.look else None
-    if run and (Path(run) / "summary.json").exists():  # a run folder's path: no competition needed
-        write_report(Path(run), look=look)
+    if "/" in run or os.sep in run:  # a run folder's path: no competition needed
+        write_report(run_at(Path(run)), look=look)
         return
-    from kagglecv.core.runs import find_run
 
     comp = _comp(args.comp)
     write_report(find_run(comp.slug, run or None), comp.data_dir, look=look)
@@ -307,13 +314,15 @@ def cmd_lb(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    from kagglecv.cli.make_words import img_paths
     from kagglecv.core.runs import find_run
     from kagglecv.predict.new_images import expand_inputs, predict_images
 
+    images = [*args.images, *img_paths(args.img)]
     comp = _comp(args.comp)
-    expand_inputs(args.images)  # a path that is not there is named first, before any run is looked for
+    expand_inputs(images)  # a path that is not there is named first, before any run is looked for
     out = Path(args.out) if args.out else None
-    predict_images(comp, find_run(comp.slug, args.run or None), args.images, top_k=args.top_k, out=out)
+    predict_images(comp, find_run(comp.slug, args.run or None), images, top_k=args.top_k, out=out)
 
 
 def cmd_export(args) -> None:
@@ -347,8 +356,10 @@ COMMANDS = {
 
 
 def _check_first(args) -> None:
-    """What can fail before any heavy import: the checkout, and the recipe (a typo in it is found in
-    milliseconds, before torch loads)."""
+    """What can fail before any heavy import: the checkout, a COMP that is no plain name, and the
+    recipe (a typo in it is found in milliseconds, before torch loads)."""
+    if getattr(args, "comp", ""):
+        check_name(args.comp, "COMP (a competition slug)")
     run_folder = args.command == "report" and args.run and Path(args.run).is_dir()
     if args.command not in ("bench", "config") and not run_folder and not COMPETITIONS_DIR.is_dir():
         raise UserError(
@@ -369,8 +380,9 @@ def _check_first(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     from rich.markup import escape
 
-    args = parse(argv)
+    args = None
     try:
+        args = parse(argv)  # UPLOAD=maybe is an error before anything runs
         _check_first(args)
         COMMANDS[args.command](args)
     except UserError as e:
@@ -383,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        advice = INTERRUPTED.get(args.command, "rerun the command")
+        advice = INTERRUPTED.get(getattr(args, "command", ""), "rerun the command")
         console.print(f"[yellow]interrupted[/]: nothing half-written is marked complete; {escape(advice)}")
         return 130
     return 0

@@ -9,6 +9,9 @@ command does.
 from __future__ import annotations
 
 import argparse
+import sys
+
+from kagglecv.cli.make_words import switch_words
 
 CONFIG_HELP = "recipe overrides, any key of the --config YAML, e.g. epochs=3 lr=auto model=resnet18"
 LR_FIND_HELP = "recipe overrides, e.g. model=resnet18 img_size=224 batch_size=32 lr_find_iters=200"
@@ -16,6 +19,13 @@ COMP_HELP = "competition slug (default: the one `make data` prepared last)"
 
 
 class Parser(argparse.ArgumentParser):
+    switches: set[str] = set()  # every on/off option of every command ("--upload"), as add_argument saw them
+
+    def add_argument(self, *names, **kwargs):
+        if kwargs.get("action") == "store_true":
+            Parser.switches.update(n for n in names if n.startswith("--"))
+        return super().add_argument(*names, **kwargs)
+
     def error(self, message: str):
         if "unrecognized arguments: --" in message:
             message += " (recipe settings are key=value words, e.g. epochs=3, not --epochs 3)"
@@ -155,6 +165,12 @@ def _add_submit_report(sub) -> None:
         "--upload", action="store_true", help="also upload the file to Kaggle (logged in submissions/log.csv)"
     )
     s.add_argument(
+        "--again",
+        action="store_true",
+        help="upload even a file whose very bytes the competition already took (asked on a terminal, "
+        "refused elsewhere without this)",
+    )
+    s.add_argument(
         "-m", "--message", default="", help="words for the submission's description (run id and CV are added)"
     )
     s.add_argument(
@@ -280,7 +296,14 @@ def _add_predict_export(sub) -> None:
     _comp_option(s)
     _run_option(s)
     s.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="image files, folders (recursive) or quoted globs"
+        "images", nargs="*", metavar="IMAGE", help="image files, folders (recursive) or quoted globs"
+    )
+    s.add_argument(
+        "--img",
+        default="",
+        metavar="TEXT",
+        help="more of them in one word, as make passes IMG: one path (spaces and all) when it names one, "
+        "else paths separated by spaces, quoted as in the shell",
     )
     s.add_argument(
         "-k", "--top-k", type=_int_at_least(1), default=3, help="classes shown per image (default: 3)"
@@ -360,9 +383,10 @@ def _merge(p: Parser, args: argparse.Namespace, option: str, positional: str) ->
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The command line as one Namespace: `comp` and `run` whichever way they were spelled."""
+    """The command line as one Namespace: `comp` and `run` whichever way they were spelled. A switch
+    given a word that is neither on nor off is a UserError."""
     p = build_parser()
-    args = p.parse_args(argv)
+    args = p.parse_args(switch_words(sys.argv[1:] if argv is None else list(argv), Parser.switches))
     _merge(p, args, "comp", "comp_pos")
     _merge(p, args, "run", "run_pos")
     return args

@@ -34,8 +34,9 @@ import pandas as pd
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.metrics import HIGHER_IS_BETTER, score
-from kagglecv.core.run_files import BLEND_FILE, BLEND_PREFIX, combine, is_blend, member_inputs
-from kagglecv.core.runs import RUNS_DIR, SUMMARY, read_summary
+from kagglecv.core.names import check_name
+from kagglecv.core.run_files import BLEND_FILE, BLEND_PREFIX, combine, is_blend, member_inputs, read_blend
+from kagglecv.core.runs import RUNS_DIR, SUMMARY, read_summary, run_folders
 
 MAX_ROUNDS = 50  # greedy steps; more only refines weights in steps of 1/rounds
 PATIENCE = 5  # stop after this many steps without improvement
@@ -57,9 +58,15 @@ class Member:
 
 
 def _load_member(slug: str, name: str) -> Member:
-    run_dir = RUNS_DIR / slug / name
+    run_dir = RUNS_DIR / slug / check_name(name, f"each of RUNS (a run id in {RUNS_DIR / slug}/)")
     if not run_dir.is_dir():
         raise UserError(f"no run '{name}' for {slug} in {RUNS_DIR / slug}/ (`make runs` lists them)")
+    if is_blend(run_dir):  # its test predictions would need its own members' again: blend those
+        inner = " ".join(str(m) for m in read_blend(run_dir).get("members", []))
+        raise UserError(
+            f"{name} is a blend, and a blend's members must be training runs: name its runs instead "
+            f'(RUNS="{inner} ...")'
+        )
     if not (run_dir / SUMMARY).exists():
         raise UserError(
             f"run {name} did not finish (no {SUMMARY}): finish it (`make train RESUME=1 RUN={name}`) "
@@ -98,13 +105,29 @@ def _same_folds(members: list[Member]) -> None:
             )
 
 
+def member_dir(blend_dir: Path, name: str) -> Path:
+    """The run folder of a blend's member, or one line on why the blend cannot be predicted."""
+    member = blend_dir.parent / check_name(name, f"{blend_dir / BLEND_FILE}: a member")
+    if not member.is_dir():
+        raise UserError(
+            f"blend {blend_dir.name} needs run {name}, which is gone from {blend_dir.parent}/: retrain it "
+            "under that name, or blend again without it (`make blend RUNS=...`)"
+        )
+    if is_blend(member):  # made before `make blend` refused blends as members
+        raise UserError(
+            f"blend {blend_dir.name} has blend {name} as a member, which cannot be predicted: blend the "
+            "training runs themselves (`make blend RUNS=...`)"
+        )
+    return member
+
+
 def load_members(slug: str, names: list[str] | None) -> list[Member]:
     """The named runs, or by default every finished (non-blend) run with the same folds as the best."""
     base = RUNS_DIR / slug
     if names:
         members = [_load_member(slug, n) for n in dict.fromkeys(names)]
     else:
-        found = sorted(p.parent.name for p in base.glob(f"*/{SUMMARY}")) if base.exists() else []
+        found = [p.name for p in run_folders(base, SUMMARY)]  # a folder breaking the name rule: skipped
         members = [_load_member(slug, n) for n in found if not is_blend(base / n)]
     if len(members) < 2:
         have = ", ".join(m.name for m in members) or "none"

@@ -77,8 +77,18 @@ def _listed_scores(api, slug: str) -> dict[int, tuple[str, str]]:
     out = {}
     for s in listed:
         if s is not None and getattr(s, "ref", None):
-            out[int(s.ref)] = (str(getattr(s, "public_score", "") or ""), str(getattr(s, "status", "") or ""))
+            out[int(s.ref)] = (
+                str(getattr(s, "public_score", "") or ""),
+                status_word(getattr(s, "status", "")),
+            )
     return out
+
+
+def status_word(status) -> str:
+    """A submission's status as Kaggle's site words it (complete, pending, error): the client hands
+    an enum (SubmissionStatus.COMPLETE), an older ledger may hold its str()."""
+    text = getattr(status, "name", None) or str(status or "")
+    return "" if text in ("nan", "None") else text.rsplit(".", 1)[-1].lower()
 
 
 def _as_float(text) -> float | None:
@@ -152,7 +162,7 @@ def ledger_table(slug: str, ledger: pd.DataFrame, metric: str, finals: pd.DataFr
             escape(str(r["run"])) + mark,
             "" if pd.isna(r["cv_mean"]) else f"{r['cv_mean']:.4f}",
             "" if pd.isna(r["public_score"]) else f"{r['public_score']:.5f}",
-            escape(str(r["status"] or "")),
+            escape(status_word(r["status"])),
             escape(str(r["submitted"])),
         )
     return table

@@ -23,12 +23,14 @@ from rich.table import Table
 from kagglecv.compete.records import SUBMISSIONS_DIR
 from kagglecv.core.files import atomic_write
 from kagglecv.core.locks import LOCK_NAME, is_locked
-from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds
+from kagglecv.core.run_files import is_blend
+from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds, run_folders
 
 COLUMNS = [
     "run", "model", "img_size", "epochs", "folds", "cv_mean", "cv_std", "oof_score",
     "test_score", "public_lb", "seconds", "state", "pseudo",
 ]  # fmt: skip
+WHOLE = ("img_size", "epochs")  # whole numbers
 
 
 def submission_records(slug: str) -> list[dict]:
@@ -107,19 +109,25 @@ def runs_frame(slug: str, higher_is_better: bool, n_folds: int | None = None) ->
     from kagglecv.compete.lb import read_ledger
 
     records, ledger = submission_records(slug), read_ledger(slug)
-    dirs = (
-        [p for p in base.iterdir() if p.is_dir() and ((p / "config.yaml").exists() or (p / SUMMARY).exists())]
-        if base.exists()
-        else []
-    )
+    # a folder whose name breaks the name rule is skipped with a line (core/runs.run_folders)
+    dirs = run_folders(base, "config.yaml", SUMMARY)
     frame = pd.DataFrame([run_row(p, records, n_folds, ledger) for p in dirs], columns=COLUMNS)
     if frame.empty:
         return frame
+    for col in WHOLE:  # a blend's None would make the column float: 32.0 in runs.csv, 32.0000 shown
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
     key = frame["cv_mean"].astype(float)
     frame["_key"] = key if higher_is_better else -key
     return frame.sort_values(["_key", "run"], ascending=[False, True], na_position="last").drop(
         columns="_key"
     )
+
+
+def _whole(v, blend: bool) -> str:
+    """A size or epoch count: a whole number, blank where unknown, '-' for a blend (it has none)."""
+    if blend:
+        return "-"
+    return "" if v is None or pd.isna(v) else str(int(v))
 
 
 def _num(v, spec: str = ".4f") -> str:
@@ -141,11 +149,12 @@ def runs_table(slug: str, frame: pd.DataFrame, metric: str) -> Table:
         )
         name = escape(r["run"]) + (" [dim](pseudo)[/]" if r["pseudo"] else "")
         style = STATE_STYLE.get(r["state"], "")
+        blend = is_blend(RUNS_DIR / slug / r["run"])
         table.add_row(
             name,
             escape(str(r["model"] or "")),
-            _num(r["img_size"], "d") if isinstance(r["img_size"], int) else _num(r["img_size"]),
-            _num(r["epochs"], "d") if isinstance(r["epochs"], int) else "",
+            _whole(r["img_size"], blend),
+            _whole(r["epochs"], blend),
             r["folds"],
             cv,
             _num(r["oof_score"]),

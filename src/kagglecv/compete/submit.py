@@ -268,17 +268,14 @@ def blend_test_probs(
 ) -> tuple:
     """A blend's test probabilities: each member run predicted once (its cache serves every later
     submit), combined with the weights fitted on the OOF predictions."""
+    from kagglecv.compete.blend import member_dir
     from kagglecv.core.run_files import blend_test_probs as combine
     from kagglecv.core.run_files import read_blend
 
     spec = read_blend(blend_dir)
     member_probs, member_tta = [], {}
     for name in spec["members"]:
-        member = blend_dir.parent / name
-        if not member.is_dir():
-            raise UserError(
-                f"blend {blend_dir.name} needs run {name}, which is gone from {blend_dir.parent}/"
-            )
+        member = member_dir(blend_dir, name)  # its name checked by the name rule there
         fold_ids = check_run(member, read_summary(member))
         probs, classes, pred = run_test_probs(comp, info, member, fold_ids, paths, tta)
         if classes != spec["classes"]:
@@ -321,10 +318,12 @@ def submit(
     upload: bool = False,
     message: str | None = None,
     tta: str = "auto",
+    again: bool = False,
 ) -> dict:
     """Predict the test set with a run, write submissions/<comp>-<run>.csv and its record (.json
     beside it), score it where labels are known, upload it when asked. The run folder is only read
-    (and its prediction caches filled). `tta`: auto (chosen on OOF) or none. Returns the record."""
+    (and its prediction caches filled). `tta`: auto (chosen on OOF) or none; `again`: upload even
+    bytes Kaggle already took. Returns the record."""
     with data_lock(comp.data_dir, exclusive=False, what="make submit"):
         info = read_prepared(comp)
         run_dir = find_run(comp.slug, run)
@@ -360,7 +359,7 @@ def submit(
                 f"[bold]test {comp.metric}: {record['test_score']:.4f}[/]  "
                 f"(CV {summary['cv_mean']:.4f} ± {summary.get('cv_std', 0):.4f})"
             )
-    _upload(comp, record, upload, message)
+    _upload(comp, record, upload, message, again)
     return record
 
 
@@ -375,12 +374,12 @@ def local_score(comp: Competition, df: pd.DataFrame, classes: list[str], out: Pa
         raise UserError(f"{out} is written and checked, but cannot be scored: {e}") from None
 
 
-def _upload(comp: Competition, record: dict, upload: bool, message: str | None) -> None:
+def _upload(comp: Competition, record: dict, upload: bool, message: str | None, again: bool) -> None:
     """Send the file when asked (and record Kaggle's answer), else say how."""
     if upload:
         from kagglecv.compete.upload import upload as send
 
-        row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message)
+        row = send(comp, Path(record["file"]), record["run"], record["cv_mean"], message, again=again)
         if row is not None:
             record["uploads"].append({**row, "ref": int(row.get("ref") or 0)})  # the log keeps text
             write_record(record)

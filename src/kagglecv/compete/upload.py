@@ -8,20 +8,26 @@ file is sent (status `pending`, with a token that is also in the description) an
 Kaggle answers. So a process killed between Kaggle taking the file and the row being settled leaves
 a pending row, and the next upload looks for its token among Kaggle's latest submissions: found, the
 row is marked done and the same file is not sent twice (a day has only a few submissions).
+A file whose very bytes the competition already took (the log keeps each upload's sha256) is sent
+again only when the user says so: asked on a terminal, refused elsewhere unless --again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import secrets
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-from kagglecv.compete.records import SUBMISSIONS_DIR
+from rich.markup import escape
+
+from kagglecv.compete.records import SUBMISSIONS_DIR, earlier_uploads
 from kagglecv.core.competition import Competition
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
@@ -41,6 +47,7 @@ LOG_COLUMNS = [
     "ref",
     "status",
     "token",
+    "sha256",  # of the file sent: the same bytes sent again are asked about first
 ]
 PENDING, DONE, NOT_SENT = "pending", "done", "not sent"  # a row's status
 FAILED = "Could not submit to competition"  # what kaggle 2.x returns (instead of raising) when the PUT fails
@@ -53,7 +60,7 @@ def describe(comp: Competition, run: str, cv_mean: float, message: str | None, t
 
 
 def pending_row(
-    comp: Competition, slug: str, file: str, run: str, cv_mean: float, message: str | None
+    comp: Competition, slug: str, file: str, run: str, cv_mean: float, message: str | None, sha: str = ""
 ) -> dict:
     """submissions/log.csv's row for a submission about to be sent (a file upload, or a notebook
     version of a code competition): status pending, with a fresh token in its description, so a
@@ -70,6 +77,7 @@ def pending_row(
         "ref": 0,
         "status": PENDING,
         "token": token,
+        "sha256": sha,
     }
 
 
@@ -225,9 +233,17 @@ def _send(api, slug: str, file: Path, description: str, token: str):
 
 
 def upload(
-    comp: Competition, file: Path, run: str, cv_mean: float, message: str | None = None
+    comp: Competition,
+    file: Path,
+    run: str,
+    cv_mean: float,
+    message: str | None = None,
+    *,
+    again: bool = False,
 ) -> dict | None:
-    """Upload `file` to the competition; None where Kaggle only takes notebook submissions."""
+    """Upload `file` to the competition (the settled log row); None where the same bytes went there
+    before and the user would not send them again (`again`: send anyway). Where Kaggle takes
+    submissions only from notebooks nothing can be sent: an error that says how (`make kernel PUSH=1`)."""
     if comp.source_kind != "kaggle":
         raise UserError(
             f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}); {file} is written, "
@@ -235,11 +251,16 @@ def upload(
         )
     slug = comp.source.get("competition", comp.slug)
     if not comp.submission.upload:
-        console.print(
-            f"[yellow]{slug} takes submissions only from Kaggle notebooks[/]: {file} is written and checked; "
-            f"submit it as the output of a notebook at {competition_url(slug)}/code"
+        how = (
+            f"`make kernel PUSH=1 RUN={run}` runs it as a notebook on Kaggle, "
+            f"then `make submit KERNEL=1 RUN={run}` submits it"
+            if comp.submission.code_competition
+            else f"submit it as the output of a notebook at {competition_url(slug)}/code"
         )
-        return None
+        raise UserError(
+            f"{slug} takes submissions only from Kaggle notebooks: nothing was uploaded "
+            f"({file} is written and checked); {how}"
+        )
     api = connect()
     with _one_upload_at_a_time():
         for row in settle_pending(api, slug):
@@ -252,13 +273,56 @@ def upload(
                     f"(ref {row['ref']})[/]: not submitting it again; submissions/log.csv now says so"
                 )
                 return row
-        return _upload_new(api, slug, file, describe_as=(comp, run, cv_mean, message))
+        sha = _sha256(file)
+        earlier = sent_before(slug, file, sha)
+        if earlier and not again and not _send_again(file, slug, earlier[-1]):
+            console.print(f"not sent: {escape(str(file))} (submissions/log.csv lists the earlier upload)")
+            return None
+        return _upload_new(api, slug, file, describe_as=(comp, run, cv_mean, message), sha=sha)
 
 
-def _upload_new(api, slug: str, file: Path, describe_as: tuple) -> dict:
+# --- the same bytes again ----------------------------------------------------------------------------
+
+
+def _sha256(file: Path) -> str:
+    try:
+        return hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError as e:
+        raise UserError(f"cannot read {file} ({e.strerror}): `make submit` writes it again") from None
+
+
+def sent_before(slug: str, file: Path, sha: str) -> list[dict]:
+    """Uploads of these very bytes that `slug` took, oldest first: log rows with this sha256, and, for
+    rows logged before the log kept one, the uploads the file's own record lists."""
+    rows = [r for r in read_log() if r["competition"] == slug and r["status"] == DONE and r["sha256"] == sha]
+    seen = {str(r["ref"]) for r in rows}
+    for u in earlier_uploads(file, sha):  # the record keeps them only while its sha256 matches
+        ref = str(u.get("ref") or 0)
+        if ref not in seen | {"0"} and u.get("status", DONE) == DONE and u.get("competition", slug) == slug:
+            rows.append(u)
+    return rows
+
+
+def _send_again(file: Path, slug: str, last: dict) -> bool:
+    """Ask on a terminal (no by default); elsewhere nobody can answer, so refuse in one line."""
+    said = f"{file} is byte for byte what {slug} already took from you (ref {last.get('ref')}, {last.get('time')})"
+    if not sys.stdin.isatty():
+        raise UserError(
+            f"{said}: nothing was sent. To send it again anyway: `make submit UPLOAD=1 AGAIN=1` "
+            "(kagglecv submit --upload --again)"
+        )
+    console.print(f"[yellow]{escape(said)}[/]")
+    try:
+        answer = input("Send it again (it takes one of today's submissions)? [y/N] ")
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _upload_new(api, slug: str, file: Path, describe_as: tuple, sha: str = "") -> dict:
     """A pending row, the upload, the row settled."""
     comp, run, cv_mean, message = describe_as
-    row = pending_row(comp, slug, str(file), run, cv_mean, message)
+    row = pending_row(comp, slug, str(file), run, cv_mean, message, sha)
     description, token = row["message"], row["token"]
     append_log(row)  # before sending: a kill from here on leaves a row the next upload looks up
     console.print(f"uploading {file} to {slug}: {description!r}")

@@ -23,6 +23,7 @@ from rich.markup import escape
 from kagglecv.core.config import build_spec, check_fields, read_yaml
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
+from kagglecv.core.names import check_name
 
 COMPETITIONS_DIR = Path("competitions")
 DATA_DIR = Path("data")
@@ -230,6 +231,9 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
         raise UserError(f"{where}: n_folds must be at least 2 (k-fold needs a validation fold)")
     if comp.slug != path.stem:
         raise UserError(f"{where}: slug '{comp.slug}' differs from the file name '{path.stem}'")
+    check_name(comp.slug, f"{where}: slug")
+    if "competition" in comp.source:  # Kaggle's slug: a folder of the notebook's input, a URL part
+        check_name(comp.source["competition"], f"{where}: source.competition")
     return comp
 
 
@@ -243,6 +247,7 @@ def similar_competition(slug: str, root: Path | None = None, cutoff: float = 0.6
 
 def load_competition(slug: str, root: Path | None = None) -> Competition:
     root = root or COMPETITIONS_DIR
+    check_name(slug, "COMP (a competition slug)")
     path = root / f"{slug}.yaml"
     known = known_competitions(root)
     # `slug not in known` too: on a case-insensitive disk Dogs-Vs-Cats.yaml "exists"

@@ -5,7 +5,8 @@ too: pseudo-labels (train) learn from a finished run's or blend's cached test pr
     cached = read_test_cache(run_dir)                     # {"probs", "images", "classes", ...} or None
     if is_blend(run_dir):
         spec = read_blend(run_dir)                        # members, weights, metric
-        probs = blend_test_probs(spec, [member probs...])  # the blend's test probabilities
+        probs = blend_test_probs(spec, [member probs...])  # what the blend submits (ranks for ROC AUC)
+        sure = blend_probabilities(spec, [member probs...])  # probabilities, for pseudo-labels
 
 `make submit` writes test_probs.npz (predict/test_set.py) and tta_oof.json (the TTA plan chosen on
 OOF, predict/tta.py); `make blend` writes blend.json (compete/blend.py). Both are written atomically; the cache is a cache (a read-only or full run
@@ -87,8 +88,16 @@ def combine(inputs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
 
 
 def blend_test_probs(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
-    """The test-set blend from each member's test probabilities (same order as spec['members'])."""
+    """The test-set blend from each member's test probabilities (same order as spec['members']): what
+    the blend submits. For ROC AUC these are averaged ranks, an order and no probability."""
     return combine(member_inputs(spec["metric"], member_probs), np.asarray(spec["weights"]))
+
+
+def blend_probabilities(spec: dict, member_probs: list[np.ndarray]) -> np.ndarray:
+    """The members' probabilities averaged with the blend's weights, whatever the metric: where a
+    confidence is needed (pseudo-labels), since a rank blend's scores say only where an image ranks,
+    and its top share reaches 1 however unsure every member is."""
+    return combine(list(member_probs), np.asarray(spec["weights"]))
 
 
 @dataclass(frozen=True, kw_only=True)

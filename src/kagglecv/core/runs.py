@@ -1,7 +1,9 @@
 """Where runs live and what marks them finished: runs/<comp>/<run-id>/ with config.yaml from the
 start, fold<k>.pt + oof_fold<k>.csv per finished fold, and summary.json once folds are gathered.
 Which run a command means when none is named: the latest finished (by summary.json's finished_at)
-or, for RESUME, the unfinished one that wrote something last; never by name.
+or, for RESUME, the unfinished one that wrote something last; never by name. A named run is an id
+under runs/<comp>/ that follows core/names.py's rule, never a path; a folder whose name breaks the
+rule is skipped with a line, never picked.
 
 Checkpoints (fold<k>.pt: weights + the JSON needed to rebuild the model) and `gather` (oof.csv +
 summary.json from the finished folds) live here too, beside the rules that say what is finished.
@@ -13,26 +15,29 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from kagglecv.core.checkpoint import load_checkpoint
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.locks import LOCK_NAME, is_locked, waiting
+from kagglecv.core.names import NAME_RULE, check_name, is_plain_name
 
 RUNS_DIR = Path("runs")
 SUMMARY = "summary.json"
 
 
 def run_name(model: str) -> str:
-    """<time>-<model>: sorts by time, says what trained."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}"
+    """<time>-<model>: sorts by time, says what trained (short enough for the name rule)."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)[:60]}"
 
 
 def new_run_dir(slug: str, model: str) -> Path:
@@ -106,11 +111,31 @@ def _clock(t: float) -> str:
     return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.localtime(t))
 
 
+def run_folders(base: Path, *markers: str, say: bool = True) -> list[Path]:
+    """The folders in runs/<comp>/ that hold one of `markers` (config.yaml: a run; summary.json: a
+    finished one) and whose names follow the name rule. A folder that breaks it (planted in a shared
+    runs/, a name with quotes or spaces) is skipped with a line, never picked: names become paths and code."""
+    found = sorted({p.parent for m in markers for p in base.glob(f"*/{m}")}) if base.is_dir() else []
+    for p in found:
+        if say and not is_plain_name(p.name):
+            console.print(
+                f"[yellow]skipped[/] {escape(repr(str(p)))}: its name is no run id ({NAME_RULE}); "
+                "rename or remove the folder"
+            )
+    return [p for p in found if is_plain_name(p.name)]
+
+
+def run_time(run_dir: Path) -> float:
+    """When a run finished (summary.json), else when it started (config.yaml): "latest" means this."""
+    start = run_dir / "config.yaml"
+    return finished_at(run_dir) or (start.stat().st_mtime if start.exists() else 0.0)
+
+
 def latest_unfinished(slug: str) -> Path:
     """The run RESUME=1 continues: of the unfinished runs, the one that wrote something last (one that
     trained something before one that did not)."""
     base = RUNS_DIR / slug
-    runs = [p for p in base.glob("*") if p.is_dir() and (p / "config.yaml").exists()] if base.exists() else []
+    runs = run_folders(base, "config.yaml")
     open_runs = [p for p in runs if list(p.glob("fold*.last.pt")) or not (p / SUMMARY).exists()]
     if not open_runs:
         what = f"every run in {base}/ finished" if runs else "there is no run yet"
@@ -125,27 +150,31 @@ def latest_unfinished(slug: str) -> Path:
     return pick
 
 
+def _no_such_run(slug: str, run: str) -> UserError:
+    base = RUNS_DIR / slug
+    known = sorted(run_folders(base, "config.yaml", say=False), key=run_time, reverse=True)
+    names = [p.name for p in known]
+    close = difflib.get_close_matches(run, names, n=1, cutoff=0.8)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    listed = f" (the latest 5 of {len(names)}, newest first)" if len(names) > 5 else ""
+    return UserError(
+        f"no run '{run}' for {slug}.{hint} Runs in {base}/{listed}: {', '.join(names[:5]) or 'none'}"
+    )
+
+
 def find_run(slug: str, run: str | None) -> Path:
-    """The named run (an id under runs/<comp>/ or a folder's path), or the latest finished one."""
+    """The named run (an id under runs/<comp>/: never a path), or the latest finished one."""
     base = RUNS_DIR / slug
     if run:
-        run_dir = Path(run) if Path(run).is_dir() else base / run
+        run_dir = base / check_name(run, f"RUN (a run id in {base}/)")
         if not run_dir.is_dir():
-            if "/" in run:
-                raise UserError(f"no run folder {run}: the path does not exist")
-            known = sorted(p.parent.name for p in base.glob("*/config.yaml")) if base.exists() else []
-            close = difflib.get_close_matches(run, known, n=1, cutoff=0.8)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            listed = f"the latest {min(5, len(known))} of {len(known)}: " if len(known) > 5 else ""
-            raise UserError(
-                f"no run '{run}' for {slug}.{hint} Runs ({listed}see {base}/): {', '.join(known[-5:]) or 'none'}"
-            )
+            raise _no_such_run(slug, run)
         if not (run_dir / "config.yaml").exists():
             raise UserError(f"{run_dir} is not a run folder (no config.yaml); runs live in {base}/<run-id>/")
         if not (run_dir / SUMMARY).exists():
             raise _unfinished(run_dir)
         return run_dir
-    done = [p.parent for p in base.glob(f"*/{SUMMARY}")] if base.exists() else []
+    done = run_folders(base, SUMMARY)
     if not done:
         raise UserError(f"no finished training run for {slug} in {base}/: run `make train` first")
     # by when it finished, not by name: RUN=exp1 must not win over a newer timestamped run
@@ -156,6 +185,19 @@ def find_run(slug: str, run: str | None) -> Path:
         f"run{'s' * (n != 1)}; RUN= picks another)"
     )
     return pick
+
+
+def run_at(path: Path) -> Path:
+    """A run folder given by its path (`kagglecv report runs/<comp>/<run>`): only one of this
+    project's runs/<comp>/<run-id>/, both names following the rule (never `../other/place`)."""
+    real, base = Path(os.path.abspath(path)), Path(os.path.abspath(RUNS_DIR))
+    if real.parent.parent != base:
+        raise UserError(
+            f"{path} is not a run folder of this project ({base}/<comp>/<run-id>/): give RUN=<run-id> [COMP=..]"
+        )
+    check_name(real.parent.name, "the competition of a run folder")
+    check_name(real.name, "a run folder's name")
+    return RUNS_DIR / real.parent.name / real.name
 
 
 # ---- the summary gathered from the finished folds ---------------------------

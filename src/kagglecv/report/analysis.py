@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from kagglecv.core.errors import UserError
+from kagglecv.core.run_files import is_blend
 from kagglecv.core.runs import read_summary
 
 # A suspect label: the model predicts another class at least as surely as it usually predicts that class
@@ -59,20 +60,22 @@ def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     oof_path = run_dir / "oof.csv"
     summary = read_summary(run_dir)
+    # a blend's oof.csv is rewritten by blending again, a run's by training it again
+    redo = f"`make blend RUNS=...` again ({run_dir.name} is a blend)" if is_blend(run_dir) else "retrain it"
     if not oof_path.exists():
-        raise UserError(f"run {run_dir} has no oof.csv, so there is nothing to report on; retrain it")
+        raise UserError(f"run {run_dir} has no oof.csv, so there is nothing to report on; {redo}")
     try:
         oof = pd.read_csv(oof_path, dtype={"label": str, "pred": str, "image": str})
     except (ValueError, pd.errors.ParserError) as e:
-        raise UserError(f"run {run_dir}: unreadable oof.csv ({e}); retrain it") from None
+        raise UserError(f"run {run_dir}: unreadable oof.csv ({e}); {redo}") from None
     classes = [c[2:] for c in oof.columns if c.startswith("p_")]
     missing = {"image", "label"} - set(oof.columns)
     if missing or len(classes) < 2:
-        raise UserError(f"{oof_path}: needs columns image, label and p_<class> per class; retrain the run")
+        raise UserError(f"{oof_path}: needs columns image, label and p_<class> per class; {redo}")
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(oof["label"]) - set(index))
     if unknown:
-        raise UserError(f"{oof_path}: labels {unknown[:5]} have no p_<class> column; retrain the run")
+        raise UserError(f"{oof_path}: labels {unknown[:5]} have no p_<class> column; {redo}")
     probs = oof[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
     lr_path, metrics_path, config_path = (
         run_dir / "lr_find.json",

@@ -144,6 +144,22 @@ def _pseudo_note(run: Run) -> str:
     )
 
 
+def _made_note(run: Run) -> str:
+    """How the OOF predictions were made: a run's recipe and hardware, or a blend's members."""
+    s, n = run.summary, f"{len(run.y)} out-of-fold images · {len(run.classes)} classes"
+    if s.get("kind") == "blend":  # no lr, size or epochs of its own
+        parts = zip(s.get("members", []), s.get("weights", []), strict=False)
+        weights = ", ".join(f"{html.escape(str(m))} {_fmt(w, '.2f')}" for m, w in parts)
+        return (
+            f"<p class='note'>blend of {weights} (weights fitted on their out-of-fold predictions; each "
+            f"member's own report shows its curves and models) · {n}</p>"
+        )
+    return (
+        f"<p class='note'>lr {_fmt(s.get('lr'), '.2e')} · {s.get('img_size')} px · {n} · trained in "
+        f"{_fmt(s.get('seconds'), '.0f')} s on {html.escape(str(s.get('device')))}</p>"
+    )
+
+
 def _header(run: Run, test: float | None) -> str:
     s = run.summary
     metric = s.get("metric", "metric")
@@ -156,9 +172,7 @@ def _header(run: Run, test: float | None) -> str:
         f"<h1>{html.escape(str(s.get('competition')))} · {html.escape(str(s.get('run', run.dir.name)))}</h1>"
         f"<p class='big'>{html.escape(str(s.get('model')))} · CV {html.escape(metric)} <b>{_fmt(s.get('cv_mean'))}</b> ± "
         f"{_fmt(s.get('cv_std'))} over {s.get('folds')} folds · OOF {_fmt(s.get('oof_score'))} · {test_txt}</p>"
-        f"<p class='note'>lr {_fmt(s.get('lr'), '.2e')} · {s.get('img_size')} px · {len(run.y)} out-of-fold "
-        f"images · {len(run.classes)} classes · trained in {_fmt(s.get('seconds'), '.0f')} s on "
-        f"{html.escape(str(s.get('device')))}</p>"
+        + _made_note(run)
         + _pseudo_note(run)
         + "<h2>Cross-validation</h2>"
         + _table(cv_rows(run))
@@ -350,7 +364,8 @@ def cv_table(run: Run, test: float | None = None) -> Table:
     for col in ("fold", metric, "best epoch", "val_loss"):
         table.add_column(escape(col), justify="right")
     for r in cv_rows(run).itertuples(index=False):
-        table.add_row(str(r[0]), f"{r[1]:.4f}", str(r[2]), "" if pd.isna(r[4]) else f"{r[4]:.4f}")
+        best = "" if r[2] is None or pd.isna(r[2]) else str(int(r[2]))  # a blend has no epochs
+        table.add_row(str(r[0]), f"{r[1]:.4f}", best, "" if pd.isna(r[4]) else f"{r[4]:.4f}")
     table.add_section()
     table.add_row("CV", f"[bold]{_fmt(s.get('cv_mean'))} ± {_fmt(s.get('cv_std'))}[/]", "", "")
     table.add_row("OOF", _fmt(s.get("oof_score")), "", "")

@@ -8,6 +8,9 @@ kagglecv installed.
     predict.py            a standalone script (torch, timm, numpy, Pillow): a folder of images -> CSV
     model.onnx            all folds in one graph: pixels (N x 3 x H x W, 0..255) -> mean softmax
 
+model.json also lists the export's own files and the run's fingerprint (each fold checkpoint's
+sha256): `make kernel` uploads only those files, and only from an export of this very run.
+
 The ONNX model is checked against PyTorch with onnxruntime on real images of the competition before
 the folder counts as written; everything is written into a hidden temporary folder and renamed at
 the end, so an export folder that exists is complete. An existing one is replaced only with force,
@@ -39,6 +42,7 @@ PARITY_TOLERANCE = 1e-4  # max |Δprob| between onnxruntime and PyTorch
 PARITY_IMAGES = 16  # real images the ONNX model is checked on (at least MIN_PARITY_IMAGES)
 MIN_PARITY_IMAGES = 8
 ONNX_INPUT, ONNX_OUTPUT = "pixels", "probs"
+MODEL_JSON = "model.json"
 
 
 def export_dir(comp, run_dir: Path) -> Path:
@@ -216,8 +220,77 @@ def write_export(comp, ens: Ensemble, tmp: Path) -> float:
         )
     spec = model_spec(comp, ens, weights)
     spec["onnx"]["max_abs_diff_vs_torch"] = delta
-    (tmp / "model.json").write_text(json.dumps(spec, indent=2))
+    # what this export is: its own files (what `make kernel` uploads) and the run it was made from
+    spec["files"] = [*weights, "predict.py", "model.onnx", MODEL_JSON]
+    spec["fingerprint"] = run_fingerprint(ens.run_dir, ens.folds) if ens.run_dir else {}
+    (tmp / MODEL_JSON).write_text(json.dumps(spec, indent=2))
     return delta
+
+
+def run_fingerprint(run_dir: Path, folds) -> dict:
+    """The run an export is made from: its name and each fold checkpoint's sha256, so that a later
+    run of the same name (an old one deleted, a new one trained as RUN=exp1) is never taken for it."""
+    import hashlib
+
+    digests = {}
+    for k in folds:
+        h = hashlib.sha256()
+        with open(run_dir / f"fold{k}.pt", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests[f"fold{k}.pt"] = h.hexdigest()
+    return {"run": run_dir.name, "checkpoints": digests}
+
+
+def _model_json(export: Path) -> dict:
+    try:
+        spec = json.loads((export / MODEL_JSON).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"{export / MODEL_JSON} is unreadable ({type(e).__name__}): `make export FORCE=1` redoes it"
+        ) from None
+    if not isinstance(spec, dict):
+        raise UserError(f"{export / MODEL_JSON} is damaged: `make export FORCE=1` redoes it")
+    return spec
+
+
+def listed_files(export: Path) -> list[str]:
+    """The files export wrote in `export`, as its model.json lists them, each checked to be a plain
+    file there (no link, no path): what may be copied on, e.g. into a Kaggle dataset. A folder whose
+    model.json lists none (an older kagglecv) or names a missing or linked file is refused."""
+    from kagglecv.core.names import is_plain_name
+
+    names = _model_json(export).get("files")
+    redo = "`make export FORCE=1` writes it again"
+    if not isinstance(names, list) or not names:
+        raise UserError(f"{export / MODEL_JSON} lists no files (written by an older kagglecv): {redo}")
+    for name in names:
+        p = export / str(name)
+        if not is_plain_name(name) or p.is_symlink() or not p.is_file():
+            raise UserError(f"{export}/ lacks {name!r} as a plain file, which its {MODEL_JSON} lists: {redo}")
+    return names
+
+
+def made_from(folder: Path, run_dir: Path) -> bool:
+    """True when the model.json in `folder` (an export, or a kernel dataset holding one) was made
+    from this run as it is now: the same fold checkpoints."""
+    from kagglecv.core.runs import check_run, read_summary
+
+    try:
+        spec = _model_json(folder)
+    except UserError:
+        return False
+    folds = check_run(run_dir, read_summary(run_dir))
+    return spec.get("fingerprint") == run_fingerprint(run_dir, folds)
+
+
+def export_belongs(export: Path, run_dir: Path) -> bool:
+    """True when `export` lists its files and was made from this run: only then may it stand for it."""
+    try:
+        listed_files(export)
+    except UserError:
+        return False
+    return made_from(export, run_dir)
 
 
 def _readable(folder: Path) -> None:

@@ -15,68 +15,36 @@ The dry run always comes first: the notebook is executed here, by a fresh Python
 refused, in a folder laid out like /kaggle/input and /kaggle/working; its submission.csv must equal
 the one `make submit` writes for the run (ids and order exactly, values within VALUE_TOLERANCE), and
 its wall time is shown against the competition's notebook limit (submission.notebook_minutes). A
-dry run that fails shows the traceback's last lines and nothing is pushed. kernel_push.py talks to Kaggle.
+dry run that fails shows the traceback's last lines and nothing is pushed. kernel_push.py talks to Kaggle;
+kernel_dataset.py says what the dataset and the notebook hold. One `make kernel` of a run at a time
+(an flock on kernels/.<comp>-<run>.lock), and a kernel folder or an export of another run of the same
+name is never taken for this one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 from rich.markup import escape
 
 from kagglecv.core.competition import Competition
-from kagglecv.core.config import read_yaml
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
-from kagglecv.core.files import human_bytes, link_or_copy, replace_dir
-from kagglecv.ship.kernel_folder import (
-    NOTEBOOK_FILE,
-    compare_submissions,
-    kernel_dir,
-)
-from kagglecv.ship.kernel_spec import KERNEL_JSON, KernelPredict, KernelSpec
+from kagglecv.core.files import human_bytes, replace_dir
+from kagglecv.core.locks import hold
+from kagglecv.ship.kernel_dataset import offline_username, write_dataset, write_notebook
+from kagglecv.ship.kernel_folder import NOTEBOOK_FILE, compare_submissions, kernel_dir
 
 LOG_TAIL = 15  # lines of a failed run's log shown
-# Wheels the notebook installs besides kagglecv, for packages Kaggle's Python image lacks. The
-# notebook's path imports only kagglecv dependencies the image has (torch, torchvision, timm,
-# albumentations, cv2, sklearn, scipy, pandas, numpy, PIL, rich, yaml, safetensors), so: none. The
-# dry run refuses a notebook that imported one of the others (NOT_ON_KAGGLE_IMAGE).
-EXTRA_WHEELS: tuple[str, ...] = ()
-NOT_ON_KAGGLE_IMAGE = {"ddgs", "imagehash", "py7zr", "cleanlab", "pytorch_grad_cam"}  # kagglecv's other deps
-SKIP_FROM_EXPORT = {"model.onnx"}  # the notebook predicts with PyTorch: no need to upload it twice
-
-
-def short_slug(text: str) -> str:
-    """A Kaggle slug (lower-case words, 6..50 characters) for `text`; a long one keeps its start
-    and gains a digest, so two runs never share one."""
-    import hashlib
-
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    if len(slug) > 50:
-        slug = slug[:41].rstrip("-") + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
-    return slug.ljust(6, "0")
-
-
-def offline_username() -> str:
-    """The Kaggle user name without asking Kaggle (KAGGLE_USERNAME or kaggle.json); the push
-    rewrites the metadata with the name Kaggle knows the token by."""
-    if os.environ.get("KAGGLE_USERNAME"):
-        return os.environ["KAGGLE_USERNAME"]
-    for folder in (os.environ.get("KAGGLE_CONFIG_DIR"), "~/.kaggle", "~/.config/kaggle"):
-        try:
-            return json.loads((Path(folder).expanduser() / "kaggle.json").read_text())["username"]
-        except (TypeError, OSError, ValueError, KeyError):
-            continue
-    return "your-kaggle-username"
+# kagglecv's dependencies that Kaggle's Python image lacks: a notebook that imports one is refused
+NOT_ON_KAGGLE_IMAGE = {"ddgs", "imagehash", "py7zr", "cleanlab", "pytorch_grad_cam"}
 
 
 # --- the folder: dataset + notebook -----------------------------------------------------------------
@@ -94,103 +62,30 @@ def check_run(run_dir: Path) -> None:
         )
 
 
-def build_wheel(out: Path) -> str:
-    """kagglecv's wheel, built from this checkout (a copy of it: the checkout gets no build/)."""
-    import kagglecv
-
-    repo = Path(kagglecv.__file__).resolve().parents[2]
-    if not (repo / "pyproject.toml").exists():
-        raise UserError(f"make kernel builds the kagglecv wheel from a checkout; {repo} is none")
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kagglecv"
-        shutil.copytree(repo / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            if (repo / name).exists():
-                shutil.copy(repo / name, src / name)
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
-        done = subprocess.run(
-            [*cmd, "--quiet", "--disable-pip-version-check", "-w", str(out), str(src)],
-            capture_output=True,
-            text=True,
-        )
-    wheels = sorted(out.glob("kagglecv-*.whl"))
-    if done.returncode or not wheels:
-        raise UserError(f"building the kagglecv wheel failed: {(done.stderr or done.stdout).strip()[-400:]}")
-    return wheels[-1].name
-
-
-def kernel_spec(comp: Competition, run_dir: Path) -> KernelSpec:
-    """kernel.json: what the notebook needs beyond the export to write `make submit`'s file."""
-    from kagglecv.core.runs import read_summary
-    from kagglecv.predict.postprocess import postprocess_for_run
-    from kagglecv.prepare.layout import read_prepared
-
-    info = read_prepared(comp)
-    cfg = read_yaml(run_dir / "config.yaml", "run config")
-    return KernelSpec(
-        run=run_dir.name,
-        cv_mean=read_summary(run_dir).get("cv_mean"),
-        competition=read_yaml(comp.path, "competition file"),
-        train_counts=info.train_counts,
-        postprocess=postprocess_for_run(comp.metric, run_dir, info.classes),
-        predict=KernelPredict(
-            device=cfg.get("device", "auto"),
-            amp=bool(cfg.get("amp", True)),
-            amp_dtype=cfg.get("amp_dtype", "auto"),
-        ),
-    )
-
-
-def write_dataset(comp: Competition, run_dir: Path, export: Path, folder: Path, user: str) -> KernelSpec:
-    folder.mkdir(parents=True)
-    for p in sorted(export.iterdir()):
-        if p.is_file() and p.name not in SKIP_FROM_EXPORT:
-            link_or_copy(p, folder / p.name)
-    spec = kernel_spec(comp, run_dir)
-    spec.wheels = [build_wheel(folder), *EXTRA_WHEELS]
-    (folder / KERNEL_JSON).write_text(json.dumps(spec.to_json(), indent=2))
-    slug = short_slug(f"kagglecv {comp.slug} {run_dir.name}")
-    meta = {"title": slug, "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
-    (folder / "dataset-metadata.json").write_text(json.dumps(meta, indent=2))
-    return spec
-
-
-def write_notebook(comp: Competition, spec: KernelSpec, folder: Path, dataset_id: str, user: str) -> None:
-    folder.mkdir(parents=True)
-    text = (resources.files("kagglecv.ship") / "templates" / "kernel_notebook.py").read_text()
-    text = text.replace('"__RUN__"', json.dumps(spec.run)).replace('["__WHEELS__"]', json.dumps(spec.wheels))
-    (folder / NOTEBOOK_FILE).write_text(text.replace("__RUN__", spec.run).replace("__COMP__", comp.slug))
-    slug = short_slug(f"kagglecv {comp.slug}")
-    meta = {
-        "id": f"{user}/{slug}",
-        "title": slug,
-        "code_file": NOTEBOOK_FILE,
-        "language": "python",
-        "kernel_type": "script",
-        "is_private": True,
-        "enable_gpu": spec.predict.device != "cpu",
-        "enable_internet": False,
-        "dataset_sources": [dataset_id],
-        "competition_sources": [comp.source.get("competition", comp.slug)],
-        "kernel_sources": [],
-    }
-    (folder / "kernel-metadata.json").write_text(json.dumps(meta, indent=2))
-
-
 def build(comp: Competition, run_dir: Path, out: Path) -> None:
     """out/dataset and out/notebook, written in a hidden folder renamed at the end (an existing
-    kernel folder is complete)."""
-    from kagglecv.ship.export import export_dir, export_run
+    kernel folder is complete). The run's export is reused only when it is this run's (model.json's
+    fingerprint: the same fold checkpoints); another one is left as it is and the run exported afresh."""
+    from kagglecv.ship.export import export_belongs, export_dir, export_run
 
-    export = export_dir(comp, run_dir)
-    if export.is_dir():
+    export: Path | None = export_dir(comp, run_dir)
+    if export.is_dir() and export_belongs(export, run_dir):
         console.print(f"using the export {escape(str(export))}/ (FORCE=1 on `make export` redoes it)")
+    elif export.is_dir():
+        console.print(
+            f"[yellow]note:[/] {escape(str(export))}/ is not an export of this run {escape(run_dir.name)} (another "
+            "run of that name, or an older kagglecv): it is left as it is, and the run is exported afresh"
+        )
+        export = None
     else:
         export = export_run(comp, run_dir)
 
     def write(tmp: Path) -> None:
         user = offline_username()
-        spec = write_dataset(comp, run_dir, export, tmp / "dataset", user)
+        fresh = export or export_run(comp, run_dir, out_dir=tmp / "export")
+        spec = write_dataset(comp, run_dir, fresh, tmp / "dataset", user)
+        if export is None:
+            shutil.rmtree(fresh)  # its files are in dataset/ (linked): no second copy
         dataset_id = json.loads((tmp / "dataset" / "dataset-metadata.json").read_text())["id"]
         write_notebook(comp, spec, tmp / "notebook", dataset_id, user)
 
@@ -199,6 +94,13 @@ def build(comp: Competition, run_dir: Path, out: Path) -> None:
     console.print(
         f"[green]✓[/] wrote {escape(str(out))}/ (dataset {human_bytes(size)}, notebook {NOTEBOOK_FILE})"
     )
+
+
+def kernel_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """kernels/<comp>-<run>/ to one `make kernel` at a time: two would build and dry-run one folder.
+    The lock file lies beside the folder (kernels/.<comp>-<run>.lock), so it outlives a rebuild."""
+    busy = f"{out}/ is in use: another `make kernel` of this run is building, dry-running or pushing it"
+    return hold(out.parent / f".{out.name}.lock", True, "make kernel", busy)
 
 
 # --- the dry run ------------------------------------------------------------------------------------
@@ -282,7 +184,7 @@ def check_modules(timing: dict) -> None:
     if lacking:
         raise UserError(
             f"the notebook imported {', '.join(lacking)}, which Kaggle's image lacks: nothing was pushed. "
-            "Put their wheels in kernel.EXTRA_WHEELS, or keep the import out of the notebook's path"
+            "Put their wheels in kernel_dataset.EXTRA_WHEELS, or keep the import out of the notebook's path"
         )
 
 
@@ -305,8 +207,7 @@ def show_timing(comp: Competition, timing: dict) -> None:
 
 def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force: bool = False) -> Path:
     """kernels/<comp>-<run>/ built (or the existing one), dry-run, checked against `make submit`,
-    and pushed to Kaggle with `push`."""
-    from kagglecv.compete.submit import submit
+    and pushed to Kaggle with `push`; one `make kernel` of a run at a time."""
     from kagglecv.core.runs import find_run
 
     run_dir = find_run(comp.slug, run)
@@ -316,10 +217,31 @@ def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force
             f"{comp.slug} is not a Kaggle competition (source: {comp.source_kind}): nothing to push to"
         )
     out = kernel_dir(comp, run_dir)
-    if out.is_dir() and not force:
-        console.print(f"using {escape(str(out))}/ as built before (FORCE=1 rebuilds it)")
-    else:
-        build(comp, run_dir, out)
+    with kernel_lock(out):
+        if out.is_dir() and not force:
+            _check_built_from(out, run_dir)
+            console.print(f"using {escape(str(out))}/ as built before (FORCE=1 rebuilds it)")
+        else:
+            build(comp, run_dir, out)
+        return _check_and_push(comp, run_dir, out, push)
+
+
+def _check_built_from(out: Path, run_dir: Path) -> None:
+    """A kernel folder built from another run of the same name (or by an older kagglecv, with no
+    fingerprint) is not this run's: say so rather than dry-run and push it."""
+    from kagglecv.ship.export import made_from
+
+    if (out / "dataset" / "model.json").exists() and not made_from(out / "dataset", run_dir):
+        raise UserError(
+            f"{out}/ was built from another run named {run_dir.name} (or by an older kagglecv): "
+            f"`make kernel FORCE=1 RUN={run_dir.name}` rebuilds it for this run"
+        )
+
+
+def _check_and_push(comp: Competition, run_dir: Path, out: Path, push: bool) -> Path:
+    """The dry run, its file against `make submit`'s, the timing; then the push when asked."""
+    from kagglecv.compete.submit import submit
+
     timing = dry_run(comp, out)
     record = submit(comp, run_dir.name)
     try:

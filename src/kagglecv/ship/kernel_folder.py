@@ -2,11 +2,13 @@
 run (kernel.py) and by the push, which compares what Kaggle wrote with the local file (kernel_push.py).
 
     out = kernel_dir(comp, run_dir)                   # kernels/<comp>-<run>/
+    short_slug("kagglecv digits-demo 2026...-resnet") # a Kaggle slug for the dataset and notebook
     worst = compare_submissions(got, want, comp)      # ids and order exact, values within VALUE_TOLERANCE
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,17 @@ VALUE_TOLERANCE = 1e-5  # max |Δ| between the notebook's and `make submit`'s pr
 
 def kernel_dir(comp: Competition, run_dir: Path) -> Path:
     return KERNELS_DIR / f"{comp.slug}-{run_dir.name}"
+
+
+def short_slug(text: str) -> str:
+    """A Kaggle slug (lower-case words, 6..50 characters) for `text`; a long one keeps its start
+    and gains a digest, so two runs never share one."""
+    import hashlib
+
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if len(slug) > 50:
+        slug = slug[:41].rstrip("-") + "-" + hashlib.sha1(slug.encode()).hexdigest()[:8]
+    return slug.ljust(6, "0")
 
 
 def compare_submissions(got: Path, want: Path, comp: Competition) -> float:

@@ -3,11 +3,12 @@
     make train ARGS="pseudo=<run-or-blend> pseudo_threshold=0.95"
 
 Reads the source's cached test predictions (runs/<comp>/<run>/test_probs.npz, written by
-`make submit RUN=<run>`; a blend combines its members' caches with its weights) and keeps the test
-images whose top probability is at least the threshold, labelled with that class. They join every
-fold's training split and never a validation split, so each fold is still scored only on real
-labels; but a pseudo-labelled image came from a model that saw all the training folds, so the new
-run's OOF is not independent of them (make runs marks such runs).
+`make submit RUN=<run>`; a blend averages its members' cached probabilities with its weights, also
+where it submits averaged ranks (ROC AUC), since a rank is no confidence) and keeps the test images
+whose top probability is at least the threshold, labelled with that class. They join every fold's
+training split and never a validation split, so each fold is still scored only on real labels; but
+a pseudo-labelled image came from a model that saw all the training folds, so the new run's OOF is
+not independent of them (make runs marks such runs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.core.names import check_name
 from kagglecv.core.runs import RUNS_DIR
 
 PSEUDO_FOLD = -1  # the fold id of pseudo-labelled rows: in no validation split
@@ -29,9 +31,9 @@ PSEUDO_FOLD = -1  # the fold id of pseudo-labelled rows: in no validation split
 
 def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[str]]:
     """(N x C test probabilities, test image paths relative to data/<comp>/, classes) of a run or blend."""
-    from kagglecv.core.run_files import blend_test_probs, is_blend, read_blend, read_test_cache
+    from kagglecv.core.run_files import blend_probabilities, is_blend, read_blend, read_test_cache
 
-    run_dir = RUNS_DIR / slug / source
+    run_dir = RUNS_DIR / slug / check_name(source, "pseudo= (a run or blend id)")
     if not run_dir.is_dir():
         raise UserError(
             f"pseudo={source}: no run or blend '{source}' in {RUNS_DIR / slug}/ (`make runs` lists them)"
@@ -39,6 +41,11 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
     members = read_blend(run_dir)["members"] if is_blend(run_dir) else [source]
     caches = []
     for name in members:
+        if not (RUNS_DIR / slug / check_name(name, f"{run_dir}: a blend member")).is_dir():  # deleted since
+            raise UserError(
+                f"pseudo={source}: blend member run {name} is gone from {RUNS_DIR / slug}/; retrain it "
+                f"under that name, or blend again without it (`make blend RUNS=...`) and use that blend"
+            )
         cached = read_test_cache(RUNS_DIR / slug / name)
         if cached is None:
             raise UserError(
@@ -50,7 +57,8 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
     if any(c["images"] != images for c in caches):
         raise UserError(f"pseudo={source}: its members predicted different test sets; submit each again")
     probs = [np.asarray(c["probs"], dtype=np.float64) for c in caches]
-    combined = blend_test_probs(read_blend(run_dir), probs) if is_blend(run_dir) else probs[0]
+    # probabilities, never what a rank blend submits: its top share ranks near 1 however unsure
+    combined = blend_probabilities(read_blend(run_dir), probs) if is_blend(run_dir) else probs[0]
     return combined, images, [str(c) for c in caches[0]["classes"]]
 
 

@@ -183,8 +183,8 @@ def parse_budget(text: str) -> float | None:
     if not text:
         return None
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r}")
+    if not m or float(m.group(1)) <= 0:  # 0m would start no trial
+        raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r} (above 0; empty for no limit)")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 

@@ -10,7 +10,7 @@ sit in httpx's network backend, the one place every connection is made, redirect
   the cloud metadata address 169.254.169.254, multicast, reserved, and IPv6's equivalents, IPv4
   wrapped in IPv6 included) is refused, and the socket connects to the address that was checked:
   no second lookup a DNS-rebinding server could answer differently. TLS still checks the name.
-  KAGGLECV_ALLOW_LOOPBACK=1 lets loopback through (the tests' stand-in web); nothing else.
+  KAGGLECV_ALLOW_LOOPBACK=1 (or true/yes/on) lets loopback through (the tests' stand-in web); nothing else.
 - every socket read and write gets at most what is left of the download's deadline (4 x timeout),
   so a server that drips a byte at a time -- in the headers or the body -- cannot hold a worker.
 Retries with backoff (429 / 5xx / network errors, Retry-After honoured up to a minute), the size cap
@@ -43,6 +43,7 @@ import httpx
 from kagglecv import __version__
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import disk_error
+from kagglecv.core.flags import switch
 
 ALLOW_LOOPBACK_ENV = "KAGGLECV_ALLOW_LOOPBACK"
 USER_AGENT = f"kagglecv/{__version__} (Kaggle image-competition starter; downloads image search results)"
@@ -88,7 +89,9 @@ def address_problem(ip: str, allow_loopback: bool = False) -> str | None:
 
 
 def allow_loopback() -> bool:
-    return os.environ.get(ALLOW_LOOPBACK_ENV, "") not in ("", "0")
+    """KAGGLECV_ALLOW_LOOPBACK read as every switch is: false/no/off/0 is off; a word that is neither
+    on nor off is an error, not a guess."""
+    return switch(os.environ.get(ALLOW_LOOPBACK_ENV, ""), ALLOW_LOOPBACK_ENV)
 
 
 class AddressRefused(Exception):

@@ -33,6 +33,7 @@ from kagglecv.core.console import console, progress
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write, human_bytes
 from kagglecv.core.images import IMAGE_EXTS, Deduper, ImageCheck, check_image
+from kagglecv.core.names import check_name
 
 MANIFEST_COLUMNS = ["url", "file", "class", "sha256", "phash", "status", "detail"]
 SHOW_SKIPPED = 15  # skipped files listed by name; the rest are in raw/manifest.csv
@@ -225,7 +226,7 @@ def write_competition(slug: str, src: Path, root: Path | None = None) -> Path:
     """competitions/<slug>.yaml for a folder of class folders, so `make data COMP=<slug> SRC=...`
     needs no YAML written by hand; an existing file is kept when it points at the same folder."""
     root = root or COMPETITIONS_DIR
-    path = root / f"{slug}.yaml"
+    path = root / f"{check_name(slug, 'COMP (the competition name for your folder)')}.yaml"
     src = src.expanduser().resolve()
     if path.exists():
         data = yaml.safe_load(path.read_text()) or {}
@@ -238,8 +239,6 @@ def write_competition(slug: str, src: Path, root: Path | None = None) -> Path:
             )
         return path
     scan(src)  # fail before writing anything if the folder is not class folders
-    if not slug or "/" in slug or slug.startswith("."):
-        raise UserError(f"competition name {slug!r} must be a plain name like my-pets")
     text = f"""# Written by `kagglecv data {slug} --src {src}`: your own image folder, one subfolder per class.
 # Edit freely; `make data COMP={slug} FORCE=1` re-reads the folder.
 slug: {slug}

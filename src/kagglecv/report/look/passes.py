@@ -19,6 +19,7 @@ import torch
 from kagglecv.core.checkpoint import CheckpointMeta
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import IMAGE_EXTS
+from kagglecv.core.run_files import is_blend, read_blend
 from kagglecv.ml.data import ImageDataset, cached_images, default_workers, make_loader, read_image, to_input
 from kagglecv.report.look.cam import CamTarget, cam_target, heatmaps, overlay
 from kagglecv.report.look.datamap import features
@@ -66,6 +67,12 @@ class Context:
 
 def open_context(run, data_dir: Path) -> Context:
     """Check that the run's fold models and images are all there; nothing is decoded yet."""
+    if is_blend(run.dir):  # its OOF is a weighted mix: no model of its own produced it
+        members = ", ".join(str(m) for m in read_blend(run.dir).get("members", []))
+        raise UserError(
+            f"{run.dir.name} is a blend of {members}: it has no fold models to look inside; "
+            "look inside a member instead (`make report RUN=<member> LOOK=1`)"
+        )
     if "fold" not in run.oof:
         raise UserError(f"{run.dir / 'oof.csv'} has no fold column, so no image has its fold model; retrain")
     folds = run.oof["fold"].to_numpy(dtype=int)

@@ -3,23 +3,28 @@
 (OpenCV, where installed, makes the resize bit-identical to kagglecv's; without it a NumPy resize
 that differs by at most one grey level in a few pixels stands in).
 
-    python predict.py path/to/images/ [--out predictions.csv] [--device cpu|cuda] [--batch-size 64]
+    python predict.py photo.jpg holiday/ 'shots/*.png' [--out predictions.csv] [--device cpu|cuda]
 
-Reads model.json and the fold<k>.safetensors files beside this script; writes one CSV row per
-image: image, class, prob (the best class and its probability), then p_<class> for every class
-(the mean over the folds of the softmax, averaged over the test-time flips in model.json, then
-model.json's postprocess: the temperature / clipping kagglecv's submit applies).
-Files that cannot be decoded get an error and no prediction. model.onnx holds the same ensemble
-(input: float32 N x 3 x H x W RGB pixels in 0..255 at img_size; output: N x C probabilities).
+Reads model.json and the fold<k>.safetensors files beside this script; takes the images as
+`kagglecv predict` does (files, folders searched recursively with hidden ones aside, globs; each
+file once) and writes one CSV row per image: image, class, prob (the best class and its
+probability), then p_<class> for every class (the mean over the folds of the softmax, averaged over
+the test-time flips in model.json, then model.json's postprocess: the temperature / clipping
+kagglecv's submit applies). A file that cannot be read (not an image's extension, empty, damaged,
+over MAX_PIXELS) gets the reason kagglecv gives and no prediction. model.onnx holds the same
+ensemble (input: float32 N x 3 x H x W RGB pixels in 0..255 at img_size; output: N x C probabilities).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import io
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +34,12 @@ from PIL import Image, ImageOps
 from safetensors.torch import load_file  # installed with timm
 
 HERE = Path(__file__).resolve().parent
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-MAX_PIXELS = 100_000_000
+# kagglecv's own values, copied so that this script needs no kagglecv (its tests keep them equal):
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}  # kagglecv.core.images.IMAGE_EXTS
+MAX_PIXELS = 100_000_000  # kagglecv.MAX_PIXELS
 ORIENTATION = 0x0112  # EXIF tag
-Image.MAX_IMAGE_PIXELS = None  # MAX_PIXELS below is the limit
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(MAX_PIXELS)  # OpenCV reads it once, when cv2 loads
 
 
 def load_models(folder: Path = HERE, device: str = "cpu") -> tuple[dict, list[torch.nn.Module]]:
@@ -74,13 +81,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decode(path: Path) -> np.ndarray:
     """Upright RGB uint8 pixels of an image file; OSError/ValueError when it is none."""
-    data = path.read_bytes()
-    img = Image.open(io.BytesIO(data))
+    return decode_bytes(path.read_bytes())
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    with warnings.catch_warnings():  # Pillow's own limit (twice its warning's) stands, as in kagglecv
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
     if img.width * img.height > MAX_PIXELS:
-        raise ValueError(f"{img.width}x{img.height} pixels is more than {MAX_PIXELS}")
+        raise ValueError(f"{img.width}x{img.height} pixels")
     try:
         img.load()
     except OSError:
+        if data[:4] not in TIFF_MAGIC:  # only a TIFF gets a second opinion, as in kagglecv
+            raise
         try:  # 16-bit RGB TIFF and the like: OpenCV reads some files PIL cannot
             import cv2
         except ImportError:
@@ -134,10 +148,6 @@ def squash(rgb: np.ndarray, size: int) -> np.ndarray:
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    return squash(decode(path), size)
-
-
 # ---- the ensemble ----------------------------------------------------------------------------
 
 
@@ -175,26 +185,77 @@ def postprocess(spec: dict, probs: np.ndarray) -> np.ndarray:
     return probs
 
 
-def image_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+# ---- inputs -> image files: as `kagglecv predict` takes them ----------------------------------
 
 
-def predict_folder(root: Path, spec: dict, models, batch_size: int = 64):
+def folder_images(folder: Path) -> list[Path]:
+    """Image files under a folder, hidden ones aside."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTS
+        and (p.is_file() or p.is_symlink())
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files named directly, found in folders or matched by globs, in order, each once; ValueError
+    for a name that matches nothing (before any model loads)."""
+    out: list[Path] = []
+    for arg in inputs:
+        path = Path(arg).expanduser()
+        if glob.has_magic(arg) and not path.exists():
+            hits = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+            files = [p for h in hits for p in (folder_images(h) if h.is_dir() else [h])]
+            if not files:
+                raise ValueError(
+                    f"{arg} matches no file (quote the pattern so the shell leaves it to predict.py)"
+                )
+        elif path.is_dir():
+            files = folder_images(path)
+            if not files:
+                exts = "/".join(sorted(e.lstrip(".") for e in IMAGE_EXTS))
+                raise ValueError(f"folder {arg} holds no image ({exts})")
+        elif path.exists() or path.is_symlink():
+            files = [path]
+        else:
+            raise ValueError(f"{arg} does not exist (an image file, a folder of images or a glob)")
+        out.extend(files)
+    return list(dict.fromkeys(out))
+
+
+def load_image(path: Path, size: int) -> np.ndarray | str:
+    """RGB uint8 at size x size, or why the file cannot be read (kagglecv's words)."""
+    if path.suffix.lower() not in IMAGE_EXTS:
+        return f"extension {path.suffix or '(none)'} is not an image's"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    if not data:
+        return "empty file"
+    try:
+        rgb = decode_bytes(data)
+    except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
+        return f"cannot decode ({(str(e) or type(e).__name__)[:80]})"
+    return squash(rgb, size)
+
+
+def predict_files(files: list[Path], spec: dict, models, batch_size: int = 64):
     """(image names, N x C probabilities with NaN rows for unreadable files, {name: error})."""
-    files = image_files(root)
-    names = [str(p.relative_to(root)) if p != root else p.name for p in files]
+    names = [str(p) for p in files]
     probs = np.full((len(files), len(spec["classes"])), np.nan)
     errors = {}
     for start in range(0, len(files), batch_size):
         rows, images = [], []
         for i in range(start, min(start + batch_size, len(files))):
-            try:
-                images.append(read_image(files[i], spec["img_size"]))
+            img = load_image(files[i], spec["img_size"])
+            if isinstance(img, str):
+                errors[names[i]] = img
+            else:
+                images.append(img)
                 rows.append(i)
-            except (OSError, ValueError, SyntaxError) as e:
-                errors[names[i]] = str(e)[:100] or type(e).__name__
         if rows:
             probs[rows] = postprocess(spec, predict(spec, models, np.stack(images)))
     return names, probs, errors
@@ -213,17 +274,21 @@ def write_csv(out: Path, names: list[str], probs: np.ndarray, errors: dict, clas
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Predict a folder of images with this exported model.")
-    parser.add_argument("images", type=Path, help="a folder of images (searched recursively) or one image")
+    parser = argparse.ArgumentParser(description="Predict images with this exported model.")
+    parser.add_argument(
+        "images", nargs="+", help="image files, folders of images (searched recursively) or globs"
+    )
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
-    if not args.images.exists():
-        print(f"error: {args.images} does not exist", file=sys.stderr)
+    try:
+        files = expand_inputs(args.images)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     spec, models = load_models(HERE, args.device)
-    names, probs, errors = predict_folder(args.images, spec, models, args.batch_size)
+    names, probs, errors = predict_files(files, spec, models, args.batch_size)
     write_csv(args.out, names, probs, errors, [str(c) for c in spec["classes"]])
     print(f"wrote {args.out}: {len(names) - len(errors)} images predicted, {len(errors)} unreadable")
     for name, why in list(errors.items())[:20]:

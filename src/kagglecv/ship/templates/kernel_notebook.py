@@ -1,4 +1,5 @@
-"""kagglecv notebook: predicts the test set of __COMP__ with run __RUN__ and writes submission.csv.
+"""kagglecv notebook: predicts the test set of COMPETITION with run RUN (both set below) and writes
+submission.csv.
 
 Written by `make kernel` (kagglecv); runs on Kaggle with no internet. It installs the kagglecv wheel
 (and any other wheel listed below) from its dataset with `pip install --no-index`, then kagglecv's
@@ -18,8 +19,10 @@ import time
 from pathlib import Path
 
 STARTED = time.time()
+# `make kernel` fills these in, each a Python literal: a value is data here, never code
+COMPETITION = "__COMP__"
 RUN = "__RUN__"
-WHEELS = ["__WHEELS__"]  # the kagglecv wheel first, then any the Kaggle image lacks
+WHEELS = "__WHEELS__"  # the kagglecv wheel first, then any the Kaggle image lacks
 INPUT = Path(os.environ.get("KAGGLECV_INPUT") or "/kaggle/input")
 WORKING = Path(os.environ.get("KAGGLECV_WORKING") or "/kaggle/working")
 
