@@ -177,10 +177,14 @@ def test_the_storage_url_comes_from_the_environment_and_prints_masked(digits_sma
 
     _tiny_recipe(digits_small)
     elsewhere = digits_small / "elsewhere.db"
+    study = optuna.create_study(
+        study_name="digits-small-tune-tiny", storage=f"sqlite:///{elsewhere}", direction="maximize"
+    )
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)  # --trials 1 is done: nothing trains
     monkeypatch.setenv("KAGGLECV_STORAGE", f"sqlite:///{elsewhere}")
-    assert main(["tune", *BASE, "--trials", "0"]) == 0
-    assert elsewhere.exists() and not (digits_small / "runs" / "digits-small" / "tune.db").exists()
-    assert f"(sqlite:///{elsewhere})" in cli_text(capsys)
+    assert main(["tune", *BASE, "--trials", "1"]) == 0
+    assert not (digits_small / "runs" / "digits-small" / "tune.db").exists()
+    assert f"(sqlite:///{elsewhere}): 1 trials so far" in cli_text(capsys)
     # a server database, reached here through a local file (no server in a test): only the URL counts
     real, asked = optuna.create_study, []
     monkeypatch.setattr(
@@ -189,7 +193,7 @@ def test_the_storage_url_comes_from_the_environment_and_prints_masked(digits_sma
         lambda **kw: asked.append(kw["storage"]) or real(**{**kw, "storage": f"sqlite:///{elsewhere}"}),
     )
     monkeypatch.setenv("KAGGLECV_STORAGE", SECRET_URL)
-    assert main(["tune", *BASE, "--trials", "0"]) == 0
+    assert main(["tune", *BASE, "--trials", "1"]) == 0
     text = cli_text(capsys)
     assert (
         asked == [SECRET_URL]
