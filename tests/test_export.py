@@ -182,7 +182,8 @@ def test_existing_export_needs_force_and_survives_a_failed_one(run, digits, monk
     monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
     monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 0.0)
     out = export_run(comp, run)
-    (out / "model.json").write_text("{}")  # marks the first export
+    first = {**json.loads((out / "model.json").read_text()), "marker": "the first export"}
+    (out / "model.json").write_text(json.dumps(first))
     with pytest.raises(UserError, match="exists already: FORCE=1") as e:
         export_run(comp, run)
     assert "\n" not in str(e.value)
@@ -190,7 +191,7 @@ def test_existing_export_needs_force_and_survives_a_failed_one(run, digits, monk
     monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 3e-3)
     with pytest.raises(UserError, match=r"max \|Δprob\| 3.00e-03 > 1e-04"):
         export_run(comp, run, force=True)
-    assert (out / "model.json").read_text() == "{}"  # the old export is untouched
+    assert json.loads((out / "model.json").read_text()) == first  # the old export is untouched
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporary folder left
 
     monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 0.0)
@@ -252,3 +253,51 @@ def test_model_onnx_cannot_express_is_one_line(run, digits, monkeypatch):
     ):
         export_run(_comp(), run)
     assert list((digits / "exports").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "target", ["notes folder", "file", "run folder", "project", "link", "export + notes"]
+)
+def test_force_replaces_only_a_folder_export_wrote(run, digits, monkeypatch, capsys, target):
+    """`export -o <path> --force` deleted whatever it was given: a folder of notes, a file (it became
+    a folder), a run folder (checkpoints and OOF gone), the project root (data/, runs/ gone)."""
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    monkeypatch.setattr(export_mod, "write_onnx", lambda ens, path: path.write_bytes(b"onnx"))
+    monkeypatch.setattr(export_mod, "onnx_parity", lambda ens, path, images: 0.0)
+    notes = digits / "notes"
+    notes.mkdir()
+    (notes / "ideas.md").write_text("mine")
+    export = digits / "exports" / "e"
+    if target in ("link", "export + notes"):  # a real export, to link to or to add the user's notes to
+        export_run(_comp(), run, out_dir=export)
+    out = {
+        "notes folder": notes,
+        "file": notes / "ideas.md",
+        "run folder": run,
+        "project": Path("."),
+        "link": digits / "link",
+        "export + notes": export,
+    }[target]
+    if target == "link":
+        out.symlink_to(export)
+    if target == "export + notes":
+        (export / "my-notes.txt").write_text("mine")
+    before = {p: p.read_bytes() for p in digits.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert main(["export", "--comp", "digits-demo", "--run", run.name, "-o", str(out), "--force"]) == 2
+    said = cli_text(capsys).split("error:")[-1].replace(str(digits), "<project>")
+    refused = "is this folder or holds it" if target == "project" else "is not an export"
+    assert refused in said and "force" not in said.lower(), said
+    after = {p: p.read_bytes() for p in digits.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert after == before and (target != "link" or out.is_symlink())
+    assert main(["export", "--comp", "digits-demo", "--run", run.name, "-o", str(out)]) == 2  # nor without
+    assert "FORCE=1" not in cli_text(capsys)
+
+
+def test_export_to_the_project_folder_is_one_line(run, digits, capsys):
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    assert main(["export", "--comp", "digits-demo", "--run", run.name, "-o", "."]) == 2
+    assert "--out . is this folder or holds it" in cli_text(capsys)

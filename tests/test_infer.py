@@ -262,3 +262,46 @@ def test_the_exported_script_keeps_kagglecvs_extensions_and_pixel_cap():
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in ("IMAGE_EXTS", "MAX_PIXELS")
     }
     assert values == {"IMAGE_EXTS": IMAGE_EXTS, "MAX_PIXELS": MAX_PIXELS}
+
+
+@pytest.mark.parametrize("target", ["the input", "oof.csv", "new file in the run", "a user's csv", "a link"])
+def test_predict_never_writes_over_what_it_did_not_write(run, digits, capsys, target):
+    """`predict -o` overwrote any file: the image it was asked about, a run's oof.csv, the user's CSV."""
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    image = (
+        digits
+        / "data"
+        / "digits-demo"
+        / "test"
+        / sorted(p.name for p in (digits / "data" / "digits-demo" / "test").iterdir())[0]
+    )
+    (digits / "mine.csv").write_text("id,label\n1,cat\n")
+    (digits / "link.csv").symlink_to(digits / "mine.csv")
+    out = {
+        "the input": image,
+        "oof.csv": run / "oof.csv",
+        "new file in the run": run / "answers.csv",
+        "a user's csv": digits / "mine.csv",
+        "a link": digits / "link.csv",
+    }[target]
+    before = {p: p.read_bytes() for p in digits.rglob("*") if p.is_file() and not p.is_symlink()}
+    args = ["predict", str(image), "--comp", "digits-demo", "--run", run.name, "-o", str(out)]
+    assert main(args) == 2
+    said = cli_text(capsys).split("error:")[-1]
+    assert "give -o a new file name or a folder" in said, said
+    assert {p: p.read_bytes() for p in digits.rglob("*") if p.is_file() and not p.is_symlink()} == before
+    assert not (run / "answers.csv").exists()
+
+
+def test_predict_replaces_its_own_earlier_answer(run, digits):
+    comp = load_competition("digits-demo")
+    test = sorted((digits / "data" / "digits-demo" / "test").iterdir())
+    out = digits / "answers.csv"
+    predict_images(comp, run, [str(test[0])], top_k=1, out=out)
+    predict_images(comp, run, [str(p) for p in test[:2]], top_k=2, out=out)  # asked again by name
+    assert pd.read_csv(out)["image"].tolist() == [str(p) for p in test[:2]]
+    (digits / "answers").mkdir()
+    predict_images(comp, run, [str(test[0])], out=digits / "answers")  # a folder: a new name inside
+    assert len(list((digits / "answers").glob("digits-demo-*.csv"))) == 1

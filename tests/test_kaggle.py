@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import tarfile
 import zipfile
@@ -518,3 +519,24 @@ def test_archive_bomb_caps(tmp_path, monkeypatch, cap):
         ksrc.extract_nested(archive, tmp_path / "raw")
     if cap in ("total", "ratio"):  # refused before writing
         assert not (tmp_path / "raw").exists()
+
+
+def test_nested_archive_bomb_is_counted_from_the_download(tmp_path, monkeypatch):
+    """A zip in a zip in a zip, each level well under the 200x cap alone, multiplies past it: 1.3 KB
+    would unpack to 6.6 MB. The cap counts everything unpacked against the download's own bytes."""
+    from kagglecv.prepare.sources import archives
+
+    monkeypatch.setattr(archives, "RATIO_FLOOR", 1 << 20)  # the test's bomb is small; the cap is not
+    leaf = bytes(random.Random(0).randrange(256) for _ in range(64)) * 64  # 4 KB, deflates ~20x
+    c = _zip(tmp_path / "c.zip", [(f"{i}.bin", leaf) for i in range(40)], zipfile.ZIP_DEFLATED)
+    b = _zip(tmp_path / "b.zip", [(f"c{i}.zip", c.read_bytes()) for i in range(40)], zipfile.ZIP_DEFLATED)
+    a = _zip(tmp_path / "a.zip", [("b.zip", b.read_bytes())], zipfile.ZIP_DEFLATED)
+    for level in (a, b, c):  # each level under the cap on its own
+        with zipfile.ZipFile(level) as z:
+            assert sum(i.file_size for i in z.infolist()) / level.stat().st_size < archives.MAX_RATIO / 5
+    with pytest.raises(
+        UserError, match=r"c\d+\.zip looks like an archive bomb.*KB download and the archives inside it would"
+    ):
+        ksrc.extract_nested(a, tmp_path / "raw")
+    written = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*") if p.is_file())
+    assert written < (1 << 20)  # stopped before the level that would pass the cap was written

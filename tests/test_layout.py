@@ -1,6 +1,7 @@
 import errno
 import os
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -340,3 +341,74 @@ def test_layout_paths_stay_inside_raw(workdir):
     _png(raw / "train" / "cat" / "a.png", 1)
     with pytest.raises(UserError, match=r"elsewhere would lie outside data/out/raw/"):
         prepare(load_competition("out"))
+
+
+@pytest.mark.parametrize("escape", ["dotdot", "absolute", "file link", "folder link", "empty"])
+def test_folds_listing_an_image_outside_the_data_folder_are_refused(folds_only, tmp_path, escape):
+    """folds.csv is read from a shared data/ folder: a row naming ../../etc/passwd, an absolute path
+    or a link leading out would be read (and with cache=disk, written beside) outside data/<comp>/."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    cv2.imwrite(str(outside / "secret.png"), np.zeros((8, 8, 3), np.uint8))
+    root = folds_only / "data" / "digits-demo"
+    image = {
+        "dotdot": "../../elsewhere/secret.png",
+        "absolute": str(outside / "secret.png"),
+        "file link": "train/3/secret.png",
+        "folder link": "train/out/secret.png",
+        "empty": "",
+    }[escape]
+    (root / "train" / "3").mkdir(parents=True)
+    (root / "train" / "3" / "secret.png").symlink_to(outside / "secret.png")
+    (root / "train" / "out").symlink_to(outside)
+
+    def plant(folds):
+        folds["image"] = folds["image"].astype(object)
+        folds.loc[0, "image"] = image
+        return folds
+
+    comp, info = _edit_folds(folds_only, plant)
+    with pytest.raises(
+        UserError, match=r"folds.csv: image .* is not a path inside data/digits-demo/ .* split again"
+    ):
+        read_folds(comp, info)
+
+
+def test_links_inside_the_data_folder_are_still_read(folds_only):
+    root = folds_only / "data" / "digits-demo"
+    (root / "train" / "3").mkdir(parents=True)
+    (root / "train" / "3" / "a.png").write_bytes(b"")
+    (root / "train" / "3" / "b.png").symlink_to(root / "train" / "3" / "a.png")
+    comp, info = _edit_folds(
+        folds_only, lambda f: f.assign(image=f["image"].where(f.index > 0, "train/3/b.png"))
+    )
+    assert read_folds(comp, info)["image"].iloc[0] == "train/3/b.png"
+
+
+def test_disk_cache_never_writes_outside_its_folder(workdir, tmp_path):
+    from kagglecv.ml.data import disk_cache
+
+    root = Path("data/c")  # as the stages name it, relative to the project
+    (root / "train").mkdir(parents=True)
+    cv2.imwrite(str(root / "train" / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    with pytest.raises(UserError, match=r"lies outside data/c/; refusing to cache it"):
+        disk_cache([root / ".." / ".." / "x.png"], root, 16)
+    (root / "cache" / "16").mkdir(parents=True)
+    (root / "cache" / "16" / "train").symlink_to(outside)  # planted in a shared cache
+    with pytest.raises(UserError, match=r"would lie outside data/c/cache/16/"):
+        disk_cache([root / "train" / "a.png"], root, 16)
+    assert list(outside.iterdir()) == [] and not (workdir / "x.jpg").exists()
+    (root / "cache" / "16" / "train").unlink()
+    (cached,) = disk_cache([root / "train" / "a.png"], root, 16)
+    assert cached == root / "cache" / "16" / "train" / "a.jpg" and cached.is_file()
+
+
+def test_inspect_refuses_folds_listing_an_image_outside_in_one_line(folds_only, capsys):
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    _edit_folds(folds_only, lambda f: f.assign(image=f["image"].where(f.index > 0, "../../../etc/passwd")))
+    assert main(["inspect", "--comp", "digits-demo"]) == 2
+    assert "folds.csv: image '../../../etc/passwd' is not a path inside data/digits-demo/" in cli_text(capsys)

@@ -258,3 +258,59 @@ def test_a_later_study_replaces_the_tuned_recipe_only_with_a_better_score(workdi
     out, text = study("best", 0.99)
     assert tuned.read_text() == "model: resnet18\n" and out["yaml"] == "configs/tuned-best.yaml"
     assert "was not written by make tune: kept" in text
+
+
+SECRET_URL = "postgresql://kaggler:s3cret@127.0.0.1:1/tune"
+
+
+@pytest.mark.parametrize("storage", ["garbage", SECRET_URL, "redis://localhost/0"])
+def test_a_storage_optuna_cannot_open_is_one_line_without_the_password(digits_small, capsys, storage):
+    """STORAGE=garbage gave a traceback; a database URL's password was printed with the study."""
+    _tiny_recipe(digits_small)
+    assert main(["tune", *BASE, "--trials", "1", "--storage", storage]) == 2
+    text = cli_text(capsys)
+    shown = storage.replace("s3cret", "***")
+    assert f"cannot open the tune study's storage '{shown}'" in text and "s3cret" not in text, text
+    assert "KAGGLECV_STORAGE" in text
+
+
+def test_the_storage_url_comes_from_the_environment_and_prints_masked(digits_small, capsys, monkeypatch):
+    import optuna
+
+    _tiny_recipe(digits_small)
+    elsewhere = digits_small / "elsewhere.db"
+    study = optuna.create_study(
+        study_name="digits-small-tune-tiny", storage=f"sqlite:///{elsewhere}", direction="maximize"
+    )
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)  # --trials 1 is done: nothing trains
+    monkeypatch.setenv("KAGGLECV_STORAGE", f"sqlite:///{elsewhere}")
+    assert main(["tune", *BASE, "--trials", "1"]) == 0
+    assert not (digits_small / "runs" / "digits-small" / "tune.db").exists()
+    assert f"(sqlite:///{elsewhere}): 1 trials so far" in cli_text(capsys)
+    # a server database, reached here through a local file (no server in a test): only the URL counts
+    real, asked = optuna.create_study, []
+    monkeypatch.setattr(
+        optuna,
+        "create_study",
+        lambda **kw: asked.append(kw["storage"]) or real(**{**kw, "storage": f"sqlite:///{elsewhere}"}),
+    )
+    monkeypatch.setenv("KAGGLECV_STORAGE", SECRET_URL)
+    assert main(["tune", *BASE, "--trials", "1"]) == 0
+    text = cli_text(capsys)
+    assert (
+        asked == [SECRET_URL]
+        and "(postgresql://kaggler:***@127.0.0.1:1/tune)" in text
+        and "s3cret" not in text
+    )
+
+
+def test_masked_url():
+    from kagglecv.tune.storage import masked_url
+
+    assert masked_url("postgresql://u:p@ss@host:5432/db") == "postgresql://u:***@host:5432/db"
+    assert (
+        masked_url("mysql+pymysql://u@host/db?password=x&ssl=1")
+        == "mysql+pymysql://u@host/db?password=***&ssl=1"
+    )
+    assert masked_url("sqlite:///runs/c/tune.db") == "sqlite:///runs/c/tune.db"
+    assert masked_url("garbage") == "garbage"

@@ -201,6 +201,44 @@ def test_tiff_only_opencv_reads_is_checked_before_opencv(monkeypatch):
     assert called == [1] and fmt == "TIFF" and rgb.size == (50, 40)
 
 
+def _tiff_two_widths(first: int, second: int) -> bytes:
+    """A real 50x40 TIFF (OpenCV's) whose IFD names ImageWidth twice: `first` in its own entry, and
+    `second` in the slot of PlanarConfiguration (1, the default, so nothing else changes)."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".tiff", np.full((40, 50, 3), 128, np.uint8))
+    data = bytearray(encoded.tobytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    tags = [struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] for k in range(count)]
+    assert ok and tags[0] == 256 and 284 in tags
+    struct.pack_into("<HHII", data, ifd + 2, 256, 4, 1, first)
+    struct.pack_into("<HHII", data, ifd + 2 + 12 * tags.index(284), 256, 4, 1, second)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("first", "second"), [(50, 3_000_000), (3_000_000, 50)])
+def test_tiff_with_two_widths_is_measured_as_libtiff_reads_it(monkeypatch, first, second):
+    """libtiff (OpenCV's TIFF decoder) keeps the first of a repeated tag and ignores the rest; the
+    pre-check kept the last, so a huge first width hid behind a small second one and was decoded."""
+    import cv2
+
+    def unreadable(*_, **__):
+        raise Image.UnidentifiedImageError("cannot identify image file")
+
+    monkeypatch.setattr(images.Image, "open", unreadable)  # only OpenCV's fallback reads it
+    data = _tiff_two_widths(first, second)
+    assert images.tiff_size(data) == (first, 40)
+    called = []
+    real = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: called.append(1) or real(*a))
+    check = check_image(data)
+    if first > second:  # 3,000,000 x 40 is over the 100 M pixel cap: refused before any decoder
+        assert check.status == "too_many_pixels" and "3000000x40" in check.detail and called == []
+    else:  # as libtiff sees it: the 50x40 picture it is
+        assert check.status == "kept" and (check.width, check.height) == (50, 40) and called == [1]
+
+
 def test_opencv_cap_is_set_before_cv2_loads(tmp_path):
     """OpenCV reads its cap once, when it loads: importing kagglecv first must set it."""
     bomb = tmp_path / "bomb.png"

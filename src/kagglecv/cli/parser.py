@@ -150,8 +150,9 @@ def _add_tune(sub) -> None:
     s.add_argument(
         "--storage",
         default="",
-        help="database URL of the study (default: sqlite:///runs/<comp>/tune.db); one URL on several "
-        "machines: they work on one study",
+        help="database URL of the study (default: $KAGGLECV_STORAGE, else sqlite:///runs/<comp>/tune.db); "
+        "one URL on several machines: they work on one study. A URL with a password: set "
+        "KAGGLECV_STORAGE instead, which `ps` does not show",
     )
 
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
 
+_UMASK = os.umask(0o022)  # read it (no call reads it without setting it) ...
+os.umask(_UMASK)  # ... and put it back at once, while the module loads
+
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` then rename tmp to `path`: a killed process never leaves a half file under the
-    real name. The temporary name is per process (torchrun ranks may write the same file at once)
-    and keeps the suffix, so writers that pick a format by it still do."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{path.suffix}")
+    real name. The temporary file is created afresh (O_EXCL) under an unpredictable name, so two
+    writers (torchrun ranks) never share one and a symlink planted beside `path` in a shared folder
+    cannot redirect the write; it keeps the suffix, so writers that pick a format by it still do,
+    and gets the permissions a plain new file would (mkstemp alone would make it private)."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=f".tmp{path.suffix}")
+    tmp = path.parent / Path(name).name  # spelled as `path` is (mkstemp makes it absolute)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.close(fd)
         write(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -107,20 +107,27 @@ BUDGET = PixelBudget(DECODE_BUDGET)
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
 
 
+_TIFF_INTS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i"}  # (S)BYTE, (S)SHORT, (S)LONG
+
+
 def tiff_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a TIFF's first IFD, without decoding; None where the header is unreadable."""
+    """(width, height) from a TIFF's first IFD, without decoding; None where the header is unreadable.
+    A tag given twice counts as libtiff (which OpenCV decodes with) counts it: the first entry, the
+    others ignored; so a small first ImageWidth cannot pass the cap ahead of a huge second one."""
     try:
         order = "<" if data[:2] == b"II" else ">"
         (ifd,) = struct.unpack_from(order + "I", data, 4)
         (count,) = struct.unpack_from(order + "H", data, ifd)
-        found = {}
+        found: dict[int, int | None] = {}
         for k in range(count):
-            tag, kind, _, value = struct.unpack_from(order + "HHI4s", data, ifd + 2 + 12 * k)
-            if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
-                found[tag] = struct.unpack_from(order + ("H" if kind == 3 else "I"), value)[0]
-        return found[256], found[257]
+            tag, kind, n, value = struct.unpack_from(order + "HHI4s", data, ifd + 2 + 12 * k)
+            if tag in (256, 257) and tag not in found:  # ImageWidth, ImageLength
+                fmt = _TIFF_INTS.get(kind)
+                found[tag] = struct.unpack_from(order + fmt, value)[0] if fmt and n == 1 else None
+        width, height = found[256], found[257]
     except (struct.error, KeyError):
         return None
+    return None if width is None or height is None else (width, height)
 
 
 def _check_pixels(width: int, height: int) -> None:

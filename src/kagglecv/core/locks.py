@@ -14,6 +14,10 @@ The kernel drops a flock when its process dies (Ctrl-C, kill -9, OOM), so a lock
 The lock file also holds the holder's pid and command, so a refused process can say what is
 running and what to do. On a shared network disk flock works where the filesystem supports it
 (NFSv4, Lustre, most cluster filesystems).
+
+A lock file is opened without following a symlink and without truncating on open, and refused
+unless it is a plain file of its own: in a shared data/ or runs/ folder somebody else could plant a
+link (or a hard link) at the lock's name, and the holder's pid line would overwrite its target.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,11 +35,40 @@ from kagglecv.core.errors import UserError
 LOCK_NAME = ".lock"
 
 
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # no link, no wait on a planted FIFO
+
+
+def _open(path: Path, flags: int) -> int:
+    """`path` opened with `flags`, refused (UserError) unless it is a regular file with one name:
+    a symlink, a hard link to some other file, a FIFO or a folder planted at a lock's name."""
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = -1
+    if fd >= 0:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+    raise UserError(
+        f"{path} is not a plain lock file (a symlink, a link or a special file); "
+        "kagglecv will not write through it: remove it and rerun"
+    )
+
+
 def _holder(path: Path) -> str:
     try:
-        text = path.read_text().strip()
-    except OSError:
+        fd = _open(path, os.O_RDONLY)
+    except (OSError, UserError):
         return "another kagglecv process"
+    try:
+        text = os.read(fd, 1000).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    finally:
+        os.close(fd)
     return text or "another kagglecv process"
 
 
@@ -43,7 +77,7 @@ def hold(path: Path, exclusive: bool, what: str, busy: str) -> Iterator[None]:
     """flock `path` (created if missing) without waiting; UserError(busy + holder) when taken."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open(path, os.O_RDWR | os.O_CREAT)
     except OSError as e:
         if exclusive or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
@@ -91,7 +125,7 @@ def claim(path: Path, what: str) -> Iterator[bool]:
     until the process dies) or False (another process holds it). The file keeps the last holder's
     pid and command, so `holder(path)` can say who trained that fold."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,7 +144,7 @@ def waiting(path: Path) -> Iterator[None]:
     """Take `path` exclusively, waiting for it: for a few seconds' work that two processes must not
     do at once (the LR range test of a shared run, merging metrics.csv, gathering)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -125,9 +159,10 @@ def holder(path: Path) -> str:
 
 def is_locked(path: Path) -> bool:
     """True while some process holds `path`, shared or exclusive (a run being trained)."""
-    if not path.exists():
+    try:
+        fd = _open(path, os.O_RDONLY)
+    except (FileNotFoundError, UserError):  # no lock, or one kagglecv would refuse to take
         return False
-    fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

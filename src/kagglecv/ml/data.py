@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kagglecv.core.competition import inside
 from kagglecv.core.console import console, track
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
@@ -82,16 +83,29 @@ def _cache_one(src: Path, dst: Path, size: int) -> None:
     write_jpeg(dst, read_image(src, size))
 
 
+def _cache_path(root: Path, image: Path, data_root: Path) -> Path:
+    """Where `image` (under data_root) is cached: the same relative path under `root`."""
+    try:
+        rel = image.relative_to(data_root)
+    except ValueError:
+        rel = None
+    if rel is None or not rel.parts or ".." in rel.parts:
+        raise UserError(f"{image} lies outside {data_root}/; refusing to cache it under {root}/")
+    return root / rel.with_suffix(".jpg")
+
+
 def disk_cache(paths: list[Path], data_root: Path, size: int, bad: list[int] | None = None) -> list[Path]:
     """Resized JPEG copies under data/<comp>/cache/<size>/, built once (in parallel) and reused.
     With a `bad` list, the index of an unreadable image is appended instead of an error."""
     root = data_root / "cache" / str(size)
     out, todo = [], []
     for i, p in enumerate(paths):
-        dst = root / Path(p).relative_to(data_root).with_suffix(".jpg")
+        dst = _cache_path(root, Path(p), data_root)
         out.append(dst)
         if not dst.exists():
             todo.append((i, Path(p), dst))
+    for _, _, dst in todo:  # nothing is written outside the cache, whatever a name or a link says
+        inside(root, dst)
     if todo:
         for d in {dst.parent for _, _, dst in todo}:
             d.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ decoded is listed with its reason; it ends nothing.
 from __future__ import annotations
 
 import glob
+import re
 import time
 from pathlib import Path
 
@@ -164,8 +165,11 @@ def predict_images(
     comp, run_dir: Path, inputs: list[str], *, top_k: int = 3, out: Path | None = None
 ) -> pd.DataFrame:
     """The run's answer for every image in `inputs` (files, folders, globs), shown as a table and
-    written to `out` (default predictions/<comp>-<run>-<time>.csv; a folder: that name inside it)."""
+    written to `out` (default predictions/<comp>-<run>-<time>.csv; a folder: that name inside it;
+    never over a file predict did not write, see `destination`)."""
     paths = expand_inputs(inputs)
+    name = f"{comp.slug}-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    out = destination(PREDICTIONS_DIR / name if out is None else Path(out), name, paths)
     from kagglecv.ml.engine import pick_device
 
     ens = load_ensemble(comp, run_dir, pick_device("auto"))
@@ -176,11 +180,57 @@ def predict_images(
     probs, errors = predict_paths(ens, paths)
     df = answer_frame(paths, probs, errors, ens.classes, top_k)
     show_answers(df, top_k)
-    name = f"{comp.slug}-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    out = PREDICTIONS_DIR / name if out is None else Path(out) / name if Path(out).is_dir() else Path(out)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(out), lambda p: df.to_csv(p, index=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda p: df.to_csv(p, index=False))
     console.print(
         f"[green]✓[/] wrote {escape(str(out))} ({len(df) - len(errors)} predicted, {len(errors)} unreadable)"
     )
     return df
+
+
+# ---- where the CSV goes: never over what predict did not write ---------------------------------
+
+ANSWER_HEADER = re.compile(r"image,class,prob(,class_(\d+),prob_\2)*,error")
+
+
+def destination(out: Path, name: str, inputs: list[Path]) -> Path:
+    """The CSV path for `out` (a folder: `name` inside it), refused (UserError) where writing would
+    destroy something: a file predict did not write (an input image, a run's oof.csv, anything
+    without predict's header line), a link, or any place inside a run folder."""
+    if out.is_dir() and not out.is_symlink():
+        out = out / name
+    redo = "give -o a new file name or a folder (default: predictions/)"
+    run = next((d for d in out.absolute().parents if _is_run_folder(d)), None)
+    if run is not None:
+        raise UserError(f"{out} lies in the run folder {run}/; predict never writes into a run: {redo}")
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise UserError(f"{out} is a link or not a plain file; predict does not write there: {redo}")
+    if not out.exists():
+        return out
+    if any(_same_file(out, p) for p in inputs):
+        raise UserError(f"{out} is one of the images to predict; predict never writes over its input: {redo}")
+    if not ANSWER_HEADER.fullmatch(_first_line(out)):
+        raise UserError(f"{out} exists and is not a CSV predict wrote; predict never replaces it: {redo}")
+    return out  # an earlier answer of predict's, asked for again by name: replaced
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """runs/<comp>/<run>/ (or a copy of one elsewhere): its config.yaml with a run's other files."""
+    return (folder / "config.yaml").is_file() and any(
+        (folder / n).exists() for n in ("summary.json", "metrics.csv", "plan.json", "blend.json")
+    )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.readline(1 << 16).decode("utf-8", errors="replace").rstrip("\r\n")
+    except OSError:
+        return ""

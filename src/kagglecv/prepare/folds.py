@@ -9,7 +9,8 @@ broken split (a class missing from a training split, an image in two folds) stop
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -128,7 +129,32 @@ def read_folds(comp: Competition, info: PreparedInfo) -> pd.DataFrame:
             f"times ({len(repeated)} repeated rows); each image belongs to exactly one fold; {redo}"
         )
     _check_fold_classes(folds, info.classes, folds_path, redo)
+    escaping = escaping_image(comp.data_dir, folds["image"])
+    if escaping is not None:
+        raise UserError(
+            f"{folds_path}: image {escaping!r} is not a path inside {comp.data_dir}/ (empty, absolute, "
+            f"'..' or a link leading out); kagglecv reads and caches only images inside it; {redo}"
+        )
     return folds
+
+
+def escaping_image(root: Path, images: Iterable[object]) -> str | None:
+    """The first of `images` (paths relative to `root`, as folds.csv lists them) that leads out of
+    `root`: empty, absolute, with a `..` or a NUL, or through a symlink (a folder or the file) whose
+    target lies elsewhere; None when all stay inside. Every folder is resolved once."""
+    real = root.resolve()
+    folders: dict[Path, bool] = {}
+    for image in images:
+        text = "" if pd.isna(image) else str(image)
+        rel = PurePosixPath(text)
+        if not text or "\0" in text or rel.is_absolute() or ".." in rel.parts:
+            return text
+        path = root / rel
+        if path.parent not in folders:
+            folders[path.parent] = path.parent.resolve().is_relative_to(real)
+        if not folders[path.parent] or (path.is_symlink() and not path.resolve().is_relative_to(real)):
+            return text
+    return None
 
 
 def _check_fold_classes(folds: pd.DataFrame, classes: list[str], folds_path: Path, redo: str) -> None:

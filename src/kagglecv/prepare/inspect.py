@@ -33,6 +33,7 @@ from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.images import TINY, decode, hash_ints, near_groups
+from kagglecv.prepare.folds import escaping_image
 from kagglecv.prepare.holdout import GROUP_DISTANCE
 from kagglecv.prepare.layout import FOLDS, IMAGE_EXTS, read_prepared
 from kagglecv.prepare.verify import cached_or_measured, read_cache, read_images_csv
@@ -47,6 +48,12 @@ def _image_table(comp: Competition) -> pd.DataFrame:
     """image (relative to data/<comp>/), label ('' where unknown), split (train | test)."""
     root = comp.data_dir
     folds = pd.read_csv(root / FOLDS, dtype=str)
+    escaping = escaping_image(root, folds["image"])
+    if escaping is not None:
+        raise UserError(
+            f"{root / FOLDS}: image {escaping!r} is not a path inside {root}/; delete folds.csv and run "
+            f"`make data COMP={comp.slug}` to split again"
+        )
     rows = [(img, lab, "train") for img, lab in zip(folds["image"], folds["label"], strict=True)]
     truth: dict[str, str] = {}
     solution = root / "solution.csv"

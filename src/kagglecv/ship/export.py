@@ -13,7 +13,9 @@ sha256): `make kernel` uploads only those files, and only from an export of this
 
 The ONNX model is checked against PyTorch with onnxruntime on real images of the competition before
 the folder counts as written; everything is written into a hidden temporary folder and renamed at
-the end, so an export folder that exists is complete. An existing one is replaced only with force.
+the end, so an export folder that exists is complete. An existing one is replaced only with force,
+and only when export wrote it (its model.json, and nothing but the files that lists): a folder of
+the user's, a run folder, a file or the project itself given as --out is refused, never replaced.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -298,11 +301,52 @@ def _readable(folder: Path) -> None:
         p.chmod(0o666 & ~umask)
 
 
+EXPORT_FILES = {"model.json", "predict.py", "model.onnx"}
+WEIGHTS_NAME = re.compile(r"fold\d+\.safetensors")
+
+
+def not_an_export(folder: Path) -> str | None:
+    """Why `folder` is not one `kagglecv export` wrote (so nothing may replace it), None when it is:
+    a real folder with an export's model.json, holding only the files that model.json lists."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "it is a link" if folder.is_symlink() else "it is a file, not a folder"
+    try:
+        spec = json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError):
+        spec = None
+    weights = spec.get("weights") if isinstance(spec, dict) else None
+    if not (isinstance(weights, list) and isinstance(spec, dict) and isinstance(spec.get("onnx"), dict)):
+        return "it has no model.json of an export"
+    ours = EXPORT_FILES | {w for w in weights if isinstance(w, str) and WEIGHTS_NAME.fullmatch(w)}
+    other = sorted(
+        p.name for p in folder.iterdir() if p.name not in ours or not p.is_file() or p.is_symlink()
+    )
+    return f"it holds {other[0]!r}, which export did not write" if other else None
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """An existing `out` is replaced only with force and only when export wrote it."""
+    if Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--out {out} is this folder or holds it; give a new folder, e.g. -o exports/mine")
+    if not (out.exists() or out.is_symlink()):
+        above = next(p for p in out.absolute().parents if p.exists())
+        if not above.is_dir():
+            raise UserError(f"--out {out}: {above} is a file, not a folder; give a folder that can be made")
+        return
+    why = not_an_export(out)
+    if why is not None:
+        raise UserError(
+            f"{out} exists and is not an export ({why}); kagglecv export never replaces it: give "
+            "--out (-o) a folder that does not exist yet"
+        )
+    if not force:
+        raise UserError(f"{out}/ exists already: FORCE=1 (--force) replaces it, or export elsewhere")
+
+
 def export_run(comp, run_dir: Path, *, out_dir: Path | None = None, force: bool = False) -> Path:
     """exports/<comp>-<run>/ (or `out_dir`) from a finished run; see the module docstring."""
     out = Path(out_dir) if out_dir else export_dir(comp, run_dir)
-    if out.exists() and not force:
-        raise UserError(f"{out}/ exists already: FORCE=1 (--force) replaces it, or export elsewhere")
+    _check_out(out, force)
     _need_onnx()
     ens = load_ensemble(comp, run_dir)  # on the CPU: what the export is checked on
     if any(s != 1.0 for s in ens.scales):

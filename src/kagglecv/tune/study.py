@@ -1,7 +1,7 @@
 """`make tune`: an Optuna study over the recipe's `tune:` block, each trial a short real training.
 
     kagglecv tune -c digits-demo --config configs/tune-demo.yaml --budget 10m
-    kagglecv tune --trials 40 --storage postgresql://host/db   # the same on every machine: one study
+    KAGGLECV_STORAGE=postgresql://user:pw@host/db kagglecv tune --trials 40   # every machine: one study
 
 The search space is the recipe's `tune:` block, one line per recipe key (or `lr_mult`):
 
@@ -24,7 +24,8 @@ runs/<comp>/tune/lr/. A trial trains the first `tune_folds` folds through train.
 claimed, resume state, everything real) into runs/<comp>/tune/<study>/trial-<n>/, reports every
 epoch's validation score to Optuna and is stopped by its MedianPruner when it falls behind the
 median of earlier trials at the same epoch. The study lives in runs/<comp>/tune.db (SQLite) or
---storage (any database URL Optuna takes: several machines then work on one study). Ctrl-C keeps
+--storage / $KAGGLECV_STORAGE (any database URL Optuna takes: several machines then work on one
+study; the variable keeps a password out of `ps`, and a printed URL shows it as ***). Ctrl-C keeps
 the finished trials; rerunning continues the study. A failed trial's line says why; three failures
 in a row stop the study with one line. The best trial becomes configs/tuned-<comp>.yaml (the whole
 recipe, ready for `make train CONFIG=...`; a better score than the file's own, else
@@ -36,14 +37,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
+
+from rich.markup import escape
 
 from kagglecv.core.config import TrainConfig, build_config
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.tune.space import Param, TuneSettings, load_tune_recipe
+from kagglecv.tune.storage import STORAGE_ENV, masked_url, storage_errors
 
 FAILS_IN_A_ROW = 3  # trials failing one after another with nothing finished between: the study stops
 
@@ -161,12 +166,12 @@ def run_tune(
     root = RUNS_DIR / comp.slug
     root.mkdir(parents=True, exist_ok=True)
     name = study_name(comp.slug, config, overrides)
-    storage = storage or f"sqlite:///{root / 'tune.db'}"
+    storage = storage or os.environ.get(STORAGE_ENV, "") or f"sqlite:///{root / 'tune.db'}"
     study = _open_study(comp, name, storage, settings, root)
     done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     before = len(study.get_trials(states=done))
     console.print(
-        f"[bold]tune[/] study {name} ({storage}): {before} trials so far · "
+        f"[bold]tune[/] study {name} ({escape(masked_url(storage))}): {before} trials so far · "
         + " · ".join(p.name + " " + p.describe() for p in params)
         + f" · {settings.tune_folds} fold(s) per trial"
         + (f" · until {trials} trials" if trials else "")
@@ -249,7 +254,7 @@ def _open_study(comp, name: str, storage: str, settings, root: Path):
     optuna.logging.enable_propagation()
     # two processes that create one new SQLite study at once race on optuna's schema table
     # (IntegrityError on alembic_version): the first creates it, the others then load it
-    with waiting(root / ".tune.lock"):
+    with waiting(root / ".tune.lock"), storage_errors(storage):
         return optuna.create_study(
             study_name=name,
             storage=storage,

@@ -3,9 +3,9 @@
 Kaggle serves a competition as one zip, and inside it often more archives: dogs-vs-cats ships
 train.zip, CIFAR-10 ships train.7z, others .tar.gz. Every archive is checked before anything is
 written: no absolute or `..` paths, no links, no name twice, enough free disk, and caps that keep a
-zip bomb out (nesting depth, member count, unpacked size and its ratio to the archive's size, all
-archives of one download together). Then it is unpacked, and the archives found inside are
-unpacked in place too.
+zip bomb out (nesting depth, member count, unpacked size, and its ratio to the archive's size and
+to the download's: all archives of one download together, so nesting cannot multiply past a cap).
+Then it is unpacked, and the archives found inside are unpacked in place too.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ class DamagedArchive(UserError):
 
 @dataclass
 class Budget:
-    """What the archives of one download have unpacked so far, against the caps."""
+    """What the archives of one download have unpacked so far, against the caps. `packed` is the
+    download's own size: the ratio cap also holds for everything unpacked from it together, so
+    archives nested in archives, each under the cap alone, cannot multiply their way past it."""
 
+    packed: int
     members: int = 0
     size: int = 0
 
@@ -180,11 +183,17 @@ def _check_caps(archive: Path, members: list[Member], budget: Budget) -> None:
         raise UserError(
             f"{refuse} (unpacks to {human_bytes(budget.size)}, over the cap of {human_bytes(MAX_TOTAL)})"
         )
+    cap = f"the cap is {MAX_RATIO}x above {human_bytes(RATIO_FLOOR)}"
     packed = max(archive.stat().st_size, 1)
     if size > RATIO_FLOOR and size / packed > MAX_RATIO:
         raise UserError(
-            f"{refuse} ({human_bytes(packed)} unpacks to {human_bytes(size)}, {size / packed:.0f}x; the cap "
-            f"is {MAX_RATIO}x above {human_bytes(RATIO_FLOOR)})"
+            f"{refuse} ({human_bytes(packed)} unpacks to {human_bytes(size)}, {size / packed:.0f}x; {cap})"
+        )
+    ratio = budget.size / max(budget.packed, 1)
+    if budget.size > RATIO_FLOOR and ratio > MAX_RATIO:  # nested: counted from the download's bytes
+        raise UserError(
+            f"{refuse} (the {human_bytes(budget.packed)} download and the archives inside it would unpack "
+            f"to {human_bytes(budget.size)}, {ratio:.0f}x; {cap})"
         )
 
 
@@ -216,7 +225,7 @@ def extract(archive: Path, dest: Path, budget: Budget | None = None) -> list[Pat
             members = [
                 m for m in _members(archive, opened) if not m.name.startswith("__MACOSX/")
             ]  # macOS litter
-            paths = _check(archive, members, dest, budget or Budget())
+            paths = _check(archive, members, dest, budget or Budget(archive.stat().st_size))
             files = [
                 (m, dest.joinpath(*rel.parts)) for m, rel in zip(members, paths, strict=True) if not m.is_dir
             ]
@@ -241,7 +250,7 @@ def extract_nested(archive: Path, dest: Path) -> None:
     """Unpack `archive`, then every archive found inside it, in place (inner ones are removed once
     unpacked). An inner archive whose members share one top folder (train.zip -> train/...) unpacks
     beside itself; one with loose files unpacks into a folder named after it."""
-    pending, budget = [(archive, dest, 0)], Budget()
+    pending, budget = [(archive, dest, 0)], Budget(archive.stat().st_size)
     while pending:
         path, into, depth = pending.pop()
         inners = [inner for inner in extract(path, into, budget) if kind(inner)]

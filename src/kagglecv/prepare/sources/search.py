@@ -26,6 +26,7 @@ from rich.markup import escape
 
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
+from kagglecv.core.files import atomic_write
 from kagglecv.prepare.sources.download import USER_AGENT, Clock, os_cause, os_reason, short, ssl_context
 
 SEARCH_URL_ENV = "KAGGLECV_SEARCH_URL"
@@ -257,9 +258,7 @@ class Searcher:
                 if results is None:
                     continue
                 self.cache.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(results))
-                tmp.replace(path)
+                atomic_write(path, lambda tmp, results=results: tmp.write_text(json.dumps(results)))
             if not results:
                 problems.append(f"search '{query}' ({cls}): no results")
             for result in results:
