@@ -48,3 +48,26 @@ def test_half_builds_of_gone_processes_are_cleared_and_a_live_ones_kept(tmp_path
     live.mkdir()
     replace_dir(out, _write("one"))
     assert not gone.exists() and live.is_dir()
+
+
+def test_replace_dir_is_not_stopped_or_redirected_by_planted_links(tmp_path):
+    """The hidden names were .<name>.<pid>.tmp/.old: a link planted there by someone sharing the
+    folder made the build a traceback (mkdir on the link). Now they are fresh mkdtemp names."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    out = tmp_path / "export"
+    for kind in ("tmp", "old"):
+        (tmp_path / f".export.{os.getpid()}.{kind}").symlink_to(target, target_is_directory=True)
+    replace_dir(out, _write("one"))
+    replace_dir(out, _write("two"))  # an existing folder moves aside: the .old name too
+    assert (out / "a.txt").read_text() == "two" and not out.is_symlink()
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    assert (target / "keep.txt").read_text() == "mine"
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

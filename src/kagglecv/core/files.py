@@ -39,17 +39,16 @@ def replace_dir(out: Path, build: Callable[[Path], T]) -> T:
     the real name is always complete, and an existing `out` is kept until the new one is whole (it
     moves aside, the new one is renamed in, then the old one goes), so at no moment is neither there.
     Leftover half-builds of `out` by processes that are gone are removed first; a failed build
-    removes its own. Returns what `build` returns."""
+    removes its own. Both hidden names are made afresh and unpredictable (mkdtemp), so a link planted
+    beside `out` in a shared folder can neither be written through nor stop the build."""
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = fresh_dir(out, "tmp")
     try:
         result = build(tmp)
         if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            out.rename(old)
+            old = fresh_dir(out, "old")
+            out.rename(old)  # onto the fresh empty folder, which rename replaces
             tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -58,6 +57,15 @@ def replace_dir(out: Path, build: Callable[[Path], T]) -> T:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def fresh_dir(out: Path, kind: str) -> Path:
+    """A new empty hidden folder beside `out`, .<name>.<random>.<pid>.<kind> (remove_leftovers reads
+    the pid), with the permissions a plain mkdir would give (mkdtemp alone makes it private)."""
+    made = tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=f".{os.getpid()}.{kind}")
+    path = out.parent / Path(made).name  # spelled as `out` is
+    path.chmod(0o777 & ~_UMASK)
+    return path
 
 
 def remove_leftovers(out: Path) -> None:
