@@ -24,6 +24,7 @@ from kagglecv.core.config import build_spec, check_fields, read_yaml
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.names import check_name
+from kagglecv.core.task import Task, parse_task
 
 COMPETITIONS_DIR = Path("competitions")
 DATA_DIR = Path("data")
@@ -31,7 +32,6 @@ LAST_FILE = ".last-competition"
 
 SOURCES = ("builtin", "kaggle", "scrape", "folder")
 SUBMISSION_KINDS = ("class_name", "class_index", "probability", "class_probabilities")
-METRICS = ("accuracy", "log_loss", "roc_auc", "f1_micro")
 # Perceptual-hash bits within which two images count as the same picture (holdout groups, inspect);
 # looser values chain unrelated look-alikes (plain backgrounds, tiny images) into huge groups.
 GROUP_DISTANCE = 6
@@ -144,6 +144,7 @@ class Competition:
     layout: dict[str, Any]
     submission: Submission
     metric: str
+    task: Task = field(default_factory=Task)  # single-label unless the file says otherwise
     n_folds: int = 5
     hflip: bool = True  # may images be mirrored left-right without changing their class?
     vflip: bool = False
@@ -201,8 +202,12 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
     if not isinstance(data["submission"], dict) or "id_column" not in data["submission"]:
         raise UserError(f"{where}: submission needs at least 'id_column'")
     sub = data["submission"]
+    task = parse_task(data.get("task"), where)
     data = check_fields(
-        Competition, {k: v for k, v in data.items() if k != "submission"}, where, skip=("path",)
+        Competition,
+        {k: v for k, v in data.items() if k not in ("submission", "task")},
+        where,
+        skip=("path", "task"),
     )
     if not isinstance(data["source"], dict) or data["source"].get("kind") not in SOURCES:
         raise UserError(f"{where}: source.kind must be one of {', '.join(SOURCES)}")
@@ -224,9 +229,12 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
         raise UserError(f"{where}: submission.notebook_minutes must be a positive number of minutes")
     if submission.id_is not in ("stem", "name"):
         raise UserError(f"{where}: submission.id_is must be 'stem' or 'name'")
-    if data["metric"] not in METRICS:
-        raise UserError(f"{where}: metric must be one of {', '.join(METRICS)}, got {data['metric']!r}")
-    comp = Competition(**{**data, "submission": submission, "path": path})
+    task.check_metric(data["metric"], where)
+    if task.kind != "single_label":  # core/task.py reads them; the stages after prepare do not yet
+        raise UserError(
+            f"{where}: task.kind {task.kind} cannot be trained yet; this version trains single_label"
+        )
+    comp = Competition(**{**data, "submission": submission, "task": task, "path": path})
     if comp.n_folds < 2:
         raise UserError(f"{where}: n_folds must be at least 2 (k-fold needs a validation fold)")
     if comp.slug != path.stem:
