@@ -242,35 +242,9 @@ def cmd_demo(args) -> None:
 
 
 def cmd_config(args) -> None:
-    """Every recipe key as a table: default, type, meaning, and the value in --config (+ overrides)."""
-    from rich.markup import escape
-    from rich.table import Table
+    from kagglecv.cli.config_table import show_config
 
-    from kagglecv.core.config import describe_config, load_config
-
-    chosen = load_config(args.config, args.overrides).to_dict() if args.config or args.overrides else None
-    where = " + ".join(x for x in (args.config, " ".join(args.overrides)) if x)
-    table = Table(title="recipe keys (configs/*.yaml, or key=value words after the command)")
-    table.add_column("key", no_wrap=True)
-    table.add_column("default")
-    if chosen is not None:
-        table.add_column(escape(where))
-    table.add_column("type")
-    table.add_column("meaning")
-    for key, default, type_name, meaning in describe_config():
-        value = [] if chosen is None else [_yaml(chosen[key], bold=chosen[key] != default)]
-        table.add_row(key, _yaml(default), *value, escape(type_name), escape(meaning))
-    console.print(table)
-
-
-def _yaml(value, bold: bool = False) -> str:
-    """A value as the YAML recipe spells it (null, true, 1e-07), bold where it is not the default."""
-    from rich.markup import escape
-
-    if value is None or isinstance(value, bool):
-        value = {None: "null", True: "true", False: "false"}[value]
-    text = escape(str(value))
-    return f"[bold]{text}[/]" if bold else text
+    show_config(args.config, args.overrides)
 
 
 def cmd_bench(args) -> None:

@@ -99,25 +99,12 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.lr, str) and self.lr != "auto":
-            raise UserError(f"config: lr must be a number or 'auto', got {self.lr!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
-        if self.amp_dtype not in ("auto", "bf16", "fp16"):
-            raise UserError(f"config: amp_dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
-        if self.cache not in ("auto", "memory", "disk", "none"):
-            raise UserError(f"config: cache must be auto, memory, disk or none, got {self.cache!r}")
-        if self.freeze_epochs < 0:
-            raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
-        if self.workers is not None and self.workers < 0:
-            raise UserError(f"config: workers must be 0 or more (or null for automatic), got {self.workers}")
+        self._check_choices()
         if min(self.rotate, self.shift, self.scale) < 0 or self.scale >= 1:
             raise UserError(
                 f"config: rotate and shift must not be negative and scale must lie in [0, 1) "
                 f"(a zoom of 1 +- scale), got rotate={self.rotate}, shift={self.shift}, scale={self.scale}"
             )
-        if isinstance(self.batch_size, str) and self.batch_size != "auto":
-            raise UserError(f"config: batch_size must be a number or 'auto', got {self.batch_size!r}")
         self._check_sizes()
         batch = () if self.batch_size == "auto" else ("batch_size",)
         for name in (
@@ -149,9 +136,6 @@ class TrainConfig:
             "mixup",
             "cutmix",
             "drop_rate",
-            "rotate",
-            "shift",
-            "scale",
         ):
             if getattr(self, name) < 0:
                 raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
@@ -161,6 +145,23 @@ class TrainConfig:
             raise UserError(f"config: pseudo_threshold must lie in [0.5, 1], got {self.pseudo_threshold}")
         if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
             raise UserError(f"config: layer_decay must lie in (0, 1], got {self.layer_decay}")
+
+    def _check_choices(self) -> None:
+        """Keys that take one of a few words."""
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise UserError(f"config: lr must be a number or 'auto', got {self.lr!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"config: device must be auto, cpu or cuda, got {self.device!r}")
+        if self.amp_dtype not in ("auto", "bf16", "fp16"):
+            raise UserError(f"config: amp_dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
+        if self.cache not in ("auto", "memory", "disk", "none"):
+            raise UserError(f"config: cache must be auto, memory, disk or none, got {self.cache!r}")
+        if self.freeze_epochs < 0:
+            raise UserError(f"config: freeze_epochs must be 0 or more, got {self.freeze_epochs}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"config: workers must be 0 or more (or null for automatic), got {self.workers}")
+        if isinstance(self.batch_size, str) and self.batch_size != "auto":
+            raise UserError(f"config: batch_size must be a number or 'auto', got {self.batch_size!r}")
 
     def _check_sizes(self) -> None:
         if self.img_sizes is not None and self.progressive:
