@@ -253,6 +253,23 @@ def test_the_notebook_unpacks_only_the_test_archives(workdir, monkeypatch):
     assert sorted(p.name for p in (comp.data_dir / "test").iterdir()) == sorted(sample["id"])
 
 
+def test_the_notebook_reads_cassavas_folders_as_mounted(workdir, monkeypatch):
+    """cassava, mounted unpacked (train_images/, test_images/, the TFRecords, the label map): nothing
+    to unpack, and test/ gets exactly the sample's images, ids with their .jpg."""
+    from kagglecv.ship import notebook
+
+    comp = load_competition("cassava-leaf-disease-classification")
+    assert comp.submission.code_competition and not comp.submission.upload
+    source = workdir / "input" / comp.slug
+    with zipfile.ZipFile(io.BytesIO(competition_zip(comp.slug))) as z:
+        z.extractall(source)
+    monkeypatch.chdir(workdir / "input")
+    assert notebook.raw_view(comp, source, workdir / "scratch" / "raw") == source  # read in place
+    notebook.lay_out_test(comp, source)
+    sample = pd.read_csv(comp.data_dir / "sample_submission.csv")
+    assert sorted(p.name for p in (comp.data_dir / "test").iterdir()) == sorted(sample["image_id"])
+
+
 def test_competition_keys(tmp_path):
     comp = load_competition("aerial-cactus-identification", Path(__file__).parents[1] / "competitions")
     assert comp.submission.code_competition and comp.submission.notebook_minutes == 540

@@ -479,6 +479,50 @@ def _aerial_cactus() -> dict[str, bytes]:
     }
 
 
+CASSAVA = ["0", "1", "2", "3", "4"]  # train.csv's label: the codes of label_num_to_disease_map.json
+CASSAVA_NAMES = [
+    "Cassava Bacterial Blight (CBB)",
+    "Cassava Brown Streak Disease (CBSD)",
+    "Cassava Green Mottle (CGM)",
+    "Cassava Mosaic Disease (CMD)",
+    "Healthy",
+]
+
+
+def _cassava() -> dict[str, bytes]:
+    """train_images/<digits>.jpg + train.csv image_id,label (0-4), test_images/, the same images as
+    TFRecords (which kagglecv ignores) and the code -> disease map."""
+    ids = [(f"{1000015157 + 7919 * i}.jpg", i % 5) for i in range(5 * PER_CLASS)]
+    test = [f"{2216849948 + 104729 * i}.jpg" for i in range(N_TEST)]
+    names = dict(zip(CASSAVA, CASSAVA_NAMES, strict=True))
+    return {
+        "train.csv": _csv(["image_id", "label"], ids),
+        **{f"train_images/{i}": _image(".jpg", 1100 + n) for n, (i, _) in enumerate(ids)},
+        **{f"test_images/{i}": _image(".jpg", 1200 + n) for n, i in enumerate(test)},
+        "train_tfrecords/ld_train00-15.tfrec": bytes(range(256)) * 4,
+        "train_tfrecords/ld_train01-15.tfrec": bytes(range(255, -1, -1)) * 4,
+        f"test_tfrecords/ld_test00-{N_TEST}.tfrec": bytes(range(128)) * 4,
+        "label_num_to_disease_map.json": json.dumps(names, indent=4).encode(),
+        "sample_submission.csv": _csv(["image_id", "label"], [[i, 4] for i in test]),
+    }
+
+
+PADDY = ["bacterial_leaf_blight", "blast", "normal"]  # 3 of its 10 classes
+
+
+def _paddy() -> dict[str, bytes]:
+    """train_images/<label>/<id>.jpg (train.csv image_id,label,variety,age repeats the folder),
+    test_images/<id>.jpg; sample_submission.csv image_id,label with the label left empty."""
+    rows = [(f"{100330 + 17 * i}.jpg", PADDY[i % 3], "ADT45", 45 + i % 30) for i in range(3 * PER_CLASS)]
+    test = [f"{200001 + i}.jpg" for i in range(N_TEST)]
+    return {
+        "train.csv": _csv(["image_id", "label", "variety", "age"], rows),
+        **{f"train_images/{label}/{i}": _image(".jpg", 1300 + n) for n, (i, label, _, _) in enumerate(rows)},
+        **{f"test_images/{i}": _image(".jpg", 1400 + n) for n, i in enumerate(test)},
+        "sample_submission.csv": _csv(["image_id", "label"], [[i, ""] for i in test]),
+    }
+
+
 ARCHIVES = {
     "dogs-vs-cats": lambda: _dogs_vs_cats("test1", "sampleSubmission.csv", 0),
     "dogs-vs-cats-redux-kernels-edition": lambda: _dogs_vs_cats("test", "sample_submission.csv", 0.5),
@@ -487,6 +531,8 @@ ARCHIVES = {
     "plant-seedlings-classification": _plant_seedlings,
     "histopathologic-cancer-detection": _histopathologic,
     "aerial-cactus-identification": _aerial_cactus,
+    "cassava-leaf-disease-classification": _cassava,
+    "paddy-disease-classification": _paddy,
 }
 # slug -> (classes, train images per class, test images) that `make data` should produce
 EXPECTED = {
@@ -497,6 +543,8 @@ EXPECTED = {
     "plant-seedlings-classification": (SPECIES, PER_CLASS, N_TEST),
     "histopathologic-cancer-detection": (["0", "1"], PER_CLASS, N_TEST),
     "aerial-cactus-identification": (["0", "1"], PER_CLASS, N_TEST),
+    "cassava-leaf-disease-classification": (CASSAVA, PER_CLASS, N_TEST),
+    "paddy-disease-classification": (PADDY, PER_CLASS, N_TEST),
 }
 _built: dict[str, bytes] = {}
 

@@ -6,13 +6,15 @@ The files are downloaded into data/<slug>/raw/ as usual; then what came is read 
 would: the sample submission's columns (id, one label column or one column per class) and values
 (class names, indices or probabilities), a CSV of pixel rows, image folders per class, a CSV whose
 ids match the training images plus a label-like column, or a class word at the start of each file
-name. Every guess that could be wrong is listed at the top of the file, marked CHECK.
+name; a JSON that maps every class code to a name (cassava's label map) gives submission.classes.
+Every guess that could be wrong is listed at the top of the file, marked CHECK.
 A YAML that exists already is never replaced (`--draft` on it writes <slug>.draft.yaml beside it
 and lists what differs).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -198,6 +200,29 @@ def _guess_submission(sample: pd.DataFrame, classes: list[str] | None, checks: l
     return sub, "accuracy"
 
 
+def _label_map(raw: Path, classes: list[str] | None, checks: list[str]) -> list[str] | None:
+    """The keys of a small JSON beside the data that names every training class (cassava's
+    label_num_to_disease_map.json: {"0": "Cassava Bacterial Blight (CBB)", ...}), in its order."""
+    if not classes:
+        return None
+    for path in sorted(raw.rglob("*.json"), key=lambda p: (len(p.parts), str(p))):
+        try:
+            names = json.loads(path.read_bytes()) if path.stat().st_size < 1_000_000 else None
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(names, dict)
+            and set(classes) <= set(names)
+            and all(isinstance(v, str) for v in names.values())
+        ):
+            pairs = ", ".join(f"{k} = {v}" for k, v in list(names.items())[:5])
+            checks.append(
+                f"submission.classes: the keys of {_rel(path, raw)} ({pairs}); no other label is taken"
+            )
+            return list(names)
+    return None
+
+
 def _check_slug(slug: str, allow_similar: bool, root: Path) -> None:
     """A slug Kaggle could have, and not a typo of a known one (a typo must not start a download)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", slug):
@@ -223,6 +248,8 @@ def _draft_text(slug: str, raw: Path) -> tuple[str, dict, list[str]]:
     if sample_path.name != "sample_submission.csv" or sample_path.parent != raw:
         layout["sample_submission"] = _rel(sample_path, raw)
     submission, metric = _guess_submission(pd.read_csv(sample_path, nrows=50), classes, checks)
+    if submission.get("kind") == "class_name" and (named := _label_map(raw, classes, checks)):
+        submission["classes"] = named
     checks.append("hflip: true (may a mirrored image keep its class?), vflip: false")
     spec = {
         "slug": slug,
