@@ -349,3 +349,32 @@ def test_read_only_data_folder_refuses_before_anything(tiny_digits, capsys, monk
     assert (
         "make data digits-demo: cannot write data/.digits-demo.lock: it is on a read-only file system" in text
     )
+
+
+def test_a_label_outside_submission_classes_is_refused_by_make_data(workdir, capsys):
+    """cassava lists the codes of its label map as submission.classes: a train.csv row labelled 5
+    (a code the map lacks) would train a class no submission may hold. One line, nothing prepared."""
+    import io
+    import zipfile
+
+    from helpers.kaggle_fake import competition_zip
+
+    slug = "cassava-leaf-disease-classification"
+    raw = workdir / "data" / slug / "raw"
+    with zipfile.ZipFile(io.BytesIO(competition_zip(slug))) as z:
+        z.extractall(raw)  # raw/ already there: make data lays it out without asking Kaggle
+    image = next((raw / "train_images").iterdir())
+    with open(raw / "train.csv", "a") as f:
+        for i in range(5):  # enough for the 5 folds: only the label is wrong
+            shutil.copyfile(image, raw / "train_images" / f"99{i}.jpg")
+            f.write(f"99{i}.jpg,5\n")
+    assert main(["data", slug]) == 2
+    text = cli_text(capsys)
+    assert (
+        f"{slug}: training labels ['5'] are not among submission.classes ['0', '1', '2', '3', '4'] of "
+        in text
+    )
+    assert "Traceback" not in text and len(text.strip().splitlines()) <= 2
+    root = workdir / "data" / slug
+    assert not (root / "prepared.json").exists() and not (root / "train").exists()
+    assert not (root / ".staging").exists() and (raw / "train.csv").exists()

@@ -126,7 +126,8 @@ class Submission:
     id_column: str
     label_columns: list[str] = field(default_factory=list)  # empty for class_probabilities
     kind: str = "class_name"  # class_name | class_index | probability | class_probabilities
-    classes: list[str] | None = None  # class order for class_index (default: sorted class folders)
+    # the only classes Kaggle takes (make data checks the labels); class_index: their order
+    classes: list[str] | None = None  # default: the class folders, sorted
     positive_class: str | None = None  # for kind: probability
     id_is: str = "stem"  # the test image file's stem ("12") or full name ("12.jpg") is the id
     upload: bool = True  # false where Kaggle only takes submissions from notebooks

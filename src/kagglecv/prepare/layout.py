@@ -267,6 +267,19 @@ def _no_room(comp: Competition, raw: Path, e: OSError) -> UserError:
     )
 
 
+def _check_submission_classes(comp: Competition, labels: pd.Series) -> None:
+    """Where the competition file lists the classes its submission may hold (submission.classes,
+    e.g. the codes of cassava's label map), every training label must be one: a model that learned
+    another class would write it into the submission, or (class_index) find no index for it."""
+    known = [str(c) for c in comp.submission.classes or []]
+    extra = sorted(set(labels.astype(str)) - set(known)) if known else []
+    if extra:
+        raise UserError(
+            f"{comp.slug}: training labels {extra[:5]} are not among submission.classes {known[:10]} "
+            f"of {comp.path}; fix those labels in the data, or list the class there if Kaggle takes it"
+        )
+
+
 def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> PreparedInfo:
     """raw/ -> the prepared shape in `staging`, swapped into data/<comp>/ once complete; returns
     what prepared.json records."""
@@ -280,6 +293,7 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> Prepared
     images = list_train_images(staging / "train")
     if images.empty:
         raise UserError(f"{comp.slug}: the layout found no labelled training images in {raw}/")
+    _check_submission_classes(comp, images["label"])
     counts = images["label"].value_counts()
     if counts.min() < comp.n_folds:
         held = None
