@@ -15,8 +15,8 @@ from kagglecv.cli import main
 from kagglecv.prepare.sources import kaggle as ksrc
 
 SLUG = "mystery-contest"
-# the sample submission alone cannot tell: histopathologic's sample holds 0, like a class name
-SUBMISSION_GUESS_DIFFERS = {"histopathologic-cancer-detection"}
+# the sample submission alone cannot tell: histopathologic's and siim-isic's samples hold 0, like a class name
+SUBMISSION_GUESS_DIFFERS = {"histopathologic-cancer-detection", "siim-isic-melanoma-classification"}
 
 
 @pytest.fixture
@@ -36,7 +36,15 @@ def test_draft_reads_back_the_shipped_yaml(fake, workdir, shipped, capsys):
     draft = yaml.safe_load((workdir / "competitions" / f"{SLUG}.yaml").read_text())
     want = yaml.safe_load((workdir / "competitions" / f"{shipped}.yaml").read_text())
     assert draft["layout"]["kind"] == want["layout"]["kind"]
-    for key in ("train_dir", "test_dir", "labels_csv", "id_column", "label_column", "train_csv"):
+    for key in (
+        "train_dir",
+        "test_dir",
+        "labels_csv",
+        "id_column",
+        "label_column",
+        "label_columns",
+        "train_csv",
+    ):
         assert draft["layout"].get(key) == want["layout"].get(key), key
     sub, want_sub = draft["submission"], want["submission"]
     assert sub["id_column"] == want_sub["id_column"] and sub["id_is"] == want_sub.get("id_is", "stem")

@@ -42,14 +42,26 @@ FORMATS = {
         ["image_id", "label"],
         lambda v: set(v["label"]) <= {"bacterial_leaf_blight", "blast", "normal"},
     ),
+    "siim-isic-melanoma-classification": (
+        ["image_name", "target"],
+        lambda v: v["target"].between(0, 1).all(),
+    ),
+    "plant-pathology-2020-fgvc7": (
+        ["image_id", "healthy", "multiple_diseases", "rust", "scab"],
+        lambda v: np.allclose(v.iloc[:, 1:].sum(axis=1), 1, atol=1e-4),
+    ),
 }
 # Kaggle takes these only from notebooks: make submit UPLOAD=1 is an error pointing to make kernel
 NOTEBOOK_ONLY = {"aerial-cactus-identification", "cassava-leaf-disease-classification"}
+# slug -> (train CSV in raw/, its id and group columns): every group must lie in one fold
+GROUPED = {"siim-isic-melanoma-classification": ("train.csv", "image_name", "patient_id")}
 
 
 @pytest.mark.parametrize("slug", sorted(FORMATS))
 def test_data_train_submit_upload(fake, workdir, slug, capsys):
     assert main(["data", slug]) == 0, cli_text(capsys)
+    if slug in GROUPED:
+        _assert_grouped_folds(workdir / "data" / slug, *GROUPED[slug])
     # one fold is enough to prove the format: the submission is checked, not the model
     assert main(["train", "--config", "configs/smoke.yaml", "lr=0.002", "train_folds=1"]) == 0, cli_text(
         capsys
@@ -83,6 +95,16 @@ def test_data_train_submit_upload(fake, workdir, slug, capsys):
     assert list(df.columns) == columns == list(sample.columns)
     assert df[columns[0]].astype(str).tolist() == sample[columns[0]].astype(str).tolist()
     assert check(df)
+
+
+def _assert_grouped_folds(root: Path, csv: str, id_column: str, group_column: str) -> None:
+    """folds.csv names each image's group as the raw CSV does, and no group is in two folds."""
+    truth = pd.read_csv(root / "raw" / csv, dtype=str).set_index(id_column)[group_column]
+    folds = pd.read_csv(root / "folds.csv", dtype=str)
+    ids = folds["image"].map(lambda p: Path(p).stem)
+    assert folds["group"].tolist() == truth[ids].tolist()
+    assert (folds.groupby("group")["fold"].nunique() == 1).all()
+    assert folds["group"].value_counts().max() > 1  # real groups, not one image each
 
 
 def test_submit_rejected_403_points_at_late_submission(fake, workdir, capsys):

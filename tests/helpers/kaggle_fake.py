@@ -523,6 +523,53 @@ def _paddy() -> dict[str, bytes]:
     }
 
 
+# the patient of each of the 12 training images (target alternates 0, 1): 6 patients of 1 to 3 images
+SIIM_PATIENTS = [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 5, 5]
+
+
+def _siim_isic() -> dict[str, bytes]:
+    """jpeg/train, jpeg/test, the DICOM folders (.dcm, not read) and tfrecords/ as the real zip has."""
+    names = [f"ISIC_{1000000 + 7919 * i % 9000000:07d}" for i in range(2 * PER_CLASS)]
+    test = [f"ISIC_{5000000 + 104729 * i % 4000000:07d}" for i in range(N_TEST)]
+    sites = ["head/neck", "upper extremity", "lower extremity", "torso", ""]
+    rows = [
+        [name, f"IP_{7000000 + 13 * p}", ("male", "female", "")[p % 3], 30 + 5 * p, sites[i % 5]]
+        + (["melanoma", "malignant", 1] if i % 2 else ["nevus", "benign", 0])
+        for i, (name, p) in enumerate(zip(names, SIIM_PATIENTS, strict=True))
+    ]
+    columns = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge"]
+    test_rows = [[name, f"IP_{8000000 + i}", "female", 45, "torso"] for i, name in enumerate(test)]
+    return {
+        **{f"jpeg/train/{n}.jpg": _image(".jpg", 1100 + k) for k, n in enumerate(names)},
+        **{f"jpeg/test/{n}.jpg": _image(".jpg", 1200 + k) for k, n in enumerate(test)},
+        **{f"train/{n}.dcm": b"DICM" for n in names},
+        **{f"test/{n}.dcm": b"DICM" for n in test},
+        "tfrecords/train00-12.tfrec": b"tfrecord",
+        "tfrecords/test00-5.tfrec": b"tfrecord",
+        "train.csv": _csv([*columns, "diagnosis", "benign_malignant", "target"], rows),
+        "test.csv": _csv(columns, test_rows),
+        "sample_submission.csv": _csv(["image_name", "target"], [[n, 0] for n in test]),
+    }
+
+
+DISEASES = ["healthy", "multiple_diseases", "rust", "scab"]
+
+
+def _plant_pathology_2020() -> dict[str, bytes]:
+    """One images/ folder for both sets; train.csv one-hot; the sample's class columns in its order."""
+    n_train = len(DISEASES) * PER_CLASS
+    one_hot = [[f"Train_{i}"] + [int(i % 4 == k) for k in range(4)] for i in range(n_train)]
+    return {
+        **{f"images/Train_{i}.jpg": _image(".jpg", 1300 + i) for i in range(n_train)},
+        **{f"images/Test_{i}.jpg": _image(".jpg", 1400 + i) for i in range(N_TEST)},
+        "train.csv": _csv(["image_id", *DISEASES], one_hot),
+        "test.csv": _csv(["image_id"], [[f"Test_{i}"] for i in range(N_TEST)]),
+        "sample_submission.csv": _csv(
+            ["image_id", *DISEASES], [[f"Test_{i}", 0.25, 0.25, 0.25, 0.25] for i in range(N_TEST)]
+        ),
+    }
+
+
 ARCHIVES = {
     "dogs-vs-cats": lambda: _dogs_vs_cats("test1", "sampleSubmission.csv", 0),
     "dogs-vs-cats-redux-kernels-edition": lambda: _dogs_vs_cats("test", "sample_submission.csv", 0.5),
@@ -533,6 +580,8 @@ ARCHIVES = {
     "aerial-cactus-identification": _aerial_cactus,
     "cassava-leaf-disease-classification": _cassava,
     "paddy-disease-classification": _paddy,
+    "siim-isic-melanoma-classification": _siim_isic,
+    "plant-pathology-2020-fgvc7": _plant_pathology_2020,
 }
 # slug -> (classes, train images per class, test images) that `make data` should produce
 EXPECTED = {
@@ -545,6 +594,8 @@ EXPECTED = {
     "aerial-cactus-identification": (["0", "1"], PER_CLASS, N_TEST),
     "cassava-leaf-disease-classification": (CASSAVA, PER_CLASS, N_TEST),
     "paddy-disease-classification": (PADDY, PER_CLASS, N_TEST),
+    "siim-isic-melanoma-classification": (["0", "1"], PER_CLASS, N_TEST),
+    "plant-pathology-2020-fgvc7": (DISEASES, PER_CLASS, N_TEST),
 }
 _built: dict[str, bytes] = {}
 

@@ -85,12 +85,28 @@ class LabelInNameLayout(ImageFoldersLayout):
 
 @dataclass
 class CsvLabelsLayout(ImageFoldersLayout):
-    """The class in a CSV beside the images (dog-breed labels.csv: id,breed)."""
+    """The class in a CSV beside the images (dog-breed labels.csv: id,breed), in one column, or as
+    one-hot columns (plant-pathology-2020: healthy,multiple_diseases,rust,scab; the class is the
+    column holding the row's one 1)."""
 
     labels_csv: str = "train.csv"
     id_column: str = "id"
-    label_column: str = "label"
+    label_column: str = ""  # empty: `label`, unless label_columns names the one-hot columns
+    label_columns: list[str] = field(default_factory=list)
     image_ext: str = ""  # completes ids that lack one: id 0a1b + .jpg
+
+    def __post_init__(self) -> None:
+        if self.label_column and self.label_columns:
+            raise UserError(
+                "layout: give label_column (one column holds the class) or label_columns (one-hot "
+                "columns, one per class), not both"
+            )
+        if len(self.label_columns) == 1 or len(set(self.label_columns)) < len(self.label_columns):
+            raise UserError(
+                f"layout.label_columns must name two or more different columns, got {self.label_columns}"
+            )
+        if not self.label_columns:
+            self.label_column = self.label_column or "label"
 
 
 @dataclass
@@ -231,6 +247,11 @@ def parse_competition(data: dict[str, Any], path: Path) -> Competition:
     if submission.id_is not in ("stem", "name"):
         raise UserError(f"{where}: submission.id_is must be 'stem' or 'name'")
     task.check_metric(data["metric"], where)
+    if task.group_column and data["layout"].get("kind") != "csv_labels":
+        raise UserError(
+            f"{where}: task.group_column is a column of the labels CSV of layout kind csv_labels; "
+            f"layout kind {data['layout'].get('kind')} has none"
+        )
     if task.kind != "single_label":  # core/task.py reads them; the stages after prepare do not yet
         raise UserError(
             f"{where}: task.kind {task.kind} cannot be trained yet; this version trains single_label"

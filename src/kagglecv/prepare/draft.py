@@ -5,9 +5,9 @@
 The files are downloaded into data/<slug>/raw/ as usual; then what came is read the way a person
 would: the sample submission's columns (id, one label column or one column per class) and values
 (class names, indices or probabilities), a CSV of pixel rows, image folders per class, a CSV whose
-ids match the training images plus a label-like column, or a class word at the start of each file
-name; a JSON that maps every class code to a name (cassava's label map) gives submission.classes.
-Every guess that could be wrong is listed at the top of the file, marked CHECK.
+ids match the training images plus a label-like column (or one-hot class columns), or a class word at
+the start of each file name; a JSON that maps every class code to a name (cassava's label map) gives
+submission.classes. Every guess that could be wrong is listed at the top of the file, marked CHECK.
 A YAML that exists already is never replaced (`--draft` on it writes <slug>.draft.yaml beside it
 and lists what differs).
 """
@@ -107,22 +107,33 @@ def _labels_layout(
         for col in frame.columns:
             ids = frame[col].astype(str)
             if ids.isin(names).mean() > 0.9 or ids.isin(stems).mean() > 0.9:
-                label = _label_column(frame, col)
-                if label is None:
+                one_hot = _one_hot_columns(frame, col)
+                label = None if one_hot else _label_column(frame, col)
+                if label is None and not one_hot:
                     continue
-                layout = {
-                    "kind": "csv_labels",
-                    "labels_csv": _rel(path, raw),
-                    "id_column": col,
-                    "label_column": label,
-                    "train_dir": _rel(train, raw),
-                    "test_dir": _rel(test, raw) if test else "test",
-                }
+                layout = {"kind": "csv_labels", "labels_csv": _rel(path, raw), "id_column": col}
+                if one_hot:
+                    layout["label_columns"] = one_hot
+                    checks.append(f"layout: one-hot labels in {path.name} ({', '.join(one_hot)}), id '{col}'")
+                else:
+                    layout["label_column"] = label
+                    checks.append(f"layout: labels from {path.name}, id '{col}', label '{label}'")
+                layout["train_dir"] = _rel(train, raw)
+                layout["test_dir"] = _rel(test, raw) if test else "test"
                 if not ids.isin(names).mean() > 0.9:
                     layout["image_ext"] = images[0].suffix
-                checks.append(f"layout: labels from {path.name}, id '{col}', label '{label}'")
-                return layout, sorted(frame[label].astype(str).unique())
+                return layout, one_hot or sorted(frame[label].astype(str).unique())
     return None
+
+
+def _one_hot_columns(frame: pd.DataFrame, exclude: str) -> list[str] | None:
+    """The columns besides the id when they are one-hot classes: two or more, each 0 or 1, and
+    exactly one 1 in every row (plant-pathology-2020's healthy,multiple_diseases,rust,scab)."""
+    columns = [c for c in frame.columns if c != exclude]
+    values = frame[columns].apply(pd.to_numeric, errors="coerce")
+    if len(columns) < 2 or not values.isin([0, 1]).all().all() or not (values.sum(axis=1) == 1).all():
+        return None
+    return [str(c) for c in columns]
 
 
 def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict, list[str] | None]:
@@ -145,6 +156,9 @@ def _guess_layout(raw: Path, sample_path: Path, checks: list[str]) -> tuple[dict
                 "train_dir": _rel(root, raw),
                 "test_dir": _rel(test, raw),
             }, classes
+    if train is None and dirs:  # one folder for the train and the test images (plant-pathology-2020)
+        both = max(dirs, key=lambda d: len(_images(d)))
+        return _labels_layout(raw, csvs, (both, both), checks) or ({"kind": "TODO"}, None)
     if train is None:
         return {"kind": "TODO"}, None
     found = _labels_layout(raw, csvs, (train, test), checks)

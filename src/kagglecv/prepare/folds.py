@@ -1,6 +1,8 @@
 """folds.csv: the fixed stratified k-fold split `make data` writes, and its one checked reader.
 
-    data/<comp>/folds.csv    image,label,fold   (image relative to data/<comp>/, fold 0..n_folds-1)
+    data/<comp>/folds.csv    image,label,fold[,group]   (image relative to data/<comp>/, fold
+                             0..n_folds-1; group where images must share a fold: task.group_column,
+                             or near duplicates of a holdout layout)
 
 `make_folds` is deterministic (same images and seed -> same folds; near-duplicate groups share a
 fold); `read_folds` is what every later stage reads, so a hand-edited file that would train on a
@@ -24,6 +26,7 @@ from kagglecv.core.tables import read_csv
 from kagglecv.prepare.prepared import PreparedInfo
 
 FOLDS = "folds.csv"
+GROUPS = "groups.csv"  # image,group: written by a layout beside train/, read when making the folds
 
 
 def list_train_images(train_dir: Path) -> pd.DataFrame:
@@ -37,9 +40,11 @@ def list_train_images(train_dir: Path) -> pd.DataFrame:
 
 
 def make_folds(
-    images: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series | None = None
+    images: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series | None = None, group_name: str = "group"
 ) -> pd.DataFrame:
-    """A fixed stratified k-fold assignment: same images and seed -> same folds, run after run."""
+    """A fixed stratified k-fold assignment: same images and seed -> same folds, run after run.
+    With `groups` (one per image: a patient id, a near-duplicate group) every group lies in one
+    fold, and folds.csv records it in a `group` column; `group_name` names them in errors."""
     counts = images["label"].value_counts()
     if counts.min() < n_folds:
         small = ", ".join(f"{c} ({n})" for c, n in counts[counts < n_folds].items())
@@ -52,19 +57,52 @@ def make_folds(
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     # sort with the groups attached, so a group stays with its image whatever order came in
-    images = images.assign(_group=groups if groups is not None else images["image"])
+    recorded = groups is not None
+    images = images.assign(_group=groups if recorded else images["image"])
     images = images.sort_values("image").reset_index(drop=True)
-    groups = images.pop("_group")
+    groups = images.pop("_group").astype(str)
     if (groups == images["image"]).all():
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(images["image"], images["label"])
     else:
+        if groups.nunique() < n_folds:
+            raise UserError(
+                f"{groups.nunique()} {group_name} group(s) cannot fill n_folds: {n_folds} folds (all "
+                f"images of a group share a fold){_fewer_folds(groups.nunique())}"
+            )
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(images["image"], images["label"], groups)
     fold = np.zeros(len(images), dtype=int)
     for k, (_, val_idx) in enumerate(splits):
         fold[val_idx] = k
-    return images.assign(fold=fold)
+    folds = images.assign(fold=fold)
+    if recorded:
+        folds = folds.assign(group=groups)
+        _check_grouped_classes(folds, group_name)
+    return folds
+
+
+def _fewer_folds(most: int) -> str:
+    return f"; set n_folds: {most} or fewer" if most >= 2 else ""
+
+
+def _check_grouped_classes(folds: pd.DataFrame, group_name: str) -> None:
+    """Every class in two folds at least, so every training split has it: a class whose images all
+    come from one group (one patient) cannot be, whatever n_folds is."""
+    for label, rows in folds.groupby("label"):
+        if rows["fold"].nunique() < 2:
+            n = rows["group"].nunique()
+            raise UserError(
+                f"class {label!r}: all its {len(rows)} images come from {n} {group_name} group(s), all "
+                f"in fold {rows['fold'].iloc[0]}, so the model of that fold never sees the class in "
+                "training; a class needs images from two groups or more"
+            )
+
+
+def describe_groups(folds: pd.DataFrame, group_name: str) -> str:
+    """'6 groups of patient_id (the largest: 3 images), each in one fold', for `make data`'s summary."""
+    sizes = folds["group"].value_counts()
+    return f"{len(sizes)} groups of {group_name} (the largest: {int(sizes.iloc[0])} images), each in one fold"
 
 
 def too_few_for_folds(comp: Competition, counts: pd.Series, held: pd.Series | None) -> UserError:
@@ -129,6 +167,7 @@ def read_folds(comp: Competition, info: PreparedInfo) -> pd.DataFrame:
             f"times ({len(repeated)} repeated rows); each image belongs to exactly one fold; {redo}"
         )
     _check_fold_classes(folds, info.classes, folds_path, redo)
+    _check_fold_groups(comp, folds, folds_path, redo)
     escaping = escaping_image(comp.data_dir, folds["image"])
     if escaping is not None:
         raise UserError(
@@ -155,6 +194,31 @@ def escaping_image(root: Path, images: Iterable[object]) -> str | None:
         if not folders[path.parent] or (path.is_symlink() and not path.resolve().is_relative_to(real)):
             return text
     return None
+
+
+def _check_fold_groups(comp: Competition, folds: pd.DataFrame, folds_path: Path, redo: str) -> None:
+    """Every group (a patient, near duplicates) in one fold: else the same patient is in a model's
+    training and validation images, and CV is flattered."""
+    column = comp.task.group_column
+    if "group" not in folds.columns:
+        if column:
+            raise UserError(
+                f"{folds_path} has no group column, but {comp.path} groups images by task.group_column: "
+                f"{column}; {redo}"
+            )
+        return
+    empty = folds["group"].isna() | (folds["group"].astype(str).str.strip() == "")
+    if empty.any():
+        raise UserError(f"{folds_path}: image {folds['image'][empty].iloc[0]} has an empty group; {redo}")
+    per_group = folds.groupby(folds["group"].astype(str))["fold"].unique()
+    split = per_group[per_group.map(len) > 1]
+    if len(split):
+        group, in_folds = split.index[0], sorted(int(k) for k in split.iloc[0])
+        raise UserError(
+            f"{folds_path}: group {group!r} has images in folds {', '.join(map(str, in_folds))} "
+            f"({len(split)} split group(s)); all images of a group must share a fold, or validation "
+            f"scores images whose group the model trained on; {redo}"
+        )
 
 
 def _check_fold_classes(folds: pd.DataFrame, classes: list[str], folds_path: Path, redo: str) -> None:

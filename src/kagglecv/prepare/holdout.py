@@ -28,10 +28,10 @@ from kagglecv.core.competition import Competition
 from kagglecv.core.console import console, track
 from kagglecv.core.errors import UserError
 from kagglecv.core.images import IMAGE_EXTS, check_image, export_rgb, hash_ints, near_groups
+from kagglecv.prepare.folds import GROUPS
 from kagglecv.prepare.verify import measure_many
 
 MANIFEST = "manifest.csv"
-GROUPS = "groups.csv"
 # Perceptual-hash bits within which two images count as the same picture for grouping; looser
 # values chain unrelated look-alikes (plain backgrounds, tiny images) into huge groups.
 GROUP_DISTANCE = 6

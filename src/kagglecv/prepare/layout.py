@@ -5,7 +5,7 @@
     data/<comp>/test/<img>           images to predict
     data/<comp>/sample_submission.csv
     data/<comp>/solution.csv         test labels (id column + `label`), only where known locally
-    data/<comp>/folds.csv            image, label, fold
+    data/<comp>/folds.csv            image, label, fold (and group, where images must share a fold)
     data/<comp>/prepared.json        written last, atomically: its presence means the shape is complete
 
 `prepare` owns data/<comp>/: it holds the folder's exclusive lock, fetches raw/ once (into
@@ -37,9 +37,16 @@ from kagglecv.core.files import atomic_write, disk_error, human_bytes
 from kagglecv.core.images import IMAGE_EXTS
 from kagglecv.core.locks import data_lock
 from kagglecv.prepare import sources
-from kagglecv.prepare.folds import FOLDS, list_train_images, make_folds, too_few_for_folds
+from kagglecv.prepare.folds import (
+    FOLDS,
+    GROUPS,
+    describe_groups,
+    list_train_images,
+    make_folds,
+    too_few_for_folds,
+)
 from kagglecv.prepare.folds import read_folds as read_folds  # the stages import it from here
-from kagglecv.prepare.holdout import GROUPS, layout_holdout
+from kagglecv.prepare.holdout import layout_holdout
 from kagglecv.prepare.label_layouts import (
     layout_class_folders,
     layout_csv_labels,
@@ -204,14 +211,15 @@ def _prepare(comp: Competition, force: bool, seed: int) -> Path:
     whole = (root / FOLDS).is_file() and (root / "train").is_dir() and (root / "test").is_dir()
     info = _prepared_info(comp) if whole else None  # a part deleted by hand: laid out again
     if info is not None and not force:
-        if info.n_folds == comp.n_folds:
+        why = _split_again(comp, info)
+        if why is None:
             console.print(
                 f"[green]✓[/] {escape(comp.slug)} already prepared in {escape(str(root))}/ "
                 "(FORCE=1 / --force redoes it)"
             )
             remember_last(comp.slug)
             return root
-        console.print(f"n_folds is now {comp.n_folds} (was {info.n_folds}): splitting {comp.slug} again")
+        console.print(f"{escape(why)}: splitting {escape(comp.slug)} again")
     problem = None if force else _raw_problem(raw)
     if problem:
         console.print(f"[yellow]{escape(str(raw))}/ is incomplete ({escape(problem)}): fetching it again[/]")
@@ -234,6 +242,21 @@ def _prepare(comp: Competition, force: bool, seed: int) -> Path:
         f"-> {escape(str(root))}/"
     )
     return root
+
+
+def _split_again(comp: Competition, info: PreparedInfo) -> str | None:
+    """Why the folds of a prepared competition no longer fit its YAML (n_folds changed, or a
+    task.group_column that folds.csv does not record yet), else None."""
+    if info.n_folds != comp.n_folds:
+        return f"n_folds is now {comp.n_folds} (was {info.n_folds})"
+    if comp.task.group_column:
+        try:
+            columns = pd.read_csv(comp.data_dir / FOLDS, nrows=0).columns
+        except (OSError, ValueError):
+            return None  # read_folds says what is wrong with it
+        if "group" not in columns:
+            return f"task.group_column: {comp.task.group_column} is new"
+    return None
 
 
 def _lay_out_or_clean_up(comp: Competition, raw: Path, seed: int, force: bool) -> PreparedInfo:
@@ -301,10 +324,14 @@ def _lay_out(comp: Competition, raw: Path, staging: Path, seed: int) -> Prepared
             held = pd.read_csv(staging / "solution.csv", dtype=str)["label"].value_counts()
         raise too_few_for_folds(comp, counts, held)
     groups = None
-    if (staging / GROUPS).exists():  # near duplicates that must share a fold (layout holdout)
-        known = pd.read_csv(staging / GROUPS, dtype=str).set_index("image")["group"]
-        groups = images["image"].map(known).fillna(images["image"])
-    folds = make_folds(images, comp.n_folds, seed, groups)
+    # images that must share a fold: near duplicates (layout holdout), task.group_column (csv_labels)
+    if (staging / GROUPS).exists():
+        known = pd.read_csv(staging / GROUPS, dtype=str, keep_default_na=False)
+        groups = images["image"].map(known.set_index("image")["group"]).fillna(images["image"])
+    group_name = comp.task.group_column or "near-duplicate"
+    folds = make_folds(images, comp.n_folds, seed, groups, group_name)
+    if comp.task.group_column:
+        console.print(f"folds: {escape(describe_groups(folds, group_name))}")
     (root / PREPARED).unlink(missing_ok=True)  # from here on, the folder is not complete
     folds.to_csv(staging / FOLDS, index=False)
     for name in ("train", "test", "sample_submission.csv", "solution.csv", FOLDS, IMAGES):

@@ -91,7 +91,7 @@ def lay_out_test(comp: Competition, raw: Path) -> None:
     import pandas as pd
 
     from kagglecv.core.images import IMAGE_EXTS
-    from kagglecv.prepare.label_layouts import flat_name, pixel_rows_to_pngs
+    from kagglecv.prepare.label_layouts import flat_name, pixel_rows_to_pngs, scored_test_images
 
     out, opts = comp.data_dir, comp.layout_options
     test = out / "test"
@@ -105,7 +105,10 @@ def lay_out_test(comp: Competition, raw: Path) -> None:
     folder = (raw / opts.test_dir).resolve()
     if not folder.is_dir():
         raise UserError(f"{raw / opts.test_dir} is missing (layout.test_dir of {comp.slug})")
-    for src in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()):
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if folder == (raw / opts.train_dir).resolve():  # one folder for train and test (plant-pathology)
+        images = scored_test_images(comp, out / "sample_submission.csv", images)
+    for src in images:
         wanted = dst = test / flat_name(src.relative_to(folder))
         n = 1
         while dst.exists() or dst.is_symlink():
