@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from kagglecv.compete.blend import (
 from kagglecv.core.errors import UserError
 from kagglecv.core.metrics import score
 from kagglecv.core.run_files import blend_test_probs, read_blend
+from kagglecv.core.runs import find_run, latest_unfinished
 
 CLASSES = ["a", "b", "c"]
 
@@ -123,6 +125,7 @@ def test_default_members_are_the_finished_runs_on_the_same_folds(tmp_path, monke
         ("folds", "different folds"),
         ("unfinished", "did not finish"),
         ("single", "at least two"),
+        ("twice", "^r1 is named twice"),
         ("no_oof", "oof.csv is missing"),
         ("unknown", "no run 'nope'"),
         ("blend", 'blend-.* is a blend, .*RUNS="r1 r2'),
@@ -139,6 +142,8 @@ def test_blend_refuses_in_one_line(tmp_path, monkeypatch, case, expected):
         _write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2), finished=False)
     elif case == "single":
         names = ["r1"]
+    elif case == "twice":
+        names = ["r1", "r1"]
     elif case == "no_oof":
         (_write_run(tmp_path, "r2", y, folds, _probs(y, 0.4, 2)) / "oof.csv").unlink()
     elif case == "unknown":
@@ -225,3 +230,150 @@ def test_runs_table_shows_whole_sizes_and_epochs_and_a_dash_for_a_blend(workdir,
     csv = (workdir / "runs" / "digits-demo" / "runs.csv").read_text()
     assert ",32,4," in csv and "32.0" not in csv
     assert "32.0" not in (workdir / "runs" / "digits-demo" / "runs.html").read_text()
+
+
+# ---- a blend against its members over time ---------------------------------------------------
+
+
+def _two_runs(root, slug="toy", same=False):
+    y, folds = _truth()
+    _write_run(root, "r1", y, folds, _probs(y, 0.5, 1), "accuracy", slug=slug)
+    _write_run(root, "s2", y, folds, _probs(y, 0.5, 1 if same else 2), "accuracy", slug=slug)
+    return y, folds
+
+
+def test_blend_weights_do_not_depend_on_the_order_of_runs(tmp_path, monkeypatch):
+    """Both orders make the same blend id: they must make the same blend, not replace each other."""
+    monkeypatch.chdir(tmp_path)
+    _two_runs(tmp_path, same=True)  # equal members: greedy ties used to go to the one named first
+    a = blend("toy", ["r1", "s2"])
+    first = [(a / n).read_text() for n in ("blend.json", "oof.csv")]
+    b = blend("toy", ["s2", "r1"])
+    assert a == b and [(b / n).read_text() for n in ("blend.json", "oof.csv")] == first
+
+
+def _retrain(root, slug, name="s2"):
+    """s2 trained again under its name: another OOF and another finished_at."""
+    y, folds = _truth()
+    run = root / "runs" / slug / name
+    for f in ("oof.csv", "summary.json"):
+        (run / f).unlink()
+    _write_run(root, f"{name}.tmp", y, folds, _probs(y, 0.3, 7), "accuracy", slug=slug)
+    for f in ("oof.csv", "summary.json"):
+        (run.parent / f"{name}.tmp" / f).rename(run / f)
+    shutil.rmtree(run.parent / f"{name}.tmp")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "finished_at": time.time()}))
+
+
+def _cache(run, n=4):
+    from kagglecv.core.run_files import write_test_cache
+
+    probs = np.full((n, 3), 1 / 3)
+    write_test_cache(run, probs, {"images": [f"test/{i}.png" for i in range(n)], "classes": ["a", "b", "c"]})
+
+
+@pytest.mark.parametrize("command", ["report", "pseudo", "submit"])
+def test_a_member_trained_again_under_its_name_stops_its_old_blend(digits, command, capsys):
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+    from kagglecv.report.analysis import load_run
+    from kagglecv.train.pseudo import source_probs
+
+    slug = "digits-demo"
+    _two_runs(digits, slug)
+    made = blend(slug, ["r1", "s2"])
+    for name in ("r1", "s2"):
+        _cache(digits / "runs" / slug / name)
+    assert load_run(made) and source_probs(slug, made.name)  # the runs it was fitted on: fine
+    _retrain(digits, slug)
+    _cache(digits / "runs" / slug / "s2")
+    if command == "submit":
+        assert main(["submit", "-c", slug, "-r", made.name]) == 2
+        said = cli_text(capsys)
+    else:
+        with pytest.raises(UserError) as e:
+            load_run(made) if command == "report" else source_probs(slug, made.name)
+        said = str(e.value)
+    assert "fitted on an earlier run s2" in said and 'make blend RUNS="r1 s2"' in said, said
+    assert "\n" not in said.strip()
+    spec = json.loads((made / "blend.json").read_text())  # a blend from before fingerprints: as before
+    del spec["fingerprints"]
+    (made / "blend.json").write_text(json.dumps(spec))
+    assert load_run(made) and source_probs(slug, made.name)
+
+
+def test_make_runs_forgets_a_blends_test_score_once_it_is_fitted_again(workdir):
+    from kagglecv.cli import main
+
+    slug = "digits-demo"
+    _two_runs(workdir, slug)
+    made = blend(slug, ["r1", "s2"])
+    (workdir / "submissions").mkdir()
+    old = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60))
+    record = {"competition": slug, "run": made.name, "test_score": 0.75, "written_at": old}
+    (workdir / "submissions" / f"{slug}-{made.name}.json").write_text(json.dumps(record))
+    assert main(["runs", "-c", slug]) == 0
+    rows = pd.read_csv(workdir / "runs" / slug / "runs.csv").set_index("run")
+    assert pd.isna(rows.loc[made.name, "test_score"])  # submitted before this fit: not its score
+    record["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() + 1))
+    (workdir / "submissions" / f"{slug}-{made.name}.json").write_text(json.dumps(record))
+    assert main(["runs", "-c", slug]) == 0
+    rows = pd.read_csv(workdir / "runs" / slug / "runs.csv").set_index("run")
+    assert rows.loc[made.name, "test_score"] == 0.75
+
+
+@pytest.mark.parametrize("command", ["export", "predict", "kernel"])
+def test_commands_that_need_models_default_to_the_latest_training_run(digits, command, capsys):
+    """The latest run is a blend: export, predict and kernel take the latest training run instead of
+    picking the blend and refusing it."""
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    slug = "digits-demo"
+    _two_runs(digits, slug)
+    for i, name in enumerate(("r1", "s2")):
+        path = digits / "runs" / slug / name / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "finished_at": time.time() - 100 + i}))
+    blend(slug, ["r1", "s2"])
+    args = {"export": [], "predict": ["--img", str(next((digits / "data").rglob("*.png")))], "kernel": []}
+    main([command, "-c", slug, *args[command]])
+    said = cli_text(capsys)
+    assert "using run s2" in said and "the latest of 2 finished training runs" in said, said
+    assert "is a blend" not in said
+
+
+def test_make_train_refuses_an_existing_blends_folder_as_run(workdir, capsys):
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    _two_runs(workdir, "digits-demo")
+    made = blend("digits-demo", ["r1", "s2"])
+    assert main(["train", "-c", "digits-demo", "--run", made.name]) == 2
+    said = cli_text(capsys)
+    assert f"{made.name} is a blend" in said and "not a training run" in said and "config key" not in said
+
+
+def test_a_run_that_trained_the_folds_it_was_asked_for_is_finished_everywhere(workdir, capsys):
+    """train_folds=2 of 5: finished (2/5) in `make runs`, for RESUME=1 and for the default run; a run
+    asked for 5 folds whose summary lists 2 is unfinished in all three."""
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    slug = "digits-demo"
+    y, folds = _truth()
+    base = workdir / "runs" / slug
+    for name, planned in (("two", [0, 1]), ("five", [0, 1, 2, 3, 4])):
+        run = _write_run(workdir, name, y, folds, _probs(y, 0.5, 1), "accuracy", slug=slug)
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "fold_ids": [0, 1], "finished_at": 1.0}))
+        (run / "plan.json").write_text(json.dumps({"fold_ids": planned, "n_folds": 5}))
+    assert main(["runs", "-c", slug]) == 0
+    rows = pd.read_csv(base / "runs.csv").set_index("run")
+    assert rows.loc["two", "state"] == "finished" and rows.loc["five", "state"] == "unfinished"
+    assert find_run(slug, None).name == "two" and "the latest of 1 finished run;" in cli_text(capsys)
+    assert latest_unfinished(slug).name == "five"
+    (base / "five").rename(base / "five-moved")
+    (base / "five-moved" / "plan.json").unlink()  # old runs without plan.json: summary.json decides
+    with pytest.raises(UserError, match="every run .* finished"):
+        latest_unfinished(slug)

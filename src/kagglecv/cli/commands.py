@@ -89,6 +89,17 @@ def _config(args):
     return load_config(args.config, args.overrides)
 
 
+def _not_a_blend(slug: str, run: str) -> None:
+    """RUN= of `make train` names a training run: an existing blend's folder is refused in one line."""
+    from kagglecv.core.run_files import is_blend
+    from kagglecv.core.runs import RUNS_DIR
+
+    if is_blend(RUNS_DIR / slug / run):
+        raise UserError(
+            f"{run} is a blend (made by `make blend`), not a training run: pick another RUN= to train"
+        )
+
+
 def cmd_train(args) -> None:
     from kagglecv.train.run import train
 
@@ -96,6 +107,7 @@ def cmd_train(args) -> None:
     comp = _comp(args.comp)
     if args.run:
         check_name(args.run, "RUN")
+        _not_a_blend(comp.slug, args.run)
     if args.gpus < 1:
         raise UserError(f"GPUS must be 1 or more, got {args.gpus}")
     fold_ids = _fold_list(args.folds)
@@ -296,7 +308,9 @@ def cmd_predict(args) -> None:
     comp = _comp(args.comp)
     expand_inputs(images)  # a path that is not there is named first, before any run is looked for
     out = Path(args.out) if args.out else None
-    predict_images(comp, find_run(comp.slug, args.run or None), images, top_k=args.top_k, out=out)
+    predict_images(
+        comp, find_run(comp.slug, args.run or None, blends=False), images, top_k=args.top_k, out=out
+    )
 
 
 def cmd_export(args) -> None:
@@ -305,7 +319,7 @@ def cmd_export(args) -> None:
 
     comp = _comp(args.comp)
     out = Path(args.out) if args.out else None
-    export_run(comp, find_run(comp.slug, args.run or None), out_dir=out, force=args.force)
+    export_run(comp, find_run(comp.slug, args.run or None, blends=False), out_dir=out, force=args.force)
 
 
 COMMANDS = {

@@ -35,7 +35,15 @@ from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.metrics import HIGHER_IS_BETTER, score
 from kagglecv.core.names import check_name
-from kagglecv.core.run_files import BLEND_FILE, BLEND_PREFIX, combine, is_blend, member_inputs, read_blend
+from kagglecv.core.run_files import (
+    BLEND_FILE,
+    BLEND_PREFIX,
+    combine,
+    fingerprint,
+    is_blend,
+    member_inputs,
+    read_blend,
+)
 from kagglecv.core.runs import RUNS_DIR, SUMMARY, read_summary, run_folders
 
 MAX_ROUNDS = 50  # greedy steps; more only refines weights in steps of 1/rounds
@@ -125,7 +133,11 @@ def load_members(slug: str, names: list[str] | None) -> list[Member]:
     """The named runs, or by default every finished (non-blend) run with the same folds as the best."""
     base = RUNS_DIR / slug
     if names:
-        members = [_load_member(slug, n) for n in dict.fromkeys(names)]
+        twice = [n for n in dict.fromkeys(names) if names.count(n) > 1]
+        if twice:
+            raise UserError(f"{twice[0]} is named twice in RUNS=; name each run once")
+        # by name: the fit (greedy ties go to the first member) must not depend on the order given
+        members = [_load_member(slug, n) for n in sorted(names)]
     else:
         found = [p.name for p in run_folders(base, SUMMARY)]  # a folder breaking the name rule: skipped
         members = [_load_member(slug, n) for n in found if not is_blend(base / n)]
@@ -219,6 +231,8 @@ def blend(slug: str, names: list[str] | None = None) -> Path:
         "method": "rank average, greedy selection" if metric == "roc_auc" else "greedy selection",
         "metric": metric,
         "classes": first.classes,
+        # which runs these are: a member trained again under its name is not what was fitted
+        "fingerprints": {m.name: fingerprint(m.dir) for m in members},
     }
     atomic_write(out / BLEND_FILE, lambda p: p.write_text(json.dumps(spec, indent=2)))
     # config.yaml marks a run folder (runs.find_run); a blend's says what it is made of
@@ -243,7 +257,7 @@ def blend(slug: str, names: list[str] | None = None) -> Path:
         "img_size": None,
         "seconds": round(time.time() - t0, 2),
         "device": "cpu",
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "finished_at": time.time(),  # as a run's; `make runs` forgets test scores from before it
     }
     atomic_write(out / SUMMARY, lambda p: p.write_text(json.dumps(summary, indent=2)))
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,15 @@ from kagglecv.compete.records import SUBMISSIONS_DIR
 from kagglecv.core.files import atomic_write
 from kagglecv.core.locks import LOCK_NAME, is_locked
 from kagglecv.core.run_files import is_blend
-from kagglecv.core.runs import RUNS_DIR, SUMMARY, finished_folds, n_folds_of, run_folders
+from kagglecv.core.runs import (
+    RUNS_DIR,
+    SUMMARY,
+    finished_at,
+    finished_folds,
+    is_finished,
+    n_folds_of,
+    run_folders,
+)
 
 COLUMNS = [
     "run", "model", "img_size", "epochs", "folds", "cv_mean", "cv_std", "oof_score",
@@ -52,6 +61,22 @@ def _latest(records: list[dict], run: str, key: str):
     return values[-1] if values else None
 
 
+def _written(record: dict) -> float | None:
+    try:
+        return time.mktime(time.strptime(str(record["written_at"]), "%Y-%m-%dT%H:%M:%S"))
+    except (KeyError, ValueError, OverflowError):
+        return None
+
+
+def _fitted_since(records: list[dict], run_dir: Path) -> list[dict]:
+    """A blend's submission records from its current weights: blending again (new weights, same id)
+    leaves the earlier submission's test score to the earlier blend."""
+    if not is_blend(run_dir):
+        return records
+    fitted = int(finished_at(run_dir))
+    return [r for r in records if r.get("run") != run_dir.name or (_written(r) or fitted) >= fitted]
+
+
 def _config(run_dir: Path) -> dict:
     try:
         return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -59,14 +84,12 @@ def _config(run_dir: Path) -> dict:
         return {}
 
 
-def _state(run_dir: Path, summary: dict | None, n_folds: int | None) -> str:
+def _state(run_dir: Path) -> str:
+    """running, or finished as RESUME=1 and the default run see it (core/runs.is_finished: the folds
+    it was asked for; train_folds=2 of 5 is finished, its folds column says 2/5), or unfinished."""
     if is_locked(run_dir / LOCK_NAME):
         return "running"
-    if summary is None or list(run_dir.glob("fold*.last.pt")):
-        return "unfinished"
-    if n_folds and len(summary.get("fold_ids", [])) < n_folds:
-        return "partial"
-    return "finished"
+    return "finished" if is_finished(run_dir) else "unfinished"
 
 
 def _public(ledger: pd.DataFrame, run: str):
@@ -96,10 +119,10 @@ def run_row(run_dir: Path, records: list[dict], n_folds: int | None, ledger: pd.
         "cv_mean": s.get("cv_mean"),
         "cv_std": s.get("cv_std"),
         "oof_score": s.get("oof_score"),
-        "test_score": _latest(records, run_dir.name, "test_score"),
+        "test_score": _latest(_fitted_since(records, run_dir), run_dir.name, "test_score"),
         "public_lb": _public(ledger, run_dir.name),
         "seconds": s.get("seconds"),
-        "state": _state(run_dir, summary, n_folds),
+        "state": _state(run_dir),
         "pseudo": cfg.get("pseudo") or "",
     }
 
@@ -137,7 +160,7 @@ def _num(v, spec: str = ".4f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else escape(str(v))
 
 
-STATE_STYLE = {"finished": "green", "running": "cyan", "unfinished": "yellow", "partial": "yellow"}
+STATE_STYLE = {"finished": "green", "running": "cyan", "unfinished": "yellow"}
 
 
 def runs_table(slug: str, frame: pd.DataFrame, metric: str) -> Table:

@@ -272,7 +272,7 @@ def blend_test_probs(
     from kagglecv.core.run_files import blend_test_probs as combine
     from kagglecv.core.run_files import read_blend
 
-    spec = read_blend(blend_dir)
+    spec = read_blend(blend_dir, current=True)
     member_probs, member_tta = [], {}
     for name in spec["members"]:
         member = member_dir(blend_dir, name)  # its name checked by the name rule there

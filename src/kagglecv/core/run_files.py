@@ -15,6 +15,7 @@ folder only costs it), the blend file is the blend.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from kagglecv.core import json_record as jr
 from kagglecv.core.console import console
 from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write, disk_error
+from kagglecv.core.names import is_plain_name
 
 TEST_CACHE = "test_probs.npz"
 TTA_PLAN = "tta_oof.json"
@@ -64,11 +66,45 @@ def is_blend(run_dir: Path) -> bool:
     return (run_dir / BLEND_FILE).exists()
 
 
-def read_blend(run_dir: Path) -> dict:
+def read_blend(run_dir: Path, *, current: bool = False) -> dict:
+    """blend.json; with `current`, refused in one line when a member was trained again since the fit."""
     try:
-        return json.loads((run_dir / BLEND_FILE).read_text())
+        spec = json.loads((run_dir / BLEND_FILE).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir / BLEND_FILE} is unreadable ({e}); run `make blend` again") from None
+    if current:
+        check_fingerprints(run_dir, spec)
+    return spec
+
+
+def fingerprint(run_dir: Path) -> dict:
+    """What a blend records of each member when it is fitted: retraining the run under its name
+    (or gathering it again) changes both."""
+    try:
+        finished = json.loads((run_dir / "summary.json").read_text()).get("finished_at")
+    except (OSError, ValueError, AttributeError):
+        finished = None
+    try:
+        oof = hashlib.sha256((run_dir / "oof.csv").read_bytes()).hexdigest()
+    except OSError:
+        oof = None
+    return {"finished_at": finished, "oof_sha256": oof}
+
+
+def check_fingerprints(blend_dir: Path, spec: dict) -> None:
+    """One line when a member is no longer the run the blend was fitted on (trained again under its
+    name): its weights and CV belong to the old run. Blends from before fingerprints: not checked."""
+    prints = spec.get("fingerprints")
+    if not isinstance(prints, dict):
+        return
+    members = [str(m) for m in spec.get("members", [])]
+    for name in members:
+        member = blend_dir.parent / name
+        if is_plain_name(name) and name in prints and member.is_dir() and fingerprint(member) != prints[name]:
+            raise UserError(
+                f"blend {blend_dir.name} was fitted on an earlier run {name} (it was trained or gathered "
+                f'again since): its weights and CV are stale; blend again: `make blend RUNS="{" ".join(members)}"`'
+            )
 
 
 def to_ranks(probs: np.ndarray) -> np.ndarray:

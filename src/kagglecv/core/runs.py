@@ -30,6 +30,7 @@ from kagglecv.core.errors import UserError
 from kagglecv.core.files import atomic_write
 from kagglecv.core.locks import LOCK_NAME, is_locked, waiting
 from kagglecv.core.names import NAME_RULE, check_name, is_plain_name
+from kagglecv.core.run_files import is_blend
 
 RUNS_DIR = Path("runs")
 SUMMARY = "summary.json"
@@ -116,6 +117,22 @@ def is_gathered(run_dir: Path) -> bool:
     return listed == finished_folds(run_dir) and not any(run_dir.glob("fold*.last.pt"))
 
 
+def is_finished(run_dir: Path) -> bool:
+    """The one meaning of a finished run (`make runs`, RESUME=1, the default run): summary.json is
+    there, no fold is under way, and it lists every fold the run was asked for (plan.json's fold ids:
+    train_folds=2 of 5 is finished with 2/5 folds). Runs from before plan.json: summary.json decides."""
+    if not (run_dir / SUMMARY).exists() or any(run_dir.glob("fold*.last.pt")):
+        return False
+    planned = read_plan(run_dir).get("fold_ids")
+    if not isinstance(planned, list):
+        return True
+    try:
+        listed = json.loads((run_dir / SUMMARY).read_text()).get("fold_ids")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: the command that reads it says so
+    return not isinstance(listed, list) or set(planned) <= set(listed)
+
+
 def finished_at(run_dir: Path) -> float:
     """When the run was last gathered: summary.json's finished_at, or (runs from before it was
     recorded) the file's modification time."""
@@ -163,7 +180,7 @@ def latest_unfinished(slug: str) -> Path:
     trained something before one that did not)."""
     base = RUNS_DIR / slug
     runs = run_folders(base, "config.yaml")
-    open_runs = [p for p in runs if list(p.glob("fold*.last.pt")) or not (p / SUMMARY).exists()]
+    open_runs = [p for p in runs if not is_blend(p) and not is_finished(p)]
     if not open_runs:
         what = f"every run in {base}/ finished" if runs else "there is no run yet"
         raise UserError(f"nothing to resume for {slug}: {what} (start one with `make train`)")
@@ -189,8 +206,9 @@ def _no_such_run(slug: str, run: str) -> UserError:
     )
 
 
-def find_run(slug: str, run: str | None) -> Path:
-    """The named run (an id under runs/<comp>/: never a path), or the latest finished one."""
+def find_run(slug: str, run: str | None, *, blends: bool = True) -> Path:
+    """The named run (an id under runs/<comp>/: never a path), or the latest finished one; with
+    blends=False (export, predict, kernel: a blend has no models of its own) the latest training run."""
     base = RUNS_DIR / slug
     if run:
         run_dir = base / check_name(run, f"RUN (a run id in {base}/)")
@@ -201,15 +219,15 @@ def find_run(slug: str, run: str | None) -> Path:
         if not (run_dir / SUMMARY).exists():
             raise _unfinished(run_dir)
         return run_dir
-    done = run_folders(base, SUMMARY)
+    done = [p for p in run_folders(base, SUMMARY) if is_finished(p) and (blends or not is_blend(p))]
     if not done:
         raise UserError(f"no finished training run for {slug} in {base}/: run `make train` first")
     # by when it finished, not by name: RUN=exp1 must not win over a newer timestamped run
     pick = max(done, key=lambda p: (finished_at(p), p.name))
-    n = len(done)
+    n, what = len(done), "run" if blends else "training run"
     console.print(
         f"using run {pick.name} (finished {_clock(finished_at(pick))}, the latest of {n} finished "
-        f"run{'s' * (n != 1)}; RUN= picks another)"
+        f"{what}{'s' * (n != 1)}; RUN= picks another)"
     )
     return pick
 

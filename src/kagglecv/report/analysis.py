@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from kagglecv.core.errors import UserError
-from kagglecv.core.run_files import is_blend
+from kagglecv.core.run_files import is_blend, read_blend
 from kagglecv.core.runs import read_summary
 
 # A suspect label: the model predicts another class at least as surely as it usually predicts that class
@@ -62,6 +62,8 @@ def load_run(run_dir: Path) -> Run:
     summary = read_summary(run_dir)
     # a blend's oof.csv is rewritten by blending again, a run's by training it again
     redo = f"`make blend RUNS=...` again ({run_dir.name} is a blend)" if is_blend(run_dir) else "retrain it"
+    if is_blend(run_dir):
+        read_blend(run_dir, current=True)  # a member trained again since: its CV is no longer this blend's
     if not oof_path.exists():
         raise UserError(f"run {run_dir} has no oof.csv, so there is nothing to report on; {redo}")
     try:

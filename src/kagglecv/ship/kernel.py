@@ -210,7 +210,7 @@ def make_kernel(comp: Competition, run: str | None, *, push: bool = False, force
     and pushed to Kaggle with `push`; one `make kernel` of a run at a time."""
     from kagglecv.core.runs import find_run
 
-    run_dir = find_run(comp.slug, run)
+    run_dir = find_run(comp.slug, run, blends=False)  # a blend has no models of its own
     check_run(run_dir)
     if push and comp.source_kind != "kaggle":
         raise UserError(

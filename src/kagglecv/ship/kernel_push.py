@@ -276,7 +276,7 @@ def submit_kernel(comp: Competition, run: str | None, message: str | None = None
 
     if comp.source_kind != "kaggle":
         raise UserError(f"{comp.slug} is not a Kaggle competition: there is no notebook to submit")
-    run_dir = find_run(comp.slug, run)
+    run_dir = find_run(comp.slug, run, blends=False)
     push = read_push(kernel_dir(comp, run_dir), run_dir.name)
     api = connect()
     slug = push["competition"]

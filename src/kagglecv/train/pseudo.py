@@ -38,7 +38,7 @@ def source_probs(slug: str, source: str) -> tuple[np.ndarray, list[str], list[st
         raise UserError(
             f"pseudo={source}: no run or blend '{source}' in {RUNS_DIR / slug}/ (`make runs` lists them)"
         )
-    members = read_blend(run_dir)["members"] if is_blend(run_dir) else [source]
+    members = read_blend(run_dir, current=True)["members"] if is_blend(run_dir) else [source]
     caches = []
     for name in members:
         if not (RUNS_DIR / slug / check_name(name, f"{run_dir}: a blend member")).is_dir():  # deleted since
