@@ -211,7 +211,7 @@ def test_how_a_kaggle_run_ended_is_said_and_recorded(fake, workdir, quick, monke
     push = json.loads((out / kernel_push.PUSH_RECORD).read_text())
     assert push["status"] == kind and push["dataset"] == f"{USER}/kagglecv-digits"
     monkeypatch.setattr(kernel_mod, "kernel_dir", lambda c, r: out)
-    monkeypatch.setattr("kagglecv.core.runs.find_run", lambda slug, run: Path("runs/digits-demo/r1"))
+    monkeypatch.setattr("kagglecv.core.runs.find_run", lambda slug, run, **_: Path("runs/digits-demo/r1"))
     with pytest.raises(UserError, match=f"ended {kind}, without a submission"):
         kernel_push.submit_kernel(comp, "r1")
     assert not fake.code_submissions
