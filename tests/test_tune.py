@@ -314,3 +314,31 @@ def test_masked_url():
     )
     assert masked_url("sqlite:///runs/c/tune.db") == "sqlite:///runs/c/tune.db"
     assert masked_url("garbage") == "garbage"
+
+
+def test_a_recipe_name_with_a_space_makes_a_plain_study_that_a_better_one_replaces(workdir, capsys):
+    """CONFIG="/tmp/my smoke.yaml": the study was named 'digits-small-my smoke', so the tuned recipe's
+    first line no longer matched page.HEAD (\\S+) and every later study said it "was not written by make
+    tune: kept"; its `make train CONFIG=...` hint did not paste either."""
+    import shlex
+
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.page import write_outputs
+    from kagglecv.tune.study import study_name
+
+    comp, root = load_competition("digits-small"), workdir / "runs" / "digits-small"
+    root.mkdir(parents=True)
+    tuned = workdir / "configs" / "tuned-digits-small.yaml"
+    spaced = study_name(comp.slug, "/tmp/my smoke.yaml", ["mixup=0.1 ;x"])
+    assert re.fullmatch(r"[A-Za-z0-9_.=+-]+", spaced), spaced
+    write_outputs(_finished_study(spaced, 0.9), comp, {}, "/tmp/my smoke.yaml", root)
+    assert f"study {spaced}:" in tuned.read_text()
+    out = write_outputs(_finished_study(study_name(comp.slug, "other one.yaml", []), 0.8), comp, {}, "", root)
+    assert out["yaml"] == "configs/tuned-digits-small-other_one.yaml", out
+    assert f"(study {spaced}: accuracy 0.9000) is not beaten by 0.8000: kept" in cli_text(capsys)
+    out = write_outputs(_finished_study("better", 0.95), comp, {}, "", root)
+    assert out["yaml"] == "configs/tuned-digits-small.yaml" and "study better" in tuned.read_text()
+    hint = (workdir / "configs" / "tuned-digits-small-other_one.yaml").read_text().splitlines()[2]
+    assert shlex.split(hint.split("# train it: ")[1]) == [
+        "make", "train", "COMP=digits-small", "CONFIG=configs/tuned-digits-small-other_one.yaml"
+    ]  # fmt: skip

@@ -200,13 +200,20 @@ def study_name(slug: str, config: str, overrides: list[str]) -> str:
     same ones (its trials are comparable), other ARGS start another study."""
     from kagglecv.core.config import parse_overrides, renamed_keys
 
-    name = f"{slug}-{Path(config).stem if config else 'default'}"
+    # plain characters only: the name goes into configs/tuned-<study>.yaml, a tuned recipe's first
+    # line (read back by page.HEAD) and a `make train CONFIG=...` hint that must paste as it is
+    name = f"{slug}-{_plain(Path(config).stem) if config else 'default'}"
     fixed = renamed_keys(parse_overrides(overrides), "override")
     if not fixed:
         return name
     args = "+".join(f"{k}={v}" for k, v in sorted(fixed.items()))
-    tag = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", args)
+    tag = _plain(args)
     return f"{name}-{tag if len(tag) <= 48 else hashlib.sha256(args.encode()).hexdigest()[:12]}"
+
+
+def _plain(text: str) -> str:
+    """Runs of anything but letters, digits and _ . = + - as one _ ("my smoke" -> "my_smoke")."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
 
 
 def probe_base_model(base: dict, params: list[Param]) -> None:
