@@ -78,6 +78,11 @@ def test_budgets_and_a_recipe_with_a_tune_block_still_trains():
     [
         (["--trials", "ten"], "TRIALS must be a whole number, got 'ten'"),
         (["--budget", "soon"], "BUDGET must look like 600s, 30m or 2h, got 'soon'"),
+        (["--trials", "0"], "TRIALS must be 1 or more, got '0' (empty for no limit)"),
+        (["--budget", "0"], "BUDGET must be 1 second or more, got '0'"),
+        (["--budget", "0.5s"], "BUDGET must be 1 second or more, got '0.5s'"),
+        (["--budget", "0.01m"], "BUDGET must be 1 second or more, got '0.01m'"),
+        (["--trials", "²"], "TRIALS must be a whole number, got '²'"),
         ([], "give TRIALS=N or BUDGET=30m (or both)"),
         (["--trials", "2", "mixup=-1"], "mixup must not be negative"),
     ],
@@ -342,3 +347,16 @@ def test_a_recipe_name_with_a_space_makes_a_plain_study_that_a_better_one_replac
     assert shlex.split(hint.split("# train it: ")[1]) == [
         "make", "train", "COMP=digits-small", "CONFIG=configs/tuned-digits-small-other_one.yaml"
     ]  # fmt: skip
+
+
+def test_a_budget_is_shown_as_given(digits_small, capsys):
+    """BUDGET=0.5s was accepted and shown as a "0 s budget" (now refused: test_tune_command_line_errors_are_one_line);
+    one of 1.5 s shows as 1.5 s."""
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.study import run_tune
+
+    comp = load_competition("digits-small")
+    run_tune(comp, "configs/smoke.yaml", [], trials=0, budget=parse_budget("1.5s"))
+    assert " · 1.5 s budget" in cli_text(capsys)
+    run_tune(comp, "configs/smoke.yaml", [], trials=0, budget=parse_budget("30m"))
+    assert " · 1800 s budget" in cli_text(capsys)

@@ -11,6 +11,7 @@ kagglecv demo                      # all three on the built-in digits, offline
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from kagglecv.cli.parser import parse
@@ -146,8 +147,10 @@ def _print_cv(run_dir) -> None:
 def cmd_tune(args) -> None:
     from kagglecv.tune.study import parse_budget, run_tune
 
-    if args.trials and not (args.trials.isdigit() and int(args.trials) > 0):
+    if args.trials and not re.fullmatch(r"[0-9]+", args.trials):
         raise UserError(f"TRIALS must be a whole number, got {args.trials!r} (1 or more; empty for no limit)")
+    if args.trials and int(args.trials) < 1:
+        raise UserError(f"TRIALS must be 1 or more, got {args.trials!r} (empty for no limit)")
     run_tune(
         _comp(args.comp),
         args.config,

@@ -57,10 +57,13 @@ def parse_budget(text: str) -> float | None:
     """ "30m", "2h", "600s", "90" (seconds), or "" (no time limit) -> seconds."""
     if not text:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m or float(m.group(1)) <= 0:  # 0m would start no trial
-        raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r} (above 0; empty for no limit)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r} (empty for no limit)")
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds < 1:  # 0m would start no trial; 0.5s was shown as a "0 s budget"
+        raise UserError(f"BUDGET must be 1 second or more, got {text!r} (600s, 30m or 2h; empty for no limit)")
+    return seconds
 
 
 # ---- the trials --------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def run_tune(
         + " · ".join(p.name + " " + p.describe() for p in params)
         + f" · {settings.tune_folds} fold(s) per trial"
         + (f" · until {trials} trials" if trials else "")
-        + (f" · {budget:.0f} s budget" if budget else "")
+        + (f" · {budget:.{0 if budget == int(budget) else 1}f} s budget" if budget else "")
     )
     objective = make_objective(comp, base, settings, params, root / "tune" / name)
     failing = FailStreak()
