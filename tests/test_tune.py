@@ -360,3 +360,30 @@ def test_a_budget_is_shown_as_given(digits_small, capsys):
     assert " · 1.5 s budget" in cli_text(capsys)
     run_tune(comp, "configs/smoke.yaml", [], trials=0, budget=parse_budget("30m"))
     assert " · 1800 s budget" in cli_text(capsys)
+
+
+def test_a_trial_failing_offline_is_not_cut_inside_its_url(digits_small, tmp_path, monkeypatch, capsys):
+    """Trials that each pick a pretrained model, the hub unreachable: their lines were cut at 300
+    characters, mid-URL ("… https://hu; fix that and rerun"); now a trial's line ends between words
+    with "…" and the study's last line holds the whole reason, its advice included."""
+    from kagglecv.core.errors import one_line
+
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9/" + "x" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    _tiny_recipe(digits_small, model=["resnet10t", "test_resnet"])
+    recipe = digits_small / "configs" / "tune-tiny.yaml"
+    recipe.write_text(recipe.read_text() + "pretrained: true\n")
+    assert main(["tune", *BASE, "--trials", "5"]) == 2
+    text = cli_text(capsys)
+    url = "http://127.0.0.1:9/" + "x" * 40
+    trials = re.findall(r"trial \d fail: .*? …(?= trial \d| no trial)", text)
+    assert len(trials) == 3, text
+    assert all(url in line or "http://127" not in line for line in trials), text
+    last = text.split("error: the last 3 trials failed, so the study stopped: ")[1]
+    assert f"{url} is unreachable" in last and "or pretrained=false.; fix that and rerun" in last, last
+    assert one_line("a " * 10 + "https://example.com/long/path", 30) == "a a a a a a a a a a …"
+    assert (
+        one_line("https://example.com/" + "p" * 40 + " tail", 20) == "https://example.com/" + "p" * 40 + " …"
+    )

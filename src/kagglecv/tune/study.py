@@ -46,7 +46,7 @@ from rich.markup import escape
 
 from kagglecv.core.config import TrainConfig, build_config
 from kagglecv.core.console import console
-from kagglecv.core.errors import UserError
+from kagglecv.core.errors import UserError, one_line
 from kagglecv.tune.space import Param, TuneSettings, load_tune_recipe
 from kagglecv.tune.storage import STORAGE_ENV, masked_url, storage_errors
 
@@ -62,7 +62,9 @@ def parse_budget(text: str) -> float | None:
         raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r} (empty for no limit)")
     seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
     if seconds < 1:  # 0m would start no trial; 0.5s was shown as a "0 s budget"
-        raise UserError(f"BUDGET must be 1 second or more, got {text!r} (600s, 30m or 2h; empty for no limit)")
+        raise UserError(
+            f"BUDGET must be 1 second or more, got {text!r} (600s, 30m or 2h; empty for no limit)"
+        )
     return seconds
 
 
@@ -112,7 +114,7 @@ def make_objective(comp, base: dict, settings: TuneSettings, params: list[Param]
         try:
             return run_trial(trial)
         except UserError as e:  # optuna keeps no reason for a failed trial: the report line needs it
-            trial.set_user_attr("fail_reason", " ".join(str(e).split())[:300])
+            trial.set_user_attr("fail_reason", one_line(str(e), 2000))  # whole: the study's last line
             raise
 
     def run_trial(trial) -> float:
@@ -298,5 +300,5 @@ def _report_trial(study, trial) -> None:
         pass
     why = ""
     if trial.state.name == "FAIL":  # the UserError's message, kept by the objective
-        why = " · " + (trial.user_attrs.get("fail_reason") or "see the messages above")
-    console.print(f"trial {trial.number} {state}: {value} · {params}{best}{why}", soft_wrap=True)
+        why = " · " + (one_line(trial.user_attrs.get("fail_reason", "")) or "see the messages above")
+    console.print(f"trial {trial.number} {state}: {value} · {params}{best}{escape(why)}", soft_wrap=True)
