@@ -298,7 +298,7 @@ def cmd_predict(args) -> None:
     images = [*args.images, *img_paths(args.img)]
     comp = _comp(args.comp)
     expand_inputs(images)  # a path that is not there is named first, before any run is looked for
-    out = Path(args.out) if args.out else None
+    out = args.out or None  # a str: a trailing / names a folder to make, which Path() would drop
     predict_images(comp, find_run(comp.slug, args.run or None), images, top_k=args.top_k, out=out)
 
 
