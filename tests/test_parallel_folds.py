@@ -152,3 +152,35 @@ def test_metrics_rows_of_other_folds_are_kept(tmp_path):
     write_rows(tmp_path, [{"fold": 1, "epoch": 0, **row}, {"fold": 1, "epoch": 1, **row}], fold=1)
     write_rows(tmp_path, [{"fold": 0, "epoch": 0, **row}, {"fold": 0, "epoch": 1, **row}], fold=0)
     assert [(r["fold"], r["epoch"]) for r in read_rows(tmp_path)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_data_lock_removed_by_its_holder_is_never_held_twice(tmp_path, monkeypatch):
+    """make data removes data/.<comp>.lock when it leaves no data/<comp>/ (test_make_data_of_an_
+    unknown_competition_leaves_no_lock_behind). A process that opened the file just before it went
+    must not then hold a lock on a name-less file beside a newcomer holding the new one: it sees the
+    name gone once it gets the lock, and takes the new file (or is refused as busy)."""
+    data_dir = tmp_path / "data" / "comp"
+    lock = tmp_path / "data" / ".comp.lock"
+    with locks.data_lock(data_dir, exclusive=True, what="make data"):
+        assert lock.is_file()
+    assert not lock.exists()  # no data/comp/: nothing to guard
+    data_dir.mkdir()
+    with locks.data_lock(data_dir, exclusive=True, what="make data"):
+        pass
+    assert lock.is_file()  # a folder to guard: the file stays (readers may hold it open)
+
+    real_flock, raced = fcntl.flock, []
+
+    def flock_after_a_holder_removed_it(fd, op):  # the holder left and removed the file meanwhile
+        if not raced:
+            raced.append(fd)
+            lock.unlink()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(locks.fcntl, "flock", flock_after_a_holder_removed_it)
+    with locks.data_lock(data_dir, exclusive=False, what="make train"):
+        assert lock.is_file() and len(raced) == 1
+        monkeypatch.setattr(locks.fcntl, "flock", real_flock)
+        with pytest.raises(locks.UserError, match="is being written by|is in use"):
+            with locks.data_lock(data_dir, exclusive=True, what="make data"):
+                pass
