@@ -184,3 +184,32 @@ def test_a_data_lock_removed_by_its_holder_is_never_held_twice(tmp_path, monkeyp
         with pytest.raises(locks.UserError, match="is being written by|is in use"):
             with locks.data_lock(data_dir, exclusive=True, what="make data"):
                 pass
+
+
+def test_gpus_2_without_cuda_says_it_runs_cpu_processes(monkeypatch, capsys):
+    """`make train GPUS=2` on a machine without CUDA quietly started 2 CPU processes under torchrun;
+    now one line says so (device=cpu asks for it without the line). torchrun and the workers
+    themselves are not started here: what is launched is recorded instead."""
+    from kagglecv.ml import dist
+
+    monkeypatch.setattr(dist.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dist.torch.cuda, "device_count", lambda: 0)
+    started = []
+    monkeypatch.setattr(dist, "run_quiet_on_user_error", lambda cmd, env: started.append(cmd) or (0, False))
+
+    class Worker:
+        def __init__(self, cmd, env):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(dist.subprocess, "Popen", Worker)
+    note = "note: no CUDA GPU here, so GPUS=2 runs 2 CPU "
+    assert dist.launch(2, ["train"]) == (0, False)
+    assert note + "processes (DDP with gloo); device=cpu to ask for that" in cli_text(capsys)
+    assert dist.launch_fold_workers(2, ["train"], cpu=False) == [0, 0]
+    assert note + "fold workers" in cli_text(capsys)
+    dist.launch(2, ["train"], cpu=True)
+    dist.launch_fold_workers(2, ["train"], cpu=True)
+    assert "no CUDA GPU" not in cli_text(capsys) and len(started) == 6
