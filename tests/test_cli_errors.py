@@ -314,3 +314,11 @@ def test_config_typo_is_reported_before_torch_loads(workdir, command):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert "unknown config key 'epoch'" in out.stdout and out.stdout.strip().endswith("exit 2 False"), out
+
+
+def test_make_data_of_an_unknown_competition_leaves_no_lock_behind(workdir, capsys):
+    """`make data COMP=nope` failed as it should but left data/.nope.lock; a competition whose
+    folder exists keeps its lock file (other processes may hold it open)."""
+    assert main(["data", "nope"]) == 2
+    assert "unknown competition 'nope'" in cli_text(capsys)
+    assert not (workdir / "data" / ".nope.lock").exists() and not (workdir / "data" / "nope").exists()

@@ -305,3 +305,56 @@ def test_predict_replaces_its_own_earlier_answer(run, digits):
     (digits / "answers").mkdir()
     predict_images(comp, run, [str(test[0])], out=digits / "answers")  # a folder: a new name inside
     assert len(list((digits / "answers").glob("digits-demo-*.csv"))) == 1
+
+
+def test_predict_to_a_folder_that_does_not_exist_yet_makes_it(run, digits, capsys):
+    """-o newdir/ (not there yet) wrote a CSV FILE named newdir; a trailing / names a folder."""
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    image = str(sorted((digits / "data" / "digits-demo" / "test").iterdir())[0])
+    base = ["predict", image, "--comp", "digits-demo", "--run", run.name, "-o"]
+    assert main([*base, str(digits / "newdir" / "deeper") + "/"]) == 0
+    written = list((digits / "newdir" / "deeper").glob(f"digits-demo-{run.name}-*.csv"))
+    assert len(written) == 1 and pd.read_csv(written[0])["image"].tolist() == [image]
+    (digits / "mine.csv").write_text("id,label\n1,cat\n")
+    assert main([*base, str(digits / "mine.csv") + "/"]) == 2
+    assert "mine.csv is a link or a file, not a folder" in cli_text(capsys)
+    assert (digits / "mine.csv").read_text() == "id,label\n1,cat\n"
+
+
+@pytest.mark.slow  # ~8 s: the exported script runs twice, each importing torch and timm
+def test_an_unreadable_image_is_said_plainly_and_alone_writes_no_csv(run, digits, monkeypatch, capsys):
+    """`echo notimg > bad.png`: "cannot decode (cannot identify image file <_io.BytesIO object at
+    0x7f…>)", and with nothing else a CSV of 0 predictions and exit 0. Now a plain reason, and when
+    no file could be read one error line, exit 2 and no CSV, from kagglecv predict and the exported
+    predict.py alike."""
+    import subprocess
+    import sys
+
+    from helpers.cli import cli_text
+    from kagglecv.cli import main
+
+    comp = load_competition("digits-demo")
+    script = [sys.executable, str(_exported(comp, run, digits / "export") / "predict.py"), "--device", "cpu"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    monkeypatch.chdir(digits)
+    Path("bad.png").write_text("notimg\n")
+    shutil.copy(sorted(Path("data/digits-demo/test").glob("*.png"))[0], "good.png")
+    reason = "cannot decode (not an image Pillow or OpenCV can read)"
+    ours = predict_images(comp, run, ["bad.png", "good.png"], out="ours.csv")
+    done = subprocess.run(
+        [*script, "bad.png", "good.png", "--out", "theirs.csv"], capture_output=True, text=True, env=env
+    )
+    theirs = pd.read_csv("theirs.csv", dtype=str, keep_default_na=False)
+    assert done.returncode == 0 and ours["error"].tolist() == theirs["error"].tolist() == [reason, ""], (
+        done.stderr
+    )
+    capsys.readouterr()
+
+    assert main(["predict", "bad.png", "--comp", "digits-demo", "--run", run.name, "-o", "alone.csv"]) == 2
+    said = cli_text(capsys).split("error: ")[-1]
+    assert said == f"no image could be read (bad.png: {reason}): nothing predicted, no CSV written", said
+    done = subprocess.run([*script, "bad.png", "--out", "alone.csv"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {said}", done.stderr
+    assert not Path("alone.csv").exists()

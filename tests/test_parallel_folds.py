@@ -152,3 +152,64 @@ def test_metrics_rows_of_other_folds_are_kept(tmp_path):
     write_rows(tmp_path, [{"fold": 1, "epoch": 0, **row}, {"fold": 1, "epoch": 1, **row}], fold=1)
     write_rows(tmp_path, [{"fold": 0, "epoch": 0, **row}, {"fold": 0, "epoch": 1, **row}], fold=0)
     assert [(r["fold"], r["epoch"]) for r in read_rows(tmp_path)] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_data_lock_removed_by_its_holder_is_never_held_twice(tmp_path, monkeypatch):
+    """make data removes data/.<comp>.lock when it leaves no data/<comp>/ (test_make_data_of_an_
+    unknown_competition_leaves_no_lock_behind). A process that opened the file just before it went
+    must not then hold a lock on a name-less file beside a newcomer holding the new one: it sees the
+    name gone once it gets the lock, and takes the new file (or is refused as busy)."""
+    data_dir = tmp_path / "data" / "comp"
+    lock = tmp_path / "data" / ".comp.lock"
+    with locks.data_lock(data_dir, exclusive=True, what="make data"):
+        assert lock.is_file()
+    assert not lock.exists()  # no data/comp/: nothing to guard
+    data_dir.mkdir()
+    with locks.data_lock(data_dir, exclusive=True, what="make data"):
+        pass
+    assert lock.is_file()  # a folder to guard: the file stays (readers may hold it open)
+
+    real_flock, raced = fcntl.flock, []
+
+    def flock_after_a_holder_removed_it(fd, op):  # the holder left and removed the file meanwhile
+        if not raced:
+            raced.append(fd)
+            lock.unlink()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(locks.fcntl, "flock", flock_after_a_holder_removed_it)
+    with locks.data_lock(data_dir, exclusive=False, what="make train"):
+        assert lock.is_file() and len(raced) == 1
+        monkeypatch.setattr(locks.fcntl, "flock", real_flock)
+        with pytest.raises(locks.UserError, match="is being written by|is in use"):
+            with locks.data_lock(data_dir, exclusive=True, what="make data"):
+                pass
+
+
+def test_gpus_2_without_cuda_says_it_runs_cpu_processes(monkeypatch, capsys):
+    """`make train GPUS=2` on a machine without CUDA quietly started 2 CPU processes under torchrun;
+    now one line says so (device=cpu asks for it without the line). torchrun and the workers
+    themselves are not started here: what is launched is recorded instead."""
+    from kagglecv.ml import dist
+
+    monkeypatch.setattr(dist.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dist.torch.cuda, "device_count", lambda: 0)
+    started = []
+    monkeypatch.setattr(dist, "run_quiet_on_user_error", lambda cmd, env: started.append(cmd) or (0, False))
+
+    class Worker:
+        def __init__(self, cmd, env):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(dist.subprocess, "Popen", Worker)
+    note = "note: no CUDA GPU here, so GPUS=2 runs 2 CPU "
+    assert dist.launch(2, ["train"]) == (0, False)
+    assert note + "processes (DDP with gloo); device=cpu to ask for that" in cli_text(capsys)
+    assert dist.launch_fold_workers(2, ["train"], cpu=False) == [0, 0]
+    assert note + "fold workers" in cli_text(capsys)
+    dist.launch(2, ["train"], cpu=True)
+    dist.launch_fold_workers(2, ["train"], cpu=True)
+    assert "no CUDA GPU" not in cli_text(capsys) and len(started) == 6

@@ -78,6 +78,11 @@ def test_budgets_and_a_recipe_with_a_tune_block_still_trains():
     [
         (["--trials", "ten"], "TRIALS must be a whole number, got 'ten'"),
         (["--budget", "soon"], "BUDGET must look like 600s, 30m or 2h, got 'soon'"),
+        (["--trials", "0"], "TRIALS must be 1 or more, got '0' (empty for no limit)"),
+        (["--budget", "0"], "BUDGET must be 1 second or more, got '0'"),
+        (["--budget", "0.5s"], "BUDGET must be 1 second or more, got '0.5s'"),
+        (["--budget", "0.01m"], "BUDGET must be 1 second or more, got '0.01m'"),
+        (["--trials", "²"], "TRIALS must be a whole number, got '²'"),
         ([], "give TRIALS=N or BUDGET=30m (or both)"),
         (["--trials", "2", "mixup=-1"], "mixup must not be negative"),
     ],
@@ -314,3 +319,71 @@ def test_masked_url():
     )
     assert masked_url("sqlite:///runs/c/tune.db") == "sqlite:///runs/c/tune.db"
     assert masked_url("garbage") == "garbage"
+
+
+def test_a_recipe_name_with_a_space_makes_a_plain_study_that_a_better_one_replaces(workdir, capsys):
+    """CONFIG="/tmp/my smoke.yaml": the study was named 'digits-small-my smoke', so the tuned recipe's
+    first line no longer matched page.HEAD (\\S+) and every later study said it "was not written by make
+    tune: kept"; its `make train CONFIG=...` hint did not paste either."""
+    import shlex
+
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.page import write_outputs
+    from kagglecv.tune.study import study_name
+
+    comp, root = load_competition("digits-small"), workdir / "runs" / "digits-small"
+    root.mkdir(parents=True)
+    tuned = workdir / "configs" / "tuned-digits-small.yaml"
+    spaced = study_name(comp.slug, "/tmp/my smoke.yaml", ["mixup=0.1 ;x"])
+    assert re.fullmatch(r"[A-Za-z0-9_.=+-]+", spaced), spaced
+    write_outputs(_finished_study(spaced, 0.9), comp, {}, "/tmp/my smoke.yaml", root)
+    assert f"study {spaced}:" in tuned.read_text()
+    out = write_outputs(_finished_study(study_name(comp.slug, "other one.yaml", []), 0.8), comp, {}, "", root)
+    assert out["yaml"] == "configs/tuned-digits-small-other_one.yaml", out
+    assert f"(study {spaced}: accuracy 0.9000) is not beaten by 0.8000: kept" in cli_text(capsys)
+    out = write_outputs(_finished_study("better", 0.95), comp, {}, "", root)
+    assert out["yaml"] == "configs/tuned-digits-small.yaml" and "study better" in tuned.read_text()
+    hint = (workdir / "configs" / "tuned-digits-small-other_one.yaml").read_text().splitlines()[2]
+    assert shlex.split(hint.split("# train it: ")[1]) == [
+        "make", "train", "COMP=digits-small", "CONFIG=configs/tuned-digits-small-other_one.yaml"
+    ]  # fmt: skip
+
+
+def test_a_budget_is_shown_as_given(digits_small, capsys):
+    """BUDGET=0.5s was accepted and shown as a "0 s budget" (now refused: test_tune_command_line_errors_are_one_line);
+    one of 1.5 s shows as 1.5 s."""
+    from kagglecv.core.competition import load_competition
+    from kagglecv.tune.study import run_tune
+
+    comp = load_competition("digits-small")
+    run_tune(comp, "configs/smoke.yaml", [], trials=0, budget=parse_budget("1.5s"))
+    assert " · 1.5 s budget" in cli_text(capsys)
+    run_tune(comp, "configs/smoke.yaml", [], trials=0, budget=parse_budget("30m"))
+    assert " · 1800 s budget" in cli_text(capsys)
+
+
+def test_a_trial_failing_offline_is_not_cut_inside_its_url(digits_small, tmp_path, monkeypatch, capsys):
+    """Trials that each pick a pretrained model, the hub unreachable: their lines were cut at 300
+    characters, mid-URL ("… https://hu; fix that and rerun"); now a trial's line ends between words
+    with "…" and the study's last line holds the whole reason, its advice included."""
+    from kagglecv.core.errors import one_line
+
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9/" + "x" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    _tiny_recipe(digits_small, model=["resnet10t", "test_resnet"])
+    recipe = digits_small / "configs" / "tune-tiny.yaml"
+    recipe.write_text(recipe.read_text() + "pretrained: true\n")
+    assert main(["tune", *BASE, "--trials", "5"]) == 2
+    text = cli_text(capsys)
+    url = "http://127.0.0.1:9/" + "x" * 40
+    trials = re.findall(r"trial \d fail: .*? …(?= trial \d| no trial)", text)
+    assert len(trials) == 3, text
+    assert all(url in line or "http://127" not in line for line in trials), text
+    last = text.split("error: the last 3 trials failed, so the study stopped: ")[1]
+    assert f"{url} is unreachable" in last and "or pretrained=false.; fix that and rerun" in last, last
+    assert one_line("a " * 10 + "https://example.com/long/path", 30) == "a a a a a a a a a a …"
+    assert (
+        one_line("https://example.com/" + "p" * 40 + " tail", 20) == "https://example.com/" + "p" * 40 + " …"
+    )

@@ -11,6 +11,7 @@ kagglecv demo                      # all three on the built-in digits, offline
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from kagglecv.cli.parser import parse
@@ -158,8 +159,10 @@ def _print_cv(run_dir) -> None:
 def cmd_tune(args) -> None:
     from kagglecv.tune.study import parse_budget, run_tune
 
-    if args.trials and not (args.trials.isdigit() and int(args.trials) > 0):
+    if args.trials and not re.fullmatch(r"[0-9]+", args.trials):
         raise UserError(f"TRIALS must be a whole number, got {args.trials!r} (1 or more; empty for no limit)")
+    if args.trials and int(args.trials) < 1:
+        raise UserError(f"TRIALS must be 1 or more, got {args.trials!r} (empty for no limit)")
     run_tune(
         _comp(args.comp),
         args.config,
@@ -307,7 +310,7 @@ def cmd_predict(args) -> None:
     images = [*args.images, *img_paths(args.img)]
     comp = _comp(args.comp)
     expand_inputs(images)  # a path that is not there is named first, before any run is looked for
-    out = Path(args.out) if args.out else None
+    out = args.out or None  # a str: a trailing / names a folder to make, which Path() would drop
     predict_images(
         comp, find_run(comp.slug, args.run or None, blends=False), images, top_k=args.top_k, out=out
     )

@@ -27,7 +27,7 @@ import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kagglecv.core.errors import UserError
@@ -73,39 +73,69 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def hold(path: Path, exclusive: bool, what: str, busy: str) -> Iterator[None]:
-    """flock `path` (created if missing) without waiting; UserError(busy + holder) when taken."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = _open(path, os.O_RDWR | os.O_CREAT)
-    except OSError as e:
-        if exclusive or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-            raise
-        yield  # a reader of a read-only folder: nobody can be writing it, so no lock is needed
-        return
-    try:
+def hold(
+    path: Path, exclusive: bool, what: str, busy: str, drop_if: Callable[[], bool] | None = None
+) -> Iterator[None]:
+    """flock `path` (created if missing) without waiting; UserError(busy + holder) when taken.
+    An exclusive holder removes the file on leaving where `drop_if()` says so (what it guards is
+    gone); a process that opened it meanwhile sees its name gone once it gets the lock, and retries."""
+    for _ in range(10):  # each retry: a holder removed the file between our open and our flock
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _open(path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            if exclusive or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            yield  # a reader of a read-only folder: nobody can be writing it, so no lock is needed
+            return
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise UserError(f"{busy} ({_holder(path)} holds {path}); wait for it to finish") from None
+        if _still_named(fd, path):
+            break
+        os.close(fd)
+    else:
+        raise UserError(f"{busy} ({path} keeps being replaced); rerun")
+    try:
         if exclusive:  # readers share the lock; only an exclusive holder says who it is
             os.ftruncate(fd, 0)
             os.write(fd, f"pid {os.getpid()}: {what}".encode())
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        try:
+            if exclusive and drop_if is not None and drop_if():
+                path.unlink(missing_ok=True)  # still held: nobody else is inside
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Is the file open at `fd` still the one at `path` (not removed by the holder we waited for)?"""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
 
 
 def data_lock(data_dir: Path, exclusive: bool, what: str) -> contextlib.AbstractContextManager[None]:
     """data/<comp>/: exclusive while `make data` writes it, shared while train/submit/inspect read.
     The lock file sits beside the folder (data/.<comp>.lock), so it outlives a folder that a failed
-    first fetch removes again, and never shows up among the competition's files."""
+    first fetch removes again, and never shows up among the competition's files; a writer that
+    leaves no folder (`make data COMP=nope`: Kaggle knows no such competition) removes it too."""
     busy = (
         f"{data_dir} is in use: `make data` needs it to itself"
         if exclusive
         else f"{data_dir} is being written by `make data`"
     )
-    return hold(data_dir.parent / f".{data_dir.name}.lock", exclusive, what, busy)
+
+    def gone() -> bool:
+        return not (data_dir.exists() or data_dir.is_symlink())
+
+    return hold(data_dir.parent / f".{data_dir.name}.lock", exclusive, what, busy, drop_if=gone)
 
 
 def run_lock(run_dir: Path, what: str) -> contextlib.AbstractContextManager[None]:

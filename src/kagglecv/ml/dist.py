@@ -152,6 +152,8 @@ def launch(n: int, argv: list[str], cpu: bool = False) -> tuple[int, bool]:
             f"GPUS={n} but only {torch.cuda.device_count()} CUDA GPU(s) are visible; "
             "use fewer, or device=cpu for CPU processes"
         )
+    else:
+        say_no_gpu(n, "processes (DDP with gloo)")
     extra = shlex.split(os.environ.get("TORCHRUN", ""))
     cmd = [
         sys.executable,
@@ -193,6 +195,17 @@ def run_quiet_on_user_error(cmd: list[str], env: dict) -> tuple[int, bool]:
     return rc, user_error
 
 
+def say_no_gpu(n: int, what: str) -> None:
+    """GPUS=n on a machine without CUDA trains anyway, on the CPU (how the tests run it): one line
+    says so, so that nobody takes it for n GPUs. device=cpu asks for it and goes without the line."""
+    if n > 1 and not torch.cuda.is_available():
+        console.print(
+            f"[yellow]note:[/] no CUDA GPU here, so GPUS={n} runs {n} CPU {what}; "
+            "device=cpu to ask for that, GPUS=1 for one process",
+            soft_wrap=True,
+        )
+
+
 FOLD_WORKER = "KAGGLECV_FOLD_WORKER"  # set in PARALLEL=folds workers: finding no fold left is no error
 
 
@@ -205,6 +218,8 @@ def launch_fold_workers(n: int, argv: list[str], cpu: bool) -> list[int]:
     gpus = 0 if cpu else torch.cuda.device_count()
     if not cpu and gpus and gpus < n:
         raise UserError(f"GPUS={n} but only {gpus} CUDA GPU(s) are visible; use fewer, or device=cpu")
+    if not cpu:
+        say_no_gpu(n, "fold workers, each with a share of the cores")
     threads = max(1, (os.cpu_count() or 1) // n)
     procs = []
     console.print(f"launching {n} fold workers: kagglecv {' '.join(argv)}", soft_wrap=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -104,8 +105,18 @@ def load_image(path: Path, size: int) -> np.ndarray | str:
     try:
         rgb = decode(data)[0]
     except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
-        return f"cannot decode ({(str(e) or type(e).__name__)[:80]})"
+        return f"cannot decode ({decode_reason(e)})"
     return squash(np.asarray(rgb, dtype=np.uint8), size)
+
+
+def decode_reason(e: Exception) -> str:
+    """Why a file did not decode, in a user's words: no "<_io.BytesIO object at 0x…>" (Pillow's
+    text for a file it does not recognise). The exported predict.py words it the same."""
+    if str(e).startswith(
+        "cannot identify image file"
+    ):  # PIL.UnidentifiedImageError (core.images re-raises it)
+        return "not an image Pillow or OpenCV can read"
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(e))[:80] or type(e).__name__
 
 
 @dataclass

@@ -14,6 +14,7 @@ decoded is listed with its reason; it ends nothing.
 from __future__ import annotations
 
 import glob
+import os
 import re
 import time
 from pathlib import Path
@@ -162,14 +163,15 @@ def show_answers(df: pd.DataFrame, top_k: int) -> None:
 
 
 def predict_images(
-    comp, run_dir: Path, inputs: list[str], *, top_k: int = 3, out: Path | None = None
+    comp, run_dir: Path, inputs: list[str], *, top_k: int = 3, out: Path | str | None = None
 ) -> pd.DataFrame:
     """The run's answer for every image in `inputs` (files, folders, globs), shown as a table and
-    written to `out` (default predictions/<comp>-<run>-<time>.csv; a folder: that name inside it;
-    never over a file predict did not write, see `destination`)."""
+    written to `out` (default predictions/<comp>-<run>-<time>.csv; a folder, or a str ending in /:
+    that name inside it; never over a file predict did not write, see `destination`). No image
+    readable: a UserError, no CSV."""
     paths = expand_inputs(inputs)
     name = f"{comp.slug}-{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-    out = destination(PREDICTIONS_DIR / name if out is None else Path(out), name, paths)
+    out = destination(PREDICTIONS_DIR / name if out is None else out, name, paths)
     from kagglecv.ml.engine import pick_device
 
     ens = load_ensemble(comp, run_dir, pick_device("auto"))
@@ -180,6 +182,12 @@ def predict_images(
     probs, errors = predict_paths(ens, paths)
     df = answer_frame(paths, probs, errors, ens.classes, top_k)
     show_answers(df, top_k)
+    if len(errors) == len(paths):  # an empty CSV and exit 0 would read as a success
+        first = min(errors)
+        more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+        raise UserError(
+            f"no image could be read ({paths[first]}: {errors[first]}{more}): nothing predicted, no CSV written"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda p: df.to_csv(p, index=False))
     console.print(
@@ -193,13 +201,18 @@ def predict_images(
 ANSWER_HEADER = re.compile(r"image,class,prob(,class_(\d+),prob_\2)*,error")
 
 
-def destination(out: Path, name: str, inputs: list[Path]) -> Path:
-    """The CSV path for `out` (a folder: `name` inside it), refused (UserError) where writing would
-    destroy something: a file predict did not write (an input image, a run's oof.csv, anything
-    without predict's header line), a link, or any place inside a run folder."""
-    if out.is_dir() and not out.is_symlink():
-        out = out / name
+def destination(out: Path | str, name: str, inputs: list[Path]) -> Path:
+    """The CSV path for `out` (a folder, or a str ending in / that names one to make: `name` inside
+    it), refused (UserError) where writing would destroy something: a file predict did not write
+    (an input image, a run's oof.csv, anything without predict's header line), a link, or any place
+    inside a run folder."""
     redo = "give -o a new file name or a folder (default: predictions/)"
+    folder = isinstance(out, str) and out.endswith(("/", os.sep))  # Path() drops the trailing /
+    out = Path(out)
+    if folder and (out.is_symlink() or (out.exists() and not out.is_dir())):
+        raise UserError(f"{out} is a link or a file, not a folder; predict does not write there: {redo}")
+    if folder or (out.is_dir() and not out.is_symlink()):
+        out = out / name
     run = next((d for d in out.absolute().parents if _is_run_folder(d)), None)
     if run is not None:
         raise UserError(f"{out} lies in the run folder {run}/; predict never writes into a run: {redo}")

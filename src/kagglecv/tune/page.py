@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -50,7 +51,7 @@ def write_outputs(study, comp, base: dict, config: str, root: Path) -> dict:
 
 
 # the first line of a tuned recipe: which study, and the score a later study must beat to replace it
-HEAD = re.compile(r"# make tune, study (\S+): trial \d+, (\S+) (\S+) on its tune folds")
+HEAD = re.compile(r"# make tune, study (.+?): trial \d+, (\S+) (\S+) on its tune folds$")
 
 
 def _recipe_path(comp, value: float, study_name: str) -> tuple[Path, str]:
@@ -88,7 +89,7 @@ def _write_recipe(best, comp, base: dict, config: str, study_name: str, path: Pa
         f"# make tune, study {study_name}: trial {best.number}, {comp.metric} {best.value:.4f} on its tune folds\n"
         f"# base recipe: {config or '(defaults)'}; tuned: "
         + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
-        + f"\n# train it: make train COMP={comp.slug} CONFIG={path}\n"
+        + f"\n# train it: make train COMP={comp.slug} CONFIG={shlex.quote(str(path))}\n"
     )
     CONFIGS_DIR.mkdir(exist_ok=True)
     atomic_write(path, lambda p: p.write_text(head + yaml.safe_dump(cfg, sort_keys=False)))

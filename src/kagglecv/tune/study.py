@@ -46,7 +46,7 @@ from rich.markup import escape
 
 from kagglecv.core.config import TrainConfig, build_config
 from kagglecv.core.console import console
-from kagglecv.core.errors import UserError
+from kagglecv.core.errors import UserError, one_line
 from kagglecv.tune.space import Param, TuneSettings, load_tune_recipe
 from kagglecv.tune.storage import STORAGE_ENV, masked_url, storage_errors
 
@@ -57,10 +57,15 @@ def parse_budget(text: str) -> float | None:
     """ "30m", "2h", "600s", "90" (seconds), or "" (no time limit) -> seconds."""
     if not text:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m or float(m.group(1)) <= 0:  # 0m would start no trial
-        raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r} (above 0; empty for no limit)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise UserError(f"BUDGET must look like 600s, 30m or 2h, got {text!r} (empty for no limit)")
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+    if seconds < 1:  # 0m would start no trial; 0.5s was shown as a "0 s budget"
+        raise UserError(
+            f"BUDGET must be 1 second or more, got {text!r} (600s, 30m or 2h; empty for no limit)"
+        )
+    return seconds
 
 
 # ---- the trials --------------------------------------------------------------------------------
@@ -109,7 +114,7 @@ def make_objective(comp, base: dict, settings: TuneSettings, params: list[Param]
         try:
             return run_trial(trial)
         except UserError as e:  # optuna keeps no reason for a failed trial: the report line needs it
-            trial.set_user_attr("fail_reason", " ".join(str(e).split())[:300])
+            trial.set_user_attr("fail_reason", one_line(str(e), 2000))  # whole: the study's last line
             raise
 
     def run_trial(trial) -> float:
@@ -175,7 +180,7 @@ def run_tune(
         + " · ".join(p.name + " " + p.describe() for p in params)
         + f" · {settings.tune_folds} fold(s) per trial"
         + (f" · until {trials} trials" if trials else "")
-        + (f" · {budget:.0f} s budget" if budget else "")
+        + (f" · {budget:.{0 if budget == int(budget) else 1}f} s budget" if budget else "")
     )
     objective = make_objective(comp, base, settings, params, root / "tune" / name)
     failing = FailStreak()
@@ -200,13 +205,20 @@ def study_name(slug: str, config: str, overrides: list[str]) -> str:
     same ones (its trials are comparable), other ARGS start another study."""
     from kagglecv.core.config import parse_overrides, renamed_keys
 
-    name = f"{slug}-{Path(config).stem if config else 'default'}"
+    # plain characters only: the name goes into configs/tuned-<study>.yaml, a tuned recipe's first
+    # line (read back by page.HEAD) and a `make train CONFIG=...` hint that must paste as it is
+    name = f"{slug}-{_plain(Path(config).stem) if config else 'default'}"
     fixed = renamed_keys(parse_overrides(overrides), "override")
     if not fixed:
         return name
     args = "+".join(f"{k}={v}" for k, v in sorted(fixed.items()))
-    tag = re.sub(r"[^A-Za-z0-9_.=+-]+", "_", args)
+    tag = _plain(args)
     return f"{name}-{tag if len(tag) <= 48 else hashlib.sha256(args.encode()).hexdigest()[:12]}"
+
+
+def _plain(text: str) -> str:
+    """Runs of anything but letters, digits and _ . = + - as one _ ("my smoke" -> "my_smoke")."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text)
 
 
 def probe_base_model(base: dict, params: list[Param]) -> None:
@@ -288,5 +300,5 @@ def _report_trial(study, trial) -> None:
         pass
     why = ""
     if trial.state.name == "FAIL":  # the UserError's message, kept by the objective
-        why = " · " + (trial.user_attrs.get("fail_reason") or "see the messages above")
-    console.print(f"trial {trial.number} {state}: {value} · {params}{best}{why}", soft_wrap=True)
+        why = " · " + (one_line(trial.user_attrs.get("fail_reason", "")) or "see the messages above")
+    console.print(f"trial {trial.number} {state}: {value} · {params}{best}{escape(why)}", soft_wrap=True)

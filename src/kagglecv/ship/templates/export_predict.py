@@ -23,6 +23,7 @@ import glob
 import io
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from safetensors.torch import load_file  # installed with timm
 
 HERE = Path(__file__).resolve().parent
@@ -238,8 +239,22 @@ def load_image(path: Path, size: int) -> np.ndarray | str:
     try:
         rgb = decode_bytes(data)
     except Exception as e:  # noqa: BLE001 -- damaged files raise all sorts (struct.error, EOFError, ...)
-        return f"cannot decode ({(str(e) or type(e).__name__)[:80]})"
+        return f"cannot decode ({decode_reason(e)})"
     return squash(rgb, size)
+
+
+def decode_reason(e: Exception) -> str:
+    """Why a file did not decode, in kagglecv's words (no "<_io.BytesIO object at 0x...>")."""
+    if isinstance(e, UnidentifiedImageError) or str(e).startswith("cannot identify image file"):
+        return "not an image Pillow or OpenCV can read"
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(e))[:80] or type(e).__name__
+
+
+def nothing_read(names: list[str], errors: dict) -> str:
+    """The error when no file could be read (kagglecv predict's words): nothing predicted, no CSV."""
+    first = next(iter(errors))
+    more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+    return f"no image could be read ({first}: {errors[first]}{more}): nothing predicted, no CSV written"
 
 
 def predict_files(files: list[Path], spec: dict, models, batch_size: int = 64):
@@ -289,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec, models = load_models(HERE, args.device)
     names, probs, errors = predict_files(files, spec, models, args.batch_size)
+    if len(errors) == len(names):
+        print(f"error: {nothing_read(names, errors)}", file=sys.stderr)
+        return 2
     write_csv(args.out, names, probs, errors, [str(c) for c in spec["classes"]])
     print(f"wrote {args.out}: {len(names) - len(errors)} images predicted, {len(errors)} unreadable")
     for name, why in list(errors.items())[:20]:
